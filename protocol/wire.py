@@ -1,0 +1,301 @@
+"""Wire format: length-prefixed msgpack frames carrying typed, validated records.
+
+Why a declarative schema: every byte on the wire is untrusted, so each message
+type states its fields' types, ranges and maximum sizes once, and the single
+decoder enforces them. A message class is a frozen dataclass registered under
+a type name; `encode_message`/`decode_message` are the only way in and out.
+
+Frame layout (specs/wire.md):
+
+    u32 big-endian payload length | payload
+    payload = msgpack array [PROTOCOL_VERSION, type_name, {field: value}]
+
+Datagrams (membership gossip) carry the payload without the length prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Iterator
+from typing import Any, ClassVar, TypeVar
+
+import msgpack
+
+from .errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_FRAME = 1024 * 1024  # 1 MiB
+_LEN = struct.Struct(">I")
+
+# ---------------------------------------------------------------- field specs
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """Validation rule for one field; `check` returns the (possibly converted) value."""
+
+    kind: str
+    min: int | float | None = None
+    max: int | float | None = None
+    max_len: int | None = None
+    exact_len: int | None = None
+    item: Spec | None = None
+    key: Spec | None = None
+    message: type[Message] | None = None
+    choices: tuple[str, ...] | None = None
+    optional: bool = False
+
+    def check(self, name: str, value: Any) -> Any:
+        if value is None:
+            if self.optional:
+                return None
+            raise ProtocolError(f"field {name!r}: missing")
+        k = self.kind
+        if k == "int":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ProtocolError(f"field {name!r}: expected int, got {type(value).__name__}")
+            if self.min is not None and value < self.min:
+                raise ProtocolError(f"field {name!r}: {value} below minimum {self.min}")
+            if self.max is not None and value > self.max:
+                raise ProtocolError(f"field {name!r}: {value} above maximum {self.max}")
+            return value
+        if k == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ProtocolError(f"field {name!r}: expected number, got {type(value).__name__}")
+            value = float(value)
+            if value != value:
+                raise ProtocolError(f"field {name!r}: NaN")
+            if self.min is not None and value < self.min:
+                raise ProtocolError(f"field {name!r}: {value} below minimum {self.min}")
+            if self.max is not None and value > self.max:
+                raise ProtocolError(f"field {name!r}: {value} above maximum {self.max}")
+            return value
+        if k == "bool":
+            if not isinstance(value, bool):
+                raise ProtocolError(f"field {name!r}: expected bool, got {type(value).__name__}")
+            return value
+        if k == "bytes":
+            if not isinstance(value, (bytes, bytearray)):
+                raise ProtocolError(f"field {name!r}: expected bytes, got {type(value).__name__}")
+            self._check_len(name, len(value))
+            return bytes(value)
+        if k == "str":
+            if not isinstance(value, str):
+                raise ProtocolError(f"field {name!r}: expected str, got {type(value).__name__}")
+            self._check_len(name, len(value))
+            if self.choices is not None and value not in self.choices:
+                raise ProtocolError(f"field {name!r}: {value!r} not one of {list(self.choices)}")
+            return value
+        if k == "list":
+            if not isinstance(value, (list, tuple)):
+                raise ProtocolError(f"field {name!r}: expected list, got {type(value).__name__}")
+            self._check_len(name, len(value))
+            assert self.item is not None
+            return tuple(self.item.check(f"{name}[{i}]", v) for i, v in enumerate(value))
+        if k == "map":
+            if not isinstance(value, dict):
+                raise ProtocolError(f"field {name!r}: expected map, got {type(value).__name__}")
+            self._check_len(name, len(value))
+            assert self.key is not None and self.item is not None
+            return {self.key.check(f"{name}.key", kk): self.item.check(f"{name}[{kk!r}]", vv)
+                    for kk, vv in value.items()}
+        if k == "message":
+            assert self.message is not None
+            if not isinstance(value, dict):
+                raise ProtocolError(f"field {name!r}: expected record, got {type(value).__name__}")
+            return self.message.from_fields(value, where=name)
+        raise AssertionError(f"unknown spec kind {k}")
+
+    def _check_len(self, name: str, n: int) -> None:
+        if self.exact_len is not None and n != self.exact_len:
+            raise ProtocolError(f"field {name!r}: length {n}, expected {self.exact_len}")
+        if self.max_len is not None and n > self.max_len:
+            raise ProtocolError(f"field {name!r}: length {n} exceeds {self.max_len}")
+
+    def dump(self, value: Any) -> Any:
+        if value is None:
+            return None
+        if self.kind == "message":
+            return value.to_fields()
+        if self.kind == "list":
+            assert self.item is not None
+            return [self.item.dump(v) for v in value]
+        if self.kind == "map":
+            assert self.item is not None
+            return {k: self.item.dump(v) for k, v in value.items()}
+        return value
+
+
+def u(bits: int = 64, optional: bool = False) -> Spec:
+    """Unsigned integer of at most `bits` bits."""
+    return Spec("int", min=0, max=(1 << bits) - 1, optional=optional)
+
+
+def i(lo: int, hi: int, optional: bool = False) -> Spec:
+    return Spec("int", min=lo, max=hi, optional=optional)
+
+
+def f(lo: float | None = None, hi: float | None = None, optional: bool = False) -> Spec:
+    return Spec("float", min=lo, max=hi, optional=optional)
+
+
+def b(max_len: int | None = None, exact: int | None = None, optional: bool = False) -> Spec:
+    return Spec("bytes", max_len=max_len, exact_len=exact, optional=optional)
+
+
+def s(max_len: int = 256, choices: tuple[str, ...] | None = None,
+      optional: bool = False) -> Spec:
+    return Spec("str", max_len=max_len, choices=choices, optional=optional)
+
+
+def flag(optional: bool = False) -> Spec:
+    return Spec("bool", optional=optional)
+
+
+def seq(item: Spec, max_len: int, optional: bool = False) -> Spec:
+    return Spec("list", item=item, max_len=max_len, optional=optional)
+
+
+def mapping(key: Spec, item: Spec, max_len: int, optional: bool = False) -> Spec:
+    return Spec("map", key=key, item=item, max_len=max_len, optional=optional)
+
+
+def rec(message: type[Message], optional: bool = False) -> Spec:
+    return Spec("message", message=message, optional=optional)
+
+
+# -------------------------------------------------------------------- records
+
+M = TypeVar("M", bound="Message")
+_REGISTRY: dict[str, type[Message]] = {}
+
+
+class Message:
+    """Base for typed records. Subclasses are frozen dataclasses with SCHEMA.
+
+    `TYPE` names the record on the wire; records used only nested inside
+    others may leave it empty and are then not registered for top-level
+    decoding.
+    """
+
+    TYPE: ClassVar[str] = ""
+    SCHEMA: ClassVar[dict[str, Spec]] = {}
+
+    def to_fields(self) -> dict[str, Any]:
+        return {name: spec.dump(getattr(self, name)) for name, spec in self.SCHEMA.items()
+                if getattr(self, name) is not None}
+
+    @classmethod
+    def from_fields(cls: type[M], fields: dict[Any, Any], where: str = "") -> M:
+        label = where or cls.TYPE or cls.__name__
+        if not isinstance(fields, dict):
+            raise ProtocolError(f"{label}: expected a record")
+        unknown = [k for k in fields if k not in cls.SCHEMA]
+        if unknown:
+            raise ProtocolError(f"{label}: unknown field {str(unknown[0])[:40]!r}")
+        values = {}
+        for name, spec in cls.SCHEMA.items():
+            try:
+                values[name] = spec.check(name, fields.get(name))
+            except ProtocolError as err:
+                raise ProtocolError(f"{label}: {err.reason}") from None
+        obj = cls(**values)
+        obj.validate()
+        return obj
+
+    def validate(self) -> None:
+        """Cross-field checks; override and raise ProtocolError."""
+
+
+def message(cls: type[M]) -> type[M]:
+    """Class decorator: make a frozen dataclass and register its TYPE."""
+    dc = dataclasses.dataclass(frozen=True, slots=False)(cls)
+    fields = {fld.name for fld in dataclasses.fields(dc)}
+    if fields != set(dc.SCHEMA):
+        raise TypeError(f"{dc.__name__}: SCHEMA {sorted(dc.SCHEMA)} != fields {sorted(fields)}")
+    if dc.TYPE:
+        if dc.TYPE in _REGISTRY and _REGISTRY[dc.TYPE] is not dc:
+            raise TypeError(f"duplicate message type {dc.TYPE!r}")
+        _REGISTRY[dc.TYPE] = dc
+    return dc
+
+
+# ------------------------------------------------------------ encode / decode
+
+
+def encode_payload(msg: Message) -> bytes:
+    if not msg.TYPE:
+        raise TypeError(f"{type(msg).__name__} has no wire TYPE")
+    out: bytes = msgpack.packb([PROTOCOL_VERSION, msg.TYPE, msg.to_fields()], use_bin_type=True)
+    return out
+
+
+def decode_payload(data: bytes, max_size: int = DEFAULT_MAX_FRAME,
+                   expect: tuple[type[Message], ...] | None = None) -> Message:
+    """Decode one payload; raise ProtocolError with a reason on anything wrong."""
+    if len(data) > max_size:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds limit {max_size}")
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True,
+                              max_buffer_size=max_size, max_bin_len=max_size,
+                              max_str_len=max_size, max_array_len=65536, max_map_len=65536)
+    except Exception as err:  # msgpack raises a zoo of types on garbage
+        raise ProtocolError(f"malformed msgpack: {type(err).__name__}") from None
+    if not isinstance(obj, list) or len(obj) != 3:
+        raise ProtocolError("malformed message: expected [version, type, fields]")
+    version, type_name, fields = obj
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {str(version)[:20]}")
+    if not isinstance(type_name, str):
+        raise ProtocolError("malformed message: type is not a string")
+    cls = _REGISTRY.get(type_name)
+    if cls is None:
+        raise ProtocolError(f"unknown message type {type_name[:40]!r}")
+    if expect is not None and cls not in expect:
+        raise ProtocolError(f"unexpected message type {type_name!r}")
+    return cls.from_fields(fields)
+
+
+def encode_frame(msg: Message, max_size: int = DEFAULT_MAX_FRAME) -> bytes:
+    payload = encode_payload(msg)
+    if len(payload) > max_size:
+        raise ProtocolError(f"{msg.TYPE}: frame of {len(payload)} bytes exceeds limit {max_size}")
+    return _LEN.pack(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Reassembles frames from a byte stream (a QUIC stream delivers arbitrary chunks).
+
+    Rejects a frame as soon as its length prefix exceeds the limit, before
+    buffering it, so a peer cannot make us hold more than one frame's worth.
+    """
+
+    def __init__(self, max_size: int = DEFAULT_MAX_FRAME,
+                 expect: tuple[type[Message], ...] | None = None) -> None:
+        self.max_size = max_size
+        self.expect = expect
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> Iterator[Message]:
+        self._buf += data
+        while True:
+            if len(self._buf) < _LEN.size:
+                return
+            (n,) = _LEN.unpack_from(self._buf)
+            if n > self.max_size:
+                raise ProtocolError(f"frame of {n} bytes exceeds limit {self.max_size}")
+            if len(self._buf) < _LEN.size + n:
+                return
+            payload = bytes(self._buf[_LEN.size:_LEN.size + n])
+            del self._buf[:_LEN.size + n]
+            yield decode_payload(payload, self.max_size, self.expect)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+
+def registered_types() -> dict[str, type[Message]]:
+    return dict(_REGISTRY)
+
