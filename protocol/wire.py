@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 from collections.abc import Iterator
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import msgpack
 
@@ -208,10 +208,11 @@ class Message:
         """Cross-field checks; override and raise ProtocolError."""
 
 
+@dataclass_transform(frozen_default=True)
 def message(cls: type[M]) -> type[M]:
     """Class decorator: make a frozen dataclass and register its TYPE."""
     dc = dataclasses.dataclass(frozen=True, slots=False)(cls)
-    fields = {fld.name for fld in dataclasses.fields(dc)}
+    fields = {fld.name for fld in dataclasses.fields(dc)}  # type: ignore[arg-type]
     if fields != set(dc.SCHEMA):
         raise TypeError(f"{dc.__name__}: SCHEMA {sorted(dc.SCHEMA)} != fields {sorted(fields)}")
     if dc.TYPE:
@@ -238,7 +239,7 @@ def decode_payload(data: bytes, max_size: int = DEFAULT_MAX_FRAME,
         raise ProtocolError(f"message of {len(data)} bytes exceeds limit {max_size}")
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True,
-                              max_buffer_size=max_size, max_bin_len=max_size,
+                              max_bin_len=max_size,
                               max_str_len=max_size, max_array_len=65536, max_map_len=65536)
     except Exception as err:  # msgpack raises a zoo of types on garbage
         raise ProtocolError(f"malformed msgpack: {type(err).__name__}") from None

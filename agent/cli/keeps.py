@@ -1,0 +1,225 @@
+"""Keep verbs: deploy, keeps, logs, call, stop.
+
+Why deploy attests before it sends: the workload is sealed to the identity
+key of the agent we just verified (fresh evidence against the deployment's
+own policy), after the connection is up and checked; an agent that fails
+policy makes open_client raise and receives no byte of the workload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+from keepmesh.agent.cli import CommandError
+from keepmesh.protocol.errors import ProtocolError
+
+DEFAULT_WAIT_MS = 5000
+
+
+def _agent(args: argparse.Namespace) -> str:
+    address: str | None = args.agent or os.environ.get("KEEPMESH_AGENT")
+    if not address:
+        raise CommandError("--agent HOST:PORT is required (or set KEEPMESH_AGENT)")
+    return address
+
+
+def _load_policy(text: str | None, source: str) -> Any:
+    if text is None:
+        return None
+    try:
+        from keepmesh.protocol.attestation.policy import load_policy
+    except ImportError:
+        raise CommandError("policy support is not available in this build") from None
+    try:
+        return load_policy(text, source)
+    except ProtocolError as err:
+        raise CommandError(err.reason) from None
+
+
+async def _with_client(args: argparse.Namespace, policy: Any, fresh: bool,
+                       fn: Callable[[Any], Awaitable[int]]) -> int:
+    try:
+        from keepmesh.agent.client import open_client
+    except ImportError:
+        raise CommandError("the agent client is not available in this build") from None
+
+    roots = [Path(r) for r in (args.root or [])]
+    key = Path(args.key) if args.key else None
+    client = await open_client(_agent(args), roots=roots, key_path=key, policy=policy,
+                               fresh=fresh)
+    try:
+        return await fn(client)
+    finally:
+        await client.aclose()
+
+
+def _run(fn: Callable[[], Awaitable[int]]) -> int:
+    try:
+        return trio.run(fn)
+    except ProtocolError as err:
+        raise CommandError(err.reason) from None
+    except OSError as err:
+        raise CommandError(f"{type(err).__name__}: {err}") from None
+
+
+def _print(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
+    if args.json:
+        print(json.dumps(doc, sort_keys=True))
+    elif text:
+        print(text)
+
+
+def _owner_seed(args: argparse.Namespace) -> bytes:
+    if not args.key:
+        raise CommandError("--key OWNER_KEY is required to sign a deployment "
+                           "(create one with `keepmesh keygen FILE`)")
+    from keepmesh.agent.identity import read_private_key
+
+    try:
+        key = read_private_key(Path(args.key))
+    except ProtocolError as err:
+        raise CommandError(err.reason) from None
+    return key.private_bytes_raw()
+
+
+# ------------------------------------------------------------------ verbs
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from keepmesh.agent.keeps.package import PackageError, load_workload, read_policy_text
+    from keepmesh.agent.keeps.sealing import seal_package
+    from keepmesh.protocol.deployment import make_deployment
+
+    address = _agent(args)
+    try:
+        workload = load_workload(Path(args.workload),
+                                 Path(args.policy) if args.policy else None)
+        if args.policy:
+            read_policy_text(Path(args.policy))
+    except PackageError as err:
+        raise CommandError(err.reason) from None
+    policy = _load_policy(workload.policy_text, args.policy or "workload policy")
+    seed = _owner_seed(args)
+    try:
+        deployment = make_deployment(workload.manifest, workload.module, workload.policy_text,
+                                     seed, time.time(), random.SystemRandom())
+    except ProtocolError as err:
+        raise CommandError(err.reason) from None
+
+    async def go(client: Any) -> int:
+        # Sealed only now, to the key the verified evidence commits to.
+        sealed, _ = seal_package(workload.module, client.peer_key)
+        body = {"deployment": deployment.to_fields(), "package": sealed.to_fields(),
+                "wait_ms": args.wait_ms}
+        resp = await client.call("keeps.deploy", body)
+        doc = {"deployment": resp.get("deployment"), "agent": address,
+               "keep": resp.get("keep"), "state": resp.get("state"),
+               "name": resp.get("name"), "kind": resp.get("kind"),
+               "package_digest": workload.digest.hex()}
+        _print(args, doc, f"keep {doc['keep']} ({doc['name']}) on {address}: {doc['state']}")
+        return 0
+
+    return _run(lambda: _with_client(args, policy, True, go))
+
+
+def cmd_keeps(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        resp = await client.call("keeps.list", {})
+        keeps = resp.get("keeps", [])
+        lines = [f"{k.get('keep')}  {k.get('name'):<20} {k.get('kind'):<8} {k.get('state')}"
+                 for k in keeps]
+        _print(args, {"agent": _agent(args), "keeps": keeps},
+               "\n".join(lines) if lines else "no keeps")
+        return 0
+
+    return _run(lambda: _with_client(args, None, False, go))
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        body: dict[str, Any] = {"keep": args.id}
+        if args.tail is not None:
+            body["tail"] = args.tail
+        resp = await client.call("keeps.logs", body)
+        lines = resp.get("lines", [])
+        text = "\n".join(x["line"] if x.get("stream") == "stdout"
+                         else f"[{x.get('stream')}] {x.get('line')}" for x in lines)
+        _print(args, resp, text)
+        return 0
+
+    return _run(lambda: _with_client(args, None, False, go))
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    message = bytes.fromhex(args.message) if args.hex else args.message.encode()
+
+    async def go(client: Any) -> int:
+        resp = await client.call("keeps.call", {"keep": args.id, "message": message})
+        reply = bytes(resp.get("reply", b""))
+        try:
+            text: str | None = reply.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        doc = {"keep": resp.get("keep"), "state": resp.get("state"), "reply": text,
+               "reply_hex": reply.hex()}
+        _print(args, doc, text if text is not None else reply.hex())
+        return 0
+
+    return _run(lambda: _with_client(args, None, False, go))
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        resp = await client.call("keeps.stop", {"keep": args.id})
+        _print(args, resp, f"keep {resp.get('keep')}: {resp.get('state')}")
+        return 0
+
+    return _run(lambda: _with_client(args, None, False, go))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--agent", metavar="HOST:PORT", help="agent to talk to ($KEEPMESH_AGENT)")
+    p.add_argument("--root", metavar="PEM", action="append", default=[],
+                   help="extra trusted attestation root (repeatable)")
+    p.add_argument("--key", metavar="FILE", help="owner/operator Ed25519 key (keepmesh keygen)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("deploy", help="attest an agent, then deploy a sealed workload")
+    p.add_argument("workload", metavar="WORKLOAD", help="workload directory or .wasm/.wat file")
+    p.add_argument("--policy", metavar="FILE", help="appraisal policy TOML (overrides manifest)")
+    p.add_argument("--wait-ms", type=int, default=DEFAULT_WAIT_MS,
+                   help="how long the agent waits for a command to finish before answering")
+    _common(p)
+    p.set_defaults(func=cmd_deploy)
+
+    p = subparsers.add_parser("keeps", help="list keeps on an agent")
+    _common(p)
+    p.set_defaults(func=cmd_keeps)
+
+    p = subparsers.add_parser("logs", help="show a keep's output and log lines")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--tail", type=int, default=None, help="only the last N lines")
+    _common(p)
+    p.set_defaults(func=cmd_logs)
+
+    p = subparsers.add_parser("call", help="send a message to a service keep, print its reply")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("message", metavar="MSG")
+    p.add_argument("--hex", action="store_true", help="MSG is hex-encoded bytes")
+    _common(p)
+    p.set_defaults(func=cmd_call)
+
+    p = subparsers.add_parser("stop", help="stop a keep")
+    p.add_argument("id", metavar="ID")
+    _common(p)
+    p.set_defaults(func=cmd_stop)

@@ -1,0 +1,48 @@
+"""`keepmesh keygen FILE`: create an owner (or operator) Ed25519 key.
+
+Why a separate verb: the owner key is the root of trust for deployments, so
+it is created owner-only (0600) from the first byte and never overwritten
+(overwriting would orphan every keep signed with the old key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from keepmesh.agent.cli import CommandError
+
+
+def _write_key(path: Path, key: Ed25519PrivateKey) -> None:
+    from keepmesh.agent.identity import write_private_key
+
+    write_private_key(path, key)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if path.exists() or path.is_symlink():
+        raise CommandError(f"{path} already exists; refusing to overwrite a key")
+    key = Ed25519PrivateKey.generate()
+    try:
+        _write_key(path, key)
+    except FileExistsError:
+        raise CommandError(f"{path} already exists; refusing to overwrite a key") from None
+    except OSError as err:
+        raise CommandError(f"cannot write {path}: {err.strerror}") from None
+    public = key.public_key().public_bytes_raw().hex()
+    if args.json:
+        print(json.dumps({"file": str(path), "public_key": public}))
+    else:
+        print(f"wrote {path} (0600); public key {public}")
+        print("admit it on an agent with: owners = [\"" + public + "\"]")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("keygen", help="create an Ed25519 owner/operator key (0600)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_keygen)

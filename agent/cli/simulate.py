@@ -1,0 +1,102 @@
+"""`keepmesh simulate TOPOLOGY.toml [--seed N] [--out DIR] [--json]`.
+
+Runs the deterministic simulator (keepmesh.simulations) on a topology file.
+It imports keepmesh.protocol only (no sockets, no trio), and matplotlib only
+when --out asks for plots, so an edge agent never needs either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from keepmesh.agent.cli import CommandError
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("simulate", help="run the deterministic mesh simulator",
+                              description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("topology", metavar="TOPOLOGY.toml", help="topology file")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--out", metavar="DIR", help="write metrics.json and PNG plots here")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.set_defaults(func=run)
+
+
+class _Progress:
+    """A one-line bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, total: float) -> None:
+        self.total = total
+        self.last = -1
+
+    def __call__(self, now: float) -> None:
+        pct = int(100 * min(1.0, now / self.total)) if self.total > 0 else 100
+        if pct != self.last:
+            self.last = pct
+            bar = "#" * (pct // 4)
+            sys.stderr.write(f"\rsimulating [{bar:<25}] {pct:3d}% t={now:8.1f}s")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        sys.stderr.write("\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    from keepmesh.simulations.runner import simulate
+    from keepmesh.simulations.topology import TopologyError, load_topology
+
+    if not (-(2**63) <= args.seed < 2**63):
+        raise CommandError("--seed must fit in 64 bits")
+    try:
+        topo = load_topology(args.topology)
+    except TopologyError as err:
+        raise CommandError(str(err)) from None
+    out_dir = args.out
+    if out_dir is not None:
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as err:
+            raise CommandError(f"--out {out_dir}: {err.strerror or err}") from None
+    progress = _Progress(topo.duration_s) if sys.stderr.isatty() else None
+    try:
+        report, sim = simulate(topo, args.seed, progress=progress)
+    except Exception as err:  # a protocol bug must not produce a traceback wall
+        raise CommandError(f"simulation failed: {type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else ''}") from None
+    finally:
+        if progress is not None:
+            progress.done()
+    if out_dir is not None:
+        from keepmesh.simulations.plots import write_outputs
+        try:
+            report["plots"] = write_outputs(sim, report, out_dir)
+        except OSError as err:
+            raise CommandError(f"--out {out_dir}: {err.strerror or err}") from None
+    if args.json:
+        json.dump(report, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        m = report["metrics"]
+        det = m["detection_s"]
+        dead = m["dead_everywhere_s"]
+        print(f"trace_hash {report['trace_hash']}")
+        print(f"agents {report['agents']}  simulated {report['simulated_s']:g}s  "
+              f"wall {report['wall_s']:.1f}s  events {report['events']} "
+              f"({report['events_per_s'] or 0:.0f}/s)")
+        print(f"dissemination_999_s {_fmt(m['dissemination_999_s'])}  "
+              f"detection_s p50 {_fmt(det and det['p50'])} p99 {_fmt(det and det['p99'])}  "
+              f"dead_everywhere_s max {_fmt(dead and dead['max'])}  "
+              f"false_positives {m['false_positives']}")
+        print(f"msgs/agent/s {m['msgs_per_agent_s']:.2f}  "
+              f"bytes/agent/s {m['bytes_per_agent_s']:.0f}")
+        if out_dir is not None:
+            print(f"wrote {out_dir}/metrics.json and plots")
+    return 0
+
+
+def _fmt(v: float | None) -> str:
+    return "null" if v is None else f"{v:.3f}"

@@ -1,0 +1,145 @@
+"""The CLI side of agent RPC: a client, not an agent.
+
+A client has an operator (or owner) Ed25519 key but no TEE. It verifies the
+agent's evidence against the pinned vendor roots plus any `--root` given, and
+a policy (the deployment's, for `deploy`). Sim evidence is accepted only when
+its root was given explicitly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+from keepmesh.agent.cli import CommandError
+from keepmesh.agent.config import default_config_dir
+from keepmesh.agent.identity import Identity, load_or_create
+from keepmesh.agent.rpc import RpcError, call
+from keepmesh.agent.session import ChannelFailed, Session, establish
+from keepmesh.agent.transport.quic import ConnectionClosed, QuicEndpoint, parse_address
+from keepmesh.protocol.attestation.certs import TrustStore, fingerprint, load_certificates
+from keepmesh.protocol.attestation.evidence import VerifiedEvidence
+from keepmesh.protocol.attestation.policy import Policy
+from keepmesh.protocol.channel import ChannelConfig, EvidenceCache
+from keepmesh.protocol.errors import ProtocolError
+
+CONNECT_TIMEOUT_S = 15.0
+
+
+def operator_key_path() -> Path:
+    return default_config_dir() / "operator.key"
+
+
+def load_roots(paths: Sequence[Path]) -> list[Any]:
+    """Extra trusted roots from PEM/DER files; a bad file is a one-line CommandError."""
+    certs = []
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as err:
+            raise CommandError(f"cannot read root {path}: {err.strerror}") from None
+        try:
+            found = load_certificates(data)
+        except ProtocolError as err:
+            raise CommandError(f"root {path}: {err.reason}") from None
+        if not found:
+            raise CommandError(f"root {path}: no certificate found")
+        certs.extend(found)
+    return certs
+
+
+def client_policy(roots: Sequence[Any]) -> Policy:
+    """Default: hardware evidence under vendor roots, or sim evidence under exactly the given roots."""
+    fps = tuple(fingerprint(c) for c in roots)
+    return Policy(allow_sim=bool(fps), sim_roots=fps)
+
+
+class AgentClient:
+    """An attested session from the CLI to one agent."""
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+        self.endpoint = QuicEndpoint(identity)
+        self.session: Session | None = None
+        self._scope = trio.CancelScope()
+        self._done = trio.Event()
+
+    @property
+    def peer_key(self) -> bytes:
+        assert self.session is not None
+        return self.session.peer.identity
+
+    @property
+    def peer_evidence(self) -> VerifiedEvidence | None:
+        assert self.session is not None
+        return self.session.peer.evidence
+
+    async def _start(self) -> None:
+        started = trio.Event()
+
+        async def run() -> None:
+            try:
+                with self._scope:
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(self.endpoint.serve, "0.0.0.0", 0)
+                        started.set()
+            except Exception:  # noqa: BLE001 - a system task must never raise
+                pass
+            finally:
+                started.set()
+                self._done.set()
+
+        trio.lowlevel.spawn_system_task(run)
+        await started.wait()
+        if self.endpoint.sock is None:
+            raise CommandError("cannot open a UDP socket")
+
+    async def call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        assert self.session is not None
+        try:
+            return await call(self.session, method, body)
+        except RpcError as err:
+            raise CommandError(str(err)) from None
+
+    async def aclose(self) -> None:
+        if self.session is not None:
+            self.session.conn.close(0, "client done")
+        self._scope.cancel()
+        await self._done.wait()
+
+
+async def open_client(address: str, *, roots: Sequence[Path] = (), key_path: Path | None = None,
+                      policy: Policy | None = None, fresh: bool = False,
+                      timeout: float = CONNECT_TIMEOUT_S) -> AgentClient:
+    """Connect to the agent at `address` and verify it; raises CommandError with a reason."""
+    try:
+        host, port = parse_address(address)
+        identity = load_or_create(Path(key_path) if key_path else operator_key_path(),
+                                  name="keepmesh client")
+    except ProtocolError as err:
+        raise CommandError(err.reason) from None
+    root_certs = load_roots(roots)
+    trust = TrustStore(root_certs)
+    client = AgentClient(identity)
+    await client._start()
+    try:
+        with trio.move_on_after(timeout) as scope:
+            conn = await client.endpoint.connect(host, port)
+            config = ChannelConfig(role="client", trust=trust,
+                                   policy=policy or client_policy(root_certs),
+                                   demand_fresh=fresh, expect_peer_role="agent")
+            client.session = await establish(conn, identity=identity, attester=None,
+                                             config=config, cache=EvidenceCache(),
+                                             rng=random.SystemRandom())
+        if scope.cancelled_caught:
+            raise CommandError(f"no attested answer from {address} within {timeout:g}s")
+    except (ConnectionClosed, ChannelFailed) as err:
+        await client.aclose()
+        raise CommandError(f"agent {address}: {err}") from None
+    except BaseException:
+        await client.aclose()
+        raise
+    return client

@@ -1,0 +1,129 @@
+"""Agent configuration: a TOML file, overridden by command-line flags.
+
+Example (keys are optional; flags win):
+
+    listen = "0.0.0.0:7400"
+    advertise = "10.0.0.5:7400"     # what peers dial; defaults to the bound address
+    join = ["10.0.0.6:7400"]
+    tee = "auto"                    # auto | snp | tdx | sgx | sim
+    sim_root = "/etc/keepmesh/sim-root"
+    data_dir = "/var/lib/keepmesh"
+    roots = ["extra-root.pem"]      # extra trusted roots (e.g. another site's sim root)
+    policy = "policy.toml"          # appraisal policy for peers (specs/attestation.md)
+    owners = ["<hex ed25519 public key>"]   # owner keys admitted to deploy
+    profile = "lan"                 # membership timing profile
+    [labels]
+    zone = "edge-1"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from keepmesh.protocol.errors import ProtocolError
+
+TEE_CHOICES = ("auto", "snp", "tdx", "sgx", "sim")
+MAX_CONFIG = 1024 * 1024
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "keepmesh" / "agent"
+
+
+def default_config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "keepmesh"
+
+
+@dataclass
+class AgentConfig:
+    listen: str = "127.0.0.1:7400"
+    advertise: str | None = None
+    join: list[str] = field(default_factory=list)
+    tee: str = "auto"
+    sim_root: Path | None = None
+    data_dir: Path = field(default_factory=default_data_dir)
+    roots: list[Path] = field(default_factory=list)
+    policy: Path | None = None
+    owners: list[bytes] = field(default_factory=list)
+    profile: str = "lan"
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+_KEYS: dict[str, type | tuple[type, ...]] = {
+    "listen": str, "advertise": str, "join": list, "tee": str, "sim_root": str,
+    "data_dir": str, "roots": list, "policy": str, "owners": list, "profile": str,
+    "labels": dict,
+}
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Parse a config file; any problem is a ProtocolError naming the file and key."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ProtocolError(f"{path}: cannot read: {err.strerror}") from None
+    if len(raw) > MAX_CONFIG:
+        raise ProtocolError(f"{path}: larger than {MAX_CONFIG} bytes")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ProtocolError(f"{path}: not valid TOML: {err}") from None
+    return config_from_dict(data, str(path), base=path.parent)
+
+
+def config_from_dict(data: dict[str, Any], source: str, base: Path = Path(".")) -> AgentConfig:
+    cfg = AgentConfig()
+    for key, value in data.items():
+        expected = _KEYS.get(key)
+        if expected is None:
+            raise ProtocolError(f"{source}: unknown key {key!r}")
+        if not isinstance(value, expected):
+            kind = getattr(expected, "__name__", str(expected))
+            raise ProtocolError(f"{source}: key {key!r} must be {kind}")
+        if key in ("join", "roots", "owners") and not all(isinstance(v, str) for v in value):
+            raise ProtocolError(f"{source}: key {key!r} must be a list of strings")
+        if key == "labels" and not all(isinstance(k, str) and isinstance(v, str) and len(v) <= 64
+                                       for k, v in value.items()):
+            raise ProtocolError(f"{source}: key 'labels' must map strings to short strings")
+    if "tee" in data and data["tee"] not in TEE_CHOICES:
+        raise ProtocolError(f"{source}: key 'tee' must be one of {', '.join(TEE_CHOICES)}")
+
+    def rel(p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else base / q
+
+    for key in ("listen", "advertise", "tee", "profile"):
+        if key in data:
+            setattr(cfg, key, data[key])
+    if "join" in data:
+        cfg.join = list(data["join"])
+    if "sim_root" in data:
+        cfg.sim_root = rel(data["sim_root"])
+    if "data_dir" in data:
+        cfg.data_dir = rel(data["data_dir"])
+    if "policy" in data:
+        cfg.policy = rel(data["policy"])
+    if "roots" in data:
+        cfg.roots = [rel(p) for p in data["roots"]]
+    if "owners" in data:
+        cfg.owners = [parse_public_key(v, f"{source}: owners") for v in data["owners"]]
+    if "labels" in data:
+        cfg.labels = dict(data["labels"])
+    return cfg
+
+
+def parse_public_key(text: str, where: str) -> bytes:
+    """An Ed25519 public key written as 64 hex characters."""
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        raise ProtocolError(f"{where}: {text[:20]!r} is not hex") from None
+    if len(key) != 32:
+        raise ProtocolError(f"{where}: public key must be 32 bytes, got {len(key)}")
+    return key

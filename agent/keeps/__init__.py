@@ -1,0 +1,1 @@
+"""Keeps: WebAssembly workloads run under wasmtime with limits, sealed delivery and state."""

@@ -1,0 +1,279 @@
+"""The agent: one QUIC endpoint, attested sessions to peers, RPC, and the mesh services.
+
+This is the I/O shell. Decisions live in protocol/ (channel, membership,
+placement); here we only move bytes between sockets, threads and those
+state machines, and keep the agent serving whatever a single peer does.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import trio
+from keepmesh.agent.attester import LocalAttester
+from keepmesh.agent.identity import Identity, fingerprint
+from keepmesh.agent.rpc import Handler, RpcContext, RpcError, call, serve_session
+from keepmesh.agent.session import ChannelFailed, Session, establish
+from keepmesh.agent.tee.base import TeeBackend
+from keepmesh.agent.transport.quic import (
+    ConnectionClosed,
+    QuicEndpoint,
+    QuicPeerConnection,
+    parse_address,
+)
+from keepmesh.protocol.attestation.certs import ChainCache, TrustStore
+from keepmesh.protocol.attestation.evidence import VerifiedEvidence, verify_evidence_record
+from keepmesh.protocol.attestation.policy import Policy, appraise
+from keepmesh.protocol.channel import ChannelConfig, EvidenceCache
+from keepmesh.protocol.errors import ProtocolError
+
+from keepmesh import __version__
+
+log = logging.getLogger("keepmesh.agent")
+
+CLIENT_METHODS = frozenset({"agent.status", "agent.peers", "members.list", "keeps.list",
+                            "keeps.logs", "keeps.call", "keeps.stop", "keeps.deploy",
+                            "agent.drain", "agent.leave", "agent.join"})
+REDIAL_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class PeerEntry:
+    """An attested agent peer as this agent sees it."""
+
+    identity: bytes
+    address: str  # where it listens (announced), or where it connected from
+    evidence: VerifiedEvidence | None
+    verified_at: float
+    session: Session | None
+
+    def to_json(self) -> dict[str, Any]:
+        ev = self.evidence
+        return {
+            "identity": self.identity.hex(),
+            "fingerprint": fingerprint(self.identity),
+            "address": self.address,
+            "tee": ev.tee if ev else None,
+            "measurement": ev.measurement.hex() if ev else None,
+            "verified_at": self.verified_at,
+            "connected": self.session is not None and not self.session.closed.is_set(),
+        }
+
+
+class Agent:
+    def __init__(self, *, identity: Identity, backend: TeeBackend, trust: TrustStore,
+                 policy: Policy, listen: str, advertise: str | None = None,
+                 join: list[str] | None = None, data_dir: Path,
+                 rng: random.Random | None = None) -> None:
+        self.identity = identity
+        self.backend = backend
+        self.trust = trust
+        self.policy = policy
+        self.listen = listen
+        self.advertise = advertise
+        self.seeds = list(join or [])
+        self.data_dir = data_dir
+        self.rng = rng or random.SystemRandom()
+        self.attester = LocalAttester(identity, backend)
+        self.endpoint = QuicEndpoint(identity)
+        self.evidence_cache = EvidenceCache()
+        self.chain_cache = ChainCache()
+        self.peers: dict[bytes, PeerEntry] = {}
+        self.methods: dict[str, Handler] = {
+            "agent.status": self._rpc_status,
+            "agent.peers": self._rpc_peers,
+            "mesh.announce": self._rpc_announce,
+        }
+        self.own_evidence: VerifiedEvidence | None = None
+        self.started_at = time.time()
+        self.address = ""
+        self._nursery: trio.Nursery | None = None
+        self._dialing: set[str] = set()
+        self.on_peer: list[Callable[[PeerEntry], None]] = []
+        self.services: list[Callable[[trio.Nursery], Awaitable[None]]] = []
+
+    # ------------------------------------------------------------- config
+    def channel_config(self) -> ChannelConfig:
+        return ChannelConfig(role="agent", trust=self.trust, policy=self.policy,
+                             chain_cache=self.chain_cache)
+
+    def register(self, methods: dict[str, Handler]) -> None:
+        self.methods.update(methods)
+
+    # ------------------------------------------------------------- lifecycle
+    def self_check(self) -> VerifiedEvidence:
+        """Verify our own evidence with our own verifier and policy before serving.
+
+        Catches a misconfigured TEE or sim root at start-up with a clear reason
+        instead of as a mesh of peers that silently refuse us.
+        """
+        from datetime import datetime
+
+        from keepmesh.protocol.channel import evidence_report_data
+        evidence, issued_at = self.attester.evidence_now(None)
+        now = time.time()
+        verified = verify_evidence_record(evidence, self.trust,
+                                          datetime.fromtimestamp(now, tz=UTC),
+                                          cache=self.chain_cache)
+        if verified.report_data != evidence_report_data(self.identity.public_bytes, issued_at):
+            raise ProtocolError("own evidence does not commit to our identity key")
+        appraise(self.policy, verified, evidence_issued_at=float(issued_at), now=now)
+        self.own_evidence = verified
+        return verified
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        host, port = parse_address(self.listen)
+        self.endpoint.on_accept = self._on_accept
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            bound = await nursery.start(self.endpoint.serve, host, port)
+            self.address = self.advertise or f"{bound[0]}:{bound[1]}"
+            for service in self.services:
+                nursery.start_soon(service, nursery)
+            for seed in self.seeds:
+                nursery.start_soon(self._dial_loop, seed, True)
+            log.info("agent %s listening on %s (tee %s)", self.identity.fingerprint,
+                     self.address, self.backend.kind)
+            task_status.started(self.address)
+
+    def shutdown(self) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # ------------------------------------------------------------- sessions
+    async def _on_accept(self, conn: QuicPeerConnection) -> None:
+        try:
+            session = await establish(conn, identity=self.identity, attester=self.attester,
+                                      config=self.channel_config(), cache=self.evidence_cache,
+                                      rng=self.rng)
+        except ChannelFailed as err:
+            log.warning("rejected %s: %s", conn.peer_address, err)
+            return
+        if session.peer.role == "agent":
+            self._adopt(session, address=None)
+        await serve_session(session, self._methods_for(session))
+
+    async def connect(self, address: str) -> Session:
+        """Dial an agent and establish an attested session (raises ChannelFailed)."""
+        existing = self.session_to_address(address)
+        if existing is not None:
+            return existing
+        host, port = parse_address(address)
+        try:
+            conn = await self.endpoint.connect(host, port)
+        except ConnectionClosed as err:
+            raise ChannelFailed(str(err)) from None
+        config = self.channel_config()
+        config.expect_peer_role = "agent"
+        session = await establish(conn, identity=self.identity, attester=self.attester,
+                                  config=config, cache=self.evidence_cache, rng=self.rng)
+        if session.peer.identity == self.identity.public_bytes:
+            conn.close(0, "connected to self")
+            raise ChannelFailed("connected to self")
+        self._adopt(session, address=address)
+        assert self._nursery is not None
+        self._nursery.start_soon(serve_session, session, self._methods_for(session))
+        return session
+
+    def session_to_address(self, address: str) -> Session | None:
+        for peer in self.peers.values():
+            if peer.address == address and peer.session and not peer.session.closed.is_set():
+                return peer.session
+        return None
+
+    def _adopt(self, session: Session, address: str | None) -> None:
+        ident = session.peer.identity
+        entry = self.peers.get(ident)
+        addr = address or (entry.address if entry else session.address)
+        entry = PeerEntry(identity=ident, address=addr, evidence=session.peer.evidence,
+                          verified_at=session.peer.verified_at, session=session)
+        self.peers[ident] = entry
+        log.info("attested peer %s at %s (%s)", fingerprint(ident), addr,
+                 session.peer.evidence.tee if session.peer.evidence else "?")
+        for cb in self.on_peer:
+            cb(entry)
+
+    def _methods_for(self, session: Session) -> dict[str, Handler]:
+        if session.peer.role == "agent":
+            return self.methods
+        return {k: v for k, v in self.methods.items() if k in CLIENT_METHODS}
+
+    async def _dial_loop(self, address: str, announce: bool) -> None:
+        """Keep trying a seed until attested, then learn its peers (mesh formation)."""
+        if address in self._dialing or address == self.address:
+            return
+        self._dialing.add(address)
+        try:
+            attempt = 0
+            while True:
+                try:
+                    session = await self.connect(address)
+                    break
+                except ChannelFailed as err:
+                    log.warning("cannot attest %s: %s", address, err)
+                    if "rejected" in str(err) or "policy" in str(err):
+                        return  # a peer that fails policy will not pass by retrying
+                await trio.sleep(REDIAL_S[min(attempt, len(REDIAL_S) - 1)])
+                attempt += 1
+            if announce:
+                await self._announce(session)
+        finally:
+            self._dialing.discard(address)
+
+    async def _announce(self, session: Session) -> None:
+        try:
+            reply = await call(session, "mesh.announce", {"address": self.address})
+        except RpcError as err:
+            log.warning("announce to %s failed: %s", session.address, err)
+            return
+        peers = reply.get("peers", [])
+        if not isinstance(peers, list):
+            return
+        assert self._nursery is not None
+        for addr in peers[:256]:
+            if isinstance(addr, str) and addr != self.address and \
+                    self.session_to_address(addr) is None:
+                try:
+                    parse_address(addr)
+                except ProtocolError:
+                    continue
+                self._nursery.start_soon(self._dial_loop, addr, True)
+
+    # ------------------------------------------------------------- RPC
+    async def _rpc_status(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        ev = self.own_evidence
+        return {
+            "identity": self.identity.public_bytes.hex(),
+            "fingerprint": self.identity.fingerprint,
+            "address": self.address,
+            "version": __version__,
+            "tee": self.backend.kind,
+            "tee_interface": self.backend.name,
+            "measurement": ev.measurement.hex() if ev else None,
+            "peers": sum(1 for p in self.peers.values()
+                         if p.session and not p.session.closed.is_set()),
+            "uptime_s": round(time.time() - self.started_at, 3),
+        }
+
+    async def _rpc_peers(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        return {"peers": [p.to_json() for p in self.peers.values()
+                          if p.session and not p.session.closed.is_set()]}
+
+    async def _rpc_announce(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        address = body.get("address")
+        if not isinstance(address, str) or len(address) > 300:
+            raise ProtocolError("mesh.announce: address must be a short string")
+        parse_address(address)
+        entry = self.peers.get(ctx.peer_key)
+        if entry is not None:
+            entry.address = address
+        others = [p.address for k, p in self.peers.items()
+                  if k != ctx.peer_key and p.session and not p.session.closed.is_set()]
+        return {"peers": others}

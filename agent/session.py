@@ -1,0 +1,125 @@
+"""Glue between a QUIC connection and the sans-IO attested channel.
+
+Only shuttles: control-stream bytes into the channel, its messages out, and
+evidence requests to the local attester. On any failure the connection is
+closed with ERR_CHANNEL_REJECTED and the one-line reason; the caller logs it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import trio
+from keepmesh.agent.attester import LocalAttester
+from keepmesh.agent.identity import Identity
+from keepmesh.agent.transport.quic import (
+    ERR_CHANNEL_REJECTED,
+    ERR_PROTOCOL,
+    ConnectionClosed,
+    QuicPeerConnection,
+    QuicStream,
+)
+from keepmesh.protocol.channel import (
+    CHANNEL_MESSAGES,
+    AttestedChannel,
+    ChannelConfig,
+    Established,
+    EvidenceCache,
+    EvidenceNeeded,
+    Failed,
+    PeerInfo,
+)
+from keepmesh.protocol.errors import ProtocolError
+from keepmesh.protocol.wire import FrameDecoder, encode_frame
+
+CONTROL_FRAME_LIMIT = 256 * 1024
+CHANNEL_TIMEOUT_S = 15.0
+
+
+class ChannelFailed(Exception):
+    """The attested channel was not established; str() is the one-line reason."""
+
+
+@dataclass
+class Session:
+    """An attested connection: the peer is known, verified and bound to this session."""
+
+    conn: QuicPeerConnection
+    peer: PeerInfo
+    control: QuicStream
+    address: str  # where the peer can be dialled (agents) or where it came from
+
+    @property
+    def closed(self) -> trio.Event:
+        return self.conn.closed
+
+
+async def establish(conn: QuicPeerConnection, *, identity: Identity,
+                    attester: LocalAttester | None, config: ChannelConfig,
+                    cache: EvidenceCache, rng: random.Random,
+                    timeout: float = CHANNEL_TIMEOUT_S) -> Session:
+    """Run the channel on `conn` (TLS handshake already done). Raises ChannelFailed."""
+    try:
+        with trio.fail_after(timeout):
+            return await _establish(conn, identity, attester, config, cache, rng)
+    except trio.TooSlowError:
+        conn.close(ERR_CHANNEL_REJECTED, "attested channel timed out")
+        raise ChannelFailed("attested channel timed out") from None
+    except ConnectionClosed as err:
+        raise ChannelFailed(str(err)) from None
+
+
+async def _establish(conn: QuicPeerConnection, identity: Identity,
+                     attester: LocalAttester | None, config: ChannelConfig,
+                     cache: EvidenceCache, rng: random.Random) -> Session:
+    await conn.wait_handshake()
+    assert conn.peer_identity is not None
+    if conn.is_client:
+        stream = conn.open_stream()
+    else:
+        stream = await conn.accept_stream()
+    chan = AttestedChannel(initiator=conn.is_client, local_identity=identity.public_bytes,
+                           sign=identity.sign, peer_identity=conn.peer_identity,
+                           exporter=conn.exporter(), config=config, cache=cache, rng=rng)
+    decoder = FrameDecoder(CONTROL_FRAME_LIMIT, expect=CHANNEL_MESSAGES)
+    chan.start(time.time())
+
+    def flush() -> None:
+        msgs = chan.messages_to_send()
+        if msgs:
+            stream.send(b"".join(encode_frame(m, CONTROL_FRAME_LIMIT) for m in msgs))
+
+    flush()
+    while True:
+        while (event := chan.next_event()) is not None:
+            if isinstance(event, EvidenceNeeded):
+                if attester is None:
+                    chan.abort("this side has no TEE and cannot present evidence")
+                else:
+                    try:
+                        evidence, issued_at = await attester.evidence(event.nonce)
+                    except Exception as err:  # a TEE backend failing must not kill the agent
+                        chan.abort(f"could not produce evidence: {err}")
+                    else:
+                        chan.provide_evidence(evidence, issued_at, time.time())
+                flush()
+            elif isinstance(event, Established):
+                flush()
+                return Session(conn=conn, peer=event.peer, control=stream,
+                               address=conn.peer_address)
+            elif isinstance(event, Failed):
+                flush()
+                conn.close(ERR_CHANNEL_REJECTED, event.reason)
+                raise ChannelFailed(event.reason)
+        data = await stream.receive_some()
+        if not data:
+            conn.close(ERR_PROTOCOL, "control stream closed during channel setup")
+            raise ChannelFailed("control stream closed during channel setup")
+        try:
+            for msg in decoder.feed(data):
+                chan.receive(msg, time.time())
+        except ProtocolError as err:
+            chan.abort(err.reason)
+        flush()

@@ -1,0 +1,126 @@
+"""Turn an AgentConfig into a ready Agent: identity, TEE backend, trust, policy, services.
+
+Kept apart from node.py so the node stays about sessions and RPC, and tests
+can build agents the same way the command line does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from keepmesh.agent.client import load_roots
+from keepmesh.agent.config import AgentConfig
+from keepmesh.agent.identity import load_or_create
+from keepmesh.agent.node import Agent
+from keepmesh.agent.tee.base import TeeBackend, TeeUnavailable
+from keepmesh.protocol.attestation.certs import TrustStore, fingerprint
+from keepmesh.protocol.attestation.evidence import VerifiedEvidence
+from keepmesh.protocol.attestation.policy import (
+    Policy,
+    SgxPolicy,
+    SnpPolicy,
+    TdxPolicy,
+    load_policy,
+)
+from keepmesh.protocol.errors import ProtocolError
+
+log = logging.getLogger("keepmesh.agent")
+
+
+class StartupError(Exception):
+    """The agent cannot start; str() is the one-line reason."""
+
+
+def make_backend(cfg: AgentConfig) -> TeeBackend:
+    from keepmesh.agent.tee.detect import backend_for
+    try:
+        return backend_for(cfg.tee, "/", cfg.sim_root, cfg.data_dir / "tee")
+    except TeeUnavailable as err:
+        raise StartupError(str(err)) from None
+    except Exception as err:  # e.g. SimRootError: unusable sim root directory
+        raise StartupError(str(err)) from None
+
+
+def same_image_policy(own: VerifiedEvidence, sim_roots: tuple[bytes, ...]) -> Policy:
+    """Default peer policy: peers must run the same measured image as we do.
+
+    The measured agent image is what the trust model trusts; a homogeneous
+    fleet shares it. Sites that mix images write a policy file instead.
+    Sim evidence is accepted only when we run the sim ourselves, and only from
+    the sim roots we were given.
+    """
+    m = (own.measurement,)
+    if own.format == "sev-snp":
+        return Policy(allowed_tee=("snp",), allow_sim=own.tee == "sim", sim_roots=sim_roots,
+                      snp=SnpPolicy(measurements=m))
+    if own.format == "tdx":
+        return Policy(allowed_tee=("tdx",), tdx=TdxPolicy(mrtd=m))
+    return Policy(allowed_tee=("sgx",), sgx=SgxPolicy(mrenclave=m))
+
+
+def build_agent(cfg: AgentConfig) -> Agent:
+    data_dir = cfg.data_dir
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(data_dir, 0o700)
+    except OSError as err:
+        raise StartupError(f"data dir {data_dir}: {err.strerror}") from None
+    try:
+        identity = load_or_create(data_dir / "identity.key", name="keepmesh agent")
+    except ProtocolError as err:
+        raise StartupError(err.reason) from None
+    backend = make_backend(cfg)
+    extra = []
+    if backend.kind == "sim":
+        assert cfg.sim_root is not None or hasattr(backend, "root_dir")
+        root_dir = Path(getattr(backend, "root_dir", cfg.sim_root))
+        extra += load_roots([root_dir / "ark.pem"])
+    try:
+        extra += load_roots(cfg.roots)
+    except Exception as err:
+        raise StartupError(str(err)) from None
+    trust = TrustStore(extra)
+    sim_roots = tuple(fingerprint(c) for c in extra)
+    permissive = Policy(allowed_tee=("snp", "sgx", "tdx"), allow_sim=backend.kind == "sim",
+                        sim_roots=sim_roots)
+    agent = Agent(identity=identity, backend=backend, trust=trust, policy=permissive,
+                  listen=cfg.listen, advertise=cfg.advertise, join=cfg.join, data_dir=data_dir)
+    try:
+        own = agent.self_check()
+    except ProtocolError as err:
+        raise StartupError(f"own evidence does not verify: {err.reason}") from None
+    if cfg.policy is not None:
+        try:
+            agent.policy = load_policy(cfg.policy.read_bytes(), str(cfg.policy))
+        except OSError as err:
+            raise StartupError(f"policy {cfg.policy}: {err.strerror}") from None
+        except ProtocolError as err:
+            raise StartupError(err.reason) from None
+    else:
+        agent.policy = same_image_policy(own, sim_roots)
+    _attach_services(agent, cfg)
+    return agent
+
+
+def _attach_services(agent: Agent, cfg: AgentConfig) -> None:
+    """Mesh services that ride on the agent's sessions (keeps, membership)."""
+    try:
+        from keepmesh.agent.keeps.service import KeepService
+    except ImportError:  # pragma: no cover - partial installs
+        return
+    service = KeepService(agent.data_dir / "keeps", cfg.owners, agent.identity.seed)
+    agent.register(service.methods())
+
+    async def run_keeps(nursery: object) -> None:
+        await service.start()
+        try:
+            import trio
+            await trio.sleep_forever()
+        finally:
+            import trio
+            with trio.CancelScope(shield=True):
+                await service.aclose()
+
+    agent.services.append(run_keeps)

@@ -1,0 +1,217 @@
+"""swim.* wire messages (specs/membership.md).
+
+Datagrams carry one primary message (ping, ack, nack, ping_req) whose
+`gossip` field piggybacks already-encoded dissemination messages (alive,
+suspect, dead, leave). Gossip items stay as bytes so a broadcast is encoded
+once and forwarded as is, and packing to max_packet is exact arithmetic on
+lengths. Push-pull (anti-entropy) travels on a reliable stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgpack
+
+from ..errors import ProtocolError
+from ..wire import (
+    PROTOCOL_VERSION,
+    Message,
+    Spec,
+    b,
+    flag,
+    rec,
+    s,
+    seq,
+    u,
+)
+from ._typed_message import message
+from .records import MAX_RECORD_BYTES, NodeRecord
+from .signing import MAX_SIGNATURE, NODE_ID_LEN
+
+MAX_GOSSIP_ITEMS = 64
+MAX_PUSH_PULL_ENTRIES = 65535
+STATE_NAMES = ("alive", "suspect", "dead", "left")
+
+_id = b(exact=NODE_ID_LEN)
+_gossip = seq(b(max_len=MAX_RECORD_BYTES + 64), max_len=MAX_GOSSIP_ITEMS)
+
+
+@message
+class Ping(Message):
+    """Direct probe; `target` lets a node ignore pings meant for a previous owner of its address."""
+
+    TYPE: ClassVar[str] = "swim.ping"
+    SCHEMA: ClassVar[dict[str, Spec]] = {"seq": u(32), "sender": _id, "target": _id,
+                                         "gossip": _gossip}
+    seq: int
+    sender: bytes
+    target: bytes
+    gossip: tuple[bytes, ...]
+
+
+@message
+class Ack(Message):
+    TYPE: ClassVar[str] = "swim.ack"
+    SCHEMA: ClassVar[dict[str, Spec]] = {"seq": u(32), "sender": _id, "gossip": _gossip}
+    seq: int
+    sender: bytes
+    gossip: tuple[bytes, ...]
+
+
+@message
+class Nack(Message):
+    """Lifeguard: an indirect prober saying "I tried and heard nothing", which
+    tells the requester that *it* is healthy enough to get replies."""
+
+    TYPE: ClassVar[str] = "swim.nack"
+    SCHEMA: ClassVar[dict[str, Spec]] = {"seq": u(32), "sender": _id, "gossip": _gossip}
+    seq: int
+    sender: bytes
+    gossip: tuple[bytes, ...]
+
+
+@message
+class Gossip(Message):
+    """Carrier for piggybacked items when there is no probe traffic to ride on."""
+
+    TYPE: ClassVar[str] = "swim.gossip"
+    SCHEMA: ClassVar[dict[str, Spec]] = {"sender": _id, "gossip": _gossip}
+    sender: bytes
+    gossip: tuple[bytes, ...]
+
+
+@message
+class PingReq(Message):
+    TYPE: ClassVar[str] = "swim.ping_req"
+    SCHEMA: ClassVar[dict[str, Spec]] = {"seq": u(32), "sender": _id, "target": _id,
+                                         "target_addr": s(256), "nack": flag(),
+                                         "gossip": _gossip}
+    seq: int
+    sender: bytes
+    target: bytes
+    target_addr: str
+    nack: bool
+    gossip: tuple[bytes, ...]
+
+
+@message
+class Alive(Message):
+    """The only way to say a member is alive: its own signed record."""
+
+    TYPE: ClassVar[str] = "swim.alive"
+    SCHEMA: ClassVar[dict[str, Spec]] = {"record": b(max_len=MAX_RECORD_BYTES)}
+    record: bytes
+
+
+@message
+class Suspect(Message):
+    """An accusation, unsigned: it can only start a timer the subject may refute."""
+
+    TYPE: ClassVar[str] = "swim.suspect"
+    SCHEMA: ClassVar[dict[str, Spec]] = {"node": _id, "incarnation": u(63), "accuser": _id}
+    node: bytes
+    incarnation: int
+    accuser: bytes
+
+
+@message
+class Dead(Message):
+    TYPE: ClassVar[str] = "swim.dead"
+    SCHEMA: ClassVar[dict[str, Spec]] = {"node": _id, "incarnation": u(63), "accuser": _id}
+    node: bytes
+    incarnation: int
+    accuser: bytes
+
+
+@message
+class Leave(Message):
+    """Graceful leave, signed by the subject so nobody can evict another member."""
+
+    TYPE: ClassVar[str] = "swim.leave"
+    SCHEMA: ClassVar[dict[str, Spec]] = {"node": _id, "incarnation": u(63),
+                                         "signature": b(max_len=MAX_SIGNATURE)}
+    node: bytes
+    incarnation: int
+    signature: bytes
+
+
+@message
+class LeaveStatement(Message):
+    """The bytes a leaving node signs (never sent on its own)."""
+
+    TYPE: ClassVar[str] = "swim.leave_statement"
+    SCHEMA: ClassVar[dict[str, Spec]] = {"node": _id, "incarnation": u(63)}
+    node: bytes
+    incarnation: int
+
+
+@message
+class PushPullEntry(Message):
+    SCHEMA: ClassVar[dict[str, Spec]] = {
+        "record": b(max_len=MAX_RECORD_BYTES),
+        "state": s(8, choices=STATE_NAMES),
+        "incarnation": u(63),
+        "leave_sig": b(max_len=MAX_SIGNATURE, optional=True),
+    }
+    record: bytes
+    state: str
+    incarnation: int
+    leave_sig: bytes | None
+
+    def validate(self) -> None:
+        if self.state == "left" and not self.leave_sig:
+            raise ProtocolError("push_pull entry: left without a leave signature")
+
+
+@message
+class PushPull(Message):
+    """Anti-entropy: the sender's full signed record set (possibly in chunks, `more`)."""
+
+    TYPE: ClassVar[str] = "swim.push_pull"
+    SCHEMA: ClassVar[dict[str, Spec]] = {
+        "sender": _id, "join": flag(), "reply": flag(), "more": flag(),
+        "entries": seq(rec(PushPullEntry), max_len=MAX_PUSH_PULL_ENTRIES),
+    }
+    sender: bytes
+    join: bool
+    reply: bool
+    more: bool
+    entries: tuple[PushPullEntry, ...]
+
+
+PRIMARY = (Ping, Ack, Nack, PingReq, Gossip)
+GOSSIP = (Alive, Suspect, Dead, Leave)
+_BY_TYPE: dict[str, type[Message]] = {
+    cls.TYPE: cls for cls in (*PRIMARY, *GOSSIP, PushPull, NodeRecord, LeaveStatement)
+}
+
+
+def decode_swim(data: bytes, max_size: int, expect: tuple[type[Message], ...]) -> Message:
+    """decode_payload for swim.* types.
+
+    Same checks as keepmesh.protocol.wire.decode_payload, which currently
+    passes `max_buffer_size` to msgpack.unpackb and so fails on every input
+    with msgpack 1.2.4 (reported to the lead); switch back once it is fixed.
+    Validation is still the shared SCHEMA machinery (`from_fields`).
+    """
+    if len(data) > max_size:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds limit {max_size}")
+    try:
+        obj: Any = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True,
+                                   max_bin_len=max_size, max_str_len=max_size,
+                                   max_array_len=MAX_PUSH_PULL_ENTRIES + 1, max_map_len=4096,
+                                   max_ext_len=0)
+    except Exception as err:  # msgpack raises a zoo of types on garbage
+        raise ProtocolError(f"malformed msgpack: {type(err).__name__}") from None
+    if not isinstance(obj, list) or len(obj) != 3:
+        raise ProtocolError("malformed message: expected [version, type, fields]")
+    version, type_name, fields = obj
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {str(version)[:20]}")
+    if not isinstance(type_name, str):
+        raise ProtocolError("malformed message: type is not a string")
+    cls = _BY_TYPE.get(type_name)
+    if cls is None or cls not in expect:
+        raise ProtocolError(f"unexpected message type {type_name[:40]!r}")
+    return cls.from_fields(fields)

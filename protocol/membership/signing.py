@@ -1,0 +1,142 @@
+"""Who may speak for a member: its own key, and nobody else.
+
+Records are signed by their subject so that no peer can forge, alter or
+resurrect another member. Two implementations: Ed25519 (what the agent uses;
+the node id *is* the public key) and a keyed-BLAKE2b scheme that is
+**simulation only** (10,000 simulated members cannot afford Ed25519 on every
+record version, and the simulator does not model a key-stealing adversary
+beyond "does not know the keyring secret").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections import OrderedDict
+from typing import Protocol
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+NodeId = bytes
+Address = str
+
+NODE_ID_LEN = 32
+MAX_SIGNATURE = 128
+
+
+class RecordSigner(Protocol):
+    """Signs this node's own record and leave notice."""
+
+    node_id: NodeId
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
+class RecordVerifier(Protocol):
+    """Checks a signature by the record's subject."""
+
+    def verify(self, node_id: NodeId, data: bytes, signature: bytes) -> bool: ...
+
+
+class Ed25519Signer:
+    """Real signer: node id = raw 32-byte Ed25519 public key."""
+
+    def __init__(self, private_key: bytes) -> None:
+        if len(private_key) != 32:
+            raise ValueError("Ed25519 private key seed must be 32 bytes")
+        self._key = SigningKey(private_key)
+        self.node_id: NodeId = bytes(self._key.verify_key)
+
+    def sign(self, data: bytes) -> bytes:
+        return bytes(self._key.sign(data).signature)
+
+
+class Ed25519Verifier:
+    """Real verifier; never raises on hostile input, answers False."""
+
+    def verify(self, node_id: NodeId, data: bytes, signature: bytes) -> bool:
+        if len(node_id) != NODE_ID_LEN or len(signature) != 64:
+            return False
+        try:
+            VerifyKey(node_id).verify(data, signature)
+        except (BadSignatureError, ValueError, TypeError):
+            return False
+        except Exception:  # nacl raises CryptoError on points not on the curve
+            return False
+        return True
+
+
+class SimulationKeyring:
+    """SIMULATION ONLY - NOT SECURE AGAINST ANYONE WHO KNOWS `master`.
+
+    Each node's signing secret is BLAKE2b(node_id, key=master); a signature is
+    a keyed BLAKE2b MAC of the data. Anyone without `master` cannot forge, which
+    is all the simulator needs to exercise the rejection paths at ~1 us a check.
+    """
+
+    def __init__(self, master: bytes = b"keepmesh-simulation-only") -> None:
+        self._master = hashlib.blake2b(master, digest_size=32).digest()
+
+    def _secret(self, node_id: NodeId) -> bytes:
+        return hashlib.blake2b(node_id, key=self._master, digest_size=32).digest()
+
+    def signer(self, node_id: NodeId) -> SimulationSigner:
+        return SimulationSigner(node_id, self._secret(node_id))
+
+    def verifier(self) -> SimulationVerifier:
+        return SimulationVerifier(self)
+
+    def _mac(self, node_id: NodeId, data: bytes) -> bytes:
+        return hashlib.blake2b(data, key=self._secret(node_id), digest_size=32).digest()
+
+
+class SimulationSigner:
+    """SIMULATION ONLY: see SimulationKeyring."""
+
+    def __init__(self, node_id: NodeId, secret: bytes) -> None:
+        if len(node_id) != NODE_ID_LEN:
+            raise ValueError("node id must be 32 bytes")
+        self.node_id = node_id
+        self._secret = secret
+
+    def sign(self, data: bytes) -> bytes:
+        return hashlib.blake2b(data, key=self._secret, digest_size=32).digest()
+
+
+class SimulationVerifier:
+    """SIMULATION ONLY: see SimulationKeyring."""
+
+    def __init__(self, keyring: SimulationKeyring) -> None:
+        self._keyring = keyring
+
+    def verify(self, node_id: NodeId, data: bytes, signature: bytes) -> bool:
+        if len(node_id) != NODE_ID_LEN:
+            return False
+        return hmac.compare_digest(self._keyring._mac(node_id, data), signature)
+
+
+class CachingVerifier:
+    """Remembers verdicts so one record version is checked once, even when
+    thousands of simulated members share this object. The key includes the
+    data, so a valid signature paired with other bytes is never a cache hit."""
+
+    def __init__(self, inner: RecordVerifier, max_entries: int = 1 << 20) -> None:
+        self._inner = inner
+        self._max = max_entries
+        self._cache: OrderedDict[tuple[bytes, bytes, bytes], bool] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def verify(self, node_id: NodeId, data: bytes, signature: bytes) -> bool:
+        key = (node_id, data, signature)
+        found = self._cache.get(key)
+        if found is not None:
+            self.hits += 1
+            return found
+        self.misses += 1
+        verdict = self._inner.verify(node_id, data, signature)
+        self._cache[key] = verdict
+        if len(self._cache) > self._max:
+            self._cache.popitem(last=False)
+        return verdict

@@ -1,0 +1,927 @@
+"""SWIM + Lifeguard membership as a sans-IO state machine.
+
+Why sans-IO: the agent drives it from trio and QUIC, the simulator drives
+10,000 of them from a heap of virtual-time events, and both run exactly this
+code. Inputs are `join`, `leave`, `receive`, `handle_timer`, `set_trust`,
+`update_local`; outputs are drained with `datagrams_to_send`, `next_event`
+and `get_timer`. Nothing here reads a clock or draws global randomness.
+
+Follows HashiCorp memberlist (state.go) closely where it is proven, and
+departs where keepmesh's threat model demands (records signed by their
+subject, accusations only about the exact record version held, senders
+penalised for forgeries, attestation gating "alive"). specs/membership.md
+is the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import heapq
+import random
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ..errors import ProtocolError
+from ..wire import Message, encode_payload
+from .awareness import Awareness
+from .broadcast import BroadcastQueue
+from .config import MembershipConfig
+from .messages import (
+    GOSSIP,
+    PRIMARY,
+    Ack,
+    Alive,
+    Dead,
+    Gossip,
+    Leave,
+    LeaveStatement,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    PushPullEntry,
+    Suspect,
+    decode_swim,
+)
+from .records import (
+    MAX_RECORD_BYTES,
+    Capacity,
+    Claims,
+    NodeRecord,
+    decode_record,
+    make_record,
+)
+from .signing import Address, NodeId, RecordSigner, RecordVerifier
+from .suspicion import Suspicion
+
+_GOSSIP_ITEM_MAX = MAX_RECORD_BYTES + 64
+_ITEM_OVERHEAD = 3      # msgpack bin8/bin16 header per piggybacked item
+_LIST_GROWTH = 3        # fixarray -> array16 header when items are added
+_MAX_RELAYS = 1024      # outstanding ping-req relays we serve at once
+_MAX_PENALISED = 4096   # distinct senders we remember penalties for
+
+
+class MemberState(enum.Enum):
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+    LEFT = "left"
+    UNTRUSTED = "untrusted"
+
+
+class Trust(enum.Enum):
+    PENDING = "pending"   # learned, "attest" emitted, no verdict yet
+    TRUSTED = "trusted"
+    FAILED = "failed"     # set_trust(False) or penalised: its messages are dropped
+    EXPIRED = "expired"   # `until` passed: excluded until attested again
+
+
+@dataclass(frozen=True)
+class MemberEvent:
+    kind: str  # join | update | suspect | alive | dead | left | untrusted | attest
+    node_id: NodeId
+    incarnation: int
+    at: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    dst: Address
+    data: bytes
+    reliable: bool
+
+
+@dataclass(frozen=True)
+class MemberView:
+    node_id: NodeId
+    address: Address
+    state: MemberState      # UNTRUSTED whenever trust is not TRUSTED, else liveness
+    incarnation: int
+    claims: Claims
+    capacity: Capacity
+    labels: dict[str, str]
+    since: float
+    trust: Trust
+    liveness: MemberState   # alive/suspect/dead/left regardless of trust
+    record: NodeRecord
+
+
+class _Member:
+    """Per-member state kept small: the record is shared (interned), the rest scalars."""
+
+    __slots__ = ("record", "state", "since", "trust", "trust_until", "suspicion",
+                 "leave_sig", "joined", "in_probe")
+
+    def __init__(self, record: NodeRecord, trust: Trust, now: float) -> None:
+        self.record = record
+        self.state = MemberState.ALIVE
+        self.since = now
+        self.trust = trust
+        self.trust_until: float | None = None
+        self.suspicion: Suspicion | None = None
+        self.leave_sig: bytes | None = None
+        self.joined = False
+        self.in_probe = False
+
+
+class _Probe:
+    __slots__ = ("target", "seq", "timeout_at", "end_at", "indirect_sent", "expected_nacks",
+                 "nackers")
+
+    def __init__(self, target: NodeId, seq: int, timeout_at: float, end_at: float) -> None:
+        self.target = target
+        self.seq = seq
+        self.timeout_at = timeout_at
+        self.end_at = end_at
+        self.indirect_sent = False
+        self.expected_nacks = 0
+        self.nackers: set[NodeId] = set()
+
+
+class _Relay:
+    __slots__ = ("requester", "requester_seq", "nack")
+
+    def __init__(self, requester: Address, requester_seq: int, nack: bool) -> None:
+        self.requester = requester
+        self.requester_seq = requester_seq
+        self.nack = nack
+
+
+_LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
+
+
+class Membership:
+    """One node's view of the mesh. Not thread-safe; drive it from one task."""
+
+    def __init__(self, config: MembershipConfig, record: NodeRecord, signer: RecordSigner,
+                 verifier: RecordVerifier, rng: random.Random, now: float, *,
+                 require_attestation: bool = True) -> None:
+        if record.node_id != signer.node_id:
+            raise ProtocolError("membership: record node_id is not the signer's key")
+        self.config = config
+        self.signer = signer
+        self.verifier = verifier
+        self.rng = rng
+        self.require_attestation = require_attestation
+        self.node_id: NodeId = signer.node_id
+        self.record = make_record(signer, record.address, record.incarnation, record.claims,
+                                  record.capacity, record.labels)
+        self.awareness = Awareness(config.awareness_max_multiplier)
+        self.stats: dict[str, int] = {}
+        self.last_error = ""
+        self._members: dict[NodeId, _Member] = {}
+        self._n_live = 0
+        self._probe_order: list[NodeId] = []
+        self._probe_idx = 0
+        self._probe: _Probe | None = None
+        self._relays: dict[int, _Relay] = {}
+        self._seq = rng.getrandbits(31)
+        self._heap: list[tuple[float, int, str, NodeId | int]] = []
+        self._heap_n = 0
+        self._queue = BroadcastQueue(config.max_broadcasts)
+        self._outbox: list[Outgoing] = []
+        self._events: deque[MemberEvent] = deque()
+        self._penalties: dict[bytes | str, int] = {}
+        self._banned: set[bytes | str] = set()
+        self._seeds: tuple[Address, ...] = ()
+        self._leaving = False
+        self._leave_sig: bytes | None = None
+        self._joined_cluster = False
+        self._next_probe = now + rng.uniform(0.0, config.probe_interval)
+        self._next_gossip = now + rng.uniform(0.0, config.gossip_interval)
+        self._next_push_pull = (now + rng.uniform(0.0, config.push_pull_interval)
+                                if config.push_pull_interval > 0 else None)
+        self._join_retry_at: float | None = None
+
+    # ================================================================ inputs
+
+    def join(self, seeds: Sequence[Address], now: float) -> None:
+        """Contact seeds with a push-pull; retried while we know nobody."""
+        self._seeds = tuple(a for a in seeds if a != self.record.address)[:64]
+        self._contact_seeds(now)
+
+    def leave(self, now: float) -> None:
+        """Graceful leave: a signed notice, gossiped; we stop probing but keep gossiping."""
+        if self._leaving:
+            return
+        self._leaving = True
+        statement = LeaveStatement(node=self.node_id, incarnation=self.record.incarnation)
+        self._leave_sig = self.signer.sign(encode_payload(statement))
+        leave = Leave(node=self.node_id, incarnation=self.record.incarnation,
+                      signature=self._leave_sig)
+        self._queue.queue(self.node_id, encode_payload(leave))
+        self._probe = None
+
+    @property
+    def leaving(self) -> bool:
+        return self._leaving
+
+    def pending_broadcasts(self) -> int:
+        """How much gossip is still queued (the agent may wait for 0 before exiting after leave)."""
+        return len(self._queue)
+
+    def receive(self, data: bytes, src: Address, now: float, src_id: NodeId | None = None) -> None:
+        """Feed one datagram or stream message. Never raises on bad input: it is
+        counted (stats["malformed"], last_error) and dropped."""
+        self._count("recv.bytes", len(data))
+        try:
+            self._receive(data, src, now, src_id)
+        except ProtocolError as err:
+            self._count("malformed")
+            self.last_error = err.reason
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as err:
+            self._count("malformed")
+            self.last_error = f"malformed message: {type(err).__name__}"
+
+    def handle_timer(self, now: float) -> None:
+        cfg = self.config
+        # probe state machine
+        probe = self._probe
+        if probe is not None:
+            if not probe.indirect_sent and now >= probe.timeout_at:
+                self._send_indirect(probe, now)
+            if now >= probe.end_at:
+                self._finish_probe(probe, now)
+        if self._probe is None and not self._leaving and now >= self._next_probe:
+            self._start_probe(now)
+        # dissemination
+        if now >= self._next_gossip:
+            self._gossip(now)
+            self._next_gossip = max(self._next_gossip + cfg.gossip_interval, now)
+        if self._next_push_pull is not None and now >= self._next_push_pull:
+            if not self._leaving:
+                self._periodic_push_pull(now)
+            self._next_push_pull = now + cfg.push_pull_scaled(self._n_live + 1)
+        if self._join_retry_at is not None and now >= self._join_retry_at:
+            if self._n_live == 0 and not self._leaving:
+                self._contact_seeds(now)
+            else:
+                self._join_retry_at = None
+        # one-shot timers
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, kind, key = heapq.heappop(heap)
+            if kind == "suspect":
+                assert isinstance(key, bytes)
+                self._suspicion_timeout(key, now)
+            elif kind == "relay":
+                assert isinstance(key, int)
+                self._relay_timeout(key)
+            elif kind == "trust":
+                assert isinstance(key, bytes)
+                self._trust_timeout(key, now)
+            elif kind == "reap":
+                assert isinstance(key, bytes)
+                self._reap(key, now)
+
+    def set_trust(self, node_id: NodeId, trusted: bool, now: float, until: float | None = None,
+                  reason: str = "") -> None:
+        """The glue's verdict on a member's evidence (after an "attest" event, or any time)."""
+        m = self._members.get(node_id)
+        if m is None:
+            return
+        if trusted:
+            was = m.trust
+            m.trust = Trust.TRUSTED
+            m.trust_until = until
+            if until is not None:
+                self._push_timer(until, "trust", node_id)
+            if was is not Trust.TRUSTED and m.state in _LIVE:
+                if not m.joined:
+                    m.joined = True
+                    self._emit("join", m, now)
+                else:
+                    self._emit("alive", m, now)
+                if m.state is MemberState.ALIVE and not m.in_probe:
+                    self._insert_probe(node_id, m)
+        else:
+            if m.trust is not Trust.FAILED:
+                m.trust = Trust.FAILED
+                m.trust_until = None
+                self._emit("untrusted", m, now, reason[:200])
+
+    def update_local(self, now: float, *, claims: Claims | None = None,
+                     capacity: Capacity | None = None,
+                     labels: dict[str, str] | None = None) -> None:
+        """Publish a new version of our own record (next incarnation)."""
+        r = self.record
+        self._republish(r.incarnation + 1, claims or r.claims, capacity or r.capacity,
+                        r.labels if labels is None else labels)
+
+    # =============================================================== outputs
+
+    def get_timer(self) -> float | None:
+        t = self._next_gossip
+        if not self._leaving:
+            t = min(t, self._next_probe)
+        probe = self._probe
+        if probe is not None:
+            t = min(t, probe.end_at if probe.indirect_sent else probe.timeout_at)
+        if self._next_push_pull is not None:
+            t = min(t, self._next_push_pull)
+        if self._join_retry_at is not None:
+            t = min(t, self._join_retry_at)
+        if self._heap:
+            t = min(t, self._heap[0][0])
+        return t
+
+    def datagrams_to_send(self) -> list[Outgoing]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_event(self) -> MemberEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # =============================================================== queries
+
+    def members(self) -> list[MemberView]:
+        views = [self._self_view()]
+        views.extend(self._view(m) for m in self._members.values())
+        return views
+
+    def member(self, node_id: NodeId) -> MemberView | None:
+        if node_id == self.node_id:
+            return self._self_view()
+        m = self._members.get(node_id)
+        return None if m is None else self._view(m)
+
+    def alive_ids(self) -> set[NodeId]:
+        """Members counted alive: liveness ALIVE and trusted (self included unless leaving)."""
+        ids = {nid for nid, m in self._members.items()
+               if m.state is MemberState.ALIVE and m.trust is Trust.TRUSTED}
+        if not self._leaving:
+            ids.add(self.node_id)
+        return ids
+
+    def num_alive(self) -> int:
+        return len(self.alive_ids())
+
+    def num_known(self) -> int:
+        """Members not dead/left, self included: the N in every log(N) formula."""
+        return self._n_live + 1
+
+    def state_of(self, node_id: NodeId) -> MemberState | None:
+        view = self.member(node_id)
+        return None if view is None else view.state
+
+    # ======================================================= receive paths
+
+    def _receive(self, data: bytes, src: Address, now: float, src_id: NodeId | None) -> None:
+        if (src_id if src_id is not None else src) in self._banned:
+            self._count("dropped.banned")
+            return
+        msg = decode_swim(data, self.config.max_stream_message, (*PRIMARY, PushPull))
+        if not isinstance(msg, PushPull) and len(data) > self.config.max_packet:
+            raise ProtocolError(f"datagram of {len(data)} bytes exceeds {self.config.max_packet}")
+        self._count("recv." + msg.TYPE)
+        sender: NodeId = msg.sender  # type: ignore[attr-defined]
+        if src_id is not None and sender != src_id:
+            self._count("rejected.sender")
+            self._penalise(src_id, now, "claimed another sender")
+            raise ProtocolError("message claims a sender other than its channel's identity")
+        if sender == self.node_id:
+            raise ProtocolError("message claims to come from this node")
+        known = self._members.get(sender)
+        if known is not None and known.trust is Trust.FAILED:
+            self._count("dropped.untrusted")
+            return
+        if sender in self._banned:
+            self._count("dropped.banned")
+            return
+        penalty_key: bytes | str = src_id if src_id is not None else src
+        if isinstance(msg, PushPull):
+            self._on_push_pull(msg, src, now, penalty_key)
+            return
+        if isinstance(msg, Ping):
+            self._on_ping(msg, src)
+        elif isinstance(msg, Ack):
+            self._on_ack(msg, now)
+        elif isinstance(msg, Nack):
+            self._on_nack(msg)
+        elif isinstance(msg, PingReq):
+            self._on_ping_req(msg, src, now)
+        self._on_gossip(msg.gossip, now, penalty_key)  # type: ignore[attr-defined]
+
+    def _on_gossip(self, items: Iterable[bytes], now: float, penalty_key: bytes | str) -> None:
+        for item in items:
+            try:
+                g = decode_swim(item, _GOSSIP_ITEM_MAX, GOSSIP)
+            except ProtocolError as err:
+                self._count("malformed")
+                self.last_error = err.reason
+                continue
+            if isinstance(g, Alive):
+                self._alive_bytes(g.record, now, penalty_key)
+            elif isinstance(g, Suspect):
+                self._suspect(g.node, g.incarnation, g.accuser, now)
+            elif isinstance(g, Dead):
+                self._dead(g.node, g.incarnation, g.accuser, now)
+            elif isinstance(g, Leave):
+                self._leave(g, now, penalty_key)
+
+    def _on_ping(self, msg: Ping, src: Address) -> None:
+        if msg.target != self.node_id:
+            self._count("misdirected")
+            return
+        self._send(src, Ack(seq=msg.seq, sender=self.node_id, gossip=()))
+
+    def _on_ack(self, msg: Ack, now: float) -> None:
+        relay = self._relays.pop(msg.seq, None)
+        if relay is not None:
+            self._send(relay.requester, Ack(seq=relay.requester_seq, sender=self.node_id,
+                                            gossip=()))
+            return
+        probe = self._probe
+        if probe is not None and msg.seq == probe.seq:
+            # memberlist: a probe that got its ack improves our health score
+            self.awareness.apply_delta(-1)
+            self._probe = None
+
+    def _on_nack(self, msg: Nack) -> None:
+        probe = self._probe
+        if probe is not None and msg.seq == probe.seq:
+            probe.nackers.add(msg.sender)
+
+    def _on_ping_req(self, msg: PingReq, src: Address, now: float) -> None:
+        if msg.target == self.node_id or len(self._relays) >= _MAX_RELAYS:
+            self._count("relay.refused")
+            return
+        known = self._members.get(msg.target)
+        # Prefer the address from the target's signed record over the requester's word.
+        addr = known.record.address if known is not None else msg.target_addr
+        seq = self._next_seq()
+        self._relays[seq] = _Relay(src, msg.seq, msg.nack)
+        self._push_timer(now + self.config.probe_timeout, "relay", seq)
+        self._send(addr, Ping(seq=seq, sender=self.node_id, target=msg.target, gossip=()))
+
+    def _relay_timeout(self, seq: int) -> None:
+        relay = self._relays.pop(seq, None)
+        if relay is not None and relay.nack:
+            self._send(relay.requester, Nack(seq=relay.requester_seq, sender=self.node_id,
+                                             gossip=()))
+
+    def _on_push_pull(self, msg: PushPull, src: Address, now: float,
+                      penalty_key: bytes | str) -> None:
+        self._joined_cluster = True
+        for entry in msg.entries:
+            try:
+                record = decode_record(entry.record)
+            except ProtocolError as err:
+                self._count("malformed")
+                self.last_error = err.reason
+                continue
+            if not self._alive(record, now, penalty_key):
+                continue
+            nid = record.node_id
+            if entry.state == "suspect" or entry.state == "dead":
+                # memberlist: a remote "dead" only makes us suspect; our own probes decide
+                self._suspect(nid, entry.incarnation, msg.sender, now)
+            elif entry.state == "left" and entry.leave_sig is not None:
+                self._leave(Leave(node=nid, incarnation=entry.incarnation,
+                                  signature=entry.leave_sig), now, penalty_key)
+        if not msg.reply and not msg.more:
+            self._send_push_pull(src, join=False, reply=True)
+
+    # ================================================== state transitions
+
+    def _alive_bytes(self, data: bytes, now: float, penalty_key: bytes | str) -> None:
+        try:
+            record = decode_record(data)
+        except ProtocolError as err:
+            self._count("malformed")
+            self.last_error = err.reason
+            return
+        self._alive(record, now, penalty_key)
+
+    def _alive(self, record: NodeRecord, now: float, penalty_key: bytes | str) -> bool:
+        """Apply a signed record. Returns False only if it was rejected as forged."""
+        nid = record.node_id
+        if nid == self.node_id:
+            mine = self.record
+            if record is mine or record.incarnation < mine.incarnation:
+                return True
+            if record.incarnation == mine.incarnation and record.encoded == mine.encoded:
+                return True
+            if not self._verified(record, now, penalty_key):
+                return False
+            # An older life of ours (restart) or a replay: out-bid it.
+            self._refute(record.incarnation, now)
+            return True
+        m = self._members.get(nid)
+        if m is not None and record.incarnation <= m.record.incarnation:
+            return True  # stale or duplicate: no signature check needed
+        if not self._verified(record, now, penalty_key):
+            return False
+        if m is None:
+            if len(self._members) >= self.config.max_members:
+                self._count("dropped.full")
+                return True
+            trust = Trust.PENDING if self.require_attestation else Trust.TRUSTED
+            m = _Member(record, trust, now)
+            self._members[nid] = m
+            self._n_live += 1
+            if trust is Trust.TRUSTED:
+                m.joined = True
+                self._insert_probe(nid, m)
+                self._emit("join", m, now)
+            else:
+                self._emit("attest", m, now)
+            self._queue.queue(nid, encode_payload(Alive(record=record.encoded)))
+            return True
+        old = m.record
+        was = m.state
+        m.record = record
+        if was not in _LIVE:
+            self._n_live += 1
+        m.state = MemberState.ALIVE
+        m.suspicion = None
+        m.leave_sig = None
+        if was is not MemberState.ALIVE:
+            m.since = now
+        self._queue.queue(nid, encode_payload(Alive(record=record.encoded)))
+        if self.require_attestation and not record.same_claims(old):
+            # New claims need new evidence: excluded until the glue re-attests.
+            m.trust = Trust.PENDING
+            m.trust_until = None
+            self._emit("attest", m, now)
+            return True
+        if m.trust is Trust.TRUSTED and not m.in_probe:
+            self._insert_probe(nid, m)
+        if was is MemberState.ALIVE:
+            self._emit("update", m, now)
+        else:
+            self._emit("alive", m, now)
+        return True
+
+    def _suspect(self, nid: NodeId, incarnation: int, accuser: NodeId, now: float) -> None:
+        if nid == self.node_id:
+            if incarnation == self.record.incarnation and not self._leaving:
+                self.awareness.apply_delta(1)
+                self._refute(incarnation, now)
+            return
+        m = self._members.get(nid)
+        # Accusations must name the exact record version we hold: an older one is
+        # stale, a newer one is unverifiable (and would let a liar pin a member's
+        # incarnation out of reach of refutation).
+        if m is None or incarnation != m.record.incarnation:
+            return
+        if m.state is MemberState.SUSPECT:
+            if m.suspicion is not None and m.suspicion.confirm(accuser):
+                self._push_timer(m.suspicion.deadline, "suspect", nid)
+                self._queue.queue(nid, encode_payload(
+                    Suspect(node=nid, incarnation=incarnation, accuser=accuser)))
+            return
+        if m.state is not MemberState.ALIVE:
+            return
+        m.state = MemberState.SUSPECT
+        m.since = now
+        n = self._n_live + 1
+        k = self.config.suspicion_mult - 2
+        if n - 2 < k:
+            k = 0
+        lo = self.config.suspicion_min(n)
+        hi = self.config.suspicion_max_timeout_mult * lo
+        m.suspicion = Suspicion(accuser, k, lo, hi, now)
+        self._push_timer(m.suspicion.deadline, "suspect", nid)
+        self._queue.queue(nid, encode_payload(
+            Suspect(node=nid, incarnation=incarnation, accuser=accuser)))
+        self._emit("suspect", m, now)
+
+    def _suspicion_timeout(self, nid: NodeId, now: float) -> None:
+        m = self._members.get(nid)
+        if m is None or m.state is not MemberState.SUSPECT or m.suspicion is None:
+            return
+        if now < m.suspicion.deadline:
+            return  # a stale heap entry; the live one is still queued
+        self._dead(nid, m.record.incarnation, self.node_id, now)
+
+    def _dead(self, nid: NodeId, incarnation: int, accuser: NodeId, now: float) -> None:
+        if nid == self.node_id:
+            if incarnation == self.record.incarnation and not self._leaving:
+                self.awareness.apply_delta(1)
+                self._refute(incarnation, now)
+            return
+        m = self._members.get(nid)
+        if m is None or incarnation != m.record.incarnation or m.state not in _LIVE:
+            return
+        self._n_live -= 1
+        m.state = MemberState.DEAD
+        m.since = now
+        m.suspicion = None
+        self._push_timer(now + self.config.dead_reclaim_s, "reap", nid)
+        self._queue.queue(nid, encode_payload(
+            Dead(node=nid, incarnation=incarnation, accuser=accuser)))
+        self._emit("dead", m, now)
+
+    def _leave(self, msg: Leave, now: float, penalty_key: bytes | str) -> None:
+        nid = msg.node
+        data = encode_payload(LeaveStatement(node=nid, incarnation=msg.incarnation))
+        if nid == self.node_id:
+            if self._leaving or msg.incarnation < self.record.incarnation:
+                return
+            if not self.verifier.verify(nid, data, msg.signature):
+                self._reject_forgery(penalty_key, now)
+                return
+            self._refute(msg.incarnation, now)  # a leave from an earlier life
+            return
+        m = self._members.get(nid)
+        if m is None or msg.incarnation != m.record.incarnation or m.state is MemberState.LEFT:
+            return
+        if not self.verifier.verify(nid, data, msg.signature):
+            self._reject_forgery(penalty_key, now)
+            return
+        if m.state in _LIVE:
+            self._n_live -= 1
+        m.state = MemberState.LEFT
+        m.since = now
+        m.suspicion = None
+        m.leave_sig = msg.signature
+        self._push_timer(now + self.config.dead_reclaim_s, "reap", nid)
+        self._queue.queue(nid, encode_payload(msg))
+        self._emit("left", m, now)
+
+    def _refute(self, beat: int, now: float) -> None:
+        self._count("refutations")
+        r = self.record
+        self._republish(max(beat, r.incarnation) + 1, r.claims, r.capacity, r.labels)
+
+    def _republish(self, incarnation: int, claims: Claims, capacity: Capacity,
+                   labels: dict[str, str]) -> None:
+        self.record = make_record(self.signer, self.record.address, incarnation, claims,
+                                  capacity, labels)
+        self._queue.queue(self.node_id, encode_payload(Alive(record=self.record.encoded)))
+
+    def _verified(self, record: NodeRecord, now: float, penalty_key: bytes | str) -> bool:
+        if record.signature and self.verifier.verify(record.node_id, record.signed_bytes,
+                                                     record.signature):
+            return True
+        self._reject_forgery(penalty_key, now)
+        return False
+
+    def _reject_forgery(self, penalty_key: bytes | str, now: float) -> None:
+        self._count("rejected.signature")
+        self.last_error = "bad signature on a member record or leave notice"
+        self._penalise(penalty_key, now, "sent a forged record")
+
+    def _penalise(self, key: bytes | str, now: float, reason: str) -> None:
+        """Count a provable offence; at penalty_threshold the sender is banned (all its
+        messages dropped) and, if it is a member, marked untrusted."""
+        self._count("penalties")
+        if key not in self._penalties and len(self._penalties) >= _MAX_PENALISED:
+            self._penalties.pop(next(iter(self._penalties)))
+        count = self._penalties.get(key, 0) + 1
+        self._penalties[key] = count
+        if count >= self.config.penalty_threshold and key not in self._banned:
+            self._banned.add(key)
+            self._count("banned")
+            if isinstance(key, bytes):
+                m = self._members.get(key)
+                if m is not None and m.trust is not Trust.FAILED:
+                    m.trust = Trust.FAILED
+                    self._emit("untrusted", m, now, f"penalised: {reason}")
+
+    def penalties(self, key: bytes | str) -> int:
+        return self._penalties.get(key, 0)
+
+    def is_banned(self, key: bytes | str) -> bool:
+        return key in self._banned
+
+    def _trust_timeout(self, nid: NodeId, now: float) -> None:
+        m = self._members.get(nid)
+        if (m is None or m.trust is not Trust.TRUSTED or m.trust_until is None
+                or now < m.trust_until):
+            return
+        m.trust = Trust.EXPIRED
+        m.trust_until = None
+        self._emit("untrusted", m, now, "evidence expired")
+        self._emit("attest", m, now)
+
+    def _reap(self, nid: NodeId, now: float) -> None:
+        m = self._members.get(nid)
+        if m is None or m.state in _LIVE or now - m.since < self.config.dead_reclaim_s:
+            return
+        del self._members[nid]
+
+    # ========================================================== probing
+
+    def _insert_probe(self, nid: NodeId, m: _Member) -> None:
+        """memberlist: new members go to a random position so they are probed soon."""
+        m.in_probe = True
+        order = self._probe_order
+        order.insert(self.rng.randint(0, len(order)), nid)
+
+    def _probeable(self, m: _Member | None) -> bool:
+        return m is not None and m.state in _LIVE and m.trust is Trust.TRUSTED
+
+    def _next_target(self) -> NodeId | None:
+        order = self._probe_order
+        for _ in range(len(order) + 1):
+            if self._probe_idx >= len(order):
+                self._reset_probe_order()
+                order = self._probe_order
+                if not order:
+                    return None
+            nid = order[self._probe_idx]
+            self._probe_idx += 1
+            if self._probeable(self._members.get(nid)):
+                return nid
+        return None
+
+    def _reset_probe_order(self) -> None:
+        """End of a round: drop members no longer worth probing, reshuffle."""
+        kept: list[NodeId] = []
+        seen: set[NodeId] = set()
+        for nid in self._probe_order:
+            m = self._members.get(nid)
+            if m is None or nid in seen:
+                continue
+            if m.state in _LIVE and m.trust is not Trust.FAILED:
+                kept.append(nid)
+                seen.add(nid)
+            else:
+                m.in_probe = False
+        self.rng.shuffle(kept)
+        self._probe_order = kept
+        self._probe_idx = 0
+
+    def _start_probe(self, now: float) -> None:
+        cfg = self.config
+        interval = self.awareness.scale(cfg.probe_interval)
+        self._next_probe = now + interval
+        target = self._next_target()
+        if target is None:
+            return
+        m = self._members[target]
+        seq = self._next_seq()
+        timeout = self.awareness.scale(cfg.probe_timeout)
+        self._probe = _Probe(target, seq, now + timeout, now + interval)
+        extra: tuple[bytes, ...] = ()
+        if m.state is MemberState.SUSPECT:
+            # Tell the suspect directly, so it can refute even if gossip is slow to reach it.
+            extra = (encode_payload(Suspect(node=target, incarnation=m.record.incarnation,
+                                            accuser=self.node_id)),)
+        self._send(m.record.address,
+                   Ping(seq=seq, sender=self.node_id, target=target, gossip=()), extra)
+        self._count("probes")
+
+    def _send_indirect(self, probe: _Probe, now: float) -> None:
+        probe.indirect_sent = True
+        m = self._members.get(probe.target)
+        if m is None:
+            return
+        helpers = self._random_members(self.config.indirect_checks, exclude=probe.target,
+                                       include_dead=False)
+        for hid in helpers:
+            h = self._members[hid]
+            self._send(h.record.address,
+                       PingReq(seq=probe.seq, sender=self.node_id, target=probe.target,
+                               target_addr=m.record.address, nack=True, gossip=()))
+        probe.expected_nacks = len(helpers)
+
+    def _finish_probe(self, probe: _Probe, now: float) -> None:
+        self._probe = None
+        # Lifeguard LHA: missing nacks mean *we* are likely the slow one.
+        if probe.expected_nacks > 0:
+            missed = probe.expected_nacks - len(probe.nackers)
+            self.awareness.apply_delta(max(missed, 0))
+        else:
+            self.awareness.apply_delta(1)
+        m = self._members.get(probe.target)
+        if m is not None:
+            self._suspect(probe.target, m.record.incarnation, self.node_id, now)
+
+    # ====================================================== dissemination
+
+    def _random_members(self, k: int, exclude: NodeId | None, include_dead: bool,
+                        now: float = 0.0) -> list[NodeId]:
+        """memberlist kRandomNodes: up to k distinct probeable members, O(k) expected."""
+        order = self._probe_order
+        if k <= 0 or not order:
+            return []
+        chosen: list[NodeId] = []
+        dead_cutoff = now - self.config.gossip_to_the_dead_time
+        for _ in range(3 * len(order) if len(order) < 3 * k else 6 * k):
+            nid = order[self.rng.randrange(len(order))]
+            if nid == exclude or nid in chosen:
+                continue
+            m = self._members.get(nid)
+            if m is None or m.trust is not Trust.TRUSTED:
+                continue
+            if m.state is MemberState.ALIVE or (
+                    include_dead and (m.state is MemberState.SUSPECT or (
+                        m.state is MemberState.DEAD and m.since > dead_cutoff))):
+                chosen.append(nid)
+                if len(chosen) >= k:
+                    break
+        return chosen
+
+    def _gossip(self, now: float) -> None:
+        if not len(self._queue):
+            return
+        for nid in self._random_members(self.config.gossip_nodes, exclude=None,
+                                        include_dead=True, now=now):
+            if not len(self._queue):
+                break
+            self._send(self._members[nid].record.address,
+                       Gossip(sender=self.node_id, gossip=()), require_gossip=True)
+
+    def _periodic_push_pull(self, now: float) -> None:
+        peers = self._random_members(1, exclude=None, include_dead=False)
+        if peers:
+            self._send_push_pull(self._members[peers[0]].record.address, join=False,
+                                 reply=False)
+
+    def _contact_seeds(self, now: float) -> None:
+        for addr in self._seeds:
+            self._send_push_pull(addr, join=True, reply=False)
+        self._join_retry_at = now + self.config.join_retry_interval if self._seeds else None
+
+    def _send_push_pull(self, dst: Address, join: bool, reply: bool) -> None:
+        """Our full signed state, split into chunks no larger than max_stream_message."""
+        entries: list[PushPullEntry] = []
+        self_state = "left" if self._leaving else "alive"
+        entries.append(PushPullEntry(record=self.record.encoded, state=self_state,
+                                     incarnation=self.record.incarnation,
+                                     leave_sig=self._leave_sig if self._leaving else None))
+        for m in self._members.values():
+            if m.trust is Trust.FAILED:
+                continue  # do not spread what we ourselves reject
+            entries.append(PushPullEntry(record=m.record.encoded, state=m.state.value,
+                                         incarnation=m.record.incarnation,
+                                         leave_sig=m.leave_sig))
+        budget = self.config.max_stream_message - 256
+        chunk: list[PushPullEntry] = []
+        size = 0
+        chunks: list[list[PushPullEntry]] = []
+        for e in entries:
+            cost = len(e.record) + 120
+            if chunk and (size + cost > budget or len(chunk) >= 65535):
+                chunks.append(chunk)
+                chunk, size = [], 0
+            chunk.append(e)
+            size += cost
+        chunks.append(chunk)
+        for i, part in enumerate(chunks):
+            msg = PushPull(sender=self.node_id, join=join, reply=reply,
+                           more=i < len(chunks) - 1, entries=tuple(part))
+            data = encode_payload(msg)
+            self._outbox.append(Outgoing(dst, data, True))
+            self._count("sent." + msg.TYPE)
+            self._count("sent.bytes", len(data))
+
+    def _send(self, dst: Address, msg: Message, extra: tuple[bytes, ...] = (),
+              require_gossip: bool = False) -> None:
+        """Encode a primary message and fill the rest of the packet with piggybacked gossip."""
+        limit = self.config.max_packet
+        base = len(encode_payload(msg)) + _LIST_GROWTH
+        budget = limit - base - sum(len(x) + _ITEM_OVERHEAD for x in extra)
+        items = list(extra)
+        if budget > _ITEM_OVERHEAD:
+            items.extend(self._queue.take(budget, _ITEM_OVERHEAD,
+                                          self.config.retransmit_limit(self._n_live + 1)))
+        if require_gossip and not items:
+            return
+        if items:
+            msg = dataclasses.replace(msg, gossip=tuple(items))  # type: ignore[type-var]
+        data = encode_payload(msg)
+        while len(data) > limit and items:  # cannot happen with the arithmetic above; be safe
+            items.pop()
+            msg = dataclasses.replace(msg, gossip=tuple(items))  # type: ignore[type-var]
+            data = encode_payload(msg)
+        self._outbox.append(Outgoing(dst, data, False))
+        self._count("sent." + msg.TYPE)
+        self._count("sent.bytes", len(data))
+        if items:
+            self._count("sent.gossip_items", len(items))
+
+    # ============================================================ helpers
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        return self._seq
+
+    def _push_timer(self, at: float, kind: str, key: NodeId | int) -> None:
+        self._heap_n += 1
+        heapq.heappush(self._heap, (at, self._heap_n, kind, key))
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + n
+
+    def _emit(self, kind: str, m: _Member, now: float, reason: str = "") -> None:
+        self._events.append(MemberEvent(kind, m.record.node_id, m.record.incarnation, now,
+                                        reason))
+
+    def _view(self, m: _Member) -> MemberView:
+        r = m.record
+        state = m.state if m.trust is Trust.TRUSTED else MemberState.UNTRUSTED
+        return MemberView(r.node_id, r.address, state, r.incarnation, r.claims, r.capacity,
+                          r.labels, m.since, m.trust, m.state, r)
+
+    def _self_view(self) -> MemberView:
+        r = self.record
+        state = MemberState.LEFT if self._leaving else MemberState.ALIVE
+        return MemberView(r.node_id, r.address, state, r.incarnation, r.claims, r.capacity,
+                          r.labels, 0.0, Trust.TRUSTED, state, r)

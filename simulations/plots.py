@@ -1,0 +1,103 @@
+"""metrics.json and PNG plots for a finished simulation (matplotlib, Agg backend).
+
+Imported lazily by `keepmesh simulate --out`, so agents never need matplotlib.
+Plots compare what the real protocol did with the analytic models it is
+expected to follow: Serf's dissemination curve and SWIM's first-detection time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+from .metrics import SWIM_FIRST_DETECTION_PERIODS, serf_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runner import Simulation
+
+
+def write_outputs(sim: Simulation, report: dict[str, Any], out_dir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    files = []
+    with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
+        json.dump(report, fh, indent=2, sort_keys=True)
+    files.append("metrics.json")
+    ad = sim.adapter
+    n = max(2, report["agents"])
+
+    # 1. dissemination vs Serf's model
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    tracks = [u for u in sim.metrics.all_updates() if u.times and u.target > 0]
+    horizon = 1.0
+    for u in tracks[:8]:
+        xs = sorted(u.times)
+        ys = [(i + 1) / u.target for i in range(len(xs))]
+        ax.step(xs, ys, where="post", label=f"measured ({u.kind} at {u.at:.0f}s)")
+        horizon = max(horizon, xs[-1])
+    steps = 200
+    mx = [horizon * 1.1 * k / steps for k in range(steps + 1)]
+    my = [serf_model(n, ad.gossip_nodes, x / ad.gossip_interval) / n for x in mx]
+    ax.plot(mx, my, "k--", label=f"Serf model (fanout {ad.gossip_nodes}, "
+            f"interval {ad.gossip_interval:g}s)")
+    ax.axhline(0.999, color="grey", lw=0.5)
+    ax.set_xlabel("seconds since the update")
+    ax.set_ylabel("fraction of live agents informed")
+    ax.set_title(f"Dissemination, {report['agents']} agents")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "dissemination.png"), dpi=110)
+    plt.close(fig)
+    files.append("dissemination.png")
+
+    # 2. detection CDF
+    crashes = sim.metrics.all_crashes()
+    det = sorted(c.first_suspect - c.at for c in crashes if c.first_suspect is not None)
+    dead = sorted(c.dead_everywhere - c.at for c in crashes if c.dead_everywhere is not None)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if det:
+        ax.step(det, [(i + 1) / len(crashes) for i in range(len(det))], where="post",
+                label="first suspicion anywhere")
+    if dead:
+        ax.step(dead, [(i + 1) / len(crashes) for i in range(len(dead))], where="post",
+                label="dead at every live agent")
+    swim = SWIM_FIRST_DETECTION_PERIODS * ad.probe_interval + ad.probe_timeout
+    ax.axvline(swim, color="k", ls="--",
+               label=f"SWIM e/(e-1) periods + timeout = {swim:.2f}s")
+    ax.set_xlabel("seconds since crash")
+    ax.set_ylabel("CDF over crashes")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"Failure detection ({len(crashes)} crashes)" if crashes
+                 else "Failure detection (no crash in topology)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "detection_cdf.png"), dpi=110)
+    plt.close(fig)
+    files.append("detection_cdf.png")
+
+    # 3. membership view over time with events marked
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    samples = sim.metrics.view_samples
+    if samples:
+        ts = [s[0] for s in samples]
+        ax.plot(ts, [s[1] for s in samples], label="mean members in view (alive+suspect)")
+        ax.plot(ts, [s[2] for s in samples], label="min members in view", lw=0.8)
+        ax.plot(ts, [max(0, s[3] - 1) for s in samples], "k:", label="agents up - 1 (truth)")
+    for t, label in sim.metrics.marks:
+        ax.axvline(t, color="red", lw=0.6, alpha=0.6)
+        ax.annotate(label, (t, ax.get_ylim()[1] * 0.95), rotation=90, fontsize=7,
+                    va="top", ha="right", color="red")
+    ax.set_xlabel("simulated seconds")
+    ax.set_ylabel("members")
+    ax.set_title("Membership view over time")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "membership_view.png"), dpi=110)
+    plt.close(fig)
+    files.append("membership_view.png")
+    return files

@@ -1,0 +1,482 @@
+"""Builds a simulation from a topology and a seed, runs it, and reports numbers.
+
+Why one seed: `random.Random(seed)` is the only source of randomness; the
+network, the fault script, node identities and every agent's own RNG are
+child generators seeded from it in a fixed order, so a run is a pure function
+of (topology, seed) and its trace hash proves it.
+
+What is simulated is the REAL keepmesh.protocol.membership state machine
+(through `MembershipAdapter`); tests may pass another adapter to exercise the
+engine alone.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .engine import Engine, SimNode
+from .faults import apply_event
+from .metrics import SWIM_FIRST_DETECTION_PERIODS, Metrics, serf_rounds_to
+from .network import LinkSpec, Network
+from .topology import Topology
+
+SIM_MEASUREMENT = "5eed" * 16
+SIM_TCB = "sim-1"
+
+
+class ProtocolAdapter(Protocol):
+    """How the simulator creates and pokes one protocol instance."""
+
+    probe_interval: float
+    probe_timeout: float
+    gossip_interval: float
+    gossip_nodes: int
+    max_packet: int
+
+    def new_identity(self, rng: random.Random) -> bytes: ...
+
+    def create(self, node_id: bytes, address: str, labels: dict[str, str],
+               rng: random.Random, now: float, incarnation: int) -> Any: ...
+
+    def incarnation(self, proto: Any) -> int: ...
+
+    def join(self, proto: Any, seeds: list[str], now: float) -> None: ...
+
+    def leave(self, proto: Any, now: float) -> None: ...
+
+    def update(self, proto: Any, labels: dict[str, str], now: float) -> int: ...
+
+    def set_trust(self, proto: Any, subject: bytes, trusted: bool, now: float,
+                  reason: str) -> None: ...
+
+
+class MembershipAdapter:
+    """Drives keepmesh.protocol.membership.Membership with the simulation-only keyring.
+
+    One CachingVerifier is shared by every simulated member, so each record
+    version is MAC-checked once per process instead of once per member.
+    """
+
+    def __init__(self, profile: str, attestation: bool, master: bytes) -> None:
+        from keepmesh.protocol.membership import MembershipConfig
+        from keepmesh.protocol.membership.signing import CachingVerifier, SimulationKeyring
+
+        self.config = MembershipConfig.profile(profile)
+        self.attestation = attestation
+        self.keyring = SimulationKeyring(master)
+        self.verifier = CachingVerifier(self.keyring.verifier())
+        self.probe_interval = self.config.probe_interval
+        self.probe_timeout = self.config.probe_timeout
+        self.gossip_interval = self.config.gossip_interval
+        self.gossip_nodes = self.config.gossip_nodes
+        self.max_packet = self.config.max_packet
+
+    def new_identity(self, rng: random.Random) -> bytes:
+        return rng.randbytes(32)
+
+    def create(self, node_id: bytes, address: str, labels: dict[str, str],
+               rng: random.Random, now: float, incarnation: int) -> Any:
+        from keepmesh.protocol.membership import Membership
+        from keepmesh.protocol.membership.records import Capacity, Claims, make_record
+
+        signer = self.keyring.signer(node_id)
+        record = make_record(
+            signer, address, incarnation,
+            claims=Claims(tee="sim", measurement=SIM_MEASUREMENT, tcb=SIM_TCB),
+            capacity=Capacity(memory_mb=4096, cpu_milli=4000, free_memory_mb=4096,
+                              free_cpu_milli=4000),
+            labels=labels)
+        return Membership(self.config, record, signer, self.verifier, rng, now,
+                          require_attestation=self.attestation)
+
+    def incarnation(self, proto: Any) -> int:
+        return int(proto.record.incarnation)
+
+    def join(self, proto: Any, seeds: list[str], now: float) -> None:
+        proto.join(seeds, now)
+
+    def leave(self, proto: Any, now: float) -> None:
+        proto.leave(now)
+
+    def update(self, proto: Any, labels: dict[str, str], now: float) -> int:
+        proto.update_local(now, labels=labels)
+        return self.incarnation(proto)
+
+    def set_trust(self, proto: Any, subject: bytes, trusted: bool, now: float,
+                  reason: str) -> None:
+        proto.set_trust(subject, trusted, now, reason=reason)
+
+
+def build_sites(topo: Topology, rng: random.Random) -> tuple[list[list[LinkSpec]],
+                                                             list[dict[str, str]],
+                                                             list[str], list[int]]:
+    """Link matrix between sites, each site's labels and name, and each agent's site."""
+    if topo.groups:
+        names = [g.name for g in topo.groups]
+        matrix = []
+        for i, gi in enumerate(topo.groups):
+            row = []
+            for j, gj in enumerate(topo.groups):
+                if i == j:
+                    row.append(topo.links.get((gi.name, gj.name), gi.intra))
+                else:
+                    row.append(topo.links.get((gi.name, gj.name), topo.default_link))
+            matrix.append(row)
+        assign = [i for i, g in enumerate(topo.groups) for _ in range(g.agents)]
+        return matrix, [dict(g.labels) for g in topo.groups], names, assign
+    if topo.graph is not None:
+        return _graph_sites(topo, rng)
+    return [[topo.default_link]], [{"zone": "default"}], ["default"], [0] * topo.agents
+
+
+def _graph_sites(topo: Topology, rng: random.Random) -> tuple[list[list[LinkSpec]],
+                                                              list[dict[str, str]],
+                                                              list[str], list[int]]:
+    import networkx as nx
+
+    g = topo.graph
+    assert g is not None
+    n = int(g["sites"])
+    kind = g["kind"]
+    seed = rng.getrandbits(32)
+    if kind == "full":
+        graph = nx.complete_graph(n)
+    elif kind == "star":
+        graph = nx.star_graph(n - 1)
+    elif kind == "scale_free":
+        graph = nx.barabasi_albert_graph(n, int(g["m"]), seed=seed)
+    elif kind == "tree":
+        graph = nx.full_rary_tree(max(1, int(g["m"])), n)
+    elif kind == "grid":
+        rows = max(1, int(math.isqrt(n)))
+        cols = math.ceil(n / rows)
+        grid = nx.grid_2d_graph(rows, cols)
+        keep = [(r, c) for r in range(rows) for c in range(cols)][:n]
+        graph = nx.convert_node_labels_to_integers(grid.subgraph(keep), ordering="sorted")
+    else:  # random_geometric, made connected by linking each component to component 0
+        graph = nx.random_geometric_graph(n, float(g["radius"]), seed=seed)
+        comps = sorted((sorted(c) for c in nx.connected_components(graph)), key=lambda c: c[0])
+        for comp in comps[1:]:
+            graph.add_edge(comps[0][0], comp[0])
+    hops = dict(nx.all_pairs_shortest_path_length(graph))
+    hop: LinkSpec = g["hop"]
+    by_hops: dict[int, LinkSpec] = {}
+
+    def path(h: int) -> LinkSpec:
+        spec = by_hops.get(h)
+        if spec is None:
+            spec = hop
+            for _ in range(h - 1):
+                spec = spec.combine(hop)
+            spec = topo.default_link.combine(spec)
+            by_hops[h] = spec
+        return spec
+
+    matrix = [[topo.default_link if i == j else path(hops[i][j]) for j in range(n)]
+              for i in range(n)]
+    names = [f"site{i}" for i in range(n)]
+    if kind == "star":
+        # hub holds a share like any site; leaves get the rest round-robin
+        assign = [i % n for i in range(topo.agents)]
+    else:
+        assign = [rng.randrange(n) for _ in range(topo.agents)]
+    return matrix, [{"zone": nm} for nm in names], names, assign
+
+
+class Simulation:
+    """One run: world state, fault actions, and the glue between engine, protocol and metrics."""
+
+    def __init__(self, topo: Topology, seed: int,
+                 adapter: ProtocolAdapter | None = None) -> None:
+        self.topology = topo
+        self.seed = seed
+        root = random.Random(seed)
+        self.net_rng = random.Random(root.getrandbits(64))
+        self.fault_rng = random.Random(root.getrandbits(64))
+        self.id_rng = random.Random(root.getrandbits(64))
+        self.node_rng_seeds = random.Random(root.getrandbits(64))
+        self.site_rng = random.Random(root.getrandbits(64))
+        master = root.randbytes(32)
+        self.adapter: ProtocolAdapter = adapter or MembershipAdapter(
+            topo.profile, topo.attestation, master)
+        matrix, self.site_labels, self.site_names, self.assign = build_sites(topo, self.site_rng)
+        self.site_by_name = {nm: i for i, nm in enumerate(self.site_names)}
+        self.network = Network(matrix, self.net_rng, self.adapter.max_packet)
+        self.engine = Engine(self.network)
+        self.engine.on_event = self._on_event
+        self.metrics = Metrics(topo.agents)
+        self.tee_bad: list[bool] = []
+        self.incarnations: list[int] = []
+        self.up_count = 0
+        self.started = 0
+        self._agent_s = 0.0
+        self._agent_s_t = 0.0
+        self.update_rev = 0
+        self.join_window = min(topo.duration_s * 0.1, max(1.0, topo.agents / 100.0))
+
+    # ---------------------------------------------------------- building
+
+    def _new_node(self, site: int) -> SimNode:
+        idx = len(self.engine.nodes)
+        node_id = self.adapter.new_identity(self.id_rng)
+        while node_id in self.engine.by_id:
+            node_id = self.adapter.new_identity(self.id_rng)
+        address = f"10.{idx >> 16 & 255}.{idx >> 8 & 255}.{idx & 255}:7946"
+        self.tee_bad.append(False)
+        self.incarnations.append(0)
+        self.metrics.ensure(idx + 1)
+        node = self.engine.add_node(address, site, None, node_id, group=site)
+        node.up = False
+        return node
+
+    def _start(self, node: SimNode, incarnation: int, seeds: list[str]) -> None:
+        now = self.engine.now
+        rng = random.Random(self.node_rng_seeds.getrandbits(64) ^ node.idx)
+        labels = dict(self.site_labels[node.group])
+        proto = self.adapter.create(node.node_id, node.address, labels, rng, now, incarnation)
+        self._count_agents()
+        self.up_count += 1
+        self.started += 1
+        if seeds:
+            self.adapter.join(proto, seeds, now)
+        self.engine.restart(node, proto)
+
+    def _count_agents(self) -> None:
+        now = self.engine.now
+        self._agent_s += self.up_count * (now - self._agent_s_t)
+        self._agent_s_t = now
+
+    def setup(self) -> None:
+        """Create agents and schedule staggered joins, scripted events and measurements."""
+        topo = self.topology
+        nodes = [self._new_node(site) for site in self.assign]
+        # Staggered bootstrap: agent 0 founds the mesh, the others join through
+        # `seeds` agents that started before them (as an operator would list).
+        starts = sorted(self.fault_rng.uniform(0.0, self.join_window) for _ in nodes[1:])
+        self.engine.schedule(0.0, self._start, nodes[0], 0, [])
+        for k, node in enumerate(nodes[1:], start=1):
+            self.engine.schedule(starts[k - 1], self._bootstrap_join, node, k)
+        for ev in topo.events:
+            self.engine.schedule(ev.at_s, apply_event, self, ev)
+        probe_at = topo.update_at_s
+        if probe_at is None:
+            probe_at = min(topo.duration_s * 0.3, self.join_window + 20.0 * self.adapter.probe_interval)
+        self.engine.schedule(probe_at, self._probe_update)
+        t = 0.0
+        while t <= topo.duration_s:
+            self.engine.schedule(t, self._sample)
+            t += topo.sample_interval_s
+
+    def _bootstrap_join(self, node: SimNode, k: int) -> None:
+        earlier = [i for i in range(k) if self.engine.nodes[i].up][-256:]
+        n = min(self.topology.seeds, len(earlier))
+        picks = self.fault_rng.sample(earlier, n) if n else []
+        self._start(node, 0, [self.engine.nodes[i].address for i in picks])
+
+    def _probe_update(self) -> None:
+        victims = self.pick(1, None)
+        if victims:
+            self.update(victims[0], kind="probe")
+            self.metrics.mark(self.engine.now, "update probe")
+
+    def _sample(self) -> None:
+        self.metrics.sample_view(self.engine.now, self.up_indices())
+
+    # ------------------------------------------------------ world queries
+
+    def up(self, idx: int) -> bool:
+        return self.engine.nodes[idx].up
+
+    def paused(self, idx: int) -> bool:
+        return self.engine.nodes[idx].pending is not None
+
+    def reachable(self, a: int, b: int) -> bool:
+        return self.network.can_reach(a, b)
+
+    def n_up(self) -> int:
+        return self.up_count
+
+    def up_indices(self) -> list[int]:
+        return [n.idx for n in self.engine.nodes if n.up]
+
+    def crashed_indices(self, group: str | None) -> list[int]:
+        gi = None if group is None else self.site_by_name[group]
+        return [n.idx for n in self.engine.nodes
+                if not n.up and n.crashed_at is not None and not n.left
+                and (gi is None or n.group == gi)]
+
+    def pick(self, k: int, group: str | None) -> list[int]:
+        gi = None if group is None else self.site_by_name[group]
+        cands = [n.idx for n in self.engine.nodes
+                 if n.up and n.pending is None and (gi is None or n.group == gi)]
+        if k >= len(cands):
+            return cands
+        return sorted(self.fault_rng.sample(cands, k))
+
+    # ------------------------------------------------------------ actions
+
+    def _on_event(self, node: SimNode, ev: Any, now: float) -> None:
+        subject = self.engine.by_id.get(ev.node_id, -1)
+        if ev.kind == "attest":
+            self.metrics.attest_requests += 1
+            trusted = subject >= 0 and not self.tee_bad[subject]
+            if not trusted:
+                self.metrics.attest_failures += 1
+            self.adapter.set_trust(node.proto, ev.node_id, trusted, now,
+                                   "" if trusted else "simulated attestation failure")
+        self.metrics.on_event(node.idx, subject, ev.kind, ev.incarnation, now, self)
+
+    def crash(self, idx: int) -> None:
+        node = self.engine.nodes[idx]
+        if not node.up:
+            return
+        self.incarnations[idx] = self.adapter.incarnation(node.proto)
+        self._count_agents()
+        self.up_count -= 1
+        self.engine.crash(node)
+        node.proto = None
+        self.metrics.crash(idx, self.engine.now)
+
+    def restart(self, idx: int) -> None:
+        """Same identity and persisted incarnation + 1, rejoining through live seeds."""
+        node = self.engine.nodes[idx]
+        if node.up:
+            return
+        self.metrics.revived(idx)
+        self._start(node, self.incarnations[idx] + 1, self._seeds(exclude=idx))
+
+    def leave(self, idx: int) -> None:
+        node = self.engine.nodes[idx]
+        if not node.up:
+            return
+        self.adapter.leave(node.proto, self.engine.now)
+        self.engine.pump(node)
+        linger = max(1.0, 5.0 * self.adapter.gossip_interval)
+        self.engine.schedule(self.engine.now + linger, self._stop_left, node)
+
+    def _stop_left(self, node: SimNode) -> None:
+        if not node.up:
+            return
+        self._count_agents()
+        self.up_count -= 1
+        self.engine.crash(node)
+        node.left = True
+        node.crashed_at = None
+        node.proto = None
+
+    def join_new(self, group: str | None) -> None:
+        if group is not None:
+            site = self.site_by_name[group]
+        else:
+            site = self.assign[self.fault_rng.randrange(len(self.assign))]
+        node = self._new_node(site)
+        self._start(node, 0, self._seeds(exclude=node.idx))
+
+    def _seeds(self, exclude: int) -> list[str]:
+        ups = [i for i in self.up_indices() if i != exclude]
+        n = min(self.topology.seeds, len(ups))
+        return [self.engine.nodes[i].address for i in self.fault_rng.sample(ups, n)]
+
+    def update(self, idx: int, kind: str = "update") -> None:
+        node = self.engine.nodes[idx]
+        if not node.up:
+            return
+        self.update_rev += 1
+        labels = dict(self.site_labels[node.group])
+        labels["rev"] = str(self.update_rev)
+        inc = self.adapter.update(node.proto, labels, self.engine.now)
+        self.metrics.update(idx, inc, self.engine.now, self.up_count - 1, kind=kind)
+        self.engine.pump(node)
+
+    def tee_fault(self, idx: int, reason: str) -> None:
+        """Every observer's re-attestation of `idx` now fails, at a time spread over one probe period."""
+        self.tee_bad[idx] = True
+        subject = self.engine.nodes[idx].node_id
+        spread = self.adapter.probe_interval
+        for obs in self.up_indices():
+            if obs != idx:
+                self.engine.schedule(self.engine.now + self.fault_rng.uniform(0.0, spread),
+                                     self._distrust, obs, subject, reason)
+
+    def _distrust(self, obs: int, subject: bytes, reason: str) -> None:
+        node = self.engine.nodes[obs]
+        if node.up:
+            self.adapter.set_trust(node.proto, subject, False, self.engine.now, reason)
+            self.engine.pump(node)
+
+    def partition(self, value: float | tuple[str, ...]) -> None:
+        nodes = self.engine.nodes
+        if isinstance(value, tuple):
+            side_sites = {self.site_by_name[nm] for nm in value}
+            sides = {n.idx: 1 for n in nodes if n.group in side_sites}
+        else:
+            order = list(range(len(nodes)))
+            self.fault_rng.shuffle(order)
+            cut = int(round(value * len(order)))
+            sides = {i: 1 for i in order[:cut]}
+        self.network.partition(sides)
+
+    # --------------------------------------------------------------- run
+
+    def run(self, progress: Callable[[float], None] | None = None) -> dict[str, Any]:
+        if not self.engine.nodes:
+            self.setup()
+        wall0 = time.perf_counter()
+        self.engine.run(self.topology.duration_s, progress)
+        wall = time.perf_counter() - wall0
+        self._count_agents()
+        return self.report(wall)
+
+    def report(self, wall: float) -> dict[str, Any]:
+        eng = self.engine
+        topo = self.topology
+        agent_s = max(self._agent_s, 1e-9)
+        summary = self.metrics.summary()
+        n = max(1, topo.agents)
+        rounds = serf_rounds_to(n, self.adapter.gossip_nodes, 0.999)
+        metrics: dict[str, Any] = {
+            "dissemination_999_s": summary.pop("dissemination_999_s"),
+            "detection_s": summary.pop("detection_s"),
+            "dead_everywhere_s": summary.pop("dead_everywhere_s"),
+            "false_positives": summary.pop("false_positives"),
+            "msgs_per_agent_s": eng.sent / agent_s,
+            "bytes_per_agent_s": eng.bytes_sent / agent_s,
+        }
+        metrics.update(summary)
+        metrics["model"] = {
+            "serf_dissemination_999_s": rounds * self.adapter.gossip_interval,
+            "swim_first_detection_s": SWIM_FIRST_DETECTION_PERIODS * self.adapter.probe_interval,
+            "swim_first_suspicion_s": (SWIM_FIRST_DETECTION_PERIODS * self.adapter.probe_interval
+                                       + self.adapter.probe_timeout),
+        }
+        return {
+            "trace_hash": eng.trace_hash(),
+            "seed": self.seed,
+            "topology": topo.path,
+            "profile": topo.profile,
+            "agents": topo.agents,
+            "agents_started": self.started,
+            "agents_up_at_end": self.up_count,
+            "simulated_s": topo.duration_s,
+            "wall_s": wall,
+            "events": eng.steps,
+            "events_per_s": eng.steps / wall if wall > 0 else None,
+            "messages": eng.conservation(),
+            "dropped_by_reason": dict(sorted(eng.dropped.items())),
+            "bytes_sent": eng.bytes_sent,
+            "protocol_errors": eng.protocol_errors,
+            "bootstrap": {"mode": "staggered_join", "window_s": self.join_window,
+                          "seeds_per_join": topo.seeds},
+            "metrics": metrics,
+        }
+
+
+def simulate(topo: Topology, seed: int, adapter: ProtocolAdapter | None = None,
+             progress: Callable[[float], None] | None = None) -> tuple[dict[str, Any], Simulation]:
+    sim = Simulation(topo, seed, adapter)
+    sim.setup()
+    return sim.run(progress), sim

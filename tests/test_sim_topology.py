@@ -1,0 +1,121 @@
+"""Topology TOML loading: the reference keys work; malformed files fail in one line."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from keepmesh.simulations.topology import TopologyError, load_topology
+
+HERE = os.path.dirname(__file__)
+TOPOS = os.path.join(HERE, "..", "simulations", "topologies")
+
+BASE = """
+[mesh]
+agents = 200
+duration_s = 120
+profile = "lan"
+[network]
+latency_ms = 5
+loss = 0.01
+"""
+
+
+def write(tmp_path, text: str) -> str:
+    p = tmp_path / "t.toml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_reference_keys(tmp_path):
+    t = load_topology(write(tmp_path, BASE + """
+[[event]]
+at_s = 30
+crash = 5
+[[event]]
+at_s = 60
+partition = 0.5
+[[event]]
+at_s = 90
+heal = true
+"""))
+    assert t.agents == 200 and t.duration_s == 120.0 and t.profile == "lan"
+    assert t.default_link.latency_s == 0.005 and t.default_link.loss == 0.01
+    assert [(e.at_s, e.action, e.value) for e in t.events] == [
+        (30.0, "crash", 5), (60.0, "partition", 0.5), (90.0, "heal", True)]
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(TOPOS, "*.toml"))))
+def test_shipped_topologies_load(path):
+    t = load_topology(path)
+    assert t.agents >= 1 and t.events
+
+
+@pytest.mark.parametrize("text,key,reason", [
+    (BASE.replace("agents = 200", "agents = 0"), "mesh.agents", "out of range"),
+    (BASE.replace("loss = 0.01", "loss = 2"), "network.loss", "out of range"),
+    (BASE.replace("loss = 0.01", "loss = 1"), "network.loss", "drop everything"),
+    (BASE.replace("agents = 200", 'agents = "many"'), "mesh.agents", "expected integer"),
+    (BASE.replace("profile = \"lan\"", "profile = \"moon\""), "mesh.profile", "not one of"),
+    (BASE + "[[event]]\nat_s = 500\ncrash = 1\n", "event[0].at_s", "beyond"),
+    (BASE + "[[event]]\nat_s = 5\ncrahs = 1\n", "event[0].crahs", "unknown key"),
+    (BASE + "[[event]]\nat_s = 5\ncrash = 500\n", "event[0].crash", "out of range"),
+    (BASE + "[[event]]\nat_s = 5\n", "event[0]", "exactly one action"),
+    (BASE + "[[event]]\nat_s = 5\ncrash = 1\nheal = true\n", "event[0]", "exactly one action"),
+    (BASE + "[[event]]\nat_s = 5\npause = 1\n", "event[0].pause_s", "missing"),
+    (BASE + "[[event]]\nat_s = 5\ncrash = 1\npause_s = 3\n", "event[0].pause_s", "not valid"),
+    (BASE + "[[event]]\nat_s = 5\npartition = 1.5\n", "event[0].partition", "out of range"),
+    (BASE + "[[event]]\nat_s = 5\nheal = false\n", "event[0].heal", "expected true"),
+    (BASE + "[[event]]\nat_s = 5\ncrash = 1\ngroup = \"x\"\n", "event[0].group", "no group"),
+    (BASE + "[bogus]\nx = 1\n", ".bogus", "unknown key"),
+    (BASE.replace("duration_s = 120", "duration_s = -1"), "mesh.duration_s", "out of range"),
+    (BASE + "[[group]]\nname = \"a\"\nagents = 5\n", "mesh.agents", "sum of group"),
+    (BASE + "[graph]\nkind = \"blob\"\nsites = 3\n", "graph.kind", "not one of"),
+    ("[network]\nlatency_ms = 1\n", "[mesh]", "missing"),
+    (BASE + "[[event]]\nat_s = 5\ncrash = true\n", "event[0].crash", "expected integer"),
+])
+def test_malformed_one_line_error(tmp_path, text, key, reason):
+    path = write(tmp_path, text)
+    with pytest.raises(TopologyError) as ei:
+        load_topology(path)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert msg.startswith(path + ": ")
+    assert key in msg and reason in msg, msg
+
+
+def test_syntax_error_and_missing_file(tmp_path):
+    path = write(tmp_path, "[mesh\nagents=")
+    with pytest.raises(TopologyError, match="TOML syntax"):
+        load_topology(path)
+    with pytest.raises(TopologyError, match="cannot read"):
+        load_topology(str(tmp_path / "nope.toml"))
+
+
+def test_groups_links_asymmetric(tmp_path):
+    t = load_topology(write(tmp_path, """
+[mesh]
+duration_s = 10
+[[group]]
+name = "a"
+agents = 3
+latency_ms = 1
+[[group]]
+name = "b"
+agents = 2
+labels = { zone = "z2" }
+[[link]]
+from = "a"
+to = "b"
+latency_ms = 50
+symmetric = false
+[[link]]
+from = "b"
+to = "a"
+latency_ms = 70
+"""))
+    assert t.agents == 5
+    assert t.links[("a", "b")].latency_s == 0.05 and t.links[("b", "a")].latency_s == 0.07
+    assert t.groups[0].labels == {"zone": "a"} and t.groups[1].labels == {"zone": "z2"}
