@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from keepmesh.protocol.attestation.certs import ChainCache, TrustStore
 from keepmesh.protocol.attestation.dcap import detect, verify_quote
 from keepmesh.protocol.attestation.dcap_quote import parse_quote

@@ -12,7 +12,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from keepmesh.protocol.attestation import snp
 from keepmesh.protocol.attestation.certs import ChainCache, TrustStore, cert_der, load_certificates
 from keepmesh.protocol.attestation.evidence import (

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from keepmesh.agent.cli import main
 
 VEC = Path("/work/shared/vectors")

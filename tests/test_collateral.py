@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-
 from keepmesh.protocol.attestation.certs import TrustStore
 from keepmesh.protocol.attestation.collateral import (
     _converge,

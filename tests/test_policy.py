@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
 from keepmesh.protocol.attestation.evidence import VerifiedEvidence
 from keepmesh.protocol.attestation.policy import (
     Policy,

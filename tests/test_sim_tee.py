@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-
 from keepmesh.agent.cli import main
 from keepmesh.agent.tee.base import TeeBackend
 from keepmesh.agent.tee.measurement import code_measurement, measure_sources

@@ -8,7 +8,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from keepmesh.agent.tee import detect
 from keepmesh.agent.tee.base import TeeBackend, TeeUnavailable
 from keepmesh.agent.tee.configfs_tsm import TSM_DIR, ConfigfsTsmBackend
