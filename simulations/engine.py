@@ -64,7 +64,10 @@ EventHook = Callable[[SimNode, Any, float], None]
 
 
 class Engine:
-    """Virtual-time loop; counters prove message conservation (sent = delivered + dropped + in flight)."""
+    """Virtual-time loop.
+
+    Counters prove message conservation: sent = delivered + dropped + in flight.
+    """
 
     def __init__(self, network: Network) -> None:
         self.network = network

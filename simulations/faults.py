@@ -53,7 +53,7 @@ def apply_event(sim: Simulation, ev: EventSpec) -> None:
         sim.partition(ev.value)
         sim.metrics.mark(now, "partition")
     elif action == "heal":
-        sim.engine.network.heal()
+        sim.engine.network.heal(now)
         sim.metrics.mark(now, "heal")
     elif action in ("tee_expire", "tcb_drop"):
         victims = sim.pick(ev.value, ev.group)

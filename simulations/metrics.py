@@ -80,6 +80,7 @@ class Metrics:
         self.false_positive_events = 0
         self.partition_dead = 0
         self.paused_dead = 0
+        self.restart_dead = 0
         self.event_counts: dict[str, int] = {}
         self.view_known: list[int] = [0] * n_hint
         self.view_down: list[set[int] | None] = [None] * n_hint
@@ -121,7 +122,7 @@ class Metrics:
 
     def on_event(self, observer: int, subject: int, kind: str, incarnation: int, now: float,
                  live: Any) -> None:
-        """`live` answers questions about the world: up(i), reachable(a, b), paused(i), n_up."""
+        """`live` answers world questions: up(i), excuse(obs, subj), n_up(), up_indices()."""
         self.event_counts[kind] = self.event_counts.get(kind, 0) + 1
         if subject < 0 or subject == observer:
             return
@@ -154,10 +155,13 @@ class Metrics:
                     if all(i in track.observers for i in live.up_indices() if i != subject):
                         track.dead_everywhere = now
         elif kind == "dead" and live.up(subject):
-            if not live.reachable(observer, subject):
+            excuse = live.excuse(observer, subject)
+            if excuse == "partition":
                 self.partition_dead += 1
-            elif live.paused(subject):
+            elif excuse == "pause":
                 self.paused_dead += 1
+            elif excuse == "restart":
+                self.restart_dead += 1
             else:
                 self.false_positive_ids.add(subject)
                 self.false_positive_events += 1
@@ -224,6 +228,7 @@ class Metrics:
             "false_positive_declarations": self.false_positive_events,
             "dead_declared_across_partition": self.partition_dead,
             "dead_declared_while_paused": self.paused_dead,
+            "dead_declared_after_restart": self.restart_dead,
             "event_counts": dict(sorted(self.event_counts.items())),
             "attest_requests": self.attest_requests,
             "attest_failures": self.attest_failures,

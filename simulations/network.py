@@ -82,6 +82,8 @@ class Network:
         self.burst_loss = 0.0
         self.burst_until = -1.0
         self.partitioned = False
+        self.last_sides: list[int] | None = None
+        self.healed_at: float | None = None
 
     def add_agent(self, site: int) -> int:
         if not 0 <= site < len(self.links):
@@ -101,7 +103,10 @@ class Network:
             self.side[idx] = s
         self.partitioned = any(self.side)
 
-    def heal(self) -> None:
+    def heal(self, now: float = 0.0) -> None:
+        if self.partitioned:
+            self.last_sides = list(self.side)
+            self.healed_at = now
         for idx in range(len(self.side)):
             self.side[idx] = 0
         self.partitioned = False
@@ -112,6 +117,12 @@ class Network:
 
     def can_reach(self, src: int, dst: int) -> bool:
         return not self.partitioned or self.side[src] == self.side[dst]
+
+    def split_since(self, a: int, b: int, since: float) -> bool:
+        """Were a and b on different sides of a partition healed at or after `since`?"""
+        last = self.last_sides
+        return (last is not None and self.healed_at is not None and self.healed_at >= since
+                and a < len(last) and b < len(last) and last[a] != last[b])
 
     # --------------------------------------------------------- delivery
 

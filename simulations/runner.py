@@ -210,12 +210,19 @@ class Simulation:
         self.engine.on_event = self._on_event
         self.metrics = Metrics(topo.agents)
         self.tee_bad: list[bool] = []
+        self.restarted_at: list[float] = []
         self.incarnations: list[int] = []
         self.up_count = 0
         self.started = 0
         self._agent_s = 0.0
         self._agent_s_t = 0.0
         self.update_rev = 0
+        cfg = getattr(self.adapter, "config", None)
+        # A suspicion may legitimately outlive the fault that caused it by its
+        # longest timeout; dead declarations inside that window are attributed
+        # to the partition/pause, not counted as false positives.
+        self.grace_s = (cfg.suspicion_min(topo.agents) * cfg.suspicion_max_timeout_mult
+                        if cfg is not None else 10.0 * self.adapter.probe_interval)
         self.join_window = min(topo.duration_s * 0.1, max(1.0, topo.agents / 100.0))
 
     # ---------------------------------------------------------- building
@@ -227,6 +234,7 @@ class Simulation:
             node_id = self.adapter.new_identity(self.id_rng)
         address = f"10.{idx >> 16 & 255}.{idx >> 8 & 255}.{idx & 255}:7946"
         self.tee_bad.append(False)
+        self.restarted_at.append(-math.inf)
         self.incarnations.append(0)
         self.metrics.ensure(idx + 1)
         node = self.engine.add_node(address, site, None, node_id, group=site)
@@ -264,7 +272,8 @@ class Simulation:
             self.engine.schedule(ev.at_s, apply_event, self, ev)
         probe_at = topo.update_at_s
         if probe_at is None:
-            probe_at = min(topo.duration_s * 0.3, self.join_window + 20.0 * self.adapter.probe_interval)
+            probe_at = min(topo.duration_s * 0.3,
+                           self.join_window + 20.0 * self.adapter.probe_interval)
         self.engine.schedule(probe_at, self._probe_update)
         t = 0.0
         while t <= topo.duration_s:
@@ -292,10 +301,24 @@ class Simulation:
         return self.engine.nodes[idx].up
 
     def paused(self, idx: int) -> bool:
-        return self.engine.nodes[idx].pending is not None
+        """Paused now, or recently enough that a suspicion raised during the pause may end now."""
+        node = self.engine.nodes[idx]
+        return node.pending is not None or self.engine.now < node.paused_until + self.grace_s
+
+    def excuse(self, observer: int, subject: int) -> str:
+        """Why declaring a live agent dead is not a false positive ("" if it is one)."""
+        if not self.reachable(observer, subject):
+            return "partition"
+        if self.paused(subject):
+            return "pause"
+        if self.engine.now < self.restarted_at[subject] + self.grace_s:
+            return "restart"  # news about the instance that crashed, still draining
+        return ""
 
     def reachable(self, a: int, b: int) -> bool:
-        return self.network.can_reach(a, b)
+        """Reachable now and not split by a partition healed within the suspicion grace."""
+        return self.network.can_reach(a, b) and not self.network.split_since(
+            a, b, self.engine.now - self.grace_s)
 
     def n_up(self) -> int:
         return self.up_count
@@ -347,6 +370,7 @@ class Simulation:
         if node.up:
             return
         self.metrics.revived(idx)
+        self.restarted_at[idx] = self.engine.now
         self._start(node, self.incarnations[idx] + 1, self._seeds(exclude=idx))
 
     def leave(self, idx: int) -> None:
@@ -393,7 +417,7 @@ class Simulation:
         self.engine.pump(node)
 
     def tee_fault(self, idx: int, reason: str) -> None:
-        """Every observer's re-attestation of `idx` now fails, at a time spread over one probe period."""
+        """Every observer's re-attestation of `idx` fails, spread over one probe period."""
         self.tee_bad[idx] = True
         subject = self.engine.nodes[idx].node_id
         spread = self.adapter.probe_interval

@@ -101,7 +101,8 @@ class _Checker:
     def keys(self, tbl: dict[str, Any], where: str, allowed: set[str]) -> None:
         for k in tbl:
             if k not in allowed:
-                raise self.fail(f"{where}.{k}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+                allowed_s = ", ".join(sorted(allowed))
+                raise self.fail(f"{where}.{k}", f"unknown key (allowed: {allowed_s})")
 
     def int_(self, tbl: dict[str, Any], where: str, key: str, lo: int, hi: int,
              default: int | None = None) -> int:

@@ -7,7 +7,6 @@ import math
 import random
 
 import pytest
-
 from keepmesh.protocol.errors import ProtocolError
 from keepmesh.protocol.membership import (
     Alive,
@@ -17,9 +16,9 @@ from keepmesh.protocol.membership import (
     Ed25519Verifier,
     Gossip,
     Leave,
-    MemberState,
     Membership,
     MembershipConfig,
+    MemberState,
     Ping,
     SimulationKeyring,
     Suspect,
@@ -361,7 +360,7 @@ def test_forged_leave_rejected_and_real_leave_spreads() -> None:
     assert node.state_of(target.node_id) is MemberState.ALIVE
     assert node.stats.get("rejected.signature") == 1
     target.leave(net.now)
-    net._after("n6")
+    net.kick("n6")
     net.run_until(net.now + 10.0)
     for other in net.up():
         if other is not target:
@@ -420,7 +419,7 @@ def test_changed_claims_require_new_attestation() -> None:
     run_until_converged(net, ids(4), limit=20.0)
     net.policy = lambda ev: False  # new evidence will fail
     net.nodes["n2"].update_local(net.now, claims=Claims("sim", "cd" * 8, "2"))
-    net._after("n2")
+    net.kick("n2")
     net.run_until(net.now + 10.0)
     for addr, node in net.nodes.items():
         if addr != "n2":
@@ -432,7 +431,7 @@ def test_update_local_spreads_new_capacity() -> None:
     net = build(6, seed=13)
     run_until_converged(net, ids(6), limit=20.0)
     net.nodes["n3"].update_local(net.now, capacity=Capacity(1024, 1000, 10, 20))
-    net._after("n3")
+    net.kick("n3")
     net.run_until(net.now + 5.0)
     for node in net.up():
         view = node.member(sim_node_id(3))

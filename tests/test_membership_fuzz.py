@@ -6,7 +6,6 @@ import random
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from keepmesh.protocol.membership import (
     Alive,
     Gossip,
@@ -38,9 +37,8 @@ def valid_packets() -> list[bytes]:
     return [
         encode_payload(Ping(seq=7, sender=PEER.node_id, target=SIGNER.node_id, gossip=(alive,))),
         encode_payload(Gossip(sender=PEER.node_id, gossip=(alive, sus))),
-        encode_payload(PushPull(sender=PEER.node_id, join=True, reply=False, more=False,
-                                entries=(PushPullEntry(record=PEER_RECORD.encoded, state="alive",
-                                                       incarnation=3, leave_sig=None),))),
+        encode_payload(PushPull.build(PEER.node_id, True, False, False,
+                                      [PushPullEntry(PEER_RECORD.encoded, "alive", 3, None)])),
     ]
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import random
 
-from test_sim_fakeproto import FakeAdapter
-
 from keepmesh.simulations.network import DROP_LOSS, DROP_PARTITION, LinkSpec, Network
 from keepmesh.simulations.runner import simulate
 from keepmesh.simulations.topology import parse_topology
+from test_sim_fakeproto import FakeAdapter
 
 
 def topo(extra: str = "", agents: int = 20, duration: float = 40.0, loss: float = 0.0):

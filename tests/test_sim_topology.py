@@ -6,7 +6,6 @@ import glob
 import os
 
 import pytest
-
 from keepmesh.simulations.topology import TopologyError, load_topology
 
 HERE = os.path.dirname(__file__)

@@ -34,7 +34,7 @@ PROVIDER_FORMATS = {"sev_guest": ("snp", "sev-snp"), "tdx_guest": ("tdx", "tdx")
 
 
 def parse_snp_cert_table(blob: bytes) -> list[bytes]:
-    """Certificates from an SNP extended-report certificate table: (guid, offset, length)*, zero end."""
+    """Certificates from an SNP certificate table: (guid, offset, length)*, zero entry ends it."""
     out: list[bytes] = []
     pos = 0
     while pos + 24 <= len(blob) and len(out) < 8:

@@ -9,6 +9,7 @@ lengths. Push-pull (anti-entropy) travels on a reliable stream.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import msgpack
@@ -20,7 +21,6 @@ from ..wire import (
     Spec,
     b,
     flag,
-    rec,
     s,
     seq,
     u,
@@ -146,38 +146,69 @@ class LeaveStatement(Message):
     incarnation: int
 
 
-@message
-class PushPullEntry(Message):
-    SCHEMA: ClassVar[dict[str, Spec]] = {
-        "record": b(max_len=MAX_RECORD_BYTES),
-        "state": s(8, choices=STATE_NAMES),
-        "incarnation": u(63),
-        "leave_sig": b(max_len=MAX_SIGNATURE, optional=True),
-    }
+STATE_CODES = {name: i for i, name in enumerate(STATE_NAMES)}
+
+
+@dataclass(frozen=True)
+class PushPullEntry:
+    """One member as carried in a push-pull (decoded view of the parallel lists)."""
+
     record: bytes
     state: str
     incarnation: int
     leave_sig: bytes | None
 
-    def validate(self) -> None:
-        if self.state == "left" and not self.leave_sig:
-            raise ProtocolError("push_pull entry: left without a leave signature")
-
 
 @message
 class PushPull(Message):
-    """Anti-entropy: the sender's full signed record set (possibly in chunks, `more`)."""
+    """Anti-entropy: the sender's full signed record set (possibly in chunks, `more`).
+
+    Entries travel as parallel lists (records, one state byte each, incarnations,
+    leave signatures with b"" for none) rather than nested records: validating
+    10,000 nested records field by field was the simulator's hottest path.
+    """
 
     TYPE: ClassVar[str] = "swim.push_pull"
     SCHEMA: ClassVar[dict[str, Spec]] = {
         "sender": _id, "join": flag(), "reply": flag(), "more": flag(),
-        "entries": seq(rec(PushPullEntry), max_len=MAX_PUSH_PULL_ENTRIES),
+        "records": seq(b(max_len=MAX_RECORD_BYTES), max_len=MAX_PUSH_PULL_ENTRIES),
+        "states": b(max_len=MAX_PUSH_PULL_ENTRIES),
+        "incarnations": seq(u(63), max_len=MAX_PUSH_PULL_ENTRIES),
+        "leave_sigs": seq(b(max_len=MAX_SIGNATURE), max_len=MAX_PUSH_PULL_ENTRIES),
     }
     sender: bytes
     join: bool
     reply: bool
     more: bool
-    entries: tuple[PushPullEntry, ...]
+    records: tuple[bytes, ...]
+    states: bytes
+    incarnations: tuple[int, ...]
+    leave_sigs: tuple[bytes, ...]
+
+    def validate(self) -> None:
+        n = len(self.records)
+        if not len(self.states) == len(self.incarnations) == len(self.leave_sigs) == n:
+            raise ProtocolError("push_pull: entry lists differ in length")
+        if any(code >= len(STATE_NAMES) for code in self.states):
+            raise ProtocolError("push_pull: unknown member state code")
+        left = STATE_CODES["left"]
+        pairs = zip(self.states, self.leave_sigs, strict=True)
+        if any(code == left and not sig for code, sig in pairs):
+            raise ProtocolError("push_pull: left without a leave signature")
+
+    @classmethod
+    def build(cls, sender: bytes, join: bool, reply: bool, more: bool,
+              entries: list[PushPullEntry]) -> PushPull:
+        return cls(sender=sender, join=join, reply=reply, more=more,
+                   records=tuple(e.record for e in entries),
+                   states=bytes(STATE_CODES[e.state] for e in entries),
+                   incarnations=tuple(e.incarnation for e in entries),
+                   leave_sigs=tuple(e.leave_sig or b"" for e in entries))
+
+    def entries(self) -> list[PushPullEntry]:
+        return [PushPullEntry(r, STATE_NAMES[c], inc, sig or None)
+                for r, c, inc, sig in zip(self.records, self.states, self.incarnations,
+                                          self.leave_sigs, strict=True)]
 
 
 PRIMARY = (Ping, Ack, Nack, PingReq, Gossip)

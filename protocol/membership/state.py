@@ -311,6 +311,37 @@ class Membership:
         self._republish(r.incarnation + 1, claims or r.claims, capacity or r.capacity,
                         r.labels if labels is None else labels)
 
+    def learn(self, records: Iterable[NodeRecord], now: float, *, trusted: bool = False) -> int:
+        """Prime the table without gossip or per-member events (simulator warm start,
+        peers persisted by the agent). Signatures are still checked; with
+        trusted=False and require_attestation each new member emits "attest" as usual.
+        Returns how many members were added."""
+        added = 0
+        for record in records:
+            nid = record.node_id
+            if nid == self.node_id or nid in self._members:
+                continue
+            if len(self._members) >= self.config.max_members:
+                break
+            if not record.signature or not self.verifier.verify(nid, record.signed_bytes,
+                                                                record.signature):
+                self._count("rejected.signature")
+                continue
+            ok = trusted or not self.require_attestation
+            m = _Member(record, Trust.TRUSTED if ok else Trust.PENDING, now)
+            self._members[nid] = m
+            self._n_live += 1
+            added += 1
+            if ok:
+                m.joined = True
+                m.in_probe = True
+                self._probe_order.append(nid)
+            else:
+                self._emit("attest", m, now)
+        self.rng.shuffle(self._probe_order)
+        self._probe_idx = 0
+        return added
+
     # =============================================================== outputs
 
     def get_timer(self) -> float | None:
@@ -466,7 +497,7 @@ class Membership:
     def _on_push_pull(self, msg: PushPull, src: Address, now: float,
                       penalty_key: bytes | str) -> None:
         self._joined_cluster = True
-        for entry in msg.entries:
+        for entry in msg.entries():
             try:
                 record = decode_record(entry.record)
             except ProtocolError as err:
@@ -857,7 +888,7 @@ class Membership:
         size = 0
         chunks: list[list[PushPullEntry]] = []
         for e in entries:
-            cost = len(e.record) + 120
+            cost = len(e.record) + 16 + len(e.leave_sig or b"")
             if chunk and (size + cost > budget or len(chunk) >= 65535):
                 chunks.append(chunk)
                 chunk, size = [], 0
@@ -865,8 +896,7 @@ class Membership:
             size += cost
         chunks.append(chunk)
         for i, part in enumerate(chunks):
-            msg = PushPull(sender=self.node_id, join=join, reply=reply,
-                           more=i < len(chunks) - 1, entries=tuple(part))
+            msg = PushPull.build(self.node_id, join, reply, i < len(chunks) - 1, part)
             data = encode_payload(msg)
             self._outbox.append(Outgoing(dst, data, True))
             self._count("sent." + msg.TYPE)

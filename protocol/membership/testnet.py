@@ -83,6 +83,21 @@ class TestNet:
         self._after(addr)
         return node
 
+    def warm(self, n: int) -> None:
+        """n members that already know and trust each other (no join wave), like a
+        cluster that has been running: every table primed with learn()."""
+        for i in range(n):
+            self.add(i)
+        records = [node.record for node in self.nodes.values()]
+        for node in self.nodes.values():
+            node.learn(records, self.now, trusted=True)
+        for addr in self.nodes:
+            self.kick(addr)
+
+    def kick(self, addr: str) -> None:
+        """Collect outputs after poking a node from outside the loop (update_local, leave)."""
+        self._after(addr)
+
     def crash(self, addr: str) -> None:
         self.down.add(addr)
         self._timer_at[addr] = None

@@ -1,0 +1,140 @@
+"""Agents on loopback: mutual attestation over real QUIC, and hostile clients."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+import trio
+
+from keepmesh.agent.cli import CommandError
+from keepmesh.agent.client import open_client
+from keepmesh.agent.config import AgentConfig
+from keepmesh.agent.identity import Identity
+from keepmesh.agent.node import Agent
+from keepmesh.agent.startup import build_agent
+from keepmesh.agent.transport.quic import ConnectionClosed, QuicEndpoint
+
+
+def make(tmp: Path, root: Path, name: str, join: list[str] | None = None,
+         roots: list[Path] | None = None) -> Agent:
+    return build_agent(AgentConfig(listen="127.0.0.1:0", tee="sim", sim_root=root,
+                                   data_dir=tmp / name, join=join or [], roots=roots or []))
+
+
+async def start(nursery: trio.Nursery, agent: Agent) -> str:
+    address: str = await nursery.start(agent.run)
+    return address
+
+
+async def wait_peers(agent: Agent, n: int, timeout: float = 20) -> None:
+    with trio.fail_after(timeout):
+        while sum(1 for p in agent.peers.values() if p.session and not p.session.closed.is_set()) < n:
+            await trio.sleep(0.05)
+
+
+async def test_two_and_three_agents_attest_each_other(nursery: trio.Nursery, tmp_path: Path,
+                                                      sim_root: Path) -> None:
+    a = make(tmp_path, sim_root, "a")
+    addr_a = await start(nursery, a)
+    b = make(tmp_path, sim_root, "b", join=[addr_a])
+    await start(nursery, b)
+    await wait_peers(a, 1)
+    await wait_peers(b, 1)
+    assert b.identity.public_bytes in a.peers and a.identity.public_bytes in b.peers
+    c = make(tmp_path, sim_root, "c", join=[addr_a])
+    await start(nursery, c)
+    for agent in (a, b, c):
+        await wait_peers(agent, 2)
+    entry = c.peers[b.identity.public_bytes]
+    assert entry.evidence is not None and entry.evidence.tee == "sim"
+    assert entry.evidence.measurement == c.own_evidence.measurement  # type: ignore[union-attr]
+    # The CLI's view of the same thing.
+    client = await open_client(addr_a, roots=[sim_root / "ark.pem"], key_path=tmp_path / "op.key")
+    try:
+        peers = (await client.call("agent.peers", {}))["peers"]
+        assert {p["identity"] for p in peers} == {b.identity.public_bytes.hex(),
+                                                 c.identity.public_bytes.hex()}
+        assert all(p["tee"] == "sim" and len(p["measurement"]) == 96 for p in peers)
+        status = await client.call("agent.status", {})
+        assert status["identity"] == a.identity.public_bytes.hex()
+        with pytest.raises(CommandError, match="unknown method"):
+            await client.call("mesh.announce", {"address": "1.2.3.4:5"})  # agents only
+    finally:
+        await client.aclose()
+
+
+async def test_agent_with_untrusted_sim_root_is_not_a_peer(nursery: trio.Nursery, tmp_path: Path,
+                                                           sim_root: Path,
+                                                           other_sim_root: Path) -> None:
+    a = make(tmp_path, sim_root, "a")
+    addr_a = await start(nursery, a)
+    stranger = make(tmp_path, other_sim_root, "s", join=[addr_a])
+    await start(nursery, stranger)
+    await trio.sleep(1.0)
+    assert not a.peers and not stranger.peers
+
+
+async def test_client_rejects_agent_without_root(nursery: trio.Nursery, tmp_path: Path,
+                                                 sim_root: Path, other_sim_root: Path) -> None:
+    a = make(tmp_path, sim_root, "a")
+    addr_a = await start(nursery, a)
+    with pytest.raises(CommandError, match="chain"):
+        await open_client(addr_a, key_path=tmp_path / "op.key")
+    with pytest.raises(CommandError):
+        await open_client(addr_a, roots=[other_sim_root / "ark.pem"], key_path=tmp_path / "op.key")
+
+
+async def _raw_quic(nursery: trio.Nursery, addr: str) -> tuple[QuicEndpoint, object]:
+    ep = QuicEndpoint(Identity.generate())
+    await nursery.start(ep.serve, "127.0.0.1", 0)
+    host, port = addr.rsplit(":", 1)
+    conn = await ep.connect(host, int(port))
+    return ep, conn
+
+
+@pytest.mark.parametrize("attack", ["garbage", "oversized", "no-channel-rpc"])
+async def test_hostile_client_loses_only_its_connection(nursery: trio.Nursery, tmp_path: Path,
+                                                        sim_root: Path, attack: str) -> None:
+    a = make(tmp_path, sim_root, "a")
+    addr_a = await start(nursery, a)
+    # Raw UDP garbage at the port first: ignored.
+    host, port = addr_a.rsplit(":", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(b"\x00garbage" * 200, (host, int(port)))
+    _, conn = await _raw_quic(nursery, addr_a)
+    stream = conn.open_stream()  # type: ignore[attr-defined]
+    if attack == "garbage":
+        stream.send(struct.pack(">I", 20) + b"\xc1" * 20)
+    elif attack == "oversized":
+        stream.send(struct.pack(">I", 64 * 1024 * 1024))
+    else:
+        # Skip the channel: send an RPC request as the very first frame.
+        from keepmesh.protocol.rpc import RpcRequest
+        from keepmesh.protocol.wire import encode_frame
+        stream.send(encode_frame(RpcRequest(method="agent.peers", body=b"\x80")), end=True)
+    with trio.fail_after(10):
+        await conn.closed.wait()  # type: ignore[attr-defined]
+    reason = conn.close_reason  # type: ignore[attr-defined]
+    assert reason.startswith("closed by peer")
+    if attack != "no-channel-rpc":
+        assert ("malformed" in reason) if attack == "garbage" else ("exceeds limit" in reason)
+    with pytest.raises(ConnectionClosed):
+        conn.open_stream()  # type: ignore[attr-defined]
+    # The agent keeps serving others.
+    client = await open_client(addr_a, roots=[sim_root / "ark.pem"], key_path=tmp_path / "op.key")
+    try:
+        assert (await client.call("agent.status", {}))["identity"] == \
+            a.identity.public_bytes.hex()
+    finally:
+        await client.aclose()
+
+
+async def test_identity_persists_across_restart(tmp_path: Path, sim_root: Path) -> None:
+    a1 = make(tmp_path, sim_root, "a")
+    a2 = make(tmp_path, sim_root, "a")
+    assert a1.identity.public_bytes == a2.identity.public_bytes
+    key = tmp_path / "a" / "identity.key"
+    assert key.stat().st_mode & 0o777 == 0o600
