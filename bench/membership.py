@@ -104,7 +104,7 @@ def messages_per_member(ns: list[int], seed: int, window: float) -> list[dict[st
         net.warm(n)
         net.run_until(3.0)
 
-        def count() -> tuple[int, int]:
+        def count(net: TestNet = net) -> tuple[int, int]:
             dgram = pp = 0
             for node in net.nodes.values():
                 for key, val in node.stats.items():
