@@ -8,54 +8,18 @@ stops them cleanly. Everything lives in a temporary directory.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import trio
-
 from keepmesh.agent.cli import CommandError
 from keepmesh.agent.client import open_client
+from keepmesh.agent.localmesh import AgentProcess
 
 AGENTS = 3
 TIMEOUT_S = 60.0
-
-
-def _start_agent(tmp: Path, index: int, join: str | None) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "keepmesh.agent.cli", "agent", "--tee", "sim",
-           "--sim-root", str(tmp / "sim-root"), "--data-dir", str(tmp / f"agent{index}"),
-           "--listen", "127.0.0.1:0"]
-    if join:
-        cmd += ["--join", join]
-    log = open(tmp / f"agent{index}.log", "w")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    deadline = time.monotonic() + TIMEOUT_S
-    address = None
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        log.write(line)
-        if line.startswith("keepmesh agent ") and " listening on " in line:
-            address = line.split(" listening on ")[1].split()[0]
-            break
-    if address is None:
-        proc.kill()
-        raise SystemExit(f"demo: agent {index} did not start; see {tmp / f'agent{index}.log'}")
-    # Keep draining stderr into the log so the agent never blocks on a full pipe.
-    import threading
-
-    def drain() -> None:
-        assert proc.stderr is not None
-        for rest in proc.stderr:
-            log.write(rest)
-            log.flush()
-    threading.Thread(target=drain, daemon=True).start()
-    return proc, address
 
 
 async def _views(addresses: list[str], root: Path, key: Path) -> list[tuple[str, dict, list]]:
@@ -76,20 +40,19 @@ async def _views(addresses: list[str], root: Path, key: Path) -> list[tuple[str,
 
 
 def main() -> int:
-    procs: list[subprocess.Popen[str]] = []
+    procs: list[AgentProcess] = []
     with tempfile.TemporaryDirectory(prefix="keepmesh-demo-") as tmpname:
         tmp = Path(tmpname)
         print("keepmesh demo: creating an INSECURE sim root (ARK -> ASK) for three agents ...")
         subprocess.run([sys.executable, "-m", "keepmesh.agent.cli", "sim", "init-root",
                         str(tmp / "sim-root")], check=True, stdout=subprocess.DEVNULL)
         try:
-            first, seed = _start_agent(tmp, 1, None)
-            procs.append(first)
-            addresses = [seed]
+            root = tmp / "sim-root"
+            procs.append(AgentProcess(tmp / "agent1", root))
+            seed = procs[0].address
             for i in range(2, AGENTS + 1):
-                proc, addr = _start_agent(tmp, i, seed)
-                procs.append(proc)
-                addresses.append(addr)
+                procs.append(AgentProcess(tmp / f"agent{i}", root, join=[seed]))
+            addresses = [p.address for p in procs]
             print(f"keepmesh demo: agents listening on {', '.join(addresses)}; waiting for "
                   "mutual attestation ...")
             try:
@@ -111,15 +74,12 @@ def main() -> int:
             print("keepmesh demo: every agent attested the other two" if ok else
                   "keepmesh demo: the mesh did not fully form in time")
             return 0 if ok else 1
+        except RuntimeError as err:
+            print(f"keepmesh demo: {err}", file=sys.stderr)
+            return 1
         finally:
             for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                proc.stop()
             print("keepmesh demo: agents stopped")
 
 

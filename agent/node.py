@@ -19,7 +19,7 @@ from typing import Any
 import trio
 from keepmesh.agent.attester import LocalAttester
 from keepmesh.agent.identity import Identity, fingerprint
-from keepmesh.agent.rpc import Handler, RpcContext, RpcError, call, serve_session
+from keepmesh.agent.rpc import Handler, RpcContext, serve_session
 from keepmesh.agent.session import ChannelFailed, Session, establish
 from keepmesh.agent.tee.base import TeeBackend
 from keepmesh.agent.transport.quic import (
@@ -38,9 +38,11 @@ from keepmesh import __version__
 
 log = logging.getLogger("keepmesh.agent")
 
+# Any authenticated client may read; keeps.* check owners themselves; changing the
+# agent's own place in the mesh needs an admitted owner key.
 CLIENT_METHODS = frozenset({"agent.status", "agent.peers", "members.list", "keeps.list",
-                            "keeps.logs", "keeps.call", "keeps.stop", "keeps.deploy",
-                            "agent.drain", "agent.leave", "agent.join"})
+                            "keeps.logs", "keeps.call", "keeps.stop", "keeps.deploy"})
+ADMIN_METHODS = frozenset({"agent.join", "agent.leave"})
 REDIAL_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -49,7 +51,8 @@ class PeerEntry:
     """An attested agent peer as this agent sees it."""
 
     identity: bytes
-    address: str  # where it listens (announced), or where it connected from
+    address: str  # where it listens: the address we dialled, or the source of its
+    # connection (agents send from their single listening socket)
     evidence: VerifiedEvidence | None
     verified_at: float
     session: Session | None
@@ -71,6 +74,7 @@ class Agent:
     def __init__(self, *, identity: Identity, backend: TeeBackend, trust: TrustStore,
                  policy: Policy, listen: str, advertise: str | None = None,
                  join: list[str] | None = None, data_dir: Path,
+                 admin_keys: list[bytes] | None = None,
                  rng: random.Random | None = None) -> None:
         self.identity = identity
         self.backend = backend
@@ -80,6 +84,7 @@ class Agent:
         self.advertise = advertise
         self.seeds = list(join or [])
         self.data_dir = data_dir
+        self.admin_keys = set(admin_keys or [])
         self.rng = rng or random.SystemRandom()
         self.attester = LocalAttester(identity, backend)
         self.endpoint = QuicEndpoint(identity)
@@ -89,7 +94,6 @@ class Agent:
         self.methods: dict[str, Handler] = {
             "agent.status": self._rpc_status,
             "agent.peers": self._rpc_peers,
-            "mesh.announce": self._rpc_announce,
         }
         self.own_evidence: VerifiedEvidence | None = None
         self.started_at = time.time()
@@ -138,7 +142,7 @@ class Agent:
             for service in self.services:
                 nursery.start_soon(service, nursery)
             for seed in self.seeds:
-                nursery.start_soon(self._dial_loop, seed, True)
+                nursery.start_soon(self._dial_loop, seed)
             log.info("agent %s listening on %s (tee %s)", self.identity.fingerprint,
                      self.address, self.backend.kind)
             task_status.started(self.address)
@@ -203,10 +207,13 @@ class Agent:
     def _methods_for(self, session: Session) -> dict[str, Handler]:
         if session.peer.role == "agent":
             return self.methods
-        return {k: v for k, v in self.methods.items() if k in CLIENT_METHODS}
+        allowed = CLIENT_METHODS
+        if session.peer.identity in self.admin_keys:
+            allowed = CLIENT_METHODS | ADMIN_METHODS
+        return {k: v for k, v in self.methods.items() if k in allowed}
 
-    async def _dial_loop(self, address: str, announce: bool) -> None:
-        """Keep trying a seed until attested, then learn its peers (mesh formation)."""
+    async def _dial_loop(self, address: str) -> None:
+        """Keep trying a seed until attested; membership takes it from there."""
         if address in self._dialing or address == self.address:
             return
         self._dialing.add(address)
@@ -214,37 +221,16 @@ class Agent:
             attempt = 0
             while True:
                 try:
-                    session = await self.connect(address)
-                    break
+                    await self.connect(address)
+                    return
                 except ChannelFailed as err:
                     log.warning("cannot attest %s: %s", address, err)
                     if "rejected" in str(err) or "policy" in str(err):
                         return  # a peer that fails policy will not pass by retrying
                 await trio.sleep(REDIAL_S[min(attempt, len(REDIAL_S) - 1)])
                 attempt += 1
-            if announce:
-                await self._announce(session)
         finally:
             self._dialing.discard(address)
-
-    async def _announce(self, session: Session) -> None:
-        try:
-            reply = await call(session, "mesh.announce", {"address": self.address})
-        except RpcError as err:
-            log.warning("announce to %s failed: %s", session.address, err)
-            return
-        peers = reply.get("peers", [])
-        if not isinstance(peers, list):
-            return
-        assert self._nursery is not None
-        for addr in peers[:256]:
-            if isinstance(addr, str) and addr != self.address and \
-                    self.session_to_address(addr) is None:
-                try:
-                    parse_address(addr)
-                except ProtocolError:
-                    continue
-                self._nursery.start_soon(self._dial_loop, addr, True)
 
     # ------------------------------------------------------------- RPC
     async def _rpc_status(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
@@ -265,15 +251,3 @@ class Agent:
     async def _rpc_peers(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         return {"peers": [p.to_json() for p in self.peers.values()
                           if p.session and not p.session.closed.is_set()]}
-
-    async def _rpc_announce(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
-        address = body.get("address")
-        if not isinstance(address, str) or len(address) > 300:
-            raise ProtocolError("mesh.announce: address must be a short string")
-        parse_address(address)
-        entry = self.peers.get(ctx.peer_key)
-        if entry is not None:
-            entry.address = address
-        others = [p.address for k, p in self.peers.items()
-                  if k != ctx.peer_key and p.session and not p.session.closed.is_set()]
-        return {"peers": others}

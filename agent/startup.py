@@ -86,7 +86,8 @@ def build_agent(cfg: AgentConfig) -> Agent:
     permissive = Policy(allowed_tee=("snp", "sgx", "tdx"), allow_sim=backend.kind == "sim",
                         sim_roots=sim_roots)
     agent = Agent(identity=identity, backend=backend, trust=trust, policy=permissive,
-                  listen=cfg.listen, advertise=cfg.advertise, join=cfg.join, data_dir=data_dir)
+                  listen=cfg.listen, advertise=cfg.advertise, join=cfg.join, data_dir=data_dir,
+                  admin_keys=cfg.owners)
     try:
         own = agent.self_check()
     except ProtocolError as err:
@@ -106,6 +107,8 @@ def build_agent(cfg: AgentConfig) -> Agent:
 
 def _attach_services(agent: Agent, cfg: AgentConfig) -> None:
     """Mesh services that ride on the agent's sessions (keeps, membership)."""
+    from keepmesh.agent.membership_service import MembershipService
+    MembershipService(agent, profile=cfg.profile, labels=cfg.labels)
     try:
         from keepmesh.agent.keeps.service import KeepService
     except ImportError:  # pragma: no cover - partial installs

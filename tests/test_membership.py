@@ -444,3 +444,31 @@ def test_require_attestation_false_joins_directly() -> None:
     run_until_converged(net, ids(5), limit=20.0)
     assert not any(e.kind == "attest" for _, e in net.stats.events)
     assert math.isfinite(net.nodes["n0"].get_timer() or 0.0)
+
+
+def test_broadcast_queue_limits_and_invalidation() -> None:
+    from keepmesh.protocol.membership import BroadcastQueue
+
+    q = BroadcastQueue(max_items=3)
+    q.queue(b"a", b"A1")
+    q.queue(b"a", b"A2")  # replaces A1
+    q.queue(b"b", b"B" * 50)
+    assert len(q) == 2
+    first = q.take(budget=1000, overhead=3, limit=2)
+    assert set(first) == {b"A2", b"B" * 50}
+    assert q.take(budget=10, overhead=3, limit=2) == [b"A2"]  # only what fits
+    assert q.take(budget=1000, overhead=3, limit=2) == [b"B" * 50]
+    assert len(q) == 0  # both reached the retransmit limit
+    for key in (b"x", b"y", b"z", b"w"):
+        q.queue(key, key)
+    assert len(q) == 3  # bounded
+
+
+def test_awareness_bounds() -> None:
+    from keepmesh.protocol.membership import Awareness
+
+    a = Awareness(8)
+    a.apply_delta(-5)
+    assert a.score == 0 and a.scale(1.0) == 1.0
+    a.apply_delta(100)
+    assert a.score == 7 and a.scale(0.5) == 4.0

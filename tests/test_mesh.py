@@ -61,7 +61,7 @@ async def test_two_and_three_agents_attest_each_other(nursery: trio.Nursery, tmp
         status = await client.call("agent.status", {})
         assert status["identity"] == a.identity.public_bytes.hex()
         with pytest.raises(CommandError, match="unknown method"):
-            await client.call("mesh.announce", {"address": "1.2.3.4:5"})  # agents only
+            await client.call("swim.stream", {"data": b"x"})  # agents only
     finally:
         await client.aclose()
 

@@ -158,3 +158,20 @@ def test_cli_out_writes_metrics_and_plots(tmp_path, capsys):
                  "membership_view.png"):
         assert os.path.getsize(out_dir / name) > 0
     assert json.loads((out_dir / "metrics.json").read_text())["agents"] == 10
+
+
+def test_trace_hash_is_identical_across_processes_and_hash_seeds(tmp_path):
+    """Set/dict iteration over bytes keys must not leak PYTHONHASHSEED into the run."""
+    import subprocess
+    import sys
+
+    path = write(tmp_path, SMALL + "[[event]]\nat_s = 10\npartition = 0.5\n"
+                 "[[event]]\nat_s = 14\nheal = true\n")
+    hashes = set()
+    for hs in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=hs)
+        out = subprocess.run([sys.executable, "-m", "keepmesh.agent.cli", "simulate", path,
+                              "--seed", "9", "--json"], capture_output=True, text=True,
+                             env=env, timeout=120, check=True)
+        hashes.add(json.loads(out.stdout)["trace_hash"])
+    assert len(hashes) == 1

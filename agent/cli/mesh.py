@@ -1,4 +1,4 @@
-"""Read-only mesh verbs: `keepmesh peers`, `keepmesh status`."""
+"""Mesh verbs: `keepmesh peers`, `status`, `members`, `join`, `leave`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("status", help="the agent's identity, TEE and health")
     add_client_flags(p)
     p.set_defaults(func=status)
+    p = sub.add_parser("members", help="the agent's membership view (SWIM)")
+    add_client_flags(p)
+    p.set_defaults(func=members)
+    p = sub.add_parser("join", help="make the agent join a mesh through these agents")
+    p.add_argument("seeds", nargs="+", metavar="HOST:PORT")
+    add_client_flags(p)
+    p.set_defaults(func=join)
+    p = sub.add_parser("leave", help="make the agent leave the mesh gracefully, then stop")
+    add_client_flags(p)
+    p.set_defaults(func=leave)
 
 
 def peers(args: argparse.Namespace) -> int:
@@ -47,6 +57,47 @@ def status(args: argparse.Namespace) -> int:
         for key in ("fingerprint", "address", "tee", "tee_interface", "measurement", "peers",
                     "version", "uptime_s"):
             print(f"{key:14} {reply.get(key)}")
+        return 0
+
+    return run_call(args, go)
+
+
+def members(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        rows = check_list((await client.call("members.list", {})).get("members"), "members")
+        if args.json:
+            print_json(rows)
+            return 0
+        print(f"{'NAME':34} {'ADDRESS':22} {'STATE':10} {'INC':>4} {'TEE':4} LABELS")
+        for r in rows:
+            claims = r.get("claims") or {}
+            labels = ",".join(f"{k}={v}" for k, v in sorted((r.get("labels") or {}).items()))
+            print(f"{str(r.get('name')):34} {str(r.get('address')):22} {str(r.get('state')):10} "
+                  f"{r.get('incarnation')!s:>4} {str(claims.get('tee')):4} {labels}")
+        return 0
+
+    return run_call(args, go)
+
+
+def join(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        reply = await client.call("agent.join", {"addresses": list(args.seeds)})
+        if args.json:
+            print_json(reply)
+        else:
+            print("joined via " + ", ".join(reply.get("joined", [])))
+        return 0
+
+    return run_call(args, go)
+
+
+def leave(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        reply = await client.call("agent.leave", {})
+        if args.json:
+            print_json(reply)
+        else:
+            print("left the mesh; the agent stops after gossiping its leave")
         return 0
 
     return run_call(args, go)
