@@ -158,7 +158,7 @@ class Agent:
                                       config=self.channel_config(), cache=self.evidence_cache,
                                       rng=self.rng)
         except ChannelFailed as err:
-            log.warning("rejected %s: %s", conn.peer_address, err)
+            log.warning("no attested channel with %s: %s", conn.peer_address, err)
             return
         if session.peer.role == "agent":
             self._adopt(session, address=None)

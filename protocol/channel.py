@@ -302,11 +302,11 @@ class AttestedChannel:
                 raise ProtocolError(f"unexpected chan.proof in state {self.state.value}")
             self._on_proof(msg, now)
         elif isinstance(msg, ChannelAccept):
-            if self.state not in (ChannelState.AWAIT_PROOF, ChannelState.AWAIT_ACCEPT) \
+            if self.state not in (ChannelState.AWAIT_PROOF, ChannelState.AWAIT_ACCEPT,
+                                  ChannelState.ESTABLISHED) \
                     or not self._sent_proof or self._peer_accepted:
                 raise ProtocolError(f"unexpected chan.accept in state {self.state.value}")
-            self._peer_accepted = True
-            self._maybe_established()
+            self._peer_accepted = True  # informational: we do not wait for it
         else:
             raise ProtocolError(f"unexpected message {msg.TYPE} on the control stream")
 
@@ -397,7 +397,14 @@ class AttestedChannel:
                 self._maybe_established()
 
     def _maybe_established(self) -> None:
-        if self._accept_sent and self._peer_accepted \
+        """Established once we verified the peer and it has our proof.
+
+        We do not wait for the peer's accept: a side never acts on application
+        data before *it* has verified the sender, so the initiator may send
+        requests right behind its proof (saving half a round trip); if the
+        responder rejects it, the connection closes with the reason.
+        """
+        if self._accept_sent and self._sent_proof \
                 and self.state is not ChannelState.ESTABLISHED and self.peer is not None:
             self.state = ChannelState.ESTABLISHED
             self._events.append(Established(self.peer))

@@ -126,6 +126,7 @@ class QuicPeerConnection:
         dsend, drecv = trio.open_memory_channel[bytes](MAX_DATAGRAM_QUEUE)
         self._dgram_send, self._dgram_recv = dsend, drecv
         self._timer_lot = trio.lowlevel.ParkingLot()
+        self._tx_pending = False
         self.on_close: list[Callable[[QuicPeerConnection], None]] = []
 
     @property
@@ -175,7 +176,7 @@ class QuicPeerConnection:
         if self.closed.is_set():
             return
         self.quic.close(error_code=code, reason_phrase=reason[:200])
-        self.transmit()
+        self._flush()
         self._terminate(reason or "closed locally")
 
     async def wait_handshake(self) -> None:
@@ -199,13 +200,26 @@ class QuicPeerConnection:
         self.transmit()
 
     def transmit(self) -> None:
+        """Ask for a flush. Deferred to the connection's task so that everything
+        produced in one scheduling tick (an ACK and the reply it acknowledges,
+        several sends) leaves in as few packets as possible."""
+        if not self._tx_pending:
+            self._tx_pending = True
+            self._timer_lot.unpark_all()
+
+    def _flush(self) -> None:
+        self._tx_pending = False
         now = trio.current_time()
         for data, addr in self.quic.datagrams_to_send(now=now):
             self.endpoint.sendto(data, addr)
-        self._timer_lot.unpark_all()
 
     async def timer_loop(self) -> None:
         while not self.closed.is_set():
+            if self._tx_pending:
+                # Let tasks woken by the same event (a reader about to reply) run first.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                self._flush()
+                continue
             deadline = self.quic.get_timer()
             if deadline is None:
                 await self._timer_lot.park()
@@ -215,7 +229,7 @@ class QuicPeerConnection:
                 continue
             self.quic.handle_timer(trio.current_time())
             self._process_events()
-            self.transmit()
+            self._flush()
 
     def _process_events(self) -> None:
         while (event := self.quic.next_event()) is not None:
