@@ -81,6 +81,7 @@ class Metrics:
         self.partition_dead = 0
         self.paused_dead = 0
         self.restart_dead = 0
+        self.untrusted_dead = 0
         self.event_counts: dict[str, int] = {}
         self.view_known: list[int] = [0] * n_hint
         self.view_down: list[set[int] | None] = [None] * n_hint
@@ -162,6 +163,8 @@ class Metrics:
                 self.paused_dead += 1
             elif excuse == "restart":
                 self.restart_dead += 1
+            elif excuse == "untrusted":
+                self.untrusted_dead += 1
             else:
                 self.false_positive_ids.add(subject)
                 self.false_positive_events += 1
@@ -229,6 +232,7 @@ class Metrics:
             "dead_declared_across_partition": self.partition_dead,
             "dead_declared_while_paused": self.paused_dead,
             "dead_declared_after_restart": self.restart_dead,
+            "dead_declared_untrusted": self.untrusted_dead,
             "event_counts": dict(sorted(self.event_counts.items())),
             "attest_requests": self.attest_requests,
             "attest_failures": self.attest_failures,

@@ -307,6 +307,8 @@ class Simulation:
 
     def excuse(self, observer: int, subject: int) -> str:
         """Why declaring a live agent dead is not a false positive ("" if it is one)."""
+        if self.tee_bad[subject]:
+            return "untrusted"  # excluded on purpose after its attestation failed
         if not self.reachable(observer, subject):
             return "partition"
         if self.paused(subject):
