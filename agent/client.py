@@ -52,7 +52,7 @@ def load_roots(paths: Sequence[Path]) -> list[Any]:
 
 
 def client_policy(roots: Sequence[Any]) -> Policy:
-    """Default: hardware evidence under vendor roots, or sim evidence under exactly the given roots."""
+    """Default: hardware evidence under vendor roots, or sim evidence under the given roots."""
     fps = tuple(fingerprint(c) for c in roots)
     return Policy(allow_sim=bool(fps), sim_roots=fps)
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-
 from keepmesh.protocol.attestation.certs import ChainCache, TrustStore, cert_der, load_certificates
 from keepmesh.protocol.attestation.evidence import verify_evidence
 

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import trio
-
 from keepmesh.agent.config import AgentConfig
 from keepmesh.agent.identity import Identity
 from keepmesh.agent.rpc import call

@@ -25,8 +25,6 @@ import trio
 from cryptography.hazmat.primitives import serialization
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from keeps import bare_instantiate  # noqa: E402  (the local baseline lives there)
-
 from keepmesh.agent.client import open_client  # noqa: E402
 from keepmesh.agent.config import AgentConfig  # noqa: E402
 from keepmesh.agent.identity import Identity  # noqa: E402
@@ -36,6 +34,7 @@ from keepmesh.agent.startup import build_agent  # noqa: E402
 from keepmesh.agent.tee.sim import init_sim_root  # noqa: E402
 from keepmesh.protocol.attestation.policy import Policy  # noqa: E402
 from keepmesh.protocol.deployment import make_deployment  # noqa: E402
+from keeps import bare_instantiate  # noqa: E402  (the local baseline lives there)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "counter"
 
@@ -87,7 +86,8 @@ async def measure(tmp: Path, rounds: int, calls: int) -> dict[str, Any]:
             raw_t.append(time.perf_counter() - t0)
         await client.aclose()
         c, r = statistics.median(call_t) * 1000, statistics.median(raw_t) * 1000
-        out["call_ms"] = {"keeps_call_read_only": round(c, 3), "status_rpc_same_channel": round(r, 3)}
+        out["call_ms"] = {"keeps_call_read_only": round(c, 3),
+                          "status_rpc_same_channel": round(r, 3)}
         out["ratio_call_vs_raw_rpc"] = round(c / r, 2)
         nursery.cancel_scope.cancel()
     return out

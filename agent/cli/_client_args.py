@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-
 from keepmesh.agent.cli import CommandError
 
 DEFAULT_AGENT = "127.0.0.1:7400"
