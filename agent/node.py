@@ -20,7 +20,7 @@ import trio
 from keepmesh.agent.attester import LocalAttester
 from keepmesh.agent.identity import Identity, fingerprint
 from keepmesh.agent.rpc import Handler, RpcContext, serve_session
-from keepmesh.agent.session import ChannelFailed, Session, establish
+from keepmesh.agent.session import ChannelFailed, Session, establish, watch_control
 from keepmesh.agent.tee.base import TeeBackend
 from keepmesh.agent.transport.quic import (
     ConnectionClosed,
@@ -162,7 +162,9 @@ class Agent:
             return
         if session.peer.role == "agent":
             self._adopt(session, address=None)
-        await serve_session(session, self._methods_for(session))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_control, session)
+            await serve_session(session, self._methods_for(session))
 
     async def connect(self, address: str) -> Session:
         """Dial an agent and establish an attested session (raises ChannelFailed)."""
@@ -183,6 +185,7 @@ class Agent:
             raise ChannelFailed("connected to self")
         self._adopt(session, address=address)
         assert self._nursery is not None
+        self._nursery.start_soon(watch_control, session)
         self._nursery.start_soon(serve_session, session, self._methods_for(session))
         return session
 

@@ -24,6 +24,8 @@ from keepmesh.agent.transport.quic import (
 from keepmesh.protocol.channel import (
     CHANNEL_MESSAGES,
     AttestedChannel,
+    ChannelAccept,
+    ChannelReject,
     ChannelConfig,
     Established,
     EvidenceCache,
@@ -123,3 +125,30 @@ async def _establish(conn: QuicPeerConnection, identity: Identity,
         except ProtocolError as err:
             chan.abort(err.reason)
         flush()
+
+
+async def watch_control(session: Session) -> None:
+    """After establishment the control stream only carries accept or reject.
+
+    A late `chan.reject` (the peer failed us after we were established) or
+    anything malformed closes the connection; the buffer is bounded by the
+    frame limit, so a chatty peer cannot grow it.
+    """
+    decoder = FrameDecoder(CONTROL_FRAME_LIMIT, expect=CHANNEL_MESSAGES)
+    conn = session.conn
+    try:
+        while True:
+            data = await session.control.receive_some()
+            if not data:
+                return
+            for msg in decoder.feed(data):
+                if isinstance(msg, ChannelReject):
+                    conn.close(ERR_CHANNEL_REJECTED, f"peer rejected us: {msg.reason}")
+                    return
+                if not isinstance(msg, ChannelAccept):
+                    conn.close(ERR_PROTOCOL, f"unexpected {msg.TYPE} after establishment")
+                    return
+    except ProtocolError as err:
+        conn.close(ERR_PROTOCOL, err.reason)
+    except ConnectionClosed:
+        return

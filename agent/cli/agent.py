@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         async with trio.open_nursery() as nursery:
             address = await nursery.start(agent.run)
             print(f"keepmesh agent {agent.identity.fingerprint} listening on {address} "
-                  f"(tee {agent.backend.kind})", file=sys.stderr, flush=True)
+                  f"(tee {agent.backend.kind} via {agent.backend.name})", file=sys.stderr,
+                  flush=True)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     print("keepmesh agent: shutting down", file=sys.stderr, flush=True)
