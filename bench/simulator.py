@@ -2,7 +2,7 @@
 
 One command, one JSON document on stdout:
 
-    .venv/bin/python bench/simulator.py [--agents 1000 10000] [--duration 60] [--seed 1]
+    .venv/bin/python bench/simulator.py [--agents 100 1000 [10000]] [--duration 30] [--seed 1]
 
 Runs the REAL membership protocol (lan profile, simulation-only keyring) on a
 single-LAN topology with 1% loss and a crash of 1% of agents half way. The
@@ -49,8 +49,8 @@ def one(agents: int, duration: float, seed: int) -> dict[str, object]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--agents", type=int, nargs="+", default=[1000])
-    ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--agents", type=int, nargs="+", default=[100, 1000])
+    ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     runs = [one(n, args.duration, args.seed) for n in sorted(args.agents)]

@@ -36,9 +36,16 @@ class UpdateTrack:
     at: float
     incarnation: int
     target: int
+    eligible: bytearray = field(default_factory=bytearray)
     learned: set[int] = field(default_factory=set)
     times: list[float] = field(default_factory=list)
     kind: str = "update"
+    lost: int = 0
+
+    @property
+    def effective_target(self) -> int:
+        """Agents up at injection that did not crash or leave before learning it."""
+        return self.target - self.lost
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -111,12 +118,24 @@ class Metrics:
             track.closed = True
             self.closed_crashes.append(track)
 
-    def update(self, subject: int, incarnation: int, now: float, target: int,
+    def update(self, subject: int, incarnation: int, now: float, eligible: bytearray,
                kind: str = "update") -> None:
+        """Track an update; `eligible[i]` marks the observers expected to learn it (up now)."""
         old = self.updates.pop(subject, None)
         if old is not None:
             self.closed_updates.append(old)
-        self.updates[subject] = UpdateTrack(subject, now, incarnation, target, kind=kind)
+        if subject < len(eligible):
+            eligible[subject] = 0
+        self.updates[subject] = UpdateTrack(subject, now, incarnation, sum(eligible),
+                                            eligible=eligible, kind=kind)
+
+    def departed(self, idx: int) -> None:
+        """An agent crashed or left: it no longer counts towards updates it had not learned."""
+        for track in self.updates.values():
+            el = track.eligible
+            if idx < len(el) and el[idx] and idx not in track.learned:
+                el[idx] = 0
+                track.lost += 1
 
     def mark(self, now: float, label: str) -> None:
         self.marks.append((now, label))
@@ -171,6 +190,7 @@ class Metrics:
 
         up = self.updates.get(subject)
         if up is not None and incarnation >= up.incarnation and kind not in VIEW_DOWN_KINDS \
+                and observer < len(up.eligible) and up.eligible[observer] \
                 and observer not in up.learned:
             up.learned.add(observer)
             up.times.append(now - up.at)
@@ -198,8 +218,9 @@ class Metrics:
 
     @staticmethod
     def dissemination_time(track: UpdateTrack, fraction: float) -> float | None:
-        need = math.ceil(fraction * track.target)
-        if track.target <= 0:
+        target = track.effective_target
+        need = math.ceil(fraction * target)
+        if target <= 0:
             return None
         if len(track.times) < need:
             return None

@@ -33,11 +33,11 @@ def write_outputs(sim: Simulation, report: dict[str, Any], out_dir: str) -> list
 
     # 1. dissemination vs Serf's model
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    tracks = [u for u in sim.metrics.all_updates() if u.times and u.target > 0]
+    tracks = [u for u in sim.metrics.all_updates() if u.times and u.effective_target > 0]
     horizon = 1.0
     for u in tracks[:8]:
         xs = sorted(u.times)
-        ys = [(i + 1) / u.target for i in range(len(xs))]
+        ys = [(i + 1) / u.effective_target for i in range(len(xs))]
         ax.step(xs, ys, where="post", label=f"measured ({u.kind} at {u.at:.0f}s)")
         horizon = max(horizon, xs[-1])
     steps = 200

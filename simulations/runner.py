@@ -281,7 +281,8 @@ class Simulation:
             t += topo.sample_interval_s
 
     def _bootstrap_join(self, node: SimNode, k: int) -> None:
-        earlier = [i for i in range(k) if self.engine.nodes[i].up][-256:]
+        nodes = self.engine.nodes
+        earlier = [i for i in range(max(0, k - 256), k) if nodes[i].up]
         n = min(self.topology.seeds, len(earlier))
         picks = self.fault_rng.sample(earlier, n) if n else []
         self._start(node, 0, [self.engine.nodes[i].address for i in picks])
@@ -365,6 +366,7 @@ class Simulation:
         self.engine.crash(node)
         node.proto = None
         self.metrics.crash(idx, self.engine.now)
+        self.metrics.departed(idx)
 
     def restart(self, idx: int) -> None:
         """Same identity and persisted incarnation + 1, rejoining through live seeds."""
@@ -393,6 +395,7 @@ class Simulation:
         node.left = True
         node.crashed_at = None
         node.proto = None
+        self.metrics.departed(node.idx)
 
     def join_new(self, group: str | None) -> None:
         if group is not None:
@@ -415,7 +418,8 @@ class Simulation:
         labels = dict(self.site_labels[node.group])
         labels["rev"] = str(self.update_rev)
         inc = self.adapter.update(node.proto, labels, self.engine.now)
-        self.metrics.update(idx, inc, self.engine.now, self.up_count - 1, kind=kind)
+        eligible = bytearray(1 if n.up else 0 for n in self.engine.nodes)
+        self.metrics.update(idx, inc, self.engine.now, eligible, kind=kind)
         self.engine.pump(node)
 
     def tee_fault(self, idx: int, reason: str) -> None:

@@ -87,7 +87,7 @@ def main() -> int:
         if tracks and tracks[0].times:
             u = tracks[0]
             xs = sorted(u.times)
-            line = ax.step(xs, [(i + 1) / u.target for i in range(len(xs))], where="post",
+            line = ax.step(xs, [(i + 1) / u.effective_target for i in range(len(xs))], where="post",
                            label=f"measured N={n}")
             horizon = max(xs[-1], model999) * 1.1
             mx = [horizon * k / 200 for k in range(201)]

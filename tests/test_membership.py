@@ -472,3 +472,26 @@ def test_awareness_bounds() -> None:
     assert a.score == 0 and a.scale(1.0) == 1.0
     a.apply_delta(100)
     assert a.score == 7 and a.scale(0.5) == 4.0
+
+
+def test_ack_to_a_stale_accuser_carries_the_current_record() -> None:
+    from keepmesh.protocol.membership import Ack, decode_swim
+
+    keyring = SimulationKeyring(b"s")
+    sb, sa = keyring.signer(b"\x0b" * 32), keyring.signer(b"\x0a" * 32)
+    b = Membership(LAN, make_record(sb, "b", 5), sb, keyring.verifier(), random.Random(1), 0.0,
+                   require_attestation=False)
+    plain = encode_payload(Ping(seq=9, sender=sa.node_id, target=sb.node_id, gossip=()))
+    b.receive(plain, "a", 1.0)
+    (ack,) = b.datagrams_to_send()
+    decoded = decode_swim(ack.data, 1400, (Ack,))
+    assert isinstance(decoded, Ack) and decoded.gossip == ()
+    stale = encode_payload(Suspect(node=sb.node_id, incarnation=3, accuser=sa.node_id))
+    b.receive(encode_payload(Ping(seq=10, sender=sa.node_id, target=sb.node_id,
+                                  gossip=(stale,))), "a", 2.0)
+    (ack,) = b.datagrams_to_send()
+    decoded = decode_swim(ack.data, 1400, (Ack,))
+    assert isinstance(decoded, Ack) and decoded.seq == 10
+    carried = decode_swim(decoded.gossip[0], 2000, (Alive,))
+    assert isinstance(carried, Alive) and decode_record(carried.record).incarnation == 5
+    assert b.record.incarnation == 5  # stale accusation: no refutation needed

@@ -175,3 +175,73 @@ def test_trace_hash_is_identical_across_processes_and_hash_seeds(tmp_path):
                              env=env, timeout=120, check=True)
         hashes.add(json.loads(out.stdout)["trace_hash"])
     assert len(hashes) == 1
+
+
+def test_every_fault_kind_runs_against_the_real_protocol():
+    t = topo("""
+[mesh]
+duration_s = 30
+[[group]]
+name = "a"
+agents = 6
+latency_ms = 1
+[[group]]
+name = "b"
+agents = 6
+latency_ms = 3
+jitter_ms = 2
+distribution = "exponential"
+bandwidth_mbps = 10
+[[link]]
+from = "a"
+to = "b"
+latency_ms = 20
+loss = 0.02
+symmetric = false
+[[event]]
+at_s = 6
+crash = 1
+group = "a"
+[[event]]
+at_s = 8
+pause = 1
+pause_s = 2
+[[event]]
+at_s = 9
+loss_burst = 0.5
+duration_s = 2
+[[event]]
+at_s = 10
+partition = ["b"]
+[[event]]
+at_s = 12
+heal = true
+[[event]]
+at_s = 13
+restart = true
+[[event]]
+at_s = 14
+leave = 1
+[[event]]
+at_s = 15
+join = 2
+group = "b"
+[[event]]
+at_s = 16
+tee_expire = 1
+[[event]]
+at_s = 17
+update = 2
+[[event]]
+at_s = 18
+churn = 0.5
+duration_s = 6
+""")
+    rep, sim = simulate(t, 21)
+    assert rep["messages"]["balanced"] == 1
+    assert rep["protocol_errors"] == 0
+    assert rep["agents_started"] >= 12 + 1 + 2
+    assert rep["metrics"]["updates_tracked"] == 3
+    counts = rep["metrics"]["event_counts"]
+    assert counts.get("left", 0) > 0 and counts.get("untrusted", 0) > 0
+    assert rep["dropped_by_reason"]["partition"] > 0

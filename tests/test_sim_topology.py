@@ -118,3 +118,24 @@ latency_ms = 70
     assert t.agents == 5
     assert t.links[("a", "b")].latency_s == 0.05 and t.links[("b", "a")].latency_s == 0.07
     assert t.groups[0].labels == {"zone": "a"} and t.groups[1].labels == {"zone": "z2"}
+
+
+def test_mutated_files_never_crash_the_loader(tmp_path):
+    """Random value/type mutations of a full topology load or fail with TopologyError only."""
+    import random
+
+    src = open(os.path.join(TOPOS, "edge_cloud.toml")).read().splitlines()
+    values = ['"x"', "-1", "0", "1e400", "true", "[]", "[1, 2]", "{}", '{ a = 1 }', "2",
+              "0.5", '""', "99999999999", "nan", "inf", '["far", "nope"]']
+    rng = random.Random(7)
+    assignments = [i for i, line in enumerate(src) if " = " in line and not line.startswith("#")]
+    for _ in range(300):
+        lines = list(src)
+        for i in rng.sample(assignments, rng.randint(1, 3)):
+            key = lines[i].split(" = ")[0]
+            lines[i] = f"{key} = {rng.choice(values)}"
+        path = write(tmp_path, "\n".join(lines) + "\n")
+        try:
+            load_topology(path)
+        except TopologyError as err:
+            assert "\n" not in str(err) and str(err).startswith(path)

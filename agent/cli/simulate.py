@@ -18,7 +18,8 @@ from keepmesh.agent.cli import CommandError
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("simulate", help="run the deterministic mesh simulator",
-                              description=__doc__.splitlines()[0] if __doc__ else None)
+                              description="Run the deterministic simulator (the real membership "
+                              "protocol in virtual time) on a topology file.")
     p.add_argument("topology", metavar="TOPOLOGY.toml", help="topology file")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--out", metavar="DIR", help="write metrics.json and PNG plots here")

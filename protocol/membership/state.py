@@ -195,6 +195,8 @@ class Membership:
         self._next_push_pull = (now + rng.uniform(0.0, config.push_pull_interval)
                                 if config.push_pull_interval > 0 else None)
         self._join_retry_at: float | None = None
+        self._priority: list[NodeId] = []   # suspects to verify with our own probe
+        self._accused = False               # an accusation about us arrived in this packet
 
     # ================================================================ inputs
 
@@ -427,8 +429,13 @@ class Membership:
             self._on_push_pull(msg, src, now, penalty_key)
             return
         if isinstance(msg, Ping):
+            # Gossip first: if it accuses us, the ack carries our current record, so
+            # the prober (who suspects us) is corrected in the same round trip.
+            self._accused = False
+            self._on_gossip(msg.gossip, now, penalty_key)
             self._on_ping(msg, src)
-        elif isinstance(msg, Ack):
+            return
+        if isinstance(msg, Ack):
             self._on_ack(msg, now)
         elif isinstance(msg, Nack):
             self._on_nack(msg)
@@ -457,7 +464,11 @@ class Membership:
         if msg.target != self.node_id:
             self._count("misdirected")
             return
-        self._send(src, Ack(seq=msg.seq, sender=self.node_id, gossip=()))
+        extra: tuple[bytes, ...] = ()
+        if self._accused:
+            extra = (encode_payload(Alive(record=self.record.encoded)),)
+            self._accused = False
+        self._send(src, Ack(seq=msg.seq, sender=self.node_id, gossip=()), extra)
 
     def _on_ack(self, msg: Ack, now: float) -> None:
         relay = self._relays.pop(msg.seq, None)
@@ -470,6 +481,9 @@ class Membership:
             # memberlist: a probe that got its ack improves our health score
             self.awareness.apply_delta(-1)
             self._probe = None
+            m = self._members.get(probe.target)
+            if m is not None and m.suspicion is not None:
+                m.suspicion.answered = True
 
     def _on_nack(self, msg: Nack) -> None:
         probe = self._probe
@@ -589,6 +603,8 @@ class Membership:
 
     def _suspect(self, nid: NodeId, incarnation: int, accuser: NodeId, now: float) -> None:
         if nid == self.node_id:
+            if incarnation <= self.record.incarnation:
+                self._accused = True
             if incarnation == self.record.incarnation and not self._leaving:
                 self.awareness.apply_delta(1)
                 self._refute(incarnation, now)
@@ -625,12 +641,33 @@ class Membership:
         m = self._members.get(nid)
         if m is None or m.state is not MemberState.SUSPECT or m.suspicion is None:
             return
-        if now < m.suspicion.deadline:
+        s = m.suspicion
+        if now < s.deadline:
             return  # a stale heap entry; the live one is still queued
+        if s.answered:
+            # Our own probe got an ack during the suspicion: it is reachable; wait
+            # for its refutation (or anti-entropy) rather than declare it dead.
+            s.answered = False
+            s.deadline = now + s.hi
+            self._push_timer(s.deadline, "suspect", nid)
+            return
+        if (not s.verifying and self.node_id not in s.confirmers and not self._leaving
+                and m.trust is Trust.TRUSTED):
+            # We only heard the accusation. A refutation can miss one member in an
+            # epidemic; probe the suspect ourselves (its ack carries its newer record)
+            # before declaring it dead. Costs real failures <= 2 periods here, and
+            # only at members that no accuser's "dead" gossip reached first.
+            s.verifying = True
+            self._priority.append(nid)
+            s.deadline = now + 2.0 * self.awareness.scale(self.config.probe_interval)
+            self._push_timer(s.deadline, "suspect", nid)
+            return
         self._dead(nid, m.record.incarnation, self.node_id, now)
 
     def _dead(self, nid: NodeId, incarnation: int, accuser: NodeId, now: float) -> None:
         if nid == self.node_id:
+            if incarnation <= self.record.incarnation:
+                self._accused = True
             if incarnation == self.record.incarnation and not self._leaving:
                 self.awareness.apply_delta(1)
                 self._refute(incarnation, now)
@@ -782,7 +819,13 @@ class Membership:
         cfg = self.config
         interval = self.awareness.scale(cfg.probe_interval)
         self._next_probe = now + interval
-        target = self._next_target()
+        target = None
+        while self._priority and target is None:
+            nid = self._priority.pop(0)
+            if self._probeable(self._members.get(nid)):
+                target = nid
+        if target is None:
+            target = self._next_target()
         if target is None:
             return
         m = self._members[target]

@@ -25,7 +25,7 @@ def remaining_suspicion_time(n: int, k: int, elapsed: float, lo: float, hi: floa
 class Suspicion:
     """One open suspicion of one member; the owner keeps it in its timer heap."""
 
-    __slots__ = ("start", "k", "lo", "hi", "confirmers", "deadline")
+    __slots__ = ("start", "k", "lo", "hi", "confirmers", "deadline", "verifying", "answered")
 
     def __init__(self, accuser: NodeId, k: int, lo: float, hi: float, now: float) -> None:
         self.start = now
@@ -34,6 +34,10 @@ class Suspicion:
         self.hi = hi
         self.confirmers: set[NodeId] = {accuser}
         self.deadline = now + (lo if k < 1 else hi)
+        # keepmesh: an observer that never failed to reach the suspect itself probes it
+        # once before declaring it dead (see specs/membership.md, "verification probe").
+        self.verifying = False
+        self.answered = False
 
     def confirm(self, accuser: NodeId) -> bool:
         """Count an independent accuser; True if new (then the deadline moved earlier)."""
