@@ -61,6 +61,7 @@ _ITEM_OVERHEAD = 3      # msgpack bin8/bin16 header per piggybacked item
 _LIST_GROWTH = 3        # fixarray -> array16 header when items are added
 _MAX_RELAYS = 1024      # outstanding ping-req relays we serve at once
 _MAX_PENALISED = 4096   # distinct senders we remember penalties for
+_NACK_FRACTION = 0.8    # of probe_timeout, when a relay gives up and nacks
 
 
 class MemberState(enum.Enum):
@@ -269,6 +270,9 @@ class Membership:
             if kind == "suspect":
                 assert isinstance(key, bytes)
                 self._suspicion_timeout(key, now)
+            elif kind == "relay_nack":
+                assert isinstance(key, int)
+                self._relay_nack(key)
             elif kind == "relay":
                 assert isinstance(key, int)
                 self._relay_timeout(key)
@@ -499,14 +503,23 @@ class Membership:
         addr = known.record.address if known is not None else msg.target_addr
         seq = self._next_seq()
         self._relays[seq] = _Relay(src, msg.seq, msg.nack)
+        # The requester stops listening probe_interval after its ping, i.e. about
+        # probe_timeout after sending us this request; nack at 80% of that so the
+        # nack arrives in time to count (else every relay looks like a missed nack
+        # and Lifeguard slows down healthy probers). Late acks are still forwarded.
+        self._push_timer(now + _NACK_FRACTION * self.config.probe_timeout, "relay_nack", seq)
         self._push_timer(now + self.config.probe_timeout, "relay", seq)
         self._send(addr, Ping(seq=seq, sender=self.node_id, target=msg.target, gossip=()))
 
-    def _relay_timeout(self, seq: int) -> None:
-        relay = self._relays.pop(seq, None)
+    def _relay_nack(self, seq: int) -> None:
+        relay = self._relays.get(seq)
         if relay is not None and relay.nack:
+            relay.nack = False
             self._send(relay.requester, Nack(seq=relay.requester_seq, sender=self.node_id,
                                              gossip=()))
+
+    def _relay_timeout(self, seq: int) -> None:
+        self._relays.pop(seq, None)
 
     def _on_push_pull(self, msg: PushPull, src: Address, now: float,
                       penalty_key: bytes | str) -> None:
