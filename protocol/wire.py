@@ -92,7 +92,14 @@ class Spec:
                 raise ProtocolError(f"field {name!r}: expected list, got {type(value).__name__}")
             self._check_len(name, len(value))
             assert self.item is not None
-            return tuple(self.item.check(f"{name}[{i}]", v) for i, v in enumerate(value))
+            check = self.item.check
+            out: list[Any] = []
+            try:
+                for v in value:  # hot path (push-pull lists): no per-item name formatting
+                    out.append(check(name, v))
+            except ProtocolError as err:
+                raise ProtocolError(f"{err.reason} (item {len(out)})") from None
+            return tuple(out)
         if k == "map":
             if not isinstance(value, dict):
                 raise ProtocolError(f"field {name!r}: expected map, got {type(value).__name__}")
@@ -120,6 +127,8 @@ class Spec:
             return value.to_fields()
         if self.kind == "list":
             assert self.item is not None
+            if self.item.kind not in ("message", "list", "map"):
+                return list(value)
             return [self.item.dump(v) for v in value]
         if self.kind == "map":
             assert self.item is not None

@@ -46,6 +46,8 @@ class ProtocolAdapter(Protocol):
 
     def join(self, proto: Any, seeds: list[str], now: float) -> None: ...
 
+    def warm_start(self, protos: list[Any], now: float) -> None: ...
+
     def leave(self, proto: Any, now: float) -> None: ...
 
     def update(self, proto: Any, labels: dict[str, str], now: float) -> int: ...
@@ -98,6 +100,12 @@ class MembershipAdapter:
 
     def join(self, proto: Any, seeds: list[str], now: float) -> None:
         proto.join(seeds, now)
+
+    def warm_start(self, protos: list[Any], now: float) -> None:
+        """Every member learns every other's signed record, already attested."""
+        records = [p.record for p in protos]
+        for proto in protos:
+            proto.learn(records, now, trusted=True)
 
     def leave(self, proto: Any, now: float) -> None:
         proto.leave(now)
@@ -262,12 +270,11 @@ class Simulation:
         """Create agents and schedule staggered joins, scripted events and measurements."""
         topo = self.topology
         nodes = [self._new_node(site) for site in self.assign]
-        # Staggered bootstrap: agent 0 founds the mesh, the others join through
-        # `seeds` agents that started before them (as an operator would list).
-        starts = sorted(self.fault_rng.uniform(0.0, self.join_window) for _ in nodes[1:])
-        self.engine.schedule(0.0, self._start, nodes[0], 0, [])
-        for k, node in enumerate(nodes[1:], start=1):
-            self.engine.schedule(starts[k - 1], self._bootstrap_join, node, k)
+        if topo.bootstrap == "warm":
+            self.join_window = 0.0
+            self.engine.schedule(0.0, self._warm_start, nodes)
+        else:
+            self._schedule_joins(nodes)
         for ev in topo.events:
             self.engine.schedule(ev.at_s, apply_event, self, ev)
         probe_at = topo.update_at_s
@@ -279,6 +286,20 @@ class Simulation:
         while t <= topo.duration_s:
             self.engine.schedule(t, self._sample)
             t += topo.sample_interval_s
+
+    def _schedule_joins(self, nodes: list[SimNode]) -> None:
+        # Staggered bootstrap: agent 0 founds the mesh, the others join through
+        # `seeds` agents that started before them (as an operator would list).
+        starts = sorted(self.fault_rng.uniform(0.0, self.join_window) for _ in nodes[1:])
+        self.engine.schedule(0.0, self._start, nodes[0], 0, [])
+        for k, node in enumerate(nodes[1:], start=1):
+            self.engine.schedule(starts[k - 1], self._bootstrap_join, node, k)
+
+    def _warm_start(self, nodes: list[SimNode]) -> None:
+        for node in nodes:
+            self._start(node, 0, [])
+        protos = [node.proto for node in nodes]
+        self.adapter.warm_start(protos, self.engine.now)
 
     def _bootstrap_join(self, node: SimNode, k: int) -> None:
         nodes = self.engine.nodes
@@ -499,7 +520,7 @@ class Simulation:
             "dropped_by_reason": dict(sorted(eng.dropped.items())),
             "bytes_sent": eng.bytes_sent,
             "protocol_errors": eng.protocol_errors,
-            "bootstrap": {"mode": "staggered_join", "window_s": self.join_window,
+            "bootstrap": {"mode": topo.bootstrap, "window_s": self.join_window,
                           "seeds_per_join": topo.seeds},
             "metrics": metrics,
         }

@@ -71,6 +71,9 @@ class Topology:
     seeds: int
     attestation: bool
     update_at_s: float | None
+    # "join": staggered joins through seeds (realistic first seconds);
+    # "warm": every agent starts at t=0 already knowing every other (steady state).
+    bootstrap: str
     sample_interval_s: float
     default_link: LinkSpec
     groups: list[GroupSpec]
@@ -202,7 +205,9 @@ def parse_topology(doc: dict[str, Any], p: str = "<topology>") -> Topology:
     c = _Checker(p)
     c.keys(doc, "", {"mesh", "network", "group", "link", "graph", "event"})
     mesh = c.table(doc, "mesh", {"agents", "duration_s", "profile", "seeds", "attestation",
-                                 "update_at_s", "sample_interval_s"}, required=True)
+                                 "update_at_s", "sample_interval_s", "bootstrap"},
+                   required=True)
+    bootstrap = c.str_(mesh, "mesh", "bootstrap", ("join", "warm"), "join")
     duration = c.num(mesh, "mesh", "duration_s", 0.0, MAX_DURATION_S, lo_open=True)
     profile = c.str_(mesh, "mesh", "profile", PROFILES, "lan")
     seeds = c.int_(mesh, "mesh", "seeds", 1, 64, 3)
@@ -306,7 +311,8 @@ def parse_topology(doc: dict[str, Any], p: str = "<topology>") -> Topology:
         events.append(_parse_event(c, ev, ei, duration, agents, names))
     events.sort(key=lambda e: (e.at_s, e.index))
     return Topology(path=p, agents=agents, duration_s=duration, profile=profile, seeds=seeds,
-                    attestation=attestation, update_at_s=update_at, sample_interval_s=sample,
+                    attestation=attestation, update_at_s=update_at, bootstrap=bootstrap,
+                    sample_interval_s=sample,
                     default_link=default, groups=groups, links=links, graph=graph,
                     events=events)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from .signing import NodeId
 
+MAX_MISSES = 8
+
 
 class _Item:
     __slots__ = ("key", "data", "transmits", "order")
@@ -60,15 +62,19 @@ class BroadcastQueue:
     def take(self, budget: int, overhead: int, limit: int) -> list[bytes]:
         """Items (each costing len + `overhead`) that fit in `budget`; counts a transmit each."""
         chosen: list[_Item] = []
+        misses = 0  # items too big for what is left; give up after a few (queue may be long)
         for transmits in sorted(self._tiers):
             for item in reversed(self._tiers[transmits].values()):
                 cost = len(item.data) + overhead
                 if cost <= budget:
                     chosen.append(item)
                     budget -= cost
-                if budget < overhead + 16 or len(chosen) >= 64:
+                    misses = 0
+                else:
+                    misses += 1
+                if budget < overhead + 16 or len(chosen) >= 64 or misses >= MAX_MISSES:
                     break
-            if budget < overhead + 16 or len(chosen) >= 64:
+            if budget < overhead + 16 or len(chosen) >= 64 or misses >= MAX_MISSES:
                 break
         out = []
         for item in chosen:

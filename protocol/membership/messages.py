@@ -10,23 +10,21 @@ lengths. Push-pull (anti-entropy) travels on a reliable stream.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-import msgpack
+from typing import ClassVar
 
 from ..errors import ProtocolError
 from ..wire import (
-    PROTOCOL_VERSION,
     Message,
     Spec,
     b,
+    decode_payload,
     flag,
+    message,
     s,
     seq,
     u,
 )
-from ._typed_message import message
-from .records import MAX_RECORD_BYTES, NodeRecord
+from .records import MAX_RECORD_BYTES
 from .signing import MAX_SIGNATURE, NODE_ID_LEN
 
 MAX_GOSSIP_ITEMS = 64
@@ -213,36 +211,8 @@ class PushPull(Message):
 
 PRIMARY = (Ping, Ack, Nack, PingReq, Gossip)
 GOSSIP = (Alive, Suspect, Dead, Leave)
-_BY_TYPE: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (*PRIMARY, *GOSSIP, PushPull, NodeRecord, LeaveStatement)
-}
 
 
 def decode_swim(data: bytes, max_size: int, expect: tuple[type[Message], ...]) -> Message:
-    """decode_payload for swim.* types.
-
-    Same checks as keepmesh.protocol.wire.decode_payload, which currently
-    passes `max_buffer_size` to msgpack.unpackb and so fails on every input
-    with msgpack 1.2.4 (reported to the lead); switch back once it is fixed.
-    Validation is still the shared SCHEMA machinery (`from_fields`).
-    """
-    if len(data) > max_size:
-        raise ProtocolError(f"message of {len(data)} bytes exceeds limit {max_size}")
-    try:
-        obj: Any = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True,
-                                   max_bin_len=max_size, max_str_len=max_size,
-                                   max_array_len=MAX_PUSH_PULL_ENTRIES + 1, max_map_len=4096,
-                                   max_ext_len=0)
-    except Exception as err:  # msgpack raises a zoo of types on garbage
-        raise ProtocolError(f"malformed msgpack: {type(err).__name__}") from None
-    if not isinstance(obj, list) or len(obj) != 3:
-        raise ProtocolError("malformed message: expected [version, type, fields]")
-    version, type_name, fields = obj
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported protocol version {str(version)[:20]}")
-    if not isinstance(type_name, str):
-        raise ProtocolError("malformed message: type is not a string")
-    cls = _BY_TYPE.get(type_name)
-    if cls is None or cls not in expect:
-        raise ProtocolError(f"unexpected message type {type_name[:40]!r}")
-    return cls.from_fields(fields)
+    """The shared decoder, restricted to the swim.* types a context expects."""
+    return decode_payload(data, max_size, expect)

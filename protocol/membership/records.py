@@ -19,11 +19,11 @@ from ..wire import (
     b,
     encode_payload,
     mapping,
+    message,
     rec,
     s,
     u,
 )
-from ._typed_message import message
 from .signing import MAX_SIGNATURE, NODE_ID_LEN, NodeId, RecordSigner, RecordVerifier
 
 MAX_RECORD_BYTES = 1024
