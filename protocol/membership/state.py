@@ -346,6 +346,12 @@ class Membership:
                 self._emit("attest", m, now)
         self.rng.shuffle(self._probe_order)
         self._probe_idx = 0
+        if added and self._next_push_pull is not None:
+            # A primed table is already in sync: spread the first anti-entropy round over
+            # the interval for this size, not the unscaled one (else N full-state
+            # exchanges would all land in the first 30 s).
+            self._next_push_pull = now + self.rng.uniform(
+                0.0, self.config.push_pull_scaled(self._n_live + 1))
         return added
 
     # =============================================================== outputs
