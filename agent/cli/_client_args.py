@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ DEFAULT_AGENT = "127.0.0.1:7400"
 
 
 def add_client_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--agent", default=DEFAULT_AGENT, metavar="HOST:PORT",
-                   help=f"agent to talk to (default {DEFAULT_AGENT})")
+    default = os.environ.get("KEEPMESH_AGENT", DEFAULT_AGENT)
+    p.add_argument("--agent", default=default, metavar="HOST:PORT",
+                   help=f"agent to talk to (default $KEEPMESH_AGENT or {DEFAULT_AGENT})")
     p.add_argument("--root", action="append", default=[], type=Path, metavar="PEM",
                    help="extra trusted root for the agent's evidence, e.g. a sim root's ark.pem")
     p.add_argument("--key", type=Path, metavar="FILE",
@@ -28,6 +30,7 @@ def run_call(args: argparse.Namespace, fn: Callable[[Any], Awaitable[int]], *,
              policy: Any = None, fresh: bool = False) -> int:
     """Connect (attested), run `fn(client)`, close; exceptions become one-line errors."""
     from keepmesh.agent.client import open_client
+    from keepmesh.protocol.errors import ProtocolError
 
     async def main() -> int:
         client = await open_client(args.agent, roots=args.root, key_path=args.key,
@@ -37,7 +40,12 @@ def run_call(args: argparse.Namespace, fn: Callable[[Any], Awaitable[int]], *,
         finally:
             await client.aclose()
 
-    return trio.run(main)
+    try:
+        return trio.run(main)
+    except ProtocolError as err:
+        raise CommandError(err.reason) from None
+    except OSError as err:
+        raise CommandError(f"{type(err).__name__}: {err}") from None
 
 
 def print_json(doc: Any) -> None:

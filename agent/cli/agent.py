@@ -19,13 +19,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--config", type=Path, help="agent config file (TOML)")
     p.add_argument("--listen", help="HOST:PORT to listen on (UDP)")
     p.add_argument("--advertise", help="HOST:PORT peers should dial (default: bound address)")
-    p.add_argument("--join", action="append", default=[], metavar="HOST:PORT",
-                   help="seed agent to join (repeatable)")
+    p.add_argument("--join", action="extend", nargs="+", default=[], metavar="HOST:PORT",
+                   help="seed agents to join (several after one flag, or repeat the flag)")
     p.add_argument("--tee", choices=TEE_CHOICES, help="TEE backend (default auto)")
     p.add_argument("--sim-root", type=Path, help="sim root directory (for --tee sim)")
     p.add_argument("--data-dir", type=Path, help="where the identity, keeps and state live")
-    p.add_argument("--root", action="append", default=[], type=Path, metavar="PEM",
-                   help="extra trusted root for peers' evidence (repeatable)")
+    p.add_argument("--root", action="extend", nargs="+", default=[], type=Path, metavar="PEM",
+                   help="extra trusted roots for peers' evidence")
     p.add_argument("--policy", type=Path, help="appraisal policy for peers (TOML)")
     p.add_argument("--owner", action="append", default=[], metavar="HEX",
                    help="owner public key admitted to deploy (repeatable)")

@@ -10,25 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import trio
 from keepmesh.agent.cli import CommandError
+from keepmesh.agent.cli._client_args import add_client_flags, run_call
 from keepmesh.protocol.errors import ProtocolError
 
 DEFAULT_WAIT_MS = 5000
-
-
-def _agent(args: argparse.Namespace) -> str:
-    address: str | None = args.agent or os.environ.get("KEEPMESH_AGENT")
-    if not address:
-        raise CommandError("--agent HOST:PORT is required (or set KEEPMESH_AGENT)")
-    return address
 
 
 def _load_policy(text: str | None, source: str) -> Any:
@@ -42,32 +33,6 @@ def _load_policy(text: str | None, source: str) -> Any:
         return load_policy(text, source)
     except ProtocolError as err:
         raise CommandError(err.reason) from None
-
-
-async def _with_client(args: argparse.Namespace, policy: Any, fresh: bool,
-                       fn: Callable[[Any], Awaitable[int]]) -> int:
-    try:
-        from keepmesh.agent.client import open_client
-    except ImportError:
-        raise CommandError("the agent client is not available in this build") from None
-
-    roots = [Path(r) for r in (args.root or [])]
-    key = Path(args.key) if args.key else None
-    client = await open_client(_agent(args), roots=roots, key_path=key, policy=policy,
-                               fresh=fresh)
-    try:
-        return await fn(client)
-    finally:
-        await client.aclose()
-
-
-def _run(fn: Callable[[], Awaitable[int]]) -> int:
-    try:
-        return trio.run(fn)
-    except ProtocolError as err:
-        raise CommandError(err.reason) from None
-    except OSError as err:
-        raise CommandError(f"{type(err).__name__}: {err}") from None
 
 
 def _print(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
@@ -98,7 +63,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from keepmesh.agent.keeps.sealing import seal_package
     from keepmesh.protocol.deployment import make_deployment
 
-    address = _agent(args)
+    address = args.agent
     try:
         workload = load_workload(Path(args.workload),
                                  Path(args.policy) if args.policy else None)
@@ -127,7 +92,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         _print(args, doc, f"keep {doc['keep']} ({doc['name']}) on {address}: {doc['state']}")
         return 0
 
-    return _run(lambda: _with_client(args, policy, True, go))
+    return run_call(args, go, policy=policy, fresh=True)
 
 
 def cmd_keeps(args: argparse.Namespace) -> int:
@@ -136,11 +101,11 @@ def cmd_keeps(args: argparse.Namespace) -> int:
         keeps = resp.get("keeps", [])
         lines = [f"{k.get('keep')}  {k.get('name'):<20} {k.get('kind'):<8} {k.get('state')}"
                  for k in keeps]
-        _print(args, {"agent": _agent(args), "keeps": keeps},
+        _print(args, {"agent": args.agent, "keeps": keeps},
                "\n".join(lines) if lines else "no keeps")
         return 0
 
-    return _run(lambda: _with_client(args, None, False, go))
+    return run_call(args, go)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -155,7 +120,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         _print(args, resp, text)
         return 0
 
-    return _run(lambda: _with_client(args, None, False, go))
+    return run_call(args, go)
 
 
 def cmd_call(args: argparse.Namespace) -> int:
@@ -173,7 +138,7 @@ def cmd_call(args: argparse.Namespace) -> int:
         _print(args, doc, text if text is not None else reply.hex())
         return 0
 
-    return _run(lambda: _with_client(args, None, False, go))
+    return run_call(args, go)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -182,15 +147,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         _print(args, resp, f"keep {resp.get('keep')}: {resp.get('state')}")
         return 0
 
-    return _run(lambda: _with_client(args, None, False, go))
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--agent", metavar="HOST:PORT", help="agent to talk to ($KEEPMESH_AGENT)")
-    p.add_argument("--root", metavar="PEM", action="append", default=[],
-                   help="extra trusted attestation root (repeatable)")
-    p.add_argument("--key", metavar="FILE", help="owner/operator Ed25519 key (keepmesh keygen)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
+    return run_call(args, go)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -199,27 +156,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--policy", metavar="FILE", help="appraisal policy TOML (overrides manifest)")
     p.add_argument("--wait-ms", type=int, default=DEFAULT_WAIT_MS,
                    help="how long the agent waits for a command to finish before answering")
-    _common(p)
+    add_client_flags(p)
     p.set_defaults(func=cmd_deploy)
 
     p = subparsers.add_parser("keeps", help="list keeps on an agent")
-    _common(p)
+    add_client_flags(p)
     p.set_defaults(func=cmd_keeps)
 
     p = subparsers.add_parser("logs", help="show a keep's output and log lines")
     p.add_argument("id", metavar="ID")
     p.add_argument("--tail", type=int, default=None, help="only the last N lines")
-    _common(p)
+    add_client_flags(p)
     p.set_defaults(func=cmd_logs)
 
     p = subparsers.add_parser("call", help="send a message to a service keep, print its reply")
     p.add_argument("id", metavar="ID")
     p.add_argument("message", metavar="MSG")
     p.add_argument("--hex", action="store_true", help="MSG is hex-encoded bytes")
-    _common(p)
+    add_client_flags(p)
     p.set_defaults(func=cmd_call)
 
     p = subparsers.add_parser("stop", help="stop a keep")
     p.add_argument("id", metavar="ID")
-    _common(p)
+    add_client_flags(p)
     p.set_defaults(func=cmd_stop)
