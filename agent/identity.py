@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -33,11 +33,14 @@ def fingerprint(public_key: bytes) -> str:
 class Identity:
     private_key: ed25519.Ed25519PrivateKey
     certificate: x509.Certificate
+    # Derived once: deriving the public key costs tens of microseconds and it is
+    # read on hot paths (status, membership, channel).
+    public_bytes: bytes = field(init=False)
 
-    @property
-    def public_bytes(self) -> bytes:
-        return self.private_key.public_key().public_bytes(
+    def __post_init__(self) -> None:
+        pub = self.private_key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        object.__setattr__(self, "public_bytes", pub)
 
     @property
     def seed(self) -> bytes:
@@ -47,7 +50,7 @@ class Identity:
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(self.public_bytes)
+        return fingerprint(self.public_bytes)  # sha256 of 32 bytes: cheap enough
 
     def sign(self, data: bytes) -> bytes:
         return self.private_key.sign(data)
