@@ -475,6 +475,10 @@ def verify_report(report: SnpReport, certs: Sequence[bytes], trust: TrustStore, 
         csp_id = _ext_str(leaf, OID_CSP_ID)
 
     claims: dict[str, Any] = {
+        # Issuer/serial of each chain certificate, so AMD CRLs in collateral can be checked.
+        "cert_chain": [{"subject": c.subject.rfc4514_string(),
+                        "issuer": c.issuer.rfc4514_string(),
+                        "serial": format(c.serial_number, "x")} for c in chain.certs],
         "version": report.version,
         "product": product,
         "signing_key": kind.lower(),
