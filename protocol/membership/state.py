@@ -926,6 +926,23 @@ class Membership:
         if peers:
             self._send_push_pull(self._members[peers[0]].record.address, join=False,
                                  reply=False)
+        self._reconnect(now)
+
+    def _reconnect(self, now: float) -> None:
+        """Serf's reconnect: also sync with one random member we believe dead.
+
+        After a partition long enough for both sides to declare each other dead,
+        nothing else ever contacts the other side again (probes and gossip skip
+        the dead). If it is in fact alive, hearing itself declared dead makes it
+        refute with a higher incarnation, and its reply does the same for us, so
+        the halves merge. Members that left or failed attestation are not retried.
+        """
+        dead = [m for m in self._members.values()
+                if m.state is MemberState.DEAD and m.trust is Trust.TRUSTED]
+        if dead:
+            target = dead[self.rng.randrange(len(dead))]
+            self._count("reconnect")
+            self._send_push_pull(target.record.address, join=False, reply=False)
 
     def _contact_seeds(self, now: float) -> None:
         for addr in self._seeds:
