@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import struct
+import warnings
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -393,6 +394,15 @@ def _root_product(cn: str) -> str | None:
 # ------------------------------------------------------------ verification
 
 
+def _chain_ids(certs: Sequence[x509.Certificate]) -> list[dict[str, str]]:
+    """Issuer/serial of each chain certificate, so CRLs in collateral can be checked."""
+    with warnings.catch_warnings():
+        # Some AMD VCEKs carry a non-positive serial; cryptography warns on reading it.
+        warnings.simplefilter("ignore")
+        return [{"subject": c.subject.rfc4514_string(), "issuer": c.issuer.rfc4514_string(),
+                 "serial": format(c.serial_number, "x")} for c in certs]
+
+
 def _leaf_for(report: SnpReport, certs: list[x509.Certificate]) -> x509.Certificate:
     """The presented P-384 certificate whose key signed the report."""
     der_sig = encode_dss_signature(report.sig_r, report.sig_s)
@@ -476,9 +486,7 @@ def verify_report(report: SnpReport, certs: Sequence[bytes], trust: TrustStore, 
 
     claims: dict[str, Any] = {
         # Issuer/serial of each chain certificate, so AMD CRLs in collateral can be checked.
-        "cert_chain": [{"subject": c.subject.rfc4514_string(),
-                        "issuer": c.issuer.rfc4514_string(),
-                        "serial": format(c.serial_number, "x")} for c in chain.certs],
+        "cert_chain": _chain_ids(chain.certs),
         "version": report.version,
         "product": product,
         "signing_key": kind.lower(),
