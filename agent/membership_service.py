@@ -291,15 +291,11 @@ class MembershipService:
         m = self.membership
         if m is None:
             return {"members": []}
-        own = m.record
-        rows = [member_json(v) for v in m.members()]
-        rows.insert(0, {"name": fingerprint(own.node_id), "node_id": own.node_id.hex(),
-                        "address": own.address, "state": "left" if m.leaving else "alive",
-                        "liveness": "alive", "trust": "self", "incarnation": own.incarnation,
-                        "claims": {"tee": own.claims.tee, "measurement": own.claims.measurement,
-                                   "tcb": own.claims.tcb},
-                        "capacity": own.capacity.to_fields(), "labels": dict(own.labels),
-                        "self": True})
+        rows = []
+        for view in m.members():  # our own view comes first
+            row = member_json(view)
+            row["self"] = view.node_id == m.node_id
+            rows.append(row)
         return {"members": rows}
 
     async def _rpc_join(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:

@@ -7,51 +7,18 @@ thread, exactly as a user would drive it.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trio
+from agent_thread import AgentThread
 from cryptography.hazmat.primitives import serialization
-
 from keepmesh.agent.cli import main
 from keepmesh.agent.config import AgentConfig
 from keepmesh.agent.identity import read_private_key
-from keepmesh.agent.node import Agent
 from keepmesh.agent.startup import build_agent
 
 PAD = 200_000  # a data segment big enough to tell "got the package" from handshakes
-
-
-class AgentThread:
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.address = ""
-        self.bytes_in = 0
-        self._ready = threading.Event()
-        self._token: trio.lowlevel.TrioToken | None = None
-        orig = agent.endpoint._datagram_received
-
-        def counting(data: bytes, addr: tuple[str, int]) -> None:
-            self.bytes_in += len(data)
-            orig(data, addr)
-
-        agent.endpoint._datagram_received = counting  # type: ignore[method-assign]
-        self.thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
-        self.thread.start()
-        assert self._ready.wait(30)
-
-    async def _main(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        async with trio.open_nursery() as nursery:
-            self.address = await nursery.start(self.agent.run)
-            self._ready.set()
-
-    def stop(self) -> None:
-        assert self._token is not None
-        trio.from_thread.run_sync(self.agent.shutdown, trio_token=self._token)
-        self.thread.join(10)
 
 
 def owner_key(tmp: Path) -> tuple[Path, str]:
