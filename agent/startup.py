@@ -115,6 +115,8 @@ def _attach_services(agent: Agent, cfg: AgentConfig) -> None:
         return
     service = KeepService(agent.data_dir / "keeps", cfg.owners, agent.identity.seed)
     agent.register(service.methods())
+    from keepmesh.agent.workload_router import WorkloadRouter
+    WorkloadRouter(agent, service)
 
     async def run_keeps(nursery: object) -> None:
         await service.start()

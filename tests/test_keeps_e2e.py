@@ -112,3 +112,48 @@ def test_wrong_owner_refused(tmp_path: Path, sim_root: Path, workload: Path,
                "--key", str(stranger), "--root", str(sim_root / "ark.pem")])
     assert rc != 0
     assert "owner" in capsys.readouterr().err
+
+
+def test_message_reaches_workload_on_another_agent(tmp_path: Path, sim_root: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """send() addresses a workload id; the mesh finds the agent that runs it."""
+    key, pub = owner_key(tmp_path)
+    owners = [bytes.fromhex(pub)]
+    a = AgentThread(build_agent(AgentConfig(listen="127.0.0.1:0", tee="sim", sim_root=sim_root,
+                                            data_dir=tmp_path / "a", owners=owners)))
+    b = AgentThread(build_agent(AgentConfig(listen="127.0.0.1:0", tee="sim", sim_root=sim_root,
+                                            data_dir=tmp_path / "b", owners=owners,
+                                            join=[a.address])))
+    try:
+        policy = tmp_path / "p.toml"
+        policy.write_text("allow_sim = true\n")
+        relay = Path(__file__).resolve().parents[1] / "examples" / "relay"
+        keeps = {}
+        for at in (a, b):
+            flags = ["--agent", at.address, "--key", str(key),
+                     "--root", str(sim_root / "ark.pem")]
+            capsys.readouterr()
+            assert main(["deploy", str(relay), "--policy", str(policy), "--json", *flags]) == 0
+            keeps[at.address] = (json.loads(capsys.readouterr().out)["keep"], flags)
+        keep_a, flags_a = keeps[a.address]
+        keep_b, flags_b = keeps[b.address]
+        import time
+        deadline = time.monotonic() + 20
+        while not a.agent.peers and time.monotonic() < deadline:
+            time.sleep(0.1)
+        capsys.readouterr()
+        assert main(["call", keep_a, keep_b + "hello from a", *flags_a]) == 0
+        assert capsys.readouterr().out.strip() == "sent"
+        got = ""
+        while time.monotonic() < deadline:
+            assert main(["call", keep_b, "inbox", *flags_b]) == 0
+            got = capsys.readouterr().out.strip()
+            if got != "empty":
+                break
+            time.sleep(0.1)
+        assert got == "hello from a"
+        # A workload that runs nowhere: send is accepted locally, then dropped by the mesh.
+        assert main(["call", keep_a, "f" * 32 + "lost", *flags_a]) == 0
+    finally:
+        b.stop()
+        a.stop()
