@@ -1,4 +1,4 @@
-"""Engine, network and metrics tests, driven by a tiny fake protocol (test_sim_fakeproto)."""
+"""Engine, network and metrics tests, driven by a tiny fake protocol (fake_protocol.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 from keepmesh.simulations.network import DROP_LOSS, DROP_PARTITION, LinkSpec, Network
 from keepmesh.simulations.runner import simulate
 from keepmesh.simulations.topology import parse_topology
-from test_sim_fakeproto import FakeAdapter
+from fake_protocol import FakeAdapter
 
 
 def topo(extra: str = "", agents: int = 20, duration: float = 40.0, loss: float = 0.0):
