@@ -76,6 +76,7 @@ class MembershipService:
         self._dialing: dict[str, list[Outgoing]] = {}
         self._dial_failed_at: dict[str, float] = {}
         self._nursery: trio.Nursery | None = None
+        self._saved_inc = 0
         agent.register({"members.list": self._rpc_members, "swim.stream": self._rpc_stream,
                         "agent.join": self._rpc_join, "agent.leave": self._rpc_leave})
         agent.on_peer.append(self._on_peer)
@@ -92,6 +93,7 @@ class MembershipService:
             pass
         inc = max(last + 1, 1)
         self._save_incarnation(inc)
+        self._saved_inc = inc
         return inc
 
     def _save_incarnation(self, inc: int) -> None:
@@ -137,7 +139,7 @@ class MembershipService:
     def _save_if_changed(self) -> None:
         assert self.membership is not None
         inc = self.membership.record.incarnation
-        if inc != getattr(self, "_saved_inc", None):
+        if inc != self._saved_inc:
             self._saved_inc = inc
             self._save_incarnation(inc)
 
@@ -190,10 +192,9 @@ class MembershipService:
             await self.agent.connect(address)
         except (ChannelFailed, ProtocolError) as err:
             self._dial_failed_at[address] = time.monotonic()
-            queued = self._dialing.pop(address, [])
+            self._dialing.pop(address, None)  # queued packets are lost, as to a dead host
             log.debug("cannot reach %s: %s", address, err)
             self._attestation_failed(address, str(err))
-            del queued
             return
         queued = self._dialing.pop(address, [])
         for out in queued:
