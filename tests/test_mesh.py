@@ -138,3 +138,16 @@ async def test_identity_persists_across_restart(tmp_path: Path, sim_root: Path) 
     assert a1.identity.public_bytes == a2.identity.public_bytes
     key = tmp_path / "a" / "identity.key"
     assert key.stat().st_mode & 0o777 == 0o600
+
+
+async def test_different_sim_roots_trust_each_other_when_told(nursery: trio.Nursery,
+                                                              tmp_path: Path, sim_root: Path,
+                                                              other_sim_root: Path) -> None:
+    """--root (config `roots`) is how an operator says "also trust that site's sim root"."""
+    a = make(tmp_path, sim_root, "a", roots=[other_sim_root / "ark.pem"])
+    addr_a = await start(nursery, a)
+    b = make(tmp_path, other_sim_root, "b", join=[addr_a], roots=[sim_root / "ark.pem"])
+    await start(nursery, b)
+    await wait_peers(a, 1)
+    await wait_peers(b, 1)
+    assert a.peers[b.identity.public_bytes].evidence.tee == "sim"  # type: ignore[union-attr]
