@@ -34,6 +34,9 @@ MAX_STREAM_BUFFER = 4 * 1024 * 1024
 MAX_DATAGRAM_QUEUE = 1024
 MAX_PENDING_STREAMS = 64
 RECV_BATCH = 64
+# Scheduling rounds a flush waits so that tasks woken by the same packet (stream
+# reader -> RPC dispatcher -> handler) can add their reply to it.
+FLUSH_YIELDS = 3
 
 # Application error codes carried in CONNECTION_CLOSE (specs/channel.md).
 ERR_NONE = 0
@@ -217,7 +220,8 @@ class QuicPeerConnection:
         while not self.closed.is_set():
             if self._tx_pending:
                 # Let tasks woken by the same event (a reader about to reply) run first.
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                for _ in range(FLUSH_YIELDS):
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 self._flush()
                 continue
             deadline = self.quic.get_timer()
