@@ -73,8 +73,15 @@ class QuicStream:
         self.stream_id = stream_id
         self._buf = bytearray()
         self._eof = False
+        self._sent_fin = False
         self._reset: str | None = None
         self._lot = trio.lowlevel.ParkingLot()
+
+    def _maybe_release(self) -> None:
+        """Forget the stream once both directions ended (one RPC = one stream, so
+        keeping them would grow the connection's table without bound)."""
+        if (self._sent_fin and self._eof) or self._reset is not None:
+            self.conn._streams.pop(self.stream_id, None)
 
     def _deliver(self, data: bytes, end: bool) -> None:
         self._buf += data
@@ -84,10 +91,12 @@ class QuicStream:
             self._buf.clear()
             self.conn.reset_stream(self.stream_id)
         self._lot.unpark_all()
+        self._maybe_release()
 
     def _fail(self, reason: str) -> None:
         self._reset = reason
         self._lot.unpark_all()
+        self._maybe_release()
 
     async def receive_some(self, max_bytes: int = 65536) -> bytes:
         """Next chunk; b"" at end of stream. Raises ConnectionClosed on reset/close."""
@@ -108,6 +117,9 @@ class QuicStream:
             raise ConnectionClosed(self.conn.close_reason)
         self.conn.quic.send_stream_data(self.stream_id, data, end_stream=end)
         self.conn.transmit()
+        if end:
+            self._sent_fin = True
+            self._maybe_release()
 
 
 class QuicPeerConnection:
@@ -279,7 +291,7 @@ class QuicPeerConnection:
             return
         self.close_reason = reason
         self.closed.set()
-        for stream in self._streams.values():
+        for stream in list(self._streams.values()):
             stream._fail(reason)
         self._new_streams_send.close()
         self._dgram_send.close()
