@@ -151,3 +151,21 @@ async def test_different_sim_roots_trust_each_other_when_told(nursery: trio.Nurs
     await wait_peers(a, 1)
     await wait_peers(b, 1)
     assert a.peers[b.identity.public_bytes].evidence.tee == "sim"  # type: ignore[union-attr]
+
+
+async def test_finished_rpc_streams_are_released(nursery: trio.Nursery, tmp_path: Path,
+                                                  sim_root: Path) -> None:
+    """One RPC is one stream: the per-connection stream table must not grow with calls."""
+    from keepmesh.agent.rpc import call
+    a = make(tmp_path, sim_root, "a")
+    addr_a = await start(nursery, a)
+    b = make(tmp_path, sim_root, "b")
+    await start(nursery, b)
+    session = await b.connect(addr_a)
+    for _ in range(200):
+        await call(session, "agent.status", {})
+    assert len(session.conn._streams) <= 2  # the control stream (and at most one in flight)
+    server_side = a.peers[b.identity.public_bytes].session
+    assert server_side is not None
+    await trio.sleep(0.05)
+    assert len(server_side.conn._streams) <= 2
