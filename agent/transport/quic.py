@@ -133,6 +133,7 @@ class QuicPeerConnection:
         self.is_client = is_client
         self.handshake_done = trio.Event()
         self.closed = trio.Event()
+        self._settled = trio.Event()
         self.close_reason = "connection closed"
         self.peer_identity: bytes | None = None
         self._streams: dict[int, QuicStream] = {}
@@ -196,15 +197,7 @@ class QuicPeerConnection:
 
     async def wait_handshake(self) -> None:
         with trio.fail_after(self.endpoint.handshake_timeout):
-            while not self.handshake_done.is_set():
-                if self.closed.is_set():
-                    raise ConnectionClosed(self.close_reason)
-                async with trio.open_nursery() as n:
-                    async def _w(ev: trio.Event) -> None:
-                        await ev.wait()
-                        n.cancel_scope.cancel()
-                    n.start_soon(_w, self.handshake_done)
-                    n.start_soon(_w, self.closed)
+            await self._settled.wait()  # handshake done or connection closed, one wake-up
         if self.closed.is_set():
             raise ConnectionClosed(self.close_reason)
 
@@ -273,6 +266,7 @@ class QuicPeerConnection:
                     self.close(ERR_NO_CLIENT_CERT, err.reason)
                     return
                 self.handshake_done.set()
+                self._settled.set()
             elif isinstance(event, events.StreamReset):
                 stream = self._streams.get(event.stream_id)
                 if stream is not None:
@@ -291,6 +285,7 @@ class QuicPeerConnection:
             return
         self.close_reason = reason
         self.closed.set()
+        self._settled.set()
         for stream in list(self._streams.values()):
             stream._fail(reason)
         self._new_streams_send.close()
