@@ -47,6 +47,26 @@ class Spec:
     optional: bool = False
 
     def check(self, name: str, value: Any) -> Any:
+        # Fast path for the common, valid case (every datagram runs through here);
+        # anything unusual falls through to the full checks and their messages.
+        k = self.kind
+        t = type(value)
+        if k == "bytes" and t is bytes:
+            n = len(value)
+            if (self.exact_len is None or n == self.exact_len) and \
+                    (self.max_len is None or n <= self.max_len):
+                return value
+        elif k == "int" and t is int:
+            if (self.min is None or value >= self.min) and (self.max is None or value <= self.max):
+                return value
+        elif k == "str" and t is str:
+            if (self.max_len is None or len(value) <= self.max_len) and \
+                    (self.choices is None or value in self.choices) and \
+                    (self.exact_len is None or len(value) == self.exact_len):
+                return value
+        return self._check_slow(name, value)
+
+    def _check_slow(self, name: str, value: Any) -> Any:
         if value is None:
             if self.optional:
                 return None
@@ -197,18 +217,20 @@ class Message:
 
     @classmethod
     def from_fields(cls: type[M], fields: dict[Any, Any], where: str = "") -> M:
-        label = where or cls.TYPE or cls.__name__
         if not isinstance(fields, dict):
-            raise ProtocolError(f"{label}: expected a record")
-        unknown = [k for k in fields if k not in cls.SCHEMA]
-        if unknown:
-            raise ProtocolError(f"{label}: unknown field {str(unknown[0])[:40]!r}")
+            raise ProtocolError(f"{where or cls.TYPE or cls.__name__}: expected a record")
+        schema = cls.SCHEMA
+        for key in fields:
+            if key not in schema:
+                raise ProtocolError(f"{where or cls.TYPE or cls.__name__}: unknown field "
+                                    f"{str(key)[:40]!r}")
         values = {}
-        for name, spec in cls.SCHEMA.items():
-            try:
-                values[name] = spec.check(name, fields.get(name))
-            except ProtocolError as err:
-                raise ProtocolError(f"{label}: {err.reason}") from None
+        get = fields.get
+        try:
+            for name, spec in schema.items():
+                values[name] = spec.check(name, get(name))
+        except ProtocolError as err:
+            raise ProtocolError(f"{where or cls.TYPE or cls.__name__}: {err.reason}") from None
         obj = cls(**values)
         obj.validate()
         return obj
