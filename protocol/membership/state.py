@@ -620,13 +620,18 @@ class Membership:
             self._emit("alive", m, now)
         return True
 
+    def _accused_self(self, incarnation: int, now: float) -> None:
+        """Someone suspects or declares us dead: refute with a higher incarnation, and
+        count it against our own health (Lifeguard: we may be the slow one)."""
+        if incarnation <= self.record.incarnation:
+            self._accused = True
+        if incarnation == self.record.incarnation and not self._leaving:
+            self.awareness.apply_delta(1)
+            self._refute(incarnation, now)
+
     def _suspect(self, nid: NodeId, incarnation: int, accuser: NodeId, now: float) -> None:
         if nid == self.node_id:
-            if incarnation <= self.record.incarnation:
-                self._accused = True
-            if incarnation == self.record.incarnation and not self._leaving:
-                self.awareness.apply_delta(1)
-                self._refute(incarnation, now)
+            self._accused_self(incarnation, now)
             return
         m = self._members.get(nid)
         # Accusations must name the exact record version we hold: an older one is
@@ -685,11 +690,7 @@ class Membership:
 
     def _dead(self, nid: NodeId, incarnation: int, accuser: NodeId, now: float) -> None:
         if nid == self.node_id:
-            if incarnation <= self.record.incarnation:
-                self._accused = True
-            if incarnation == self.record.incarnation and not self._leaving:
-                self.awareness.apply_delta(1)
-                self._refute(incarnation, now)
+            self._accused_self(incarnation, now)
             return
         m = self._members.get(nid)
         if m is None or incarnation != m.record.incarnation or m.state not in _LIVE:
