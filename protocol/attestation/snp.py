@@ -332,27 +332,32 @@ def _ext_raw(cert: x509.Certificate, oid: str) -> bytes | None:
     raise VerificationError(f"{subject_str(cert)!r}: unexpected extension {oid}")
 
 
-def _ext_int(cert: x509.Certificate, oid: str) -> int | None:
+def _ext_tlv(cert: x509.Certificate, oid: str) -> tuple[int, bytes] | None:
+    """The extension's single DER value as (tag, content), or None when absent."""
     raw = _ext_raw(cert, oid)
     if raw is None:
         return None
     try:
-        tag, content = _der_tlv(raw)
+        return _der_tlv(raw)
     except ProtocolError as err:
         raise VerificationError(f"{subject_str(cert)!r}: extension {oid}: {err.reason}") from None
+
+
+def _ext_int(cert: x509.Certificate, oid: str) -> int | None:
+    tlv = _ext_tlv(cert, oid)
+    if tlv is None:
+        return None
+    tag, content = tlv
     if tag != 0x02 or not content or len(content) > 9:
         raise VerificationError(f"{subject_str(cert)!r}: extension {oid} is not a small INTEGER")
     return int.from_bytes(content, "big", signed=True)
 
 
 def _ext_str(cert: x509.Certificate, oid: str) -> str | None:
-    raw = _ext_raw(cert, oid)
-    if raw is None:
+    tlv = _ext_tlv(cert, oid)
+    if tlv is None:
         return None
-    try:
-        tag, content = _der_tlv(raw)
-    except ProtocolError as err:
-        raise VerificationError(f"{subject_str(cert)!r}: extension {oid}: {err.reason}") from None
+    tag, content = tlv
     if tag not in (0x16, 0x0C, 0x13):
         raise VerificationError(f"{subject_str(cert)!r}: extension {oid} is not a string")
     return content.decode("latin-1")
