@@ -112,3 +112,115 @@ def test_network_partition_loss_bandwidth_asymmetry():
     # reliable messages are never lost, only delayed by retransmissions
     outs = [lossy.route(x, y, 10, True, 0.0) for _ in range(200)]
     assert all(r == "" for _, r in outs) and max(t for t, _ in outs) > 0.2
+
+
+# ------------------------------------------------ events that do work, wire economy
+
+
+def test_with_gossip_bytes_equal_encoding_the_full_message():
+    """Encode once per send: splicing the gossip array is byte-identical to re-encoding."""
+    import dataclasses
+
+    import pytest
+    from keepmesh.protocol.membership.messages import Ack, Gossip, Nack, Ping, PingReq, with_gossip
+    from keepmesh.protocol.wire import encode_payload
+
+    a, b = b"a" * 32, b"b" * 32
+    items = (b"x" * 10, b"y" * 300, b"", b"z" * 255)
+    for msg in (Ping(seq=7, sender=a, target=b, gossip=()), Ack(seq=2**32 - 1, sender=a, gossip=()),
+                Nack(seq=0, sender=a, gossip=()), Gossip(sender=a, gossip=()),
+                PingReq(seq=9, sender=a, target=b, target_addr="10.0.0.1:7946", nack=True,
+                        gossip=())):
+        enc = encode_payload(msg)
+        for n in range(len(items) + 1):
+            full = encode_payload(dataclasses.replace(msg, gossip=items[:n]))
+            assert with_gossip(enc, list(items[:n])) == full
+    with pytest.raises(ValueError):  # a message that already carries gossip is refused
+        with_gossip(encode_payload(Gossip(sender=a, gossip=(b"q",))), [b"r"])
+
+
+def test_gossip_item_decode_is_memoized_and_bad_items_still_fail():
+    import pytest
+    from keepmesh.protocol.errors import ProtocolError
+    from keepmesh.protocol.membership.messages import Suspect, decode_gossip_item
+    from keepmesh.protocol.wire import encode_payload
+
+    item = encode_payload(Suspect(node=b"n" * 32, incarnation=3, accuser=b"c" * 32))
+    first = decode_gossip_item(item, 2048)
+    assert decode_gossip_item(bytes(item), 2048) is first  # equal bytes: one decode
+    assert first == Suspect(node=b"n" * 32, incarnation=3, accuser=b"c" * 32)
+    for bad in (b"\x93\x01\xa9swim.ping\x80", b"\xc1", item + b"\x00" * 3000):
+        with pytest.raises(ProtocolError):
+            decode_gossip_item(bad, 2048)
+
+
+def _real_topology(extra: str = "", agents: int = 60, duration: float = 30.0,
+                   bootstrap: str = "join"):
+    import tomllib
+    return parse_topology(tomllib.loads(f"""
+[mesh]
+agents = {agents}
+duration_s = {duration}
+profile = "lan"
+bootstrap = "{bootstrap}"
+[network]
+latency_ms = 2
+jitter_ms = 1
+loss = 0.02
+{extra}
+"""), "real.toml")
+
+
+def test_lazy_gossip_timer_keeps_the_trace_and_saves_events(monkeypatch):
+    """The real protocol with an eager gossip timer (every tick reported, the old
+    behaviour) and the lazy one: same trace hash, fewer events."""
+    from keepmesh.protocol.membership import Membership
+
+    t = _real_topology('[[event]]\nat_s = 12\ncrash = 2\n[[event]]\nat_s = 18\nupdate = 2\n'
+                       '[[event]]\nat_s = 20\nleave = 1\n')
+    lazy, _ = simulate(t, 11)
+    lazy_get_timer = Membership.get_timer
+
+    def eager(self):  # type: ignore[no-untyped-def]
+        got = lazy_get_timer(self)
+        return self._next_gossip if got is None else min(got, self._next_gossip)
+
+    monkeypatch.setattr(Membership, "get_timer", eager)
+    eager_rep, _ = simulate(t, 11)
+    assert lazy["trace_hash"] == eager_rep["trace_hash"]
+    assert lazy["messages"] == eager_rep["messages"]
+    assert lazy["events"] < eager_rep["events"]
+
+
+def test_idle_member_reports_no_gossip_deadline_until_something_is_queued():
+    from keepmesh.protocol.membership import (
+        Capacity,
+        Claims,
+        Ed25519Signer,
+        Ed25519Verifier,
+        Membership,
+        MembershipConfig,
+        make_record,
+    )
+
+    cfg = MembershipConfig.profile("lan")
+    signer = Ed25519Signer(b"\x05" * 32)
+    record = make_record(signer, "10.0.0.5:7946", 0, Claims(tee="sim", measurement="00" * 32,
+                                                             tcb="t"),
+                         Capacity(memory_mb=1, cpu_milli=1, free_memory_mb=1, free_cpu_milli=1),
+                         {})
+    m = Membership(cfg, record, signer, Ed25519Verifier(), random.Random(4), 0.0,
+                   require_attestation=False)
+    phase = m._next_gossip
+    assert m.pending_broadcasts() == 0
+    t0 = m.get_timer()
+    assert t0 is None or t0 != phase  # nothing queued: no gossip deadline reported
+    m.handle_timer(7.3)  # idle for many gossip intervals
+    assert m.pending_broadcasts() == 0
+    m.update_local(7.3, labels={"k": "v"})  # queues our new record
+    assert m.pending_broadcasts() == 1
+    t = m.get_timer()
+    k = phase  # the phase it would have had had every idle tick fired
+    while k < 7.3:
+        k += cfg.gossip_interval
+    assert t is not None and t <= k and m._next_gossip == k

@@ -9,15 +9,22 @@ lengths. Push-pull (anti-entropy) travels on a reliable stream.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import msgpack
+
+from ..address import canonical_address
 from ..errors import ProtocolError
 from ..wire import (
     Message,
     Spec,
     b,
     decode_payload,
+    encode_payload,
     flag,
     message,
     s,
@@ -92,6 +99,12 @@ class PingReq(Message):
     nack: bool
     gossip: tuple[bytes, ...]
 
+    def validate(self) -> None:
+        # Parsed at the edge: a relay compares it with the target's signed record and
+        # never dials it (specs/membership.md "Relay dialling rule").
+        if canonical_address(self.target_addr) != self.target_addr:
+            raise ProtocolError("ping_req: target_addr is not in canonical HOST:PORT form")
+
 
 @message
 class Alive(Message):
@@ -104,22 +117,35 @@ class Alive(Message):
 
 @message
 class Suspect(Message):
-    """An accusation, unsigned: it can only start a timer the subject may refute."""
+    """An accusation, signed by its accuser: it can only start (or confirm) a
+    suspicion, which the subject refutes with a higher incarnation."""
 
     TYPE: ClassVar[str] = "swim.suspect"
-    SCHEMA: ClassVar[dict[str, Spec]] = {"node": _id, "incarnation": u(63), "accuser": _id}
+    SCHEMA: ClassVar[dict[str, Spec]] = {"node": _id, "incarnation": u(63), "accuser": _id,
+                                         "signature": b(max_len=MAX_SIGNATURE)}
     node: bytes
     incarnation: int
     accuser: bytes
+    signature: bytes
 
 
 @message
 class Dead(Message):
+    """The accuser's own suspicion expired. To everyone else it is one more signed
+    accusation (a confirmation), never a verdict: see specs/membership.md §5."""
+
     TYPE: ClassVar[str] = "swim.dead"
-    SCHEMA: ClassVar[dict[str, Spec]] = {"node": _id, "incarnation": u(63), "accuser": _id}
+    SCHEMA: ClassVar[dict[str, Spec]] = {"node": _id, "incarnation": u(63), "accuser": _id,
+                                         "signature": b(max_len=MAX_SIGNATURE)}
     node: bytes
     incarnation: int
     accuser: bytes
+    signature: bytes
+
+
+def accusation_signed_bytes(msg: Suspect | Dead) -> bytes:
+    """What an accuser signs: the message itself with an empty signature (like records)."""
+    return encode_payload(dataclasses.replace(msg, signature=b""))
 
 
 @message
@@ -216,3 +242,39 @@ GOSSIP = (Alive, Suspect, Dead, Leave)
 def decode_swim(data: bytes, max_size: int, expect: tuple[type[Message], ...]) -> Message:
     """The shared decoder, restricted to the swim.* types a context expects."""
     return decode_payload(data, max_size, expect)
+
+
+# Every primary message ends with its `gossip` field: `with_gossip` relies on it.
+assert all(list(cls.SCHEMA)[-1] == "gossip" for cls in PRIMARY)
+
+GOSSIP_MEMO_ITEMS = 4096
+_EMPTY_ARRAY = b"\x90"
+
+
+@functools.lru_cache(maxsize=GOSSIP_MEMO_ITEMS)
+def decode_gossip_item(item: bytes, max_size: int) -> Message:
+    """Decode one piggybacked gossip item (alive/suspect/dead/leave), memoized.
+
+    Why: one broadcast is forwarded unchanged to every member, so a process that
+    hosts many members (the simulator) decoded the same bytes once per member
+    per copy. Decoding is a pure function of the bytes and the result is a
+    frozen message of immutable fields, so sharing it is safe. Bounded to
+    GOSSIP_MEMO_ITEMS entries; failures raise and are not cached.
+    """
+    return decode_payload(item, max_size, GOSSIP)
+
+
+def with_gossip(encoded: bytes, items: Sequence[bytes]) -> bytes:
+    """The exact bytes of `encoded` (a primary message sent with gossip=()) carrying `items`.
+
+    Why: a sender needs the empty message's size to budget the piggyback, then
+    the full message; encoding it twice cost a quarter of simulator time. The
+    gossip array is the payload's last value (asserted above), so the result is
+    byte-identical to encoding the message with `gossip=tuple(items)`.
+    """
+    if encoded[-1:] != _EMPTY_ARRAY:
+        raise ValueError("with_gossip: message was not encoded with an empty gossip list")
+    if not items:
+        return encoded
+    tail: bytes = msgpack.packb(list(items), use_bin_type=True)
+    return encoded[:-1] + tail
