@@ -81,6 +81,7 @@ class MembershipService:
                         "agent.join": self._rpc_join, "agent.leave": self._rpc_leave})
         agent.on_peer.append(self._on_peer)
         agent.services.append(self.run)
+        agent.on_leave.append(self.leave)
 
     # ------------------------------------------------------------ lifecycle
     def _next_incarnation(self) -> int:
@@ -325,17 +326,22 @@ class MembershipService:
         m = self.membership
         if m is None:
             raise ProtocolError("membership not started")
+        assert self._nursery is not None
+        self._nursery.start_soon(self.agent.leave)  # gossips via self.leave, then stops
+        return {"left": True}
+
+    async def leave(self) -> None:
+        """Agent.leave hook: gossip a signed leave and give it a few gossip rounds to
+        spread (Agent.leave caps the whole wait), so peers see "left", not "dead"."""
+        m = self.membership
+        if m is None:
+            return
         m.leave(trio.current_time())
         self._flush()
         self._wake.unpark_all()
-        assert self._nursery is not None
-
-        async def shutdown_later() -> None:
-            # Give the leave a few gossip rounds to spread before we go.
-            await trio.sleep(max(1.0, 5 * self.config.gossip_interval))
-            self.agent.shutdown()
-        self._nursery.start_soon(shutdown_later)
-        return {"left": True}
+        deadline = trio.current_time() + max(1.0, 5 * self.config.gossip_interval)
+        while m.pending_broadcasts() and trio.current_time() < deadline:
+            await trio.sleep(self.config.gossip_interval)
 
 
 def _memory_mb() -> int:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import trio
 from keepmesh.agent.attester import LocalAttester
@@ -22,7 +22,9 @@ from keepmesh.agent.identity import Identity, fingerprint
 from keepmesh.agent.rpc import Handler, RpcContext, serve_session
 from keepmesh.agent.session import ChannelFailed, Session, establish, watch_control
 from keepmesh.agent.tee.base import TeeBackend
+from keepmesh.agent.transport.limits import RateLimitedLog
 from keepmesh.agent.transport.quic import (
+    ERR_PROTOCOL,
     ConnectionClosed,
     QuicEndpoint,
     QuicPeerConnection,
@@ -33,17 +35,57 @@ from keepmesh.protocol.attestation.evidence import VerifiedEvidence, verify_evid
 from keepmesh.protocol.attestation.policy import Policy, appraise
 from keepmesh.protocol.channel import ChannelConfig, EvidenceCache
 from keepmesh.protocol.errors import ProtocolError
+from keepmesh.protocol.rpc import RpcDenied
 
 from keepmesh import __version__
 
 log = logging.getLogger("keepmesh.agent")
+_task_log = RateLimitedLog(log)
 
 # Any authenticated client may read; keeps.* check owners themselves; changing the
 # agent's own place in the mesh needs an admitted owner key.
 CLIENT_METHODS = frozenset({"agent.status", "agent.peers", "members.list", "keeps.list",
-                            "keeps.logs", "keeps.call", "keeps.stop", "keeps.deploy"})
+                            "keeps.logs", "keeps.call", "keeps.stop", "keeps.deploy",
+                            "keeps.secret_set"})
 ADMIN_METHODS = frozenset({"agent.join", "agent.leave"})
 REDIAL_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+LEAVE_GRACE_S = 3.0  # how long a leaving agent gives its leave hooks (gossip) before stopping
+
+
+class TaskGuard:
+    """A nursery front for per-peer and service tasks: each task is a fault boundary.
+
+    Services (membership, keeps, routing) start per-peer tasks with
+    `start_soon` on the nursery they are given; handing them this instead means
+    an exception in one of those tasks (a peer's input reached code that
+    raised) ends that task with one logged line instead of cancelling the
+    agent. Cancellation still propagates (trio.Cancelled is a BaseException).
+    """
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.cancel_scope = nursery.cancel_scope
+
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object,
+                   name: object = None) -> None:
+        self._nursery.start_soon(self._guarded, fn, args, name=name or fn)
+
+    async def start(self, fn: Callable[..., Awaitable[object]], *args: object,
+                    name: object = None) -> object:
+        return await self._nursery.start(fn, *args, name=name)
+
+    @staticmethod
+    async def _guarded(fn: Callable[..., Awaitable[object]], args: tuple[object, ...]) -> None:
+        try:
+            await fn(*args)
+        except Exception as err:
+            _task_log.warning("task %s ended: internal error %s: %s",
+                              getattr(fn, "__qualname__", fn), type(err).__name__,
+                              str(err)[:160])
+
+
+async def _deny_admin(ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+    raise RpcDenied("this key is not an admitted owner of the agent")
 
 
 @dataclass
@@ -101,6 +143,8 @@ class Agent:
         self._nursery: trio.Nursery | None = None
         self._dialing: set[str] = set()
         self.on_peer: list[Callable[[PeerEntry], None]] = []
+        self.on_leave: list[Callable[[], Awaitable[None]]] = []
+        self._fail_log = RateLimitedLog(log)
         self.services: list[Callable[[trio.Nursery], Awaitable[None]]] = []
 
     # ------------------------------------------------------------- config
@@ -139,10 +183,11 @@ class Agent:
             self._nursery = nursery
             bound = await nursery.start(self.endpoint.serve, host, port)
             self.address = self.advertise or f"{bound[0]}:{bound[1]}"
+            guard = cast(trio.Nursery, TaskGuard(nursery))
             for service in self.services:
-                nursery.start_soon(service, nursery)
+                guard.start_soon(service, guard)
             for seed in self.seeds:
-                nursery.start_soon(self._dial_loop, seed)
+                guard.start_soon(self._dial_loop, seed)
             log.info("agent %s listening on %s (tee %s)", self.identity.fingerprint,
                      self.address, self.backend.kind)
             task_status.started(self.address)
@@ -151,20 +196,42 @@ class Agent:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
+    async def leave(self, grace_s: float = LEAVE_GRACE_S) -> None:
+        """Leave the mesh gracefully, then stop: each leave hook (membership gossips
+        a leave) gets at most `grace_s` together, so a stuck hook cannot keep a
+        stopping agent alive."""
+        with trio.move_on_after(grace_s):
+            for hook in list(self.on_leave):
+                try:
+                    await hook()
+                except Exception as err:  # a failing hook must not prevent stopping
+                    log.warning("leave: %s failed: %s", getattr(hook, "__qualname__", hook),
+                                type(err).__name__)
+        await trio.sleep(0.1)  # let replies already sent (the leave RPC's) leave the socket
+        self.shutdown()
+
     # ------------------------------------------------------------- sessions
     async def _on_accept(self, conn: QuicPeerConnection) -> None:
+        """One inbound connection, start to end. A fault boundary (like the
+        endpoint's around it): whatever the peer's input makes fail closes this
+        connection with a one-line, rate-limited log line."""
         try:
             session = await establish(conn, identity=self.identity, attester=self.attester,
                                       config=self.channel_config(), cache=self.evidence_cache,
                                       rng=self.rng)
         except ChannelFailed as err:
-            log.warning("no attested channel with %s: %s", conn.peer_address, err)
+            self._fail_log.warning("no attested channel with %s: %s", conn.peer_address, err)
             return
-        if session.peer.role == "agent":
-            self._adopt(session, address=None)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_control, session)
-            await serve_session(session, self._methods_for(session))
+        try:
+            if session.peer.role == "agent":
+                self._adopt(session, address=None)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_control, session)
+                await serve_session(session, self._methods_for(session))
+        except Exception as err:
+            self._fail_log.warning("session with %s failed: internal error %s",
+                                   conn.peer_address, type(err).__name__)
+            conn.close(ERR_PROTOCOL, f"internal error: {type(err).__name__}")
 
     async def connect(self, address: str) -> Session:
         """Dial an agent and establish an attested session (raises ChannelFailed)."""
@@ -176,6 +243,8 @@ class Agent:
             conn = await self.endpoint.connect(host, port)
         except ConnectionClosed as err:
             raise ChannelFailed(str(err)) from None
+        except Exception as err:  # dialling an address a peer gave us: never fatal
+            raise ChannelFailed(f"cannot dial {address[:80]}: {type(err).__name__}") from None
         config = self.channel_config()
         config.expect_peer_role = "agent"
         session = await establish(conn, identity=self.identity, attester=self.attester,
@@ -185,8 +254,9 @@ class Agent:
             raise ChannelFailed("connected to self")
         self._adopt(session, address=address)
         assert self._nursery is not None
-        self._nursery.start_soon(watch_control, session)
-        self._nursery.start_soon(serve_session, session, self._methods_for(session))
+        guard = TaskGuard(self._nursery)
+        guard.start_soon(watch_control, session)
+        guard.start_soon(serve_session, session, self._methods_for(session))
         return session
 
     def session_to_address(self, address: str) -> Session | None:
@@ -213,7 +283,10 @@ class Agent:
         allowed = CLIENT_METHODS
         if session.peer.identity in self.admin_keys:
             allowed = CLIENT_METHODS | ADMIN_METHODS
-        return {k: v for k, v in self.methods.items() if k in allowed}
+        # Admin methods exist for everyone but answer `forbidden` to non-owners, so the
+        # client can say "not an admitted owner" instead of "unknown method".
+        return {k: (v if k in allowed else _deny_admin) for k, v in self.methods.items()
+                if k in CLIENT_METHODS | ADMIN_METHODS}
 
     async def _dial_loop(self, address: str) -> None:
         """Keep trying a seed until attested; membership takes it from there."""
@@ -226,8 +299,8 @@ class Agent:
                 try:
                     await self.connect(address)
                     return
-                except ChannelFailed as err:
-                    log.warning("cannot attest %s: %s", address, err)
+                except (ChannelFailed, ProtocolError) as err:
+                    self._fail_log.warning("cannot attest %s: %s", address, err)
                     if "rejected" in str(err) or "policy" in str(err):
                         return  # a peer that fails policy will not pass by retrying
                 await trio.sleep(REDIAL_S[min(attempt, len(REDIAL_S) - 1)])

@@ -25,8 +25,8 @@ from keepmesh.protocol.channel import (
     CHANNEL_MESSAGES,
     AttestedChannel,
     ChannelAccept,
-    ChannelReject,
     ChannelConfig,
+    ChannelReject,
     Established,
     EvidenceCache,
     EvidenceNeeded,
@@ -37,11 +37,22 @@ from keepmesh.protocol.errors import ProtocolError
 from keepmesh.protocol.wire import FrameDecoder, encode_frame
 
 CONTROL_FRAME_LIMIT = 256 * 1024
+CONTROL_STREAM_ID = 0  # the first client-initiated bidirectional stream
 CHANNEL_TIMEOUT_S = 15.0
 
 
 class ChannelFailed(Exception):
-    """The attested channel was not established; str() is the one-line reason."""
+    """The attested channel was not established; str() is the one-line reason.
+
+    `kind` is protocol.channel.Failed.kind ("verification", "policy", "protocol")
+    or "transport" (timeout, connection lost); `local` is False when the peer
+    rejected us. Callers branch on these, never on the text.
+    """
+
+    def __init__(self, reason: str, kind: str = "transport", local: bool = True) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.local = local
 
 
 @dataclass
@@ -55,7 +66,8 @@ class Session:
 
     @property
     def closed(self) -> trio.Event:
-        return self.conn.closed
+        event: trio.Event = self.conn.closed
+        return event
 
 
 async def establish(conn: QuicPeerConnection, *, identity: Identity,
@@ -70,7 +82,17 @@ async def establish(conn: QuicPeerConnection, *, identity: Identity,
         conn.close(ERR_CHANNEL_REJECTED, "attested channel timed out")
         raise ChannelFailed("attested channel timed out") from None
     except ConnectionClosed as err:
+        conn.close(ERR_PROTOCOL, str(err))
         raise ChannelFailed(str(err)) from None
+    except ChannelFailed:
+        raise
+    except Exception as err:
+        # Fault boundary: the peer's bytes reached code that raised something
+        # undeclared (a verifier bug, a library error). That fails this channel
+        # only; it must never reach the accept loop.
+        reason = f"internal error during channel setup: {type(err).__name__}"
+        conn.close(ERR_PROTOCOL, reason)
+        raise ChannelFailed(reason, "protocol") from None
 
 
 async def _establish(conn: QuicPeerConnection, identity: Identity,
@@ -82,6 +104,12 @@ async def _establish(conn: QuicPeerConnection, identity: Identity,
         stream = conn.open_stream()
     else:
         stream = await conn.accept_stream()
+        if stream.stream_id != CONTROL_STREAM_ID:
+            # The control stream is exactly stream 0 (specs/channel.md): a peer that
+            # opens another first is not speaking keepmesh.
+            conn.close(ERR_PROTOCOL, f"first stream is {stream.stream_id}, not the control "
+                                     f"stream {CONTROL_STREAM_ID}")
+            raise ChannelFailed("peer did not open the control stream first")
     chan = AttestedChannel(initiator=conn.is_client, local_identity=identity.public_bytes,
                            sign=identity.sign, peer_identity=conn.peer_identity,
                            exporter=conn.exporter(), config=config, cache=cache, rng=rng)
@@ -114,7 +142,7 @@ async def _establish(conn: QuicPeerConnection, identity: Identity,
             elif isinstance(event, Failed):
                 flush()
                 conn.close(ERR_CHANNEL_REJECTED, event.reason)
-                raise ChannelFailed(event.reason)
+                raise ChannelFailed(event.reason, event.kind, event.local)
         data = await stream.receive_some()
         if not data:
             conn.close(ERR_PROTOCOL, "control stream closed during channel setup")
@@ -152,3 +180,5 @@ async def watch_control(session: Session) -> None:
         conn.close(ERR_PROTOCOL, err.reason)
     except ConnectionClosed:
         return
+    except Exception as err:  # fault boundary: this connection only
+        conn.close(ERR_PROTOCOL, f"internal error on control stream: {type(err).__name__}")

@@ -53,8 +53,9 @@ def same_image_policy(own: VerifiedEvidence, sim_roots: tuple[bytes, ...]) -> Po
     """
     m = (own.measurement,)
     if own.format == "sev-snp":
-        return Policy(allowed_tee=("snp",), allow_sim=own.tee == "sim", sim_roots=sim_roots,
-                      snp=SnpPolicy(measurements=m))
+        sim = own.tee == "sim"
+        return Policy(allowed_tee=("snp", "sim") if sim else ("snp",), allow_sim=sim,
+                      sim_roots=sim_roots, snp=SnpPolicy(measurements=m))
     if own.format == "tdx":
         return Policy(allowed_tee=("tdx",), tdx=TdxPolicy(mrtd=m))
     return Policy(allowed_tee=("sgx",), sgx=SgxPolicy(mrenclave=m))
@@ -83,8 +84,9 @@ def build_agent(cfg: AgentConfig) -> Agent:
         raise StartupError(str(err)) from None
     trust = TrustStore(extra)
     sim_roots = tuple(fingerprint(c) for c in extra)
-    permissive = Policy(allowed_tee=("snp", "sgx", "tdx"), allow_sim=backend.kind == "sim",
-                        sim_roots=sim_roots)
+    sim = backend.kind == "sim"
+    permissive = Policy(allowed_tee=("snp", "sgx", "tdx", "sim") if sim else ("snp", "sgx", "tdx"),
+                        allow_sim=sim, sim_roots=sim_roots)
     agent = Agent(identity=identity, backend=backend, trust=trust, policy=permissive,
                   listen=cfg.listen, advertise=cfg.advertise, join=cfg.join, data_dir=data_dir,
                   admin_keys=cfg.owners)

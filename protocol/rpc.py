@@ -17,6 +17,32 @@ from .wire import Message, Spec, b, flag, message, s
 
 MAX_BODY = 24 * 1024 * 1024  # big enough for a 16 MiB sealed package plus metadata
 METHOD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
+# Why an error code beside the text: a client must act on *what kind* of
+# failure it got (ask for another key, retry, report a bug) without parsing
+# prose, which changes between versions. specs/wire.md lists them.
+ERROR_CODES = ("invalid", "not_found", "forbidden", "unknown_method", "internal", "busy")
+
+
+class RpcDenied(ProtocolError):
+    """The caller is authenticated but not allowed to do this (code `forbidden`)."""
+
+    code = "forbidden"
+
+
+class RpcNotFound(ProtocolError):
+    """The named object does not exist *for this caller* (code `not_found`).
+
+    Also used when it exists but belongs to someone else, so a stranger
+    cannot probe which keeps an agent runs.
+    """
+
+    code = "not_found"
+
+
+def error_code(err: ProtocolError) -> str:
+    """The wire code for a handler's ProtocolError: its class's, else `invalid`."""
+    code = getattr(err, "code", "invalid")
+    return code if code in ERROR_CODES else "invalid"
 
 
 @message
@@ -35,10 +61,66 @@ class RpcRequest(Message):
 class RpcResponse(Message):
     TYPE: ClassVar[str] = "rpc.response"
     SCHEMA: ClassVar[dict[str, Spec]] = {
-        "ok": flag(), "body": b(MAX_BODY), "error": s(300, optional=True)}
+        "ok": flag(), "body": b(MAX_BODY), "error": s(300, optional=True),
+        "code": s(32, optional=True)}  # unknown codes (newer peers) read as "invalid"
     ok: bool
     body: bytes
     error: str | None = None
+    code: str | None = None
+
+
+# Frames above LARGE_FRAME are admitted only after their method was read from
+# the head of the frame and found callable by this caller, and their length
+# reserved against the connection's buffer budget (specs/wire.md "Limits"):
+# a declared length is not a licence to buffer it.
+LARGE_FRAME = 64 * 1024
+# Body limits for methods known to take small bodies; others may use MAX_BODY.
+SMALL_BODY = 64 * 1024
+MESSAGE_BODY = 1024 * 1024 + 64 * 1024  # a 1 MiB keep message plus its fields
+METHOD_BODY_LIMITS: dict[str, int] = {
+    "agent.status": SMALL_BODY, "agent.peers": SMALL_BODY, "members.list": SMALL_BODY,
+    "agent.join": SMALL_BODY, "agent.leave": SMALL_BODY, "keeps.list": SMALL_BODY,
+    "keeps.logs": SMALL_BODY, "keeps.stop": SMALL_BODY,
+    "keeps.call": MESSAGE_BODY, "keeps.deliver": MESSAGE_BODY,
+    "swim.stream": 4 * 1024 * 1024 + 64 * 1024,
+}
+# The request envelope around the body: [1, "rpc.request", {"method": m, "body": bin32}].
+ENVELOPE = 128
+# How many payload bytes are enough to read the method when it precedes the body.
+METHOD_HEAD = 128
+
+
+def body_limit(method: str) -> int:
+    """Largest body `method` accepts; the frame limit is this plus ENVELOPE."""
+    return METHOD_BODY_LIMITS.get(method, MAX_BODY)
+
+
+def request_method_hint(head: bytes) -> str | None:
+    """The method named by an `rpc.request` payload, read from its first bytes.
+
+    Returns None unless the payload is [1, "rpc.request", {..., "method": str,
+    ...}] with `method` before `body` and complete within `head`; the full
+    decode still validates everything. Never raises (the input is hostile).
+    """
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(head), 1),
+                                max_str_len=METHOD_HEAD, max_bin_len=METHOD_HEAD,
+                                max_array_len=3, max_map_len=8)
+    try:
+        unpacker.feed(head)
+        if unpacker.read_array_header() != 3 or unpacker.unpack() != 1 or \
+                unpacker.unpack() != RpcRequest.TYPE:
+            return None
+        for _ in range(unpacker.read_map_header()):
+            key = unpacker.unpack()
+            if key == "method":
+                value = unpacker.unpack()
+                return value if isinstance(value, str) else None
+            if key == "body":
+                return None
+            unpacker.skip()
+    except Exception:  # msgpack raises many types on partial or hostile input
+        return None
+    return None
 
 
 def pack_body(body: dict[str, Any]) -> bytes:

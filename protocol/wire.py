@@ -263,7 +263,7 @@ def encode_payload(msg: Message) -> bytes:
     return out
 
 
-def decode_payload(data: bytes, max_size: int = DEFAULT_MAX_FRAME,
+def decode_payload(data: bytes | memoryview, max_size: int = DEFAULT_MAX_FRAME,
                    expect: tuple[type[Message], ...] | None = None) -> Message:
     """Decode one payload; raise ProtocolError with a reason on anything wrong."""
     if len(data) > max_size:

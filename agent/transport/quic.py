@@ -10,29 +10,70 @@ Traps from ../shared/NOTES-platform.md applied here:
   (trio.socket per datagram costs 3x in bulk);
 - `handle_timer(trio.current_time())`, never `max(now, deadline)`;
 - client certificates are demanded and enforced (tls_binding.py);
-- aioquic has no backpressure: per-stream receive buffers and the datagram
-  queue are bounded here, and a peer exceeding them loses the stream/packets.
+- aioquic has no backpressure: every byte a peer makes us hold (stream
+  buffers, queued datagrams, RPC frames being assembled) is counted against a
+  per-connection and an endpoint-wide Budget (limits.py); a peer exceeding
+  its own loses the stream, and when the total runs out the heaviest
+  connection is closed, so light (good) peers keep being served.
+
+Fault boundary: nothing a peer sends may raise out of this module's tasks.
+Hostile input that makes aioquic raise closes that connection only; writing
+to a stream the peer stopped (STOP_SENDING) raises StreamClosed to the writer.
+
+Admission (specs/wire.md "Limits"): garbage Initials create no state (a
+connection is kept only if aioquic answered the first datagram); at most
+MAX_HANDSHAKES handshakes are in progress (MAX_HANDSHAKES_PER_HOST per source
+address), each for at most SERVER_HANDSHAKE_TIMEOUT_S; above RETRY_THRESHOLD
+handshakes in progress, Initials must carry a Retry token (QUIC address
+validation) before they cost a slot; connections are limited per source
+address and in total; sources that keep violating the protocol are banned
+for a while.
 """
 
 from __future__ import annotations
 
-import errno
+import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 
 import trio
-from aioquic.buffer import Buffer
+from aioquic._buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from aioquic.quic.packet import QuicHeader, QuicPacketType, encode_quic_retry, pull_quic_header
+from aioquic.quic.retry import QuicRetryTokenHandler
 from keepmesh.agent.identity import Identity
+from keepmesh.agent.transport.limits import BanList, Budget, RateLimitedLog
 from keepmesh.agent.transport.tls_binding import BoundQuicConnection
 from keepmesh.protocol.errors import ProtocolError
 
+log = logging.getLogger("keepmesh.transport")
+
 ALPN = "keepmesh/1"
-MAX_STREAM_BUFFER = 4 * 1024 * 1024
-MAX_DATAGRAM_QUEUE = 1024
+# Unread bytes one stream may hold (its reader drains it into a bounded frame).
+MAX_STREAM_BUFFER = 1024 * 1024
+# Bytes one connection may make us hold: stream buffers, queued datagrams and
+# RPC frames being assembled (one largest RPC frame, 24 MiB + 1 KiB, plus slack).
+CONN_BUFFER_LIMIT = 26 * 1024 * 1024
+# Bytes all connections together may make us hold.
+TOTAL_BUFFER_LIMIT = 64 * 1024 * 1024
+MAX_DATAGRAM_QUEUE = 256
+# Peer-opened streams waiting for a free call slot; beyond that they are reset.
 MAX_PENDING_STREAMS = 64
+MAX_TOMBSTONES = 256
+MAX_CONNECTIONS = 512
+MAX_CONNECTIONS_PER_HOST = 64
+MAX_HANDSHAKES = 128
+MAX_HANDSHAKES_PER_HOST = 16
+# Above this many handshakes in progress, new Initials must prove their address.
+RETRY_THRESHOLD = 8
+SERVER_HANDSHAKE_TIMEOUT_S = 5.0
+CLIENT_HANDSHAKE_TIMEOUT_S = 10.0
+# Protocol violations on a validated path before the source is ignored, and for how long.
+BAN_THRESHOLD = 20
+BAN_WINDOW_S = 30.0
+BAN_S = 60.0
 RECV_BATCH = 64
 # Scheduling rounds a flush waits so that tasks woken by the same packet (stream
 # reader -> RPC dispatcher -> handler) can add their reply to it.
@@ -49,6 +90,14 @@ ERR_SHUTDOWN = 0x105
 
 class ConnectionClosed(Exception):
     """The QUIC connection is gone; `reason` says why."""
+
+
+class StreamClosed(ConnectionClosed):
+    """This stream is gone (reset, stopped by the peer, over budget); the connection may live.
+
+    A subclass of ConnectionClosed so that every reader and writer that already
+    ends its work on a closed connection ends it on a closed stream too.
+    """
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -75,34 +124,70 @@ class QuicStream:
         self._eof = False
         self._sent_fin = False
         self._reset: str | None = None
+        self._send_stopped: str | None = None
         self._lot = trio.lowlevel.ParkingLot()
 
     def _maybe_release(self) -> None:
         """Forget the stream once both directions ended (one RPC = one stream, so
         keeping them would grow the connection's table without bound)."""
-        if (self._sent_fin and self._eof) or self._reset is not None:
+        if (self._sent_fin and self._eof) or self._reset is not None or \
+                (self._send_stopped is not None and self._eof):
             self.conn._streams.pop(self.stream_id, None)
 
     def _deliver(self, data: bytes, end: bool) -> None:
-        self._buf += data
+        if self._reset is not None:
+            return  # already given up on; late data is dropped
+        if data:
+            if len(self._buf) + len(data) > MAX_STREAM_BUFFER:
+                self.abort("receive buffer limit exceeded", ERR_TOO_MANY)
+                return
+            if not self.conn._take(len(data)):
+                self.abort("connection buffer budget exceeded", ERR_TOO_MANY)
+                return
+            self._buf += data
         self._eof = self._eof or end
-        if len(self._buf) > MAX_STREAM_BUFFER:
-            self._reset = "receive buffer limit exceeded"
-            self._buf.clear()
-            self.conn.reset_stream(self.stream_id)
         self._lot.unpark_all()
         self._maybe_release()
+
+    def _drop_buffer(self) -> None:
+        if self._buf:
+            self.conn.budget.give(len(self._buf))
+            self._buf.clear()
 
     def _fail(self, reason: str) -> None:
         self._reset = reason
+        self._drop_buffer()
         self._lot.unpark_all()
         self._maybe_release()
 
+    def abort(self, reason: str, code: int = ERR_PROTOCOL) -> None:
+        """Give up on this stream both ways (RESET_STREAM + STOP_SENDING with `code`)."""
+        if self._reset is None:
+            self.conn.reset_stream(self.stream_id, code)
+            self.conn._tombstone(self.stream_id)
+            self._fail(reason)
+
+    def stop_reading(self, reason: str, code: int = ERR_PROTOCOL) -> None:
+        """We will read no more (STOP_SENDING); what is buffered is dropped. Sending
+        (an error reply already queued) is unaffected."""
+        if self._reset is None:
+            try:
+                self.conn.quic.stop_stream(self.stream_id, code)
+            except Exception:  # unknown to aioquic or already finished: nothing to stop
+                pass
+            self.conn.transmit()
+            self.conn._tombstone(self.stream_id)
+            self._fail(reason)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
     async def receive_some(self, max_bytes: int = 65536) -> bytes:
-        """Next chunk; b"" at end of stream. Raises ConnectionClosed on reset/close."""
+        """Next chunk; b"" at end of stream. Raises StreamClosed/ConnectionClosed."""
         while not self._buf:
             if self._reset is not None:
-                raise ConnectionClosed(self._reset)
+                raise StreamClosed(self._reset)
             if self._eof:
                 return b""
             if self.conn.closed.is_set():
@@ -110,12 +195,25 @@ class QuicStream:
             await self._lot.park()
         data = bytes(self._buf[:max_bytes])
         del self._buf[:max_bytes]
+        self.conn.budget.give(len(data))
         return data
 
     def send(self, data: bytes, end: bool = False) -> None:
+        """Queue data; raises StreamClosed if the peer stopped or reset this stream.
+
+        aioquic raises a bare RuntimeError when writing to a stream the peer
+        sent STOP_SENDING for (and ValueError/others for ids it discarded):
+        that is peer input, so it must end this stream, not the caller's task.
+        """
         if self.conn.closed.is_set():
             raise ConnectionClosed(self.conn.close_reason)
-        self.conn.quic.send_stream_data(self.stream_id, data, end_stream=end)
+        if self._send_stopped is not None:
+            raise StreamClosed(self._send_stopped)
+        try:
+            self.conn.quic.send_stream_data(self.stream_id, data, end_stream=end)
+        except Exception as err:  # aioquic: stopped, reset, or unknown stream
+            self._send_stopped = f"cannot send on stream {self.stream_id}: {err}"[:200]
+            raise StreamClosed(self._send_stopped) from None
         self.conn.transmit()
         if end:
             self._sent_fin = True
@@ -136,7 +234,12 @@ class QuicPeerConnection:
         self._settled = trio.Event()
         self.close_reason = "connection closed"
         self.peer_identity: bytes | None = None
+        self.budget = Budget(CONN_BUFFER_LIMIT, endpoint.budget)
+        self.validated = False  # source address proven (Retry token or completed handshake)
+        self.handshake_deadline: float | None = None
+        self._holds_handshake_slot = False
         self._streams: dict[int, QuicStream] = {}
+        self._aborted: dict[int, None] = {}  # peer streams we reset (bounded tombstones)
         send, recv = trio.open_memory_channel[QuicStream](MAX_PENDING_STREAMS)
         self._new_streams_send, self._new_streams = send, recv
         dsend, drecv = trio.open_memory_channel[bytes](MAX_DATAGRAM_QUEUE)
@@ -150,7 +253,8 @@ class QuicPeerConnection:
         return f"{self.addr[0]}:{self.addr[1]}"
 
     def exporter(self) -> bytes:
-        return self.quic.tls_exporter()
+        value: bytes = self.quic.tls_exporter()
+        return value
 
     # ------------------------------------------------------------ app API
     def open_stream(self) -> QuicStream:
@@ -175,25 +279,55 @@ class QuicPeerConnection:
 
     async def receive_datagram(self) -> bytes:
         try:
-            return await self._dgram_recv.receive()
+            data = await self._dgram_recv.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise ConnectionClosed(self.close_reason) from None
+        self.budget.give(len(data))
+        return data
 
     def reset_stream(self, stream_id: int, code: int = ERR_PROTOCOL) -> None:
-        try:
-            self.quic.reset_stream(stream_id, code)
-            self.quic.stop_stream(stream_id, code)
-        except Exception:  # stream already finished in that direction
-            pass
+        for op in (self.quic.reset_stream, self.quic.stop_stream):
+            try:
+                op(stream_id, code)
+            except Exception:  # already finished in that direction, or unknown to aioquic
+                pass
         self.transmit()
 
     def close(self, code: int = ERR_NONE, reason: str = "") -> None:
         """Close with an application error code; the reason goes on the wire (one line)."""
         if self.closed.is_set():
             return
-        self.quic.close(error_code=code, reason_phrase=reason[:200])
-        self._flush()
+        if code == ERR_PROTOCOL and self.validated and not self.is_client:
+            self.endpoint._violation(self.addr[0])
+        try:
+            self.quic.close(error_code=code, reason_phrase=reason[:200])
+            self._flush()
+        except Exception:  # closing must never fail the caller; the peer will time out
+            pass
         self._terminate(reason or "closed locally")
+
+    @property
+    def buffered(self) -> int:
+        """Bytes this connection makes us hold (streams, datagrams, frames being read)."""
+        used: int = self.budget.used
+        return used
+
+    def reserve(self, n: int) -> bool:
+        """Reserve `n` bytes of this connection's buffer budget for a frame being
+        assembled above the transport (give them back with `release`)."""
+        return self._take(n)
+
+    def release(self, n: int) -> None:
+        self.budget.give(n)
+
+    def _take(self, n: int) -> bool:
+        """Charge `n` buffered bytes to this connection; when the endpoint's total is
+        exhausted, the heaviest connection is closed to make room (if it is not us)."""
+        if self.budget.take(n):
+            return True
+        if self.budget.used + n > self.budget.limit:
+            return False  # our own limit: our stream pays
+        return self.endpoint._make_room(n, self) and self.budget.take(n)
 
     async def wait_handshake(self) -> None:
         with trio.fail_after(self.endpoint.handshake_timeout):
@@ -203,8 +337,13 @@ class QuicPeerConnection:
 
     # ------------------------------------------------------------ engine
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.quic.receive_datagram(data, addr, trio.current_time())
-        self._process_events()
+        """Feed one datagram; anything it makes aioquic or us raise closes this connection."""
+        try:
+            self.quic.receive_datagram(data, addr, trio.current_time())
+            self._process_events()
+        except Exception as err:  # aioquic bug or hostile input: lose this connection only
+            self.close(ERR_PROTOCOL, f"internal error: {type(err).__name__}")
+            return
         self.transmit()
 
     def transmit(self) -> None:
@@ -218,7 +357,12 @@ class QuicPeerConnection:
     def _flush(self) -> None:
         self._tx_pending = False
         now = trio.current_time()
-        for data, addr in self.quic.datagrams_to_send(now=now):
+        try:
+            out = self.quic.datagrams_to_send(now=now)
+        except Exception as err:  # aioquic failed on state a peer shaped: drop the connection
+            self._terminate(f"internal error: {type(err).__name__}")
+            return
+        for data, addr in out:
             self.endpoint.sendto(data, addr)
 
     async def timer_loop(self) -> None:
@@ -236,8 +380,12 @@ class QuicPeerConnection:
             with trio.move_on_at(deadline):
                 await self._timer_lot.park()
                 continue
-            self.quic.handle_timer(trio.current_time())
-            self._process_events()
+            try:
+                self.quic.handle_timer(trio.current_time())
+                self._process_events()
+            except Exception as err:  # see datagram_received: this connection only
+                self.close(ERR_PROTOCOL, f"internal error: {type(err).__name__}")
+                return
             self._flush()
 
     def _process_events(self) -> None:
@@ -245,32 +393,36 @@ class QuicPeerConnection:
             if isinstance(event, events.StreamDataReceived):
                 stream = self._streams.get(event.stream_id)
                 if stream is None:
-                    stream = QuicStream(self, event.stream_id)
-                    self._streams[event.stream_id] = stream
-                    try:
-                        self._new_streams_send.send_nowait(stream)
-                    except trio.WouldBlock:
-                        del self._streams[event.stream_id]
-                        self.reset_stream(event.stream_id, ERR_TOO_MANY)
+                    stream = self._new_peer_stream(event.stream_id)
+                    if stream is None:
                         continue
                 stream._deliver(event.data, event.end_stream)
             elif isinstance(event, events.DatagramFrameReceived):
+                if not self._take(len(event.data)):
+                    continue  # datagrams are lossy by contract; drop over budget
                 try:
                     self._dgram_send.send_nowait(event.data)
-                except trio.WouldBlock:
-                    pass  # datagrams are lossy by contract; drop under load
+                except (trio.WouldBlock, trio.ClosedResourceError):
+                    self.budget.give(len(event.data))  # lossy: drop under load
             elif isinstance(event, events.HandshakeCompleted):
                 try:
                     self.peer_identity = self.quic.peer_identity()
                 except ProtocolError as err:
                     self.close(ERR_NO_CLIENT_CERT, err.reason)
                     return
+                self.validated = True
+                self.endpoint._handshake_settled(self)
                 self.handshake_done.set()
                 self._settled.set()
             elif isinstance(event, events.StreamReset):
                 stream = self._streams.get(event.stream_id)
                 if stream is not None:
                     stream._fail(f"stream reset by peer (code {event.error_code})")
+            elif isinstance(event, events.StopSendingReceived):
+                stream = self._streams.get(event.stream_id)
+                if stream is not None:
+                    stream._send_stopped = f"peer stopped stream (code {event.error_code})"
+                    stream._maybe_release()
             elif isinstance(event, events.ConnectionIdIssued):
                 self.endpoint._register_cid(event.connection_id, self)
             elif isinstance(event, events.ConnectionIdRetired):
@@ -279,6 +431,36 @@ class QuicPeerConnection:
                 reason = event.reason_phrase or f"error code {event.error_code:#x}"
                 self._terminate(f"closed by peer: {reason}")
                 return
+
+    def _new_peer_stream(self, stream_id: int) -> QuicStream | None:
+        """A stream id we hold no state for: a new peer-opened bidirectional stream is
+        queued for accept_stream (at most MAX_PENDING_STREAMS, then reset); anything
+        else (unidirectional, ours but already released, a peer id we already saw)
+        is refused or ignored, so a peer cannot make us answer on a stream we
+        cannot write to or resurrect a finished one."""
+        peer_bit = 0 if not self.is_client else 1
+        if stream_id & 2:  # unidirectional: keepmesh uses none
+            self.reset_stream(stream_id, ERR_PROTOCOL)
+            return None
+        if stream_id & 1 != peer_bit or stream_id in self._aborted:
+            return None  # ours and released, or a late frame for one we gave up on
+        stream = QuicStream(self, stream_id)
+        try:
+            self._new_streams_send.send_nowait(stream)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            self.endpoint.counters["streams_refused"] += 1
+            self.reset_stream(stream_id, ERR_TOO_MANY)
+            self._tombstone(stream_id)
+            return None
+        self._streams[stream_id] = stream
+        return stream
+
+    def _tombstone(self, stream_id: int) -> None:
+        """Remember a stream we reset so data the peer sent before seeing our
+        STOP_SENDING is not taken for a new stream (bounded: oldest forgotten)."""
+        self._aborted[stream_id] = None
+        if len(self._aborted) > MAX_TOMBSTONES:
+            del self._aborted[next(iter(self._aborted))]
 
     def _terminate(self, reason: str) -> None:
         if self.closed.is_set():
@@ -290,6 +472,19 @@ class QuicPeerConnection:
             stream._fail(reason)
         self._new_streams_send.close()
         self._dgram_send.close()
+        while True:  # queued streams and datagrams nobody will read give their bytes back
+            try:
+                queued = self._new_streams.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            queued._fail(reason)
+        while True:
+            try:
+                self.budget.give(len(self._dgram_recv.receive_nowait()))
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        self.budget.close()  # whatever its readers still hold is no longer ours to count
+        self.endpoint._handshake_settled(self)
         self._timer_lot.unpark_all()
         self.endpoint._forget(self)
         for cb in self.on_close:
@@ -299,18 +494,42 @@ class QuicPeerConnection:
 class QuicEndpoint:
     """One UDP socket serving inbound and outbound QUIC connections."""
 
-    def __init__(self, identity: Identity, *, max_connections: int = 512,
-                 idle_timeout: float = 60.0, handshake_timeout: float = 10.0) -> None:
+    def __init__(self, identity: Identity, *, max_connections: int = MAX_CONNECTIONS,
+                 max_connections_per_host: int = MAX_CONNECTIONS_PER_HOST,
+                 idle_timeout: float = 60.0,
+                 handshake_timeout: float = CLIENT_HANDSHAKE_TIMEOUT_S,
+                 server_handshake_timeout: float = SERVER_HANDSHAKE_TIMEOUT_S,
+                 retry_threshold: int = RETRY_THRESHOLD,
+                 buffer_limit: int = TOTAL_BUFFER_LIMIT) -> None:
         self.identity = identity
         self.max_connections = max_connections
+        self.max_connections_per_host = max_connections_per_host
         self.idle_timeout = idle_timeout
         self.handshake_timeout = handshake_timeout
+        self.server_handshake_timeout = server_handshake_timeout
+        self.retry_threshold = retry_threshold
+        self.budget = Budget(buffer_limit)
+        self.handshakes = Budget(MAX_HANDSHAKES)
+        self.bans = BanList(BAN_THRESHOLD, BAN_WINDOW_S, BAN_S)
         self.sock: socket.socket | None = None
         self._cids: dict[bytes, QuicPeerConnection] = {}
         self._conns: set[QuicPeerConnection] = set()
+        self._per_host: dict[str, int] = {}
+        self._handshakes_per_host: dict[str, int] = {}
+        self._retry = QuicRetryTokenHandler()
+        self._versions = frozenset(QuicConfiguration(is_client=False).supported_versions)
         self._nursery: trio.Nursery | None = None
         self.on_accept: Callable[[QuicPeerConnection], Awaitable[None]] | None = None
         self.dropped_datagrams = 0
+        # What the admission and budget rules turned away (for tests, metrics and
+        # the rate-limited log); keys are stable names, values only grow.
+        self.counters: dict[str, int] = {
+            "initials_ignored": 0, "retries_sent": 0, "bad_tokens": 0,
+            "handshake_slots_full": 0, "handshake_timeouts": 0, "connections_refused": 0,
+            "banned_drops": 0, "bans": 0, "streams_refused": 0, "budget_closes": 0,
+            "accept_errors": 0,
+        }
+        self.failure_log = RateLimitedLog(log)
 
     def _configuration(self, is_client: bool) -> QuicConfiguration:
         import ssl
@@ -328,18 +547,33 @@ class QuicEndpoint:
         host, port = self.sock.getsockname()[:2]
         return host, port
 
-    async def serve(self, host: str, port: int, *,
-                    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
-                    ) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    def bind(self, host: str, port: int) -> tuple[str, int]:
+        """Open and bind the UDP socket now, so start-up errors (port in use, address
+        not on this host, bad host name) surface before the agent reports ready.
+        Raises ProtocolError with a one-line reason."""
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except (OSError, UnicodeError) as err:
+            raise ProtocolError(f"cannot listen on {host}:{port}: cannot resolve {host!r}: "
+                                f"{getattr(err, 'strerror', None) or err}") from None
+        family, _, _, _, sockaddr = infos[0]
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.setblocking(False)
         try:
-            sock.bind((host, port))
+            sock.bind(sockaddr)
         except OSError as err:
             sock.close()
             raise ProtocolError(f"cannot listen on {host}:{port}: {err.strerror}") from None
         self.sock = sock
+        return self.local_address
+
+    async def serve(self, host: str, port: int, *,
+                    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        if self.sock is None:
+            self.bind(host, port)
+        assert self.sock is not None
+        sock = self.sock
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -362,7 +596,11 @@ class QuicEndpoint:
                     break
                 except OSError:
                     continue  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
-                self._datagram_received(data, addr[:2])
+                try:
+                    self._datagram_received(data, addr[:2])
+                except Exception as err:  # the receive loop is every peer's: never let one end it
+                    self.failure_log.warning("datagram from %s dropped: internal error %s",
+                                             addr[0], type(err).__name__)
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         assert self.sock is not None
@@ -370,9 +608,10 @@ class QuicEndpoint:
             self.sock.sendto(data, addr)
         except BlockingIOError:
             self.dropped_datagrams += 1  # QUIC loss recovery retransmits
-        except OSError as err:
-            if err.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                raise
+        except OSError:
+            # Unreachable, refused, or an address the peer chose that we cannot send
+            # to: the packet is lost, as it would be on the network.
+            self.dropped_datagrams += 1
 
     def _datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
@@ -381,30 +620,170 @@ class QuicEndpoint:
             return
         conn = self._cids.get(header.destination_cid)
         if conn is None:
-            if header.packet_type != QuicPacketType.INITIAL or len(data) < 1200:
-                return
-            if len(self._conns) >= self.max_connections:
-                return
-            quic = BoundQuicConnection(
-                configuration=self._configuration(False),
-                original_destination_connection_id=header.destination_cid,
-            )
-            conn = self._adopt(quic, addr, is_client=False)
-            self._cids[header.destination_cid] = conn
-            assert self._nursery is not None
-            if self.on_accept is not None:
-                self._nursery.start_soon(self._run_accept, conn)
-        try:
+            self._admit(data, header, addr)
+        else:
             conn.datagram_received(data, addr)
-        except Exception as err:  # aioquic bug or hostile input: lose this connection only
+
+    def _admit(self, data: bytes, header: QuicHeader, addr: tuple[str, int]) -> None:
+        """Decide whether an unknown-CID datagram may start a connection.
+
+        Cheap refusals first (not an Initial, banned source, full tables), then
+        address validation under load, and finally a connection is kept only if
+        aioquic produced an answer to this first datagram: garbage never holds
+        a slot.
+        """
+        host = addr[0]
+        if header.packet_type != QuicPacketType.INITIAL or len(data) < 1200 or \
+                header.version not in self._versions:
+            self.counters["initials_ignored"] += 1
+            return
+        now = trio.current_time()
+        if self.bans.banned(host, now):
+            self.counters["banned_drops"] += 1
+            return
+        if not self._room_for_connection(host):
+            self.counters["connections_refused"] += 1
+            self.failure_log.warning("refusing connection from %s: connection limit", host)
+            return
+        if not self.handshakes.fits(1) or \
+                self._handshakes_per_host.get(host, 0) >= MAX_HANDSHAKES_PER_HOST:
+            self.counters["handshake_slots_full"] += 1
+            self.failure_log.warning("refusing handshake from %s: handshake slots full", host)
+            return
+        odcid = header.destination_cid
+        retry_scid: bytes | None = None
+        validated = False
+        if header.token:
+            try:
+                odcid = self._retry.validate_token(address=addr,
+                                                   destination_cid=header.destination_cid,
+                                                   token=header.token, now=now)
+            except ValueError:
+                self.counters["bad_tokens"] += 1
+                return
+            retry_scid = header.destination_cid
+            validated = True
+        elif self.handshakes.used >= self.retry_threshold:
+            self._send_retry(header, addr, now)
+            return
+        quic = BoundQuicConnection(configuration=self._configuration(False),
+                                   original_destination_connection_id=odcid,
+                                   retry_source_connection_id=retry_scid)
+        try:
+            quic.receive_datagram(data, addr, now)
+            answer = quic.datagrams_to_send(now=now)
+        except Exception:
+            answer = []
+        if not answer:  # not a real ClientHello: forget it, it cost one decryption
+            self.counters["initials_ignored"] += 1
+            return
+        conn = self._adopt(quic, addr, is_client=False)
+        conn.validated = validated
+        self._cids[header.destination_cid] = conn
+        self._per_host[host] = self._per_host.get(host, 0) + 1
+        self.handshakes.take(1)
+        self._handshakes_per_host[host] = self._handshakes_per_host.get(host, 0) + 1
+        conn._holds_handshake_slot = True
+        try:
+            conn._process_events()
+        except Exception as err:
             conn.close(ERR_PROTOCOL, f"internal error: {type(err).__name__}")
+            return
+        for datagram, dst in answer:
+            self.sendto(datagram, dst)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._handshake_watchdog, conn)
+        if self.on_accept is not None:
+            self._nursery.start_soon(self._run_accept, conn)
+
+    def _send_retry(self, header: QuicHeader, addr: tuple[str, int], now: float) -> None:
+        assert header.version is not None
+        scid = os.urandom(8)
+        token = self._retry.create_token(address=addr,
+                                         original_destination_connection_id=header.destination_cid,
+                                         retry_source_connection_id=scid, now=now)
+        self.counters["retries_sent"] += 1
+        self.sendto(encode_quic_retry(version=header.version, source_cid=scid,
+                                      destination_cid=header.source_cid,
+                                      original_destination_cid=header.destination_cid,
+                                      retry_token=token), addr)
+
+    def _room_for_connection(self, host: str) -> bool:
+        """Per-source and total connection limits. When the table is full, a source
+        holding many more connections than this one gives up its newest, so one
+        address (or a few) cannot lock everybody else out."""
+        mine = self._per_host.get(host, 0)
+        if mine >= self.max_connections_per_host:
+            return False
+        if len(self._conns) < self.max_connections:
+            return True
+        heavy = max(self._per_host.items(), key=lambda kv: kv[1], default=None)
+        if heavy is None or heavy[1] <= mine + 1:
+            return False
+        victims = [c for c in self._conns if c.addr[0] == heavy[0] and not c.is_client]
+        if not victims:
+            return False
+        victims[-1].close(ERR_TOO_MANY, "too many connections from your address")
+        return len(self._conns) < self.max_connections
+
+    async def _handshake_watchdog(self, conn: QuicPeerConnection) -> None:
+        """An inbound handshake holds a slot for at most server_handshake_timeout."""
+        with trio.move_on_after(self.server_handshake_timeout):
+            await conn._settled.wait()
+        if not conn._settled.is_set():
+            self.counters["handshake_timeouts"] += 1
+            self.failure_log.warning("handshake from %s timed out", conn.peer_address)
+            if conn.validated:
+                self._violation(conn.addr[0])
+            conn.close(ERR_TOO_MANY, "handshake timeout")
+
+    def _handshake_settled(self, conn: QuicPeerConnection) -> None:
+        if conn._holds_handshake_slot:
+            conn._holds_handshake_slot = False
+            self.handshakes.give(1)
+            host = conn.addr[0]
+            left = self._handshakes_per_host.get(host, 1) - 1
+            if left > 0:
+                self._handshakes_per_host[host] = left
+            else:
+                self._handshakes_per_host.pop(host, None)
+
+    def _violation(self, host: str) -> None:
+        """A validated source broke the protocol; enough of that bans it for a while."""
+        if self.bans.failure(host, trio.current_time()):
+            self.counters["bans"] += 1
+            log.warning("ignoring %s for %.0f s: %d protocol violations in %.0f s",
+                        host, self.bans.ban_s, self.bans.threshold, self.bans.window_s)
+            for conn in list(self._conns):
+                if conn.addr[0] == host and not conn.is_client:
+                    conn.close(ERR_TOO_MANY, "banned for repeated protocol violations")
+
+    def _make_room(self, n: int, asking: QuicPeerConnection) -> bool:
+        """The endpoint-wide buffer budget is exhausted: close the connection holding
+        the most (unless that is the one asking, which then pays itself)."""
+        while not self.budget.fits(n):
+            heavy = max(self._conns, key=lambda c: c.buffered, default=None)
+            if heavy is None or heavy is asking or heavy.buffered == 0:
+                return False
+            self.counters["budget_closes"] += 1
+            self.failure_log.warning("closing %s: holds %d buffered bytes, total budget full",
+                                     heavy.peer_address, heavy.buffered)
+            heavy.close(ERR_TOO_MANY, "buffer budget exceeded")  # returns its budget
+        return True
 
     async def _run_accept(self, conn: QuicPeerConnection) -> None:
+        """Fault boundary for one inbound connection: whatever its handler raises
+        (the peer's input reached code that failed) closes this connection only."""
         assert self.on_accept is not None
         try:
             await self.on_accept(conn)
         except ConnectionClosed:
             pass
+        except Exception as err:
+            self.counters["accept_errors"] += 1
+            self.failure_log.warning("connection from %s failed: internal error %s: %s",
+                                     conn.peer_address, type(err).__name__, str(err)[:120])
+            conn.close(ERR_PROTOCOL, f"internal error: {type(err).__name__}")
 
     def _adopt(self, quic: BoundQuicConnection, addr: tuple[str, int],
                is_client: bool) -> QuicPeerConnection:
@@ -421,8 +800,10 @@ class QuicEndpoint:
             raise RuntimeError("endpoint is not serving")
         try:
             infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except OSError as err:
-            raise ConnectionClosed(f"cannot resolve {host}: {err}") from None
+        except (OSError, UnicodeError) as err:
+            raise ConnectionClosed(f"cannot resolve {host[:80]}: {err}") from None
+        if not infos:
+            raise ConnectionClosed(f"cannot resolve {host[:80]}: no address")
         addr: tuple[str, int] = infos[0][4][:2]  # type: ignore[assignment]
         if self.sock is not None and self.sock.family == socket.AF_INET and ":" in addr[0]:
             raise ConnectionClosed(f"cannot reach IPv6 address {addr[0]} from an IPv4 socket")
@@ -444,12 +825,19 @@ class QuicEndpoint:
         self._cids.pop(cid, None)
 
     def _forget(self, conn: QuicPeerConnection) -> None:
+        if conn not in self._conns:
+            return
         self._conns.discard(conn)
+        if not conn.is_client:
+            host = conn.addr[0]
+            left = self._per_host.get(host, 1) - 1
+            if left > 0:
+                self._per_host[host] = left
+            else:
+                self._per_host.pop(host, None)
         for cid in [c for c, v in self._cids.items() if v is conn]:
             del self._cids[cid]
 
     @property
     def connections(self) -> set[QuicPeerConnection]:
         return set(self._conns)
-
-

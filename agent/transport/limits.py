@@ -1,0 +1,135 @@
+"""Budgets a single peer cannot exceed, expiring bans, and log lines that cannot flood.
+
+Why here: aioquic has no backpressure (it returns receive credit before the
+application reads), so every byte a peer makes us hold must be counted by us,
+per connection and in total, and a peer that keeps misbehaving must cost us
+less and less. The numbers are specified in specs/wire.md ("Limits").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+
+class Budget:
+    """A byte (or slot) count with a ceiling, optionally nested in a parent budget.
+
+    `take` either takes the whole amount from this budget and every parent, or
+    nothing; `give` returns it. Keeping the count exact is the caller's job:
+    every take has one give (tests check the counters return to zero).
+    """
+
+    def __init__(self, limit: int, parent: Budget | None = None) -> None:
+        self.limit = limit
+        self.parent = parent
+        self.used = 0
+
+    def fits(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        return self.parent is None or self.parent.fits(n)
+
+    def take(self, n: int) -> bool:
+        if not self.fits(n):
+            return False
+        budget: Budget | None = self
+        while budget is not None:
+            budget.used += n
+            budget = budget.parent
+        return True
+
+    def close(self) -> None:
+        """Return everything to the parents and detach (the owner is gone): later
+        gives from its stragglers then touch only this budget."""
+        if self.parent is not None:
+            self.parent.give(self.used)
+        self.parent = None
+
+    def give(self, n: int) -> None:
+        budget: Budget | None = self
+        while budget is not None:
+            budget.used = max(0, budget.used - n)
+            budget = budget.parent
+
+
+@dataclass
+class _Record:
+    failures: deque[float] = field(default_factory=deque)
+    banned_until: float = 0.0
+
+
+class BanList:
+    """Source addresses that keep violating the protocol are ignored for a while.
+
+    Only failures on *validated* paths count (a completed QUIC handshake proves
+    the source address), so nobody can get a third party banned by spoofing its
+    address. Bans expire; the table is bounded (oldest entries go first).
+    """
+
+    def __init__(self, threshold: int, window_s: float, ban_s: float,
+                 max_entries: int = 4096) -> None:
+        self.threshold = threshold
+        self.window_s = window_s
+        self.ban_s = ban_s
+        self.max_entries = max_entries
+        self._table: dict[str, _Record] = {}
+
+    def banned(self, host: str, now: float) -> bool:
+        rec = self._table.get(host)
+        if rec is None or rec.banned_until <= now:
+            return False
+        return True
+
+    def failure(self, host: str, now: float) -> bool:
+        """Count one violation; True when it starts a ban."""
+        rec = self._table.pop(host, None) or _Record()
+        self._table[host] = rec  # most recent last: eviction drops the stalest
+        while rec.failures and rec.failures[0] < now - self.window_s:
+            rec.failures.popleft()
+        rec.failures.append(now)
+        while len(self._table) > self.max_entries:
+            del self._table[next(iter(self._table))]
+        if len(rec.failures) >= self.threshold and rec.banned_until <= now:
+            rec.banned_until = now + self.ban_s
+            rec.failures.clear()
+            return True
+        return False
+
+
+class RateLimitedLog:
+    """At most `burst` lines per interval for one kind of event, then one summary line.
+
+    A flood of failures (garbage handshakes, rejected channels) must not turn
+    into a flood of log lines: the operator sees the first few reasons and a
+    count of the rest, once per interval.
+    """
+
+    def __init__(self, logger: logging.Logger, *, interval_s: float = 10.0,
+                 burst: int = 5) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self.burst = burst
+        self._clock = time.monotonic
+        self._window_start = -1e18
+        self._logged = 0
+        self._suppressed = 0
+        self._last = ""
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = self._clock()
+        if now - self._window_start >= self.interval_s:
+            if self._suppressed:
+                self.logger.warning("%d more like this in the last %.0f s (last: %s)",
+                                    self._suppressed, self.interval_s, self._last)
+            self._window_start = now
+            self._logged = 0
+            self._suppressed = 0
+        if self._logged < self.burst:
+            self._logged += 1
+            self.logger.warning(msg, *args)
+        else:
+            self._suppressed += 1
+            self._last = (msg % args) if args else msg
