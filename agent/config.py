@@ -74,6 +74,8 @@ def load_config(path: Path) -> AgentConfig:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ProtocolError(f"{path}: not valid TOML: {err}") from None
+    except RecursionError:  # tomllib recurses on nested arrays/tables
+        raise ProtocolError(f"{path}: not valid TOML: nested too deeply") from None
     return config_from_dict(data, str(path), base=path.parent)
 
 

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from nacl.exceptions import BadSignatureError
+from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
 from .attestation.certs import ChainCache, TrustStore
 from .attestation.evidence import Evidence, VerifiedEvidence, verify_evidence_record
-from .attestation.policy import Policy, appraise
+from .attestation.policy import Policy, PolicyError, appraise
 from .errors import ProtocolError, VerificationError
 from .wire import Message, Spec, b, message, rec, s, u
 
@@ -139,6 +139,11 @@ class Established:
 class Failed:
     reason: str
     local: bool  # True: we rejected the peer; False: the peer rejected us
+    # Why typed: the shell tells an operator what to do (e.g. "pass --root") from the
+    # kind, never from the text. "verification": the peer's evidence or chain did not
+    # verify against our roots; "policy": it verified but our policy refused it;
+    # "protocol": malformed or out-of-order messages, or a local abort.
+    kind: str = "protocol"
 
 
 ChannelEvent = EvidenceNeeded | Established | Failed
@@ -211,6 +216,11 @@ class ChannelConfig:
     demand_fresh: bool = False
     expect_peer_role: str | None = None  # e.g. a client insists on talking to an agent
     chain_cache: ChainCache | None = None
+    collateral: object | None = None
+    """Collateral (a `collateral.Collateral`, or a name -> bytes map) applied to every
+    peer's evidence: Intel TCB info / QE identity decide DCAP `tcb_status`, and AMD or
+    Intel CRLs revoke chain certificates. None: status stays "unknown" (which the
+    default policy rejects for SGX/TDX)."""
 
 
 class AttestedChannel:
@@ -239,6 +249,7 @@ class AttestedChannel:
         self._peer_accepted = False
         self._outbox: list[Message] = []
         self._events: list[ChannelEvent] = []
+        self.internal_error: Exception | None = None
 
     # ---------------------------------------------------------------- inputs
     def start(self, now: float) -> None:
@@ -259,10 +270,17 @@ class AttestedChannel:
             return
         try:
             self._receive(msg, now)
+        except PolicyError as err:
+            self._fail(err.reason, "policy")
         except VerificationError as err:
-            self._fail(err.reason)
+            self._fail(err.reason, "verification")
         except ProtocolError as err:
             self._fail(err.reason)
+        except Exception as err:
+            # Fault boundary: a bug met by peer input fails this session, never the
+            # agent. Kept in `internal_error` so tests and fuzzers see it as the bug it is.
+            self.internal_error = err
+            self._fail(f"internal error ({type(err).__name__})")
 
     def provide_evidence(self, evidence: Evidence, issued_at: int, now: float) -> None:
         """Answer an EvidenceNeeded event with evidence the local TEE produced."""
@@ -340,7 +358,7 @@ class AttestedChannel:
         payload = proof_payload(not self.initiator, self.exporter, self.nonce)
         try:
             VerifyKey(self.peer_identity).verify(payload, proof.signature)
-        except (BadSignatureError, ValueError):
+        except (CryptoError, ValueError, TypeError):  # BadSignatureError is a CryptoError
             raise VerificationError("session proof signature invalid (wrong key, wrong session "
                                     "or replayed proof)") from None
         peer_role = self._peer_hello.role
@@ -376,7 +394,8 @@ class AttestedChannel:
         expected = evidence_report_data(self.peer_identity, issued_at, nonce)
         at = datetime.fromtimestamp(now, tz=UTC)
         verified = verify_evidence_record(evidence, self.config.trust, at,
-                                          cache=self.config.chain_cache)
+                                          cache=self.config.chain_cache,
+                                          collateral=self.config.collateral)
         if verified.report_data != expected:
             if self._want == "fresh" and verified.report_data == evidence_report_data(
                     self.peer_identity, issued_at):
@@ -409,9 +428,9 @@ class AttestedChannel:
             self.state = ChannelState.ESTABLISHED
             self._events.append(Established(self.peer))
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, kind: str = "protocol") -> None:
         if self.state is ChannelState.CLOSED:
             return
         self.state = ChannelState.CLOSED
         self._outbox.append(ChannelReject(reason=reason[:200]))
-        self._events.append(Failed(reason, local=True))
+        self._events.append(Failed(reason, local=True, kind=kind))

@@ -198,6 +198,8 @@ def load_topology(path: str | Path) -> Topology:
         raise TopologyError(f"{p}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as err:
         raise TopologyError(f"{p}: TOML syntax: {str(err).splitlines()[0]}") from None
+    except RecursionError:  # tomllib recurses on nested arrays/tables
+        raise TopologyError(f"{p}: TOML syntax: nested too deeply") from None
     return parse_topology(doc, p)
 
 

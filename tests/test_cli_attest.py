@@ -71,14 +71,16 @@ def test_snp_vector_with_certs_dir(capsys: pytest.CaptureFixture[str], tmp_path:
 
 def test_policy_mismatch_names_field(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     pol = tmp_path / "p.toml"
-    pol.write_text('allowed_tee = ["tdx"]\n[tdx]\nmrtd = ["' + "00" * 48 + '"]\n')
+    # No collateral here: tcb_status is "unknown", which TDX policies must opt into.
+    opt_in = 'accepted_tcb_status = ["UpToDate", "unknown"]\n'
+    pol.write_text(opt_in + 'allowed_tee = ["tdx"]\n[tdx]\nmrtd = ["' + "00" * 48 + '"]\n')
     q = str(VEC / "tdx/trustee-v5/quote.dat")
     code, out, err = run(capsys, "attest", "verify", q, "--at", "2025-06-25", "--policy",
                          str(pol), "--json")
     doc = json.loads(out)
     assert code == 1 and doc["verified"] is False and "mrtd" in doc["reason"]
     assert "mrtd" in err
-    pol.write_text('allowed_tee = ["tdx"]\n[tdx]\nmrtd = ["dfba221b48a22af8511542ee796603f3'
+    pol.write_text(opt_in + 'allowed_tee = ["tdx"]\n[tdx]\nmrtd = ["dfba221b48a22af8511542ee796603f3'
                    '7382800840dcd978703909bf8e64d4c8a1e9de86e7c9638bfcba422f3886400a"]\n')
     code, out, err = run(capsys, "attest", "verify", q, "--at", "2025-06-25", "--policy",
                          str(pol), "--json")

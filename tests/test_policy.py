@@ -28,7 +28,7 @@ def snp_ev(**over: object) -> VerifiedEvidence:
         format="sev-snp", tee="snp", measurement=M1, report_data=b"\0" * 64, debug=False,
         signer=("SEV-VCEK", "SEV-Milan", "ARK-Milan"), root_fingerprint=b"\1" * 32,
         vendor_root=True, tcb={"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115},
-        claims={"guest_svn": 4})
+        claims={"guest_svn": 4, "vmpl": 0})
     return dataclasses.replace(base, **over)  # type: ignore[arg-type]
 
 
@@ -37,7 +37,7 @@ def sim_ev() -> VerifiedEvidence:
 
 
 TOML = f"""
-allowed_tee = ["snp", "tdx"]
+allowed_tee = ["snp", "tdx", "sim"]
 allow_sim = true
 sim_roots = ["{SIM_FP.hex()}"]
 allow_debug = false
@@ -48,6 +48,7 @@ max_evidence_age_s = 600
 measurements = ["{M1.hex()}"]
 min_tcb = {{ bootloader = 3, snp = 8, microcode = 100 }}
 min_guest_svn = 2
+max_vmpl = 1
 
 [tdx]
 mrtd = ["{M2.hex()}"]
@@ -57,7 +58,7 @@ mrtd = ["{M2.hex()}"]
 def test_load_and_pass() -> None:
     policy = load_policy(TOML, "deploy.toml")
     assert policy.snp.measurements == (M1,) and policy.allow_sim
-    assert policy.max_evidence_age_s == 600.0
+    assert policy.max_evidence_age_s == 600.0 and policy.snp.max_vmpl == 1
     appraise(policy, snp_ev())
     appraise(policy, sim_ev())
     appraise(policy, snp_ev(), evidence_issued_at=1000.0, now=1500.0)
@@ -128,6 +129,7 @@ def test_sgx_and_tdx_claims() -> None:
     sgx = VerifiedEvidence(format="sgx-dcap", tee="sgx", measurement=b"\3" * 32,
                            report_data=b"", debug=False, signer=("PCK",),
                            root_fingerprint=b"\2" * 32, vendor_root=True, tcb={"pcesvn": 11},
+                           tcb_status="UpToDate",
                            claims={"mrenclave": "03" * 32, "mrsigner": b"\4" * 32,
                                    "isvprodid": 1, "isvsvn": 2})
     ok = Policy(sgx=SgxPolicy(mrenclave=(b"\3" * 32,), mrsigner=(b"\4" * 32,), isvprodid=(1,),
@@ -162,3 +164,78 @@ def test_evidence_age() -> None:
 def test_swapped_arguments_accepted() -> None:
     with pytest.raises(PolicyError, match="allow_sim"):
         appraise(sim_ev(), Policy())  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------- fail-closed defaults
+
+
+def dcap_ev(tee: str, status: str) -> VerifiedEvidence:
+    return VerifiedEvidence(format="sgx-dcap" if tee == "sgx" else "tdx", tee=tee,
+                            measurement=M2, report_data=b"", debug=False, signer=("PCK",),
+                            root_fingerprint=b"\2" * 32, vendor_root=True, tcb={},
+                            tcb_status=status, claims={"mrtd": M2})
+
+
+@pytest.mark.parametrize("tee", ["sgx", "tdx"])
+def test_default_rejects_unknown_intel_tcb_status(tee: str) -> None:
+    """No collateral applied = status unknown = rejected for Intel kinds by default."""
+    with pytest.raises(PolicyError, match="accepted_tcb_status: expected one of .'UpToDate'.,"
+                                          " got 'unknown'"):
+        appraise(Policy(), dcap_ev(tee, "unknown"))
+    appraise(Policy(), dcap_ev(tee, "UpToDate"))
+    for status in ("OutOfDate", "SWHardeningNeeded", "ConfigurationNeeded"):
+        with pytest.raises(PolicyError, match="accepted_tcb_status"):
+            appraise(Policy(), dcap_ev(tee, status))
+    # The policy may opt in, from a dict or a file.
+    opt_in = load_policy('accepted_tcb_status = ["UpToDate", "unknown"]\n', "p.toml")
+    appraise(opt_in, dcap_ev(tee, "unknown"))
+    assert opt_in.tcb_statuses(tee) == ("UpToDate", "unknown")
+
+
+def test_snp_unknown_status_accepted_by_default_and_can_be_refused() -> None:
+    """AMD publishes no TCB status: SNP's default gate is min_tcb, VMPL and debug."""
+    appraise(Policy(), snp_ev(tcb_status="unknown"))
+    with pytest.raises(PolicyError, match="accepted_tcb_status"):
+        appraise(Policy(accepted_tcb_status=("UpToDate",)), snp_ev(tcb_status="unknown"))
+
+
+def test_vmpl_checked() -> None:
+    with pytest.raises(PolicyError, match="snp.max_vmpl: expected <= 0, got 1"):
+        appraise(Policy(), snp_ev(claims={"guest_svn": 4, "vmpl": 1}))
+    with pytest.raises(PolicyError, match="snp.max_vmpl: expected <= 0, got None"):
+        appraise(Policy(), snp_ev(claims={"guest_svn": 4}))
+    relaxed = load_policy("[snp]\nmax_vmpl = 1\n", "p.toml")
+    appraise(relaxed, snp_ev(claims={"guest_svn": 4, "vmpl": 1}))
+    with pytest.raises(PolicyError, match="snp.max_vmpl"):
+        appraise(relaxed, snp_ev(claims={"guest_svn": 4, "vmpl": 2}))
+    # Sim evidence is SNP-format: the VMPL rule applies to it too.
+    with pytest.raises(PolicyError, match="snp.max_vmpl"):
+        appraise(Policy(allow_sim=True), dataclasses.replace(sim_ev(), claims={"vmpl": 3}))
+    for bad in ("4", "-1", "true", "'0'"):
+        with pytest.raises(ProtocolError, match="snp.max_vmpl"):
+            load_policy(f"[snp]\nmax_vmpl = {bad}\n", "p.toml")
+
+
+def test_sim_obeys_allowed_tee() -> None:
+    with pytest.raises(PolicyError, match="allowed_tee: expected one of .'snp'., got 'sim'"):
+        appraise(Policy(allow_sim=True, allowed_tee=("snp",)), sim_ev())
+    with pytest.raises(PolicyError, match="allowed_tee"):
+        appraise(load_policy('allow_sim = true\nallowed_tee = ["tdx"]\n', "p.toml"), sim_ev())
+    appraise(Policy(allow_sim=True, allowed_tee=("sim",)), sim_ev())
+    appraise(Policy(allow_sim=True), sim_ev())  # unset allowed_tee lists sim when allowed
+    # Listing sim is not enough: allow_sim is still required.
+    with pytest.raises(PolicyError, match="allow_sim"):
+        appraise(Policy(allowed_tee=("sim",)), sim_ev())
+    # A hardware kind not listed is refused even though sim is.
+    with pytest.raises(PolicyError, match="allowed_tee"):
+        appraise(Policy(allow_sim=True, allowed_tee=("sim",)), snp_ev())
+
+
+def test_unset_defaults_round_trip() -> None:
+    policy = Policy(allow_sim=True)
+    doc = policy.to_dict()
+    assert "allowed_tee" not in doc and "accepted_tcb_status" not in doc
+    assert doc["snp"]["max_vmpl"] == 0
+    assert policy_from_dict(doc) == policy
+    assert policy.tees() == ("snp", "sgx", "tdx", "sim") and Policy().tees() == (
+        "snp", "sgx", "tdx")

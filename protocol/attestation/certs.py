@@ -23,6 +23,19 @@ Public API (also used by the Intel DCAP verifier):
 
 Every failure raises `VerificationError` (or `ProtocolError` for unparsable
 input) with a one-line reason naming the certificate.
+
+Fault boundary: `cryptography` parses certificates lazily, so a damaged
+name, extension, key or algorithm would otherwise raise ValueError,
+TypeError, UnsupportedAlgorithm or InvalidVersion at whichever later line
+first touches it. `load_der`/`load_certificates` therefore touch every part
+of each certificate once (`_checked`) and turn any library error into a
+ProtocolError naming the part; a certificate that loads is safe to use.
+
+Work bound (hostile chains): the candidate pool is de-duplicated by DER and
+capped at MAX_CANDIDATES; a path never repeats a subject name, is at most
+MAX_CHAIN_DEPTH certificates long, each (child, issuer) link is checked at
+most once, and one verification performs at most MAX_SIGNATURE_CHECKS
+signature checks (`SignatureBudget`), leaf selection included.
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 
 from ..errors import ProtocolError, VerificationError
 
@@ -47,6 +61,15 @@ MAX_CERT_DER = 16 * 1024
 MAX_PEM_INPUT = 256 * 1024
 MAX_CERTS = 16
 MAX_CHAIN_DEPTH = 6
+"""A chain is at most this many certificates, leaf and root included."""
+MAX_CANDIDATES = 32
+"""Distinct candidate certificates (presented + TrustStore intermediates) per chain build."""
+MAX_SIGNATURE_CHECKS = 24
+"""Signature checks one evidence verification may perform (leaf selection + chain links).
+
+A genuine SNP or DCAP chain needs 2 (and SNP leaf selection 1 per presented
+EC P-384 certificate, at most 8 on the wire); anything needing more is
+hostile or broken and is rejected instead of searched."""
 MIN_RSA_BITS = 2048
 
 _ALLOWED_HASHES: tuple[type[hashes.HashAlgorithm], ...] = (
@@ -55,6 +78,54 @@ _ALLOWED_CURVES: tuple[type[ec.EllipticCurve], ...] = (ec.SECP256R1, ec.SECP384R
 
 
 # ------------------------------------------------------------------ loading
+
+
+LIBRARY_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion, x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType, x509.ExtensionNotFound, x509.AttributeNotFound,
+    IndexError, OverflowError, UnicodeError, KeyError, AttributeError)
+"""What `cryptography` raises on hostile encodings (lazily, on first access)."""
+
+
+def _short(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0][:80] if str(err) else ''}"
+
+
+def _checked(cert: x509.Certificate) -> x509.Certificate:
+    """Touch every part verification uses, so damage surfaces here as ProtocolError.
+
+    Why: the parts are decoded lazily, and a failure first seen deep inside
+    chain building or a claim reader would otherwise escape as a library
+    exception. After this, reading any of them cannot raise.
+    """
+    part = "structure"
+    try:
+        part = "version"
+        cert.version  # noqa: B018 - access is the check
+        part = "serial"
+        cert.serial_number  # noqa: B018
+        part = "subject"
+        cert.subject.rfc4514_string()
+        for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
+            attr.value  # noqa: B018
+        part = "issuer"
+        cert.issuer.rfc4514_string()
+        part = "validity"
+        cert.not_valid_before_utc  # noqa: B018
+        cert.not_valid_after_utc  # noqa: B018
+        part = "signature algorithm"
+        cert.signature_algorithm_oid  # noqa: B018
+        cert.signature_hash_algorithm  # noqa: B018
+        cert.signature_algorithm_parameters  # noqa: B018
+        cert.signature  # noqa: B018
+        cert.tbs_certificate_bytes  # noqa: B018
+        part = "public key"
+        cert.public_key()
+        part = "extensions"
+        cert.extensions  # noqa: B018
+    except LIBRARY_ERRORS as err:
+        raise ProtocolError(f"certificate: bad {part} ({_short(err)})") from None
+    return cert
 
 
 def _quiet_load(fn: object, data: bytes) -> x509.Certificate:
@@ -68,10 +139,10 @@ def _quiet_load(fn: object, data: bytes) -> x509.Certificate:
         warnings.simplefilter("ignore")
         try:
             cert = fn(data)  # type: ignore[operator]
-        except ValueError as err:
-            raise ProtocolError(f"certificate: unparsable ({str(err)[:80]})") from None
-    assert isinstance(cert, x509.Certificate)
-    return cert
+        except LIBRARY_ERRORS as err:
+            raise ProtocolError(f"certificate: unparsable ({_short(err)})") from None
+        assert isinstance(cert, x509.Certificate)
+        return _checked(cert)
 
 
 def load_der(der: bytes) -> x509.Certificate:
@@ -90,15 +161,17 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
     if len(data) > MAX_PEM_INPUT:
         raise ProtocolError(f"certificates: {len(data)} bytes exceeds {MAX_PEM_INPUT}")
     if b"-----BEGIN CERTIFICATE-----" in data:
+        if data.count(b"-----BEGIN CERTIFICATE-----") > MAX_CERTS:
+            raise ProtocolError(f"certificates: more than {MAX_CERTS} in one PEM bundle")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 certs = x509.load_pem_x509_certificates(bytes(data))
-            except ValueError as err:
-                raise ProtocolError(f"certificates: bad PEM ({str(err)[:80]})") from None
-        if len(certs) > MAX_CERTS:
-            raise ProtocolError(f"certificates: {len(certs)} exceeds {MAX_CERTS}")
-        return certs
+            except LIBRARY_ERRORS as err:
+                raise ProtocolError(f"certificates: bad PEM ({_short(err)})") from None
+            if len(certs) > MAX_CERTS:
+                raise ProtocolError(f"certificates: {len(certs)} exceeds {MAX_CERTS}")
+            return [_checked(c) for c in certs]
     return [load_der(data)]
 
 
@@ -123,13 +196,42 @@ def subject_str(cert: x509.Certificate) -> str:
 # --------------------------------------------------------------- signatures
 
 
+class WorkLimitExceeded(VerificationError):
+    """A verification needed more signature checks than its budget allows."""
+
+
+class SignatureBudget:
+    """Counts the signature checks of one verification and stops it past a limit.
+
+    Why: chain building searches, and a hostile pool can make a search cost
+    thousands of RSA/ECDSA checks on the event loop. Every check goes through
+    `spend`; the verification fails with a one-line reason once `limit` is
+    reached. `used` is what tests assert on (work, not wall time).
+    """
+
+    def __init__(self, limit: int = MAX_SIGNATURE_CHECKS) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def spend(self, what: str) -> None:
+        if self.used >= self.limit:
+            raise WorkLimitExceeded(
+                f"{what}: more than {self.limit} signature checks needed (hostile or broken "
+                f"certificates)")
+        self.used += 1
+
+
 def verify_signature(public_key: object, signature: bytes, data: bytes,
-                     hash_alg: hashes.HashAlgorithm, *, pss: bool = False) -> None:
+                     hash_alg: hashes.HashAlgorithm, *, pss: bool = False,
+                     budget: SignatureBudget | None = None) -> None:
     """Check one signature with an allow-listed algorithm; raise VerificationError.
 
     RSA: PKCS#1 v1.5, or PSS with MGF1 of the same hash and salt = digest
     length (AMD's parameters). ECDSA on P-256/P-384/P-521 (DER signature).
+    A `budget`, when given, is charged one check before any work is done.
     """
+    if budget is not None:
+        budget.spend("signature")
     if not isinstance(hash_alg, _ALLOWED_HASHES):
         raise VerificationError(f"signature: hash {hash_alg.name} not allowed")
     try:
@@ -150,8 +252,8 @@ def verify_signature(public_key: object, signature: bytes, data: bytes,
             raise VerificationError(f"signature: key type {type(public_key).__name__} not allowed")
     except InvalidSignature:
         raise VerificationError("signature: invalid") from None
-    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
-        raise VerificationError(f"signature: unusable ({str(err)[:80]})") from None
+    except LIBRARY_ERRORS as err:
+        raise VerificationError(f"signature: unusable ({_short(err)})") from None
 
 
 def _cert_uses_pss(cert: x509.Certificate) -> bool:
@@ -166,7 +268,8 @@ def _cert_uses_pss(cert: x509.Certificate) -> bool:
     return False
 
 
-def verify_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
+def verify_issued_by(cert: x509.Certificate, issuer: x509.Certificate, *,
+                     budget: SignatureBudget | None = None) -> None:
     """One chain link: issuer name matches, issuer may sign, signature valid."""
     name = subject_str(cert)
     if cert.issuer != issuer.subject:
@@ -182,17 +285,23 @@ def verify_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
     except ValueError:
         raise VerificationError(
             f"chain: issuer {subject_str(issuer)!r} has bad extensions") from None
-    hash_alg = cert.signature_hash_algorithm
+    try:
+        hash_alg = cert.signature_hash_algorithm
+    except LIBRARY_ERRORS:
+        hash_alg = None
     if hash_alg is None:
         raise VerificationError(f"chain: {name!r} uses an unsupported signature algorithm")
     try:
         verify_signature(issuer.public_key(), cert.signature, cert.tbs_certificate_bytes,
-                         hash_alg, pss=_cert_uses_pss(cert))
+                         hash_alg, pss=_cert_uses_pss(cert), budget=budget)
+    except WorkLimitExceeded:
+        raise
     except VerificationError as err:
         raise VerificationError(
             f"chain: signature of {name!r} by {subject_str(issuer)!r}: {err.reason}") from None
-    except (ValueError, UnsupportedAlgorithm) as err:
-        raise VerificationError(f"chain: key of {subject_str(issuer)!r} unusable: {err}") from None
+    except LIBRARY_ERRORS as err:
+        raise VerificationError(
+            f"chain: key of {subject_str(issuer)!r} unusable: {_short(err)}") from None
 
 
 def check_validity(cert: x509.Certificate, at: datetime) -> None:
@@ -386,60 +495,113 @@ class ChainCache:
         return len(self._entries)
 
 
-def _search(cert: x509.Certificate, pool: Sequence[x509.Certificate], trust: TrustStore,
-            at: datetime, path: list[x509.Certificate], errors: list[str]) -> VerifiedChain | None:
-    """Depth-first search over candidate issuers, recording why branches failed."""
-    root = trust.find(cert)
-    if root is not None:
-        check_validity(cert, at)  # its self-signature was checked when it was trusted
-        return VerifiedChain(tuple(path), root)
-    if len(path) > MAX_CHAIN_DEPTH:
-        errors.append(f"chain: longer than {MAX_CHAIN_DEPTH}")
-        return None
-    seen = {cert_der(c) for c in path}
-    candidates: list[x509.Certificate] = [r.cert for r in trust.issuers_of(cert)]
-    candidates += [c for c in pool if c.subject == cert.issuer and cert_der(c) not in seen]
-    if not candidates:
-        if cert.issuer == cert.subject:
-            errors.append(f"chain: {subject_str(cert)!r} is a self-signed root that is not trusted")
-        else:
-            errors.append(f"chain: no issuer {cert.issuer.rfc4514_string()[:80]!r}"
-                          f" for {subject_str(cert)!r} among presented or trusted certificates")
-        return None
-    for issuer in candidates:
+class _Search:
+    """Depth-first search for a path to a trusted root, bounded in work.
+
+    Bounds (see module docstring): a path never repeats a subject name (so a
+    pile of self-issued or same-named certificates cannot be chained through
+    each other), is at most MAX_CHAIN_DEPTH long, each (child, issuer) link
+    is checked at most once, and every signature check is charged to the
+    verification's SignatureBudget.
+    """
+
+    def __init__(self, pool: Sequence[x509.Certificate], trust: TrustStore, at: datetime,
+                 budget: SignatureBudget) -> None:
+        self.pool = pool
+        self.trust = trust
+        self.at = at
+        self.budget = budget
+        self.errors: list[str] = []
+        self._links: dict[tuple[bytes, bytes], str | None] = {}
+
+    def _link(self, cert: x509.Certificate, issuer: x509.Certificate) -> str | None:
+        """None when `issuer` validly issued `cert` (and is valid now), else the reason."""
+        key = (fingerprint(cert), fingerprint(issuer))
+        if key in self._links:
+            return self._links[key]
         try:
-            verify_issued_by(cert, issuer)
-            check_validity(issuer, at)
+            verify_issued_by(cert, issuer, budget=self.budget)
+            check_validity(issuer, self.at)
+            reason = None
+        except WorkLimitExceeded:
+            raise
         except VerificationError as err:
-            errors.append(err.reason)
-            continue
-        found = _search(issuer, pool, trust, at, [*path, issuer], errors)
-        if found is not None:
-            return found
-    return None
+            reason = err.reason
+        self._links[key] = reason
+        return reason
+
+    def run(self, cert: x509.Certificate, path: list[x509.Certificate]) -> VerifiedChain | None:
+        root = self.trust.find(cert)
+        if root is not None:
+            check_validity(cert, self.at)  # its self-signature was checked when it was trusted
+            return VerifiedChain(tuple(path), root)
+        if len(path) >= MAX_CHAIN_DEPTH:
+            self.errors.append(f"chain: longer than {MAX_CHAIN_DEPTH} certificates")
+            return None
+        names = [c.subject for c in path]
+        candidates: list[x509.Certificate] = [r.cert for r in self.trust.issuers_of(cert)]
+        candidates += [c for c in self.pool
+                       if c.subject == cert.issuer and c.subject not in names]
+        if not candidates:
+            if cert.issuer == cert.subject:
+                self.errors.append(
+                    f"chain: {subject_str(cert)!r} is a self-signed root that is not trusted")
+            else:
+                self.errors.append(
+                    f"chain: no issuer {cert.issuer.rfc4514_string()[:80]!r}"
+                    f" for {subject_str(cert)!r} among presented or trusted certificates")
+            return None
+        for issuer in candidates:
+            reason = self._link(cert, issuer)
+            if reason is not None:
+                self.errors.append(reason)
+                continue
+            found = self.run(issuer, [*path, issuer])
+            if found is not None:
+                return found
+        return None
+
+
+def dedupe(certs: Iterable[x509.Certificate]) -> list[x509.Certificate]:
+    """Certificates in first-seen order, identical DER kept once."""
+    seen: set[bytes] = set()
+    out: list[x509.Certificate] = []
+    for cert in certs:
+        der = cert_der(cert)
+        if der not in seen:
+            seen.add(der)
+            out.append(cert)
+    return out
 
 
 def build_chain(leaf: x509.Certificate, pool: Sequence[x509.Certificate], trust: TrustStore,
-                at: datetime, *, cache: ChainCache | None = None) -> VerifiedChain:
+                at: datetime, *, cache: ChainCache | None = None,
+                budget: SignatureBudget | None = None) -> VerifiedChain:
     """Verify `leaf` up to a root in `trust`, using `pool` (any order) for intermediates.
 
-    Raise VerificationError with the most specific reason found.
+    Raise VerificationError with the most specific reason found. The pool is
+    de-duplicated (the leaf itself is dropped from it) and capped at
+    MAX_CANDIDATES; signature checks are charged to `budget` (a fresh
+    MAX_SIGNATURE_CHECKS budget when none is given).
     """
-    if len(pool) > 2 * MAX_CERTS:
-        raise ProtocolError(f"chain: {len(pool)} candidate certificates exceeds {2 * MAX_CERTS}")
+    leaf_der = cert_der(leaf)
+    pool = [c for c in dedupe(pool) if cert_der(c) != leaf_der]
+    if len(pool) > MAX_CANDIDATES:
+        raise ProtocolError(f"chain: {len(pool)} candidate certificates exceeds {MAX_CANDIDATES}")
     key: tuple[bytes, ...] | None = None
     if cache is not None:
-        key = (cert_der(leaf), *sorted(cert_der(c) for c in pool))
+        key = (leaf_der, *sorted(cert_der(c) for c in pool))
         hit = cache.get(key)
         if hit is not None and trust.get(hit.root.fingerprint) is not None:
             for c in hit.certs:
                 check_validity(c, at)
             return VerifiedChain(hit.certs, trust.get(hit.root.fingerprint) or hit.root)
     check_validity(leaf, at)
-    errors: list[str] = []
-    chain = _search(leaf, pool, trust, at, [leaf], errors)
+    search = _Search(pool, trust, at, budget if budget is not None else SignatureBudget())
+    chain = search.run(leaf, [leaf])
     if chain is None:
         # Prefer a signature/validity reason over the generic "no issuer".
+        errors = search.errors
         specific = [e for e in errors if "no issuer" not in e]
         raise VerificationError((specific or errors or ["chain: no path to a trusted root"])[0])
     if cache is not None and key is not None:

@@ -40,7 +40,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ..errors import ProtocolError, VerificationError
+from .boundary import fault_boundary
 from .certs import (
+    LIBRARY_ERRORS,
     TrustStore,
     build_chain,
     cert_der,
@@ -71,7 +73,7 @@ class SignedJson:
     def body(self) -> dict[str, Any]:
         try:
             obj = json.loads(self.text)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
             raise ProtocolError(f"collateral {self.kind}: not JSON") from None
         if not isinstance(obj, dict):
             raise ProtocolError(f"collateral {self.kind}: not a JSON object")
@@ -111,7 +113,7 @@ def _top_level_texts(text: str) -> dict[str, str]:
     while True:
         try:
             key, i = dec.raw_decode(text, i)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ProtocolError("collateral: malformed JSON") from None
         if not isinstance(key, str):
             raise ProtocolError("collateral: malformed JSON key")
@@ -122,7 +124,7 @@ def _top_level_texts(text: str) -> dict[str, str]:
         start = i
         try:
             _, i = dec.raw_decode(text, i)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ProtocolError(f"collateral: malformed JSON value for {key[:40]!r}") from None
         out[key] = text[start:i]
         i = ws(i)
@@ -151,14 +153,24 @@ def _sig64(value: Any, what: str) -> bytes:
 
 
 def _load_crl(data: bytes, what: str) -> x509.CertificateRevocationList:
+    """Parse a CRL and touch every part used later (cryptography decodes lazily)."""
     try:
         if b"-----BEGIN X509 CRL-----" in data:
-            return x509.load_pem_x509_crl(data)
-        if data[:1] == b"\x30":
-            return x509.load_der_x509_crl(data)
-        return x509.load_der_x509_crl(binascii.unhexlify(data.strip()))
-    except (ValueError, binascii.Error):
+            crl = x509.load_pem_x509_crl(data)
+        elif data[:1] == b"\x30":
+            crl = x509.load_der_x509_crl(data)
+        else:
+            crl = x509.load_der_x509_crl(binascii.unhexlify(data.strip()))
+        crl.issuer.rfc4514_string()
+        crl.last_update_utc  # noqa: B018 - access is the check
+        crl.next_update_utc  # noqa: B018
+        crl.signature_hash_algorithm  # noqa: B018
+        crl.extensions  # noqa: B018
+        for entry in crl:
+            entry.serial_number  # noqa: B018
+    except LIBRARY_ERRORS:  # binascii.Error is a ValueError
         raise ProtocolError(f"collateral: {what} is not a CRL") from None
+    return crl
 
 
 def _chain_from(value: Any, what: str) -> tuple[x509.Certificate, ...]:
@@ -224,6 +236,7 @@ def _merge(a: Collateral, b: Collateral, name: str) -> Collateral:
                       ignored=a.ignored + b.ignored)
 
 
+@fault_boundary("collateral")
 def load_collateral(files: Mapping[str, bytes]) -> Collateral:
     """Classify files by content (names are free); unrecognised ones are listed in `ignored`.
 
@@ -235,6 +248,9 @@ def load_collateral(files: Mapping[str, bytes]) -> Collateral:
     result = Collateral()
     for name in sorted(files):
         data = files[name]
+        if not isinstance(name, str) or not isinstance(data, (bytes, bytearray)):
+            raise ProtocolError("collateral: expected a map of file names to bytes")
+        data = bytes(data)
         if len(data) > MAX_COLLATERAL_FILE:
             raise ProtocolError(f"collateral: {name} exceeds {MAX_COLLATERAL_FILE} bytes")
         stripped = data.lstrip()
@@ -243,7 +259,7 @@ def load_collateral(files: Mapping[str, bytes]) -> Collateral:
             try:
                 text = data.decode("utf-8")
                 obj = json.loads(text)
-            except (UnicodeDecodeError, ValueError):
+            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
                 raise ProtocolError(f"collateral: {name} is not valid JSON") from None
             if not isinstance(obj, dict):
                 raise ProtocolError(f"collateral: {name} is not a JSON object")
@@ -258,8 +274,8 @@ def load_collateral(files: Mapping[str, bytes]) -> Collateral:
             part = Collateral(certs=tuple(load_certificates(data)))
         elif data[:1] == b"\x30":
             try:
-                part = Collateral(crls=(x509.load_der_x509_crl(data),))
-            except ValueError:
+                part = Collateral(crls=(_load_crl(data, name),))
+            except ProtocolError:
                 try:
                     part = Collateral(certs=tuple(load_certificates(data)))
                 except ProtocolError:
@@ -338,12 +354,11 @@ def _check_crls(verified: VerifiedEvidence, coll: Collateral, trust: TrustStore,
             issuers += [c for c in coll.tcb_info.chain if c.subject == crl.issuer]
         good = None
         for issuer in issuers:
-            key = issuer.public_key()
             try:
-                if crl.is_signature_valid(key):  # type: ignore[arg-type]
+                if crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
                     good = issuer
                     break
-            except (TypeError, ValueError):
+            except LIBRARY_ERRORS:
                 continue
         issuer_name = crl.issuer.rfc4514_string()
         if good is None:
@@ -402,6 +417,22 @@ def _status(value: Any, what: str) -> str:
     return value
 
 
+def _list_of(value: Any, what: str) -> list[Any]:
+    """A JSON array field (absent = empty); anything else is malformed collateral."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > 256:
+        raise ProtocolError(f"collateral: {what} must be a list of at most 256 entries")
+    return value
+
+
+def _level_isvsvn(level: Any) -> int | None:
+    """`tcb.isvsvn` of a QE / TDX-module TCB level, None when not a well-formed level."""
+    tcb = level.get("tcb") if isinstance(level, dict) else None
+    svn = tcb.get("isvsvn") if isinstance(tcb, dict) else None
+    return svn if isinstance(svn, int) and not isinstance(svn, bool) else None
+
+
 def _advisories(level: Mapping[str, Any]) -> list[str]:
     ids = level.get("advisoryIDs") or []
     return [str(x)[:40] for x in ids] if isinstance(ids, list) else []
@@ -414,15 +445,15 @@ def _tdx_module_status(body: Mapping[str, Any], tee_tcb_svn: bytes,
     if version == 0:
         return None, []
     ident_id = f"TDX_{version:02X}"
-    for ident in body.get("tdxModuleIdentities") or []:
+    for ident in _list_of(body.get("tdxModuleIdentities"), "tdxModuleIdentities"):
         if not isinstance(ident, dict) or str(ident.get("id", "")).upper() != ident_id:
             continue
         want = str(ident.get("mrsigner", "")).lower()
         if want and claims.get("mrsignerseam") not in (None, want):
             raise VerificationError(f"collateral: MRSIGNERSEAM does not match {ident_id}")
-        for level in ident.get("tcbLevels") or []:
-            svn = level.get("tcb", {}).get("isvsvn") if isinstance(level, dict) else None
-            if isinstance(svn, int) and isvsvn >= svn:
+        for level in _list_of(ident.get("tcbLevels"), "TDX module tcbLevels"):
+            svn = _level_isvsvn(level)
+            if svn is not None and isvsvn >= svn:
                 return _status(level.get("tcbStatus"), "TDX module"), _advisories(level)
         raise VerificationError(f"collateral: TDX module {ident_id} svn {isvsvn} below every "
                                 f"TCB level")
@@ -499,13 +530,14 @@ def _qe_status(body: Mapping[str, Any], verified: VerifiedEvidence) -> tuple[str
                body.get("miscselect"), body.get("miscselectMask"), "miscselect")
     _masked_eq(bytes.fromhex(qe["attributes"]), body.get("attributes"),
                body.get("attributesMask"), "attributes")
-    for level in body.get("tcbLevels") or []:
-        svn = level.get("tcb", {}).get("isvsvn") if isinstance(level, dict) else None
-        if isinstance(svn, int) and qe["isvsvn"] >= svn:
+    for level in _list_of(body.get("tcbLevels"), "QE tcbLevels"):
+        svn = _level_isvsvn(level)
+        if svn is not None and qe["isvsvn"] >= svn:
             return _status(level.get("tcbStatus"), "QE"), _advisories(level)
     raise VerificationError(f"collateral: QE isvsvn {qe['isvsvn']} below every QE TCB level")
 
 
+@fault_boundary("collateral")
 def apply_collateral(verified: VerifiedEvidence, collateral: object, trust: TrustStore,
                      at: datetime) -> VerifiedEvidence:
     """Return a copy of `verified` with tcb_status/claims from collateral; Revoked raises.

@@ -36,10 +36,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ..errors import ProtocolError, VerificationError
+from .boundary import fault_boundary
 from .certs import (
+    LIBRARY_ERRORS,
     ChainCache,
+    SignatureBudget,
     TrustStore,
     VerifiedChain,
+    WorkLimitExceeded,
     build_chain,
     cert_der,
     load_certificates,
@@ -152,7 +156,7 @@ class DcapVerification:
 def _p256_key(raw: bytes, what: str) -> ec.EllipticCurvePublicKey:
     try:
         return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + raw)
-    except ValueError:
+    except LIBRARY_ERRORS:
         raise VerificationError(f"{what}: not a valid P-256 point") from None
 
 
@@ -196,9 +200,11 @@ def _pick_leaf(certs: Sequence[x509.Certificate]) -> x509.Certificate:
     return non_self[0]
 
 
+@fault_boundary("dcap")
 def verify_quote_details(report: bytes, certs: Sequence[x509.Certificate | bytes],
                          trust: TrustStore, at: datetime, *,
-                         cache: ChainCache | None = None) -> DcapVerification:
+                         cache: ChainCache | None = None,
+                         budget: SignatureBudget | None = None) -> DcapVerification:
     """Run every cryptographic check on a quote; raise ProtocolError/VerificationError."""
     quote = parse_quote(report)
     what = "TDX quote" if quote.is_tdx else "SGX quote"
@@ -217,7 +223,9 @@ def verify_quote_details(report: bytes, certs: Sequence[x509.Certificate | bytes
     leaf = _pick_leaf(embedded)
     pool = [c for c in embedded + extra if c is not leaf]
     try:
-        chain = build_chain(leaf, pool, trust, at, cache=cache)
+        chain = build_chain(leaf, pool, trust, at, cache=cache, budget=budget)
+    except WorkLimitExceeded:
+        raise
     except VerificationError as err:
         raise VerificationError(f"PCK {err.reason}") from None
     on_chain = {cert_der(c) for c in chain.certs}
@@ -231,7 +239,11 @@ def verify_quote_details(report: bytes, certs: Sequence[x509.Certificate | bytes
 
     _verify_p256(chain.leaf.public_key(), qe.qe_report_signature, qe.qe_report.raw,
                  f"{what}: QE report (PCK key)")
-    return DcapVerification(quote=quote, chain=chain, pck=pck_extensions(chain.leaf))
+    try:
+        pck = pck_extensions(chain.leaf)
+    except ProtocolError as err:
+        raise VerificationError(err.reason) from None
+    return DcapVerification(quote=quote, chain=chain, pck=pck)
 
 
 def _load_extra(certs: Sequence[x509.Certificate | bytes]) -> list[x509.Certificate]:
@@ -239,15 +251,19 @@ def _load_extra(certs: Sequence[x509.Certificate | bytes]) -> list[x509.Certific
     for item in certs:
         if isinstance(item, x509.Certificate):
             out.append(item)
-        else:
+        elif isinstance(item, (bytes, bytearray)):
             out.extend(load_certificates(bytes(item)))
+        else:
+            raise ProtocolError("dcap: certificates must be bytes")
     return out
 
 
+@fault_boundary("dcap")
 def verify_quote(report: bytes, certs: Sequence[x509.Certificate | bytes], trust: TrustStore,
-                 at: datetime, *, cache: ChainCache | None = None) -> VerifiedEvidence:
+                 at: datetime, *, cache: ChainCache | None = None,
+                 budget: SignatureBudget | None = None) -> VerifiedEvidence:
     """Verify a quote; tcb_status stays "unknown" until collateral.apply_collateral."""
-    details = verify_quote_details(report, certs, trust, at, cache=cache)
+    details = verify_quote_details(report, certs, trust, at, cache=cache, budget=budget)
     return to_verified_evidence(details, trust)
 
 

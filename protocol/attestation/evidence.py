@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 
 from ..errors import ProtocolError
 from ..wire import Message, Spec, b, message, s, seq
-from .certs import ChainCache, TrustStore
+from .boundary import fault_boundary
+from .certs import ChainCache, SignatureBudget, TrustStore
 
 FORMATS = ("sev-snp", "sgx-dcap", "tdx")
 TEE_KINDS = ("snp", "sgx", "tdx", "sim")
@@ -132,14 +133,21 @@ def detect_format(data: bytes) -> str:
                         " nor a DCAP quote")
 
 
+@fault_boundary("evidence")
 def verify_evidence(report: bytes, certs: Sequence[bytes], trust: TrustStore, at: datetime, *,
                     collateral: object | None = None, cache: ChainCache | None = None,
-                    format: str | None = None) -> VerifiedEvidence:
+                    format: str | None = None,
+                    budget: SignatureBudget | None = None) -> VerifiedEvidence:
     """Verify `report` with `certs` against `trust` at time `at`.
 
     `format` may be given (from an Evidence record); it is cross-checked with
     what the bytes look like so a mislabelled report cannot pick a verifier.
+    One SignatureBudget (MAX_SIGNATURE_CHECKS unless given) bounds the
+    signature checks of leaf selection and chain building together.
     """
+    if not isinstance(report, (bytes, bytearray)):
+        raise ProtocolError("evidence: report must be bytes")
+    budget = budget if budget is not None else SignatureBudget()
     if len(report) > MAX_REPORT:
         raise ProtocolError(f"evidence: report of {len(report)} bytes exceeds {MAX_REPORT}")
     if len(certs) > MAX_VERIFY_CERTS:
@@ -151,12 +159,12 @@ def verify_evidence(report: bytes, certs: Sequence[bytes], trust: TrustStore, at
     if detected == "sev-snp":
         from keepmesh.protocol.attestation import snp
 
-        verified = snp.verify(report, certs, trust, at, cache=cache)
+        verified = snp.verify(report, certs, trust, at, cache=cache, budget=budget)
     else:
         dcap = _optional("dcap")
         if dcap is None:
             raise ProtocolError(f"evidence: {detected} verification is not available")
-        verified = dcap.verify_quote(report, certs, trust, at, cache=cache)
+        verified = dcap.verify_quote(report, certs, trust, at, cache=cache, budget=budget)
     if collateral is not None:
         coll = _optional("collateral")
         if coll is None:
@@ -167,6 +175,7 @@ def verify_evidence(report: bytes, certs: Sequence[bytes], trust: TrustStore, at
     return verified
 
 
+@fault_boundary("evidence")
 def verify_evidence_record(evidence: Evidence, trust: TrustStore, at: datetime, *,
                            collateral: object | None = None,
                            cache: ChainCache | None = None) -> VerifiedEvidence:

@@ -6,10 +6,15 @@ X is good enough. Policies arrive as untrusted TOML (operator files) or as a
 dict inside a signed deployment, so loading is strict: an unknown key or a
 wrong type is an error naming the source and the key, never ignored.
 
-Defaults are safe: hardware TEEs only (snp, sgx, tdx), no debug, no sim,
-TCB status "UpToDate" or "unknown" (SEV-SNP has no TCB-status collateral, so
-the floors in `min_tcb` are what bound its TCB; Intel verdicts decided from
-collateral such as "OutOfDate" are rejected unless listed).
+Defaults fail closed (specs/attestation.md, "What an agent accepts by
+default"): hardware TEEs only (snp, sgx, tdx), no debug, no sim, SNP guests
+at VMPL 0 only, and a TCB status per kind: SGX/TDX need "UpToDate", which
+only Intel's signed collateral can establish ("unknown" = no collateral was
+applied = rejected); SEV-SNP accepts "UpToDate" or "unknown" because AMD
+publishes no TCB-status verdict at all, so its gates are the `min_tcb`
+floors, VMPL, debug and (with collateral) AMD's CRLs. Sim evidence must pass
+`allow_sim`, `sim_roots` *and* `allowed_tee` (which lists "sim" implicitly
+only when `allowed_tee` is left unset and `allow_sim` is true).
 """
 
 from __future__ import annotations
@@ -20,9 +25,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ProtocolError, VerificationError
+from .boundary import fault_boundary
 from .evidence import TEE_KINDS, VerifiedEvidence
 
-DEFAULT_TCB_STATUSES = ("UpToDate", "unknown")
+HARDWARE_TEES = ("snp", "sgx", "tdx")
+DEFAULT_TCB_STATUSES: dict[str, tuple[str, ...]] = {
+    "sgx": ("UpToDate",), "tdx": ("UpToDate",),
+    "snp": ("UpToDate", "unknown"), "sim": ("UpToDate", "unknown"),
+}
+"""accepted_tcb_status when a policy sets none, by evidence kind (`tee`)."""
+MAX_VMPL = 3
 MAX_LIST = 256
 CLOCK_SKEW_S = 300.0
 """Evidence stamped up to this far in the future (clock skew) is tolerated."""
@@ -37,6 +49,8 @@ class SnpPolicy:
     measurements: tuple[bytes, ...] = ()
     min_tcb: Mapping[str, int] = dataclasses.field(default_factory=dict)
     min_guest_svn: int = 0
+    max_vmpl: int = 0
+    """Highest VMPL the reporting guest may run at; 0 = the most privileged level only."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,17 +74,33 @@ class TdxPolicy:
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """An appraisal policy. Empty measurement lists mean "any"."""
+    """An appraisal policy. Empty measurement lists mean "any".
 
-    allowed_tee: tuple[str, ...] = ("snp", "sgx", "tdx")
+    `allowed_tee` None: the hardware kinds, plus "sim" when `allow_sim`.
+    `accepted_tcb_status` None: DEFAULT_TCB_STATUSES for the evidence's kind.
+    """
+
+    allowed_tee: tuple[str, ...] | None = None
     allow_sim: bool = False
     sim_roots: tuple[bytes, ...] = ()
     allow_debug: bool = False
-    accepted_tcb_status: tuple[str, ...] = DEFAULT_TCB_STATUSES
+    accepted_tcb_status: tuple[str, ...] | None = None
     max_evidence_age_s: float | None = None
     snp: SnpPolicy = dataclasses.field(default_factory=SnpPolicy)
     sgx: SgxPolicy = dataclasses.field(default_factory=SgxPolicy)
     tdx: TdxPolicy = dataclasses.field(default_factory=TdxPolicy)
+
+    def tees(self) -> tuple[str, ...]:
+        """The evidence kinds this policy admits (sim still needs allow_sim)."""
+        if self.allowed_tee is not None:
+            return self.allowed_tee
+        return HARDWARE_TEES + (("sim",) if self.allow_sim else ())
+
+    def tcb_statuses(self, tee: str) -> tuple[str, ...]:
+        """TCB statuses accepted for evidence of kind `tee`."""
+        if self.accepted_tcb_status is not None:
+            return self.accepted_tcb_status
+        return DEFAULT_TCB_STATUSES.get(tee, ("UpToDate",))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/msgpack/TOML-able form; `policy_from_dict` reads it back."""
@@ -85,8 +115,9 @@ class Policy:
                 return {f.name: conv(getattr(value, f.name)) for f in dataclasses.fields(value)}
             return value
         out: dict[str, Any] = conv(self)
-        if out["max_evidence_age_s"] is None:
-            del out["max_evidence_age_s"]
+        for key in ("max_evidence_age_s", "allowed_tee", "accepted_tcb_status"):
+            if out[key] is None:
+                del out[key]  # unset: the documented default applies when read back
         return out
 
 
@@ -180,11 +211,14 @@ def _section(source: str, name: str, value: Any) -> Any:
         elif key == "isvprodid":
             kwargs[key] = tuple(_int(source, f"{full}[{i}]", v, 0, 0xFFFF)
                                 for i, v in enumerate(_list(source, full, item)))
+        elif key == "max_vmpl":
+            kwargs[key] = _int(source, full, item, 0, MAX_VMPL)
         else:  # min_isvsvn, min_guest_svn
             kwargs[key] = _int(source, full, item, 0, 2**32 - 1)
     return cls(**kwargs)
 
 
+@fault_boundary("policy")
 def policy_from_dict(data: Mapping[str, Any], source: str = "policy") -> Policy:
     """Build a Policy from parsed TOML/JSON/msgpack; strict about keys and types."""
     if not isinstance(data, Mapping):
@@ -213,6 +247,7 @@ def policy_from_dict(data: Mapping[str, Any], source: str = "policy") -> Policy:
     return Policy(**kwargs)
 
 
+@fault_boundary("policy")
 def load_policy(text: str | bytes, source_name: str = "policy") -> Policy:
     """Parse a TOML policy file's text; errors name `source_name` and the key."""
     if isinstance(text, (bytes, bytearray)):
@@ -226,6 +261,8 @@ def load_policy(text: str | bytes, source_name: str = "policy") -> Policy:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ProtocolError(f"{source_name}: invalid TOML ({err})") from None
+    except RecursionError:
+        raise ProtocolError(f"{source_name}: invalid TOML (nested too deeply)") from None
     return policy_from_dict(data, source_name)
 
 
@@ -309,21 +346,26 @@ def appraise(policy: Policy, verified: VerifiedEvidence, *,
     if not isinstance(policy, Policy) or not isinstance(verified, VerifiedEvidence):
         raise TypeError("appraise(policy, verified)")
     is_sim = verified.tee == "sim" or not verified.vendor_root
+    tee = "sim" if is_sim else verified.tee
     if is_sim:
         if not policy.allow_sim:
             raise _fail("allow_sim", "hardware evidence (simulated TEE not allowed)",
                         "sim evidence rooted in " + verified.root_fingerprint.hex())
         if policy.sim_roots and verified.root_fingerprint not in policy.sim_roots:
             raise _fail("sim_roots", _hexes(policy.sim_roots), verified.root_fingerprint.hex())
-    elif verified.tee not in policy.allowed_tee:
-        raise _fail("allowed_tee", f"one of {list(policy.allowed_tee)}", repr(verified.tee))
+    if tee not in policy.tees():
+        raise _fail("allowed_tee", f"one of {list(policy.tees())}", repr(tee))
     if verified.debug and not policy.allow_debug:
         raise _fail("allow_debug", "a non-debug TEE", "debug enabled")
-    if verified.tcb_status not in policy.accepted_tcb_status:
-        raise _fail("accepted_tcb_status", f"one of {list(policy.accepted_tcb_status)}",
+    statuses = policy.tcb_statuses(tee)
+    if verified.tcb_status not in statuses:
+        raise _fail("accepted_tcb_status", f"one of {list(statuses)}",
                     repr(verified.tcb_status))
     if verified.format == "sev-snp":
         _check_in("snp.measurements", policy.snp.measurements, verified.measurement)
+        vmpl = _claim_int(verified, "vmpl")
+        if vmpl is None or vmpl > policy.snp.max_vmpl:
+            raise _fail("snp.max_vmpl", f"<= {policy.snp.max_vmpl}", str(vmpl))
         svn = _claim_int(verified, "guest_svn")
         if policy.snp.min_guest_svn and (svn is None or svn < policy.snp.min_guest_svn):
             raise _fail("snp.min_guest_svn", f">= {policy.snp.min_guest_svn}", str(svn))

@@ -27,10 +27,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ..errors import ProtocolError, VerificationError
+from .boundary import fault_boundary
 from .certs import (
     ChainCache,
+    SignatureBudget,
     TrustStore,
+    WorkLimitExceeded,
     build_chain,
+    dedupe,
     load_certificates,
     subject_str,
     verify_signature,
@@ -408,8 +412,13 @@ def _chain_ids(certs: Sequence[x509.Certificate]) -> list[dict[str, str]]:
                  "serial": format(c.serial_number, "x")} for c in certs]
 
 
-def _leaf_for(report: SnpReport, certs: list[x509.Certificate]) -> x509.Certificate:
-    """The presented P-384 certificate whose key signed the report."""
+def _leaf_for(report: SnpReport, certs: list[x509.Certificate],
+              budget: SignatureBudget) -> x509.Certificate:
+    """The presented P-384 certificate whose key signed the report.
+
+    Work: one report-signature check per distinct presented P-384
+    certificate (at most 8 on the wire), charged to the verification's budget.
+    """
     der_sig = encode_dss_signature(report.sig_r, report.sig_s)
     candidates = [c for c in certs if isinstance(c.public_key(), ec.EllipticCurvePublicKey)]
     if not candidates:
@@ -420,25 +429,33 @@ def _leaf_for(report: SnpReport, certs: list[x509.Certificate]) -> x509.Certific
         if not isinstance(key.curve, ec.SECP384R1):
             continue
         try:
-            verify_signature(key, der_sig, report.signed, hashes.SHA384())
+            verify_signature(key, der_sig, report.signed, hashes.SHA384(), budget=budget)
+        except WorkLimitExceeded:
+            raise
         except VerificationError:
             continue
         return cert
     raise VerificationError("snp: report signature invalid for the presented VCEK/VLEK")
 
 
+@fault_boundary("snp")
 def verify_report(report: SnpReport, certs: Sequence[bytes], trust: TrustStore, at: datetime,
-                  *, cache: ChainCache | None = None) -> VerifiedEvidence:
+                  *, cache: ChainCache | None = None,
+                  budget: SignatureBudget | None = None) -> VerifiedEvidence:
     """Verify a parsed report against its certificates; see module docstring."""
+    budget = budget if budget is not None else SignatureBudget()
     key_sel = report.signing_key
     if key_sel not in (SIGNING_KEY_VCEK, SIGNING_KEY_VLEK):
         raise VerificationError(f"snp: signing key selector {key_sel} is neither VCEK nor VLEK")
     parsed: list[x509.Certificate] = []
     for blob in certs:
+        if not isinstance(blob, (bytes, bytearray)):
+            raise ProtocolError("snp: certificates must be bytes")
         parsed.extend(load_certificates(bytes(blob)))
-    leaf = _leaf_for(report, parsed)
+    parsed = dedupe(parsed)
+    leaf = _leaf_for(report, parsed, budget)
     pool = [c for c in parsed if c is not leaf] + trust.intermediates
-    chain = build_chain(leaf, pool, trust, at, cache=cache)
+    chain = build_chain(leaf, pool, trust, at, cache=cache, budget=budget)
     if len(chain.certs) < 3:
         raise VerificationError("snp: chain must be ARK -> ASK/ASVK -> VCEK/VLEK")
     kind = "VCEK" if key_sel == SIGNING_KEY_VCEK else "VLEK"
@@ -531,7 +548,9 @@ def verify_report(report: SnpReport, certs: Sequence[bytes], trust: TrustStore, 
         tcb_status="unknown", claims=claims)
 
 
+@fault_boundary("snp")
 def verify(data: bytes, certs: Sequence[bytes], trust: TrustStore, at: datetime, *,
-           cache: ChainCache | None = None) -> VerifiedEvidence:
+           cache: ChainCache | None = None,
+           budget: SignatureBudget | None = None) -> VerifiedEvidence:
     """Parse and verify an SEV-SNP report (the `verify_evidence` entry for "sev-snp")."""
-    return verify_report(parse_report(data), certs, trust, at, cache=cache)
+    return verify_report(parse_report(data), certs, trust, at, cache=cache, budget=budget)
