@@ -1,0 +1,673 @@
+"""`Migration`: one agent's migration state, composing standbys, triggers, fencing
+and hand-overs. Sans-IO: inputs carry `now`, outputs are typed effects and events.
+
+Why one object per agent: MeshNode plugs it in next to membership and
+placement; the agent's trio driver and the simulator carry out its effects
+(send a message, take a checkpoint, start a keep from a checkpoint, stop a
+copy) and report results back. Nothing here touches the network, the disk
+or the clock.
+
+Inputs: membership events and verified evidence (`member_*`), this agent's
+own evidence (`own_evidence`), keeps started or stopped here by placement or
+the owner (`keep_running`, `keep_gone`), migrate.* messages (`receive`),
+results (`standby_attested`, `checkpoint_taken`, `keep_started`), commands
+(`drain`, `move`) and timers. Outputs: `next_output()`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..attestation.policy import Policy, load_policy
+from ..deployment import Deployment, verify_deployment
+from ..errors import ProtocolError, VerificationError
+from ..membership.signing import RecordSigner, RecordVerifier
+from ..wire import Message, decode_payload, encode_payload
+from .drain import Outgoing, Step
+from .effects import (
+    DrainFinished,
+    Effect,
+    Event,
+    KeepFenced,
+    KeepMoved,
+    KeepOrphaned,
+    ResumeKeep,
+    Send,
+    StandbyChanged,
+    StartFromCheckpoint,
+    StopKeep,
+)
+from .location import Learned, LocationTable, sign_location, verify_location
+from .messages import (
+    MIGRATE_MESSAGES,
+    Ack,
+    Fenced,
+    Handover,
+    HandoverDone,
+    Location,
+    LocationStatement,
+    Replicate,
+    Transfer,
+)
+from .settings import MigrationSettings, parse_migration
+from .standby import Holdings, Replication
+from .triggers import Attested, Verdict, must_move, successor, trust_failure
+
+NodeId = bytes
+MAX_MESSAGE = 1024 * 1024
+FANOUT = 3
+"""Members a new or changed location record is pushed to (each forwards once)."""
+REFRESH_S = 10.0
+"""A host re-pushes its own records this often (anti-entropy for lost pushes)."""
+EVAL_S = 1.0
+"""Verdicts are re-evaluated at least this often (evidence expires with time)."""
+TRUST_GRACE_S = 10.0
+"""A live host that lost trust gets this long to hand its keeps over itself before
+its standbys take over from their last checkpoint."""
+START_TIMEOUT_S = 30.0
+Output = Effect | Event
+
+
+@dataclass
+class Running:
+    """A keep this agent runs."""
+
+    keep: str
+    epoch: int
+    policy: Policy
+    settings: MigrationSettings
+    replication: Replication
+    version: int = 0
+    outgoing: Outgoing | None = None
+
+
+@dataclass
+class Starting:
+    """A promotion or hand-over in flight here (StartFromCheckpoint sent)."""
+
+    keep: str
+    epoch: int
+    trigger: str
+    from_host: NodeId | None
+    reply_to: NodeId | None
+    seq: int
+    since: float
+
+
+@dataclass
+class _View:
+    live: dict[NodeId, bool] = field(default_factory=dict)
+    evidence: dict[NodeId, Attested] = field(default_factory=dict)
+
+    def is_live(self, node: NodeId) -> bool:
+        return self.live.get(node, False)
+
+    def attested(self, node: NodeId) -> Attested | None:
+        return self.evidence.get(node)
+
+
+def policy_of(deployment: Deployment, default: Policy) -> Policy:
+    """The deployment's signed policy (the agent's default when it carries none)."""
+    if not deployment.policy:
+        return default
+    return load_policy(deployment.policy, "deployment policy")
+
+
+def settings_of(deployment: Deployment) -> MigrationSettings:
+    """`[migration]` from the signed manifest (defaults when the manifest has none)."""
+    m = deployment.manifest
+    table = {k: v for k, v in (("standbys", getattr(m, "standbys", None)),
+                               ("checkpoint_s", getattr(m, "checkpoint_s", None)))
+             if v is not None}
+    return parse_migration(table or None, "manifest")
+
+
+class Migration:
+    """See module docstring. Not thread-safe; one driver task feeds it."""
+
+    prefix = b"migrate."
+
+    def __init__(self, signer: RecordSigner, verifier: RecordVerifier, address: str,
+                 rng: random.Random, now: float, *, default_policy: Policy) -> None:
+        self.signer = signer
+        self.verifier = verifier
+        self.own_id: NodeId = signer.node_id
+        self.address = address
+        self.rng = rng
+        self.default_policy = default_policy
+        self.locations = LocationTable()
+        self.holdings = Holdings(self.own_id)
+        self.running: dict[str, Running] = {}
+        self.starting: dict[str, Starting] = {}
+        self.view = _View({self.own_id: True})
+        self.draining = False
+        self.drain_moved: list[KeepMoved] = []
+        self.drain_failed: list[tuple[str, str]] = []
+        self._drain_keeps: set[str] = set()
+        self._trust_since: dict[str, float] = {}
+        self._policies: dict[str, Policy] = {}
+        self._out: deque[Output] = deque()
+        self._next_refresh = now + REFRESH_S
+        self._next_eval = now + EVAL_S
+        self.dropped = 0
+        self.last_drop = ""
+
+    # ============================================================ views
+
+    def member_state(self, node: NodeId, live: bool, now: float, *,
+                     rejoined: bool = False) -> None:
+        """Membership's verdict on `node` (alive/suspect: live; dead/left: not).
+
+        `rejoined`: it came back with a new incarnation (a restart); it is sent
+        the records that name it as host, so a restarted host that lost its
+        keeps says so (state "lost") and their standbys take over.
+        """
+        was = self.view.live.get(node)
+        if live and rejoined and node != self.own_id:
+            for loc in self.locations.hosted_by(node):
+                self._out.append(Send(node, loc))
+        self.view.live[node] = live
+        if not live:
+            self.holdings.reassembler.forget_sender(node)
+            for r in self.running.values():
+                og = r.outgoing
+                if og is not None and og.successor == node:
+                    og.successor_died()
+        elif not was:
+            self._push_own(now, to=[node])
+        self._evaluate(now)
+
+    def member_evidence(self, node: NodeId, att: Attested | None, now: float) -> None:
+        """Verified evidence for `node` (None: failed, expired or revoked)."""
+        if att is None:
+            self.view.evidence.pop(node, None)
+        else:
+            self.view.evidence[node] = att
+        self._evaluate(now)
+
+    def own_evidence(self, att: Attested | None, now: float) -> None:
+        """This agent's own evidence, re-verified (a TCB rollback shows up here).
+
+        Keeps whose deployment policy it no longer satisfies are handed over;
+        the others stay.
+        """
+        self.member_evidence(self.own_id, att, now)
+        for r in list(self.running.values()):
+            if r.outgoing is None and trust_failure(r.policy, self.view, self.own_id,
+                                                    now) is not None:
+                self.move(r.keep, "trust", now)
+
+    # ============================================================ keeps here
+
+    def keep_running(self, deployment: Deployment, epoch: int, now: float, *,
+                     seq: int = 0) -> str:
+        """A keep now runs here (placed here, or restored by `keep_started`)."""
+        from ..deployment import deployment_id
+        keep = deployment_id(deployment)
+        policy = policy_of(deployment, self.default_policy)
+        settings = settings_of(deployment)
+        rep = Replication(keep, epoch, self.own_id, policy, settings, now, seq=seq)
+        self.running[keep] = Running(keep, epoch, policy, settings, rep)
+        self._policies[keep] = policy
+        self._announce(self.running[keep], now)
+        best = self.locations.get(keep)
+        if best is not None and best.host != self.own_id:
+            # A superseding record arrived while this copy was starting: the rule
+            # applies to it like to any other copy.
+            self._fence(self.running[keep], best, now)
+            return keep
+        self._reconcile(self.running[keep], now)
+        return keep
+
+    def keep_gone(self, keep: str, now: float, *, lost: bool = False) -> None:
+        """The keep stopped here: by its owner (`stopped`) or involuntarily (`lost`)."""
+        r = self.running.pop(keep, None)
+        if r is None:
+            return
+        r.version += 1
+        self._announce(r, now, state="lost" if lost else "stopped")
+
+    # ============================================================ commands
+
+    def drain(self, now: float) -> None:
+        """Hand every keep over; finish with DrainFinished."""
+        self.draining = True
+        self._drain_keeps = set(self.running)
+        self.drain_moved, self.drain_failed = [], []
+        for keep in list(self.running):
+            self.move(keep, "drain", now)
+        self._check_drain()
+
+    def move(self, keep: str, trigger: str, now: float) -> None:
+        r = self.running.get(keep)
+        if r is None or r.outgoing is not None:
+            return
+        r.outgoing = Outgoing(keep, r.epoch, trigger, now)
+        self._advance(r, now)
+
+    # ============================================================ messages
+
+    def receive(self, data: bytes, src_id: NodeId | None, now: float) -> None:
+        """One migrate.* message from an attested peer. Bad input is counted and dropped."""
+        if src_id is None:
+            self._drop("migrate message on an unattested channel")
+            return
+        try:
+            msg = decode_payload(data, MAX_MESSAGE, MIGRATE_MESSAGES)
+            self._dispatch(src_id, msg, now)
+        except (ProtocolError, VerificationError) as err:
+            self._drop(err.reason)
+
+    def _drop(self, why: str) -> None:
+        self.dropped += 1
+        self.last_drop = why
+
+    def _dispatch(self, src: NodeId, msg: Message, now: float) -> None:
+        if isinstance(msg, Location):
+            self.learn(msg, now, src=src)
+        elif isinstance(msg, Fenced):
+            loc = decode_payload(msg.location, 4096, (Location,))
+            assert isinstance(loc, Location)
+            self.learn(loc, now, src=src)
+        elif isinstance(msg, Replicate):
+            self._emit(self.holdings.on_replicate(src, msg, self.locations))
+        elif isinstance(msg, Transfer):
+            self._emit(self.holdings.on_transfer(src, msg, self.locations))
+        elif isinstance(msg, Ack):
+            self._on_ack(src, msg, now)
+        elif isinstance(msg, Handover):
+            self._on_handover(src, msg, now)
+        elif isinstance(msg, HandoverDone):
+            self._on_handover_done(src, msg, now)
+
+    def check_epoch(self, keep: str, epoch: int) -> Fenced | None:
+        """For any message addressed to `keep` at `epoch`: None to serve it, or the
+        `migrate.fenced` reply naming the current location when `epoch` is stale."""
+        if self.locations.is_current(keep, epoch):
+            return None
+        best = self.locations.get(keep)
+        assert best is not None
+        return Fenced(location=encode_payload(best))
+
+    # ------------------------------------------------------------ locations
+
+    def learn(self, loc: Location, now: float, src: NodeId | None = None) -> Learned:
+        """A location record (gossip, fenced reply); applies the fencing rule."""
+        verify_location(self.verifier, loc)
+        learned = self.locations.learn(loc)
+        if not learned.changed:
+            best = learned.location
+            if src is not None and best != loc and best.epoch >= loc.epoch:
+                # The sender holds a superseded record: answer with ours at once, so the
+                # two sides of a healed split converge in one exchange.
+                self._out.append(Send(src, best))
+            return learned
+        self._forward(loc, exclude=src)
+        keep = loc.keep
+        r = self.running.get(keep)
+        if r is not None and loc.host != self.own_id:
+            og = r.outgoing
+            moved_away = og is not None and og.located(loc.host, loc.epoch)
+            if moved_away and og is not None and og.step is Step.DONE:
+                self._finish_outgoing(r, now)
+            else:
+                self._fence(r, loc, now)
+        if loc.host == self.own_id and keep not in self.running and keep not in \
+                self.starting and loc.state == "running":
+            # A record about us we do not honour (e.g. we restarted): say so, so the
+            # standbys take over instead of waiting for a copy that is not there.
+            self._announce_raw(keep, loc.epoch, loc.version + 1, loc.standbys,
+                               loc.checkpoint_seq,
+                               loc.checkpoint_at, "lost", now)
+        self._evaluate(now)
+        return learned
+
+    def _fence(self, r: Running, winner: Location, now: float) -> None:
+        del self.running[r.keep]
+        self._out.append(StopKeep(r.keep, r.epoch, "fenced", winner.host))
+        self._out.append(KeepFenced(r.keep, r.epoch, winner.host, winner.epoch,
+                                    r.replication.seq))
+        self._drain_note(r.keep, None, f"fenced by epoch {winner.epoch}")
+
+    def _announce(self, r: Running, now: float, state: str = "running") -> None:
+        seq, at = r.replication.last_checkpoint()
+        self._announce_raw(r.keep, r.epoch, r.version, r.replication.ready(), seq, at, state,
+                           now)
+
+    def _announce_raw(self, keep: str, epoch: int, version: int, standbys: tuple[bytes, ...],
+                      seq: int, at: float, state: str, now: float) -> None:
+        st = LocationStatement(keep=keep, host=self.own_id, address=self.address, epoch=epoch,
+                               version=version, standbys=standbys,
+                               checkpoint_seq=seq,
+                               checkpoint_at=at, state=state)
+        loc = sign_location(self.signer, st)
+        self.locations.learn(loc)
+        for n in standbys:  # the standbys must know, whatever the random fanout picks
+            self._out.append(Send(n, loc))
+        self._forward(loc, exclude=None, skip=standbys)
+
+    def _forward(self, loc: Location, exclude: NodeId | None,
+                 skip: tuple[NodeId, ...] = ()) -> None:
+        peers = [n for n, live in self.view.live.items()
+                 if live and n != self.own_id and n != exclude and n not in skip]
+        peers.sort()
+        for n in self.rng.sample(peers, min(FANOUT, len(peers))):
+            self._out.append(Send(n, loc))
+
+    def _push_own(self, now: float, to: Iterable[NodeId] | None = None) -> None:
+        mine = list(self.locations.hosted_by(self.own_id))
+        targets = list(to) if to is not None else None
+        for loc in mine:
+            if targets is None:
+                self._forward(loc, exclude=None)
+            else:
+                for n in targets:
+                    self._out.append(Send(n, loc))
+
+    # ------------------------------------------------------------ standbys
+
+    def _reconcile(self, r: Running, now: float) -> None:
+        before = r.replication.ready()
+        candidates = [n for n, live in self.view.live.items() if live]
+        self._emit(r.replication.reconcile(self.view, candidates, now, self.rng))
+        if r.replication.ready() != before:
+            self._standbys_changed(r, now)
+
+    def _standbys_changed(self, r: Running, now: float) -> None:
+        r.version += 1
+        self._announce(r, now)
+        self._out.append(StandbyChanged(r.keep, r.replication.ready()))
+
+    def standby_attested(self, keep: str, node: NodeId, nonce: bytes, att: Attested | None,
+                         now: float) -> None:
+        r = self.running.get(keep)
+        if r is None:
+            return
+        self._emit(r.replication.attested(node, nonce, att, now))
+        if r.replication.links.get(node) is None or \
+                r.replication.links[node].state.value == "failed":
+            self._reconcile(r, now)
+
+    def _on_ack(self, src: NodeId, ack: Ack, now: float) -> None:
+        r = self.running.get(ack.keep)
+        if r is None:
+            return
+        before = r.replication.ready()
+        old_seq = r.replication.last_checkpoint()[0]
+        self._emit(r.replication.acked(src, ack, now))
+        if r.replication.ready() != before:
+            self._standbys_changed(r, now)
+        elif r.replication.last_checkpoint()[0] != old_seq:
+            r.version += 1
+            self._announce(r, now)
+        if not ack.ok:
+            self._reconcile(r, now)
+        og = r.outgoing
+        if og is not None and ack.ok and ack.kind == "checkpoint":
+            self._emit(og.acked(src, ack.seq, now))
+        if og is not None and og.step is Step.WAIT_STANDBY:
+            self._advance(r, now)
+
+    def checkpoint_taken(self, keep: str, seq: int, taken_at: float, now: float, *,
+                         final: bool = False) -> None:
+        """The driver serialised checkpoint `seq` (bytes stay with the driver); `final`
+        answers TakeCheckpoint(final=True), taken after the keep was paused."""
+        r = self.running.get(keep)
+        if r is None:
+            return
+        self._emit(r.replication.checkpoint_taken(seq, taken_at, now))
+        if r.outgoing is not None and final:
+            r.outgoing.checkpoint_taken(seq)
+            self._advance(r, now)
+
+    def checkpoint_failed(self, keep: str, reason: str, now: float) -> None:
+        r = self.running.get(keep)
+        if r is None:
+            return
+        r.replication.checkpoint_pending = False
+        og = r.outgoing
+        if og is not None and og.step is Step.CHECKPOINT:
+            og.step = Step.FAILED
+            og.reason = f"final checkpoint failed: {reason}"
+            self._finish_outgoing(r, now)
+
+    # ------------------------------------------------------------ hand-over
+
+    def _ready_eligible(self, r: Running, now: float) -> list[NodeId]:
+        return [n for n in r.replication.ready()
+                if self.view.is_live(n) and trust_failure(r.policy, self.view, n, now) is None]
+
+    def _advance(self, r: Running, now: float) -> None:
+        og = r.outgoing
+        if og is None:
+            return
+        seq = r.replication.request_seq() if og.seq < 0 and og.step is Step.WAIT_STANDBY \
+            else 0
+        self._emit(og.advance(self._ready_eligible(r, now), now, seq))
+        if og.step is Step.SHIP and og.successor is not None and og.seq >= 0:
+            link = r.replication.links.get(og.successor)
+            if link is not None and link.acked_seq >= og.seq:
+                self._emit(og.acked(og.successor, link.acked_seq, now))
+
+    def _on_handover(self, src: NodeId, msg: Handover, now: float) -> None:
+        def refuse(why: str) -> None:
+            self._out.append(Send(src, HandoverDone(keep=msg.keep, epoch=msg.epoch, ok=False,
+                                                    reason=why)))
+        r = self.running.get(msg.keep)
+        if r is not None and r.epoch == msg.epoch:
+            self._out.append(Send(src, HandoverDone(keep=msg.keep, epoch=msg.epoch, ok=True,
+                                                    reason="")))
+            return
+        if msg.keep in self.starting:
+            return  # answered when the start completes
+        best = self.locations.get(msg.keep)
+        if best is not None and (best.epoch > msg.from_epoch or best.host != src):
+            refuse(f"keep runs at epoch {best.epoch} elsewhere")
+            return
+        h = self.holdings.restorable(msg.keep)
+        if h is None or h.host != src or h.epoch != msg.from_epoch:
+            refuse("no replica from this host at this epoch")
+            return
+        if h.seq != msg.seq:
+            refuse(f"holding checkpoint {h.seq}, not {msg.seq}")
+            return
+        if self.draining:
+            refuse("draining")
+            return
+        self.starting[msg.keep] = Starting(msg.keep, msg.epoch, msg.trigger, src, src,
+                                           msg.seq, now)
+        self._out.append(StartFromCheckpoint(msg.keep, msg.epoch, msg.seq))
+
+    def _on_handover_done(self, src: NodeId, msg: HandoverDone, now: float) -> None:
+        r = self.running.get(msg.keep)
+        if r is None or r.outgoing is None:
+            return
+        og = r.outgoing
+        self._emit(og.answered(src, msg.epoch, msg.ok, msg.reason,
+                               self._ready_eligible(r, now), now))
+        if og.finished():
+            self._finish_outgoing(r, now)
+
+    def _finish_outgoing(self, r: Running, now: float) -> None:
+        og = r.outgoing
+        assert og is not None
+        if og.step is Step.DONE:
+            assert og.successor is not None
+            self.running.pop(r.keep, None)
+            self._out.append(StopKeep(r.keep, r.epoch, "moved", og.successor))
+            ev = KeepMoved(r.keep, self.own_id, og.successor, r.epoch + 1, og.trigger)
+            self._out.append(ev)
+            self._drain_note(r.keep, ev, "")
+            return
+        r.outgoing = None
+        if og.resume_epoch is not None:
+            r.epoch = og.resume_epoch
+            r.version = 0
+            r.replication = Replication(r.keep, r.epoch, self.own_id, r.policy, r.settings,
+                                        now, seq=r.replication.seq)
+            self._announce(r, now)
+            self._reconcile(r, now)
+        if og.paused:
+            self._out.append(ResumeKeep(r.keep))
+        self._drain_note(r.keep, None, og.reason or "hand-over failed")
+
+    def _drain_note(self, keep: str, moved: KeepMoved | None, failure: str) -> None:
+        if keep not in self._drain_keeps:
+            return
+        self._drain_keeps.discard(keep)
+        if moved is not None:
+            self.drain_moved.append(moved)
+        else:
+            self.drain_failed.append((keep, failure))
+        self._check_drain()
+
+    def _check_drain(self) -> None:
+        if self.draining and not self._drain_keeps:
+            self._out.append(DrainFinished(tuple(self.drain_moved), tuple(self.drain_failed)))
+            self._drain_keeps = set()
+            self.draining = bool(self.running)  # still draining if something stayed
+
+    # ------------------------------------------------------------ promotion
+
+    def keep_started(self, keep: str, epoch: int, deployment: Deployment | None, ok: bool,
+                     reason: str, now: float) -> None:
+        """Result of StartFromCheckpoint."""
+        st = self.starting.get(keep)
+        if st is None or st.epoch != epoch:
+            return
+        del self.starting[keep]
+        if not ok or deployment is None:
+            if st.reply_to is not None:
+                self._out.append(Send(st.reply_to, HandoverDone(
+                    keep=keep, epoch=epoch, ok=False, reason=reason[:200] or "start failed")))
+            self._out.append(KeepOrphaned(keep, st.from_host or self.own_id,
+                                          f"restore failed here: {reason[:200]}"))
+            return
+        self.keep_running(deployment, epoch, now, seq=st.seq)
+        self.holdings.drop(keep)
+        self._out.append(KeepMoved(keep, st.from_host, self.own_id, epoch, st.trigger))
+        if st.reply_to is not None:
+            self._out.append(Send(st.reply_to, HandoverDone(keep=keep, epoch=epoch, ok=True,
+                                                            reason="")))
+
+    def _policy_for_held(self, keep: str) -> Policy | None:
+        p = self._policies.get(keep)
+        if p is not None:
+            return p
+        h = self.holdings.held.get(keep)
+        if h is None:
+            return None
+        try:
+            msg = decode_payload(h.deployment, 256 * 1024, (Deployment,))
+            assert isinstance(msg, Deployment)
+            verify_deployment(msg, [msg.owner_key])
+            p = policy_of(msg, self.default_policy)
+        except (ProtocolError, VerificationError):
+            return None
+        self._policies[keep] = p
+        return p
+
+    def _evaluate(self, now: float) -> None:
+        """Standby duty: take over keeps whose host died or lost trust, if we are the
+        successor this view names."""
+        for keep, h in list(self.holdings.held.items()):
+            if keep in self.running or keep in self.starting:
+                continue
+            loc = self.locations.get(keep)
+            if loc is None or loc.host != h.host or loc.epoch != h.epoch:
+                continue
+            policy = self._policy_for_held(keep)
+            if policy is None:
+                continue
+            verdict = must_move(loc, policy, self.view, now)
+            if verdict is None:
+                self._trust_since.pop(keep, None)
+                continue
+            if verdict.trigger == "trust":
+                since = self._trust_since.setdefault(keep, now)
+                if now - since < TRUST_GRACE_S:
+                    continue
+            self._take_over(loc, verdict, policy, now)
+
+    def _take_over(self, loc: Location, verdict: Verdict, policy: Policy, now: float) -> None:
+        nxt = successor(loc, policy, self.view, now)
+        if nxt is None:
+            self._out.append(KeepOrphaned(loc.keep, loc.host, "no eligible standby"))
+            return
+        if nxt != self.own_id:
+            return
+        h = self.holdings.restorable(loc.keep)
+        if h is None:
+            return
+        epoch = loc.epoch + 1
+        self.starting[loc.keep] = Starting(loc.keep, epoch, verdict.trigger, loc.host, None,
+                                           h.seq, now)
+        self._out.append(StartFromCheckpoint(loc.keep, epoch, h.seq))
+
+    # ============================================================ timers
+
+    def get_timer(self) -> float | None:
+        t = min(self._next_refresh, self._next_eval)
+        for r in self.running.values():
+            t = min(t, r.replication.deadline())
+            if r.outgoing is not None:
+                d = r.outgoing.next_deadline()
+                if d is not None:
+                    t = min(t, d)
+        return t
+
+    def handle_timer(self, now: float) -> None:
+        from .effects import TakeCheckpoint
+        for r in list(self.running.values()):
+            rep = r.replication
+            if rep.expire(now):
+                self._reconcile(r, now)
+                og = r.outgoing
+                if og is not None and og.successor is not None and \
+                        og.successor not in rep.links:
+                    og.successor_died()
+            if rep.checkpoint_due(now) and (r.outgoing is None):
+                rep.checkpoint_pending = True
+                self._out.append(TakeCheckpoint(r.keep, rep.request_seq(), final=False))
+            elif now >= rep.next_checkpoint and not rep.ready():
+                rep.next_checkpoint = now + r.settings.checkpoint_s
+                rep.forget_failures()
+                self._reconcile(r, now)
+            og = r.outgoing
+            if og is not None:
+                self._emit(og.tick(now))
+                if og.step is Step.WAIT_STANDBY:
+                    self._advance(r, now)
+                if og.finished():
+                    self._finish_outgoing(r, now)
+        for keep, st in list(self.starting.items()):
+            if now - st.since > START_TIMEOUT_S:
+                self.keep_started(keep, st.epoch, None, False, "start timed out", now)
+        if now >= self._next_refresh:
+            self._next_refresh = now + REFRESH_S
+            self._push_own(now)
+        if now >= self._next_eval:
+            self._next_eval = now + EVAL_S
+            self._evaluate(now)
+
+    # ============================================================ outputs
+
+    def _emit(self, items: Iterable[Output]) -> None:
+        self._out.extend(items)
+
+    def next_output(self) -> Output | None:
+        return self._out.popleft() if self._out else None
+
+    # ============================================================ queries
+
+    def summary(self, keep: str) -> dict[str, object] | None:
+        """What `keeps --json` shows for a keep: host, epoch, standbys, last_checkpoint."""
+        loc = self.locations.get(keep)
+        if loc is None:
+            return None
+        return {"host_id": loc.host.hex(), "host": loc.address, "epoch": loc.epoch,
+                "standbys": [s.hex() for s in loc.standbys], "state": loc.state,
+                "last_checkpoint": {"seq": loc.checkpoint_seq, "at": loc.checkpoint_at}}

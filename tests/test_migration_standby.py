@@ -1,0 +1,160 @@
+"""Standby replication: attest before sealing, explicit link states, epoch-guarded holdings."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+from keepmesh.protocol.attestation.policy import load_policy
+from keepmesh.protocol.errors import ProtocolError
+from keepmesh.protocol.migration import effects as fx
+from keepmesh.protocol.migration.location import LocationTable, sign_location
+from keepmesh.protocol.migration.messages import Ack, LocationStatement, Replicate
+from keepmesh.protocol.migration.settings import MigrationSettings, parse_migration
+from keepmesh.protocol.migration.standby import Holdings, LinkState, Replication
+from keepmesh.protocol.migration.transfer import split
+from keepmesh.protocol.migration.triggers import Attested
+from migration_net import BASE_POLICY, evidence
+
+KEEP = "34" * 16
+STRICT = load_policy(BASE_POLICY + "[snp]\nmin_tcb = { microcode = 210 }\n")
+
+
+class View:
+    def __init__(self, nodes: dict[bytes, int]) -> None:
+        self.nodes = nodes  # node -> microcode
+        self.dead: set[bytes] = set()
+
+    def is_live(self, node: bytes) -> bool:
+        return node not in self.dead
+
+    def attested(self, node: bytes) -> Attested | None:
+        mc = self.nodes.get(node)
+        return None if mc is None else Attested(evidence(node, microcode=mc), 0.0)
+
+
+def _ids(n: int) -> list[bytes]:
+    return [hashlib.sha256(bytes([i])).digest() for i in range(n)]
+
+
+def _rep(k: int = 1) -> tuple[Replication, list[bytes], View]:
+    host, *others = _ids(5)
+    view = View({n: 213 for n in [host, *others]})
+    rep = Replication(KEEP, 1, host, STRICT, MigrationSettings(standbys=k, checkpoint_s=5), 0.0)
+    return rep, others, view
+
+
+def _fresh(node: bytes, nonce: bytes, now: float, microcode: int = 213) -> Attested:
+    return Attested(evidence(node, microcode=microcode, nonce=nonce, issued_at=int(now)),
+                    float(int(now)))
+
+
+def test_link_walks_attesting_shipping_ready_and_checkpoints() -> None:
+    rep, others, view = _rep()
+    [att] = rep.reconcile(view, others, 0.0, random.Random(1))
+    assert isinstance(att, fx.AttestStandby)
+    node = att.node
+    assert rep.links[node].state is LinkState.ATTESTING and rep.ready() == ()
+    [send] = rep.attested(node, att.nonce, _fresh(node, att.nonce, 1.0), 1.0)
+    assert isinstance(send, fx.SendReplicate) and rep.links[node].state is LinkState.SHIPPING
+    ok = dict(keep=KEEP, epoch=1, seq=0, ok=True, reason="")
+    assert rep.acked(node, Ack(kind="replicate", **ok), 1.5) == []
+    assert rep.links[node].state is LinkState.SHIPPING
+    rep.acked(node, Ack(kind="package", **ok), 1.6)
+    assert rep.ready() == (node,)
+    assert rep.checkpoint_due(5.0)
+    seq = rep.request_seq()
+    [ck] = rep.checkpoint_taken(seq, 5.0, 5.0)
+    assert isinstance(ck, fx.SendCheckpoint) and ck.seq == 1
+    assert rep.last_checkpoint() == (0, 0.0)            # not acked yet
+    rep.acked(node, Ack(keep=KEEP, epoch=1, kind="checkpoint", seq=1, ok=True, reason=""), 5.1)
+    assert rep.last_checkpoint() == (1, 5.0)
+
+
+@pytest.mark.parametrize("case", ["ok", "wrong_nonce", "other_node", "stale", "low_tcb", "none"])
+def test_key_is_only_shipped_after_fresh_bound_evidence_meets_the_policy(case: str) -> None:
+    rep, others, view = _rep()
+    [att] = rep.reconcile(view, others, 100.0, random.Random(1))
+    node, nonce = att.node, att.nonce
+    ev: Attested | None = {
+        "ok": _fresh(node, nonce, 100.0),
+        "wrong_nonce": _fresh(node, b"\x00" * 32, 100.0),
+        "other_node": _fresh(others[0] if others[0] != node else others[1], nonce, 100.0),
+        "stale": _fresh(node, nonce, 0.0),
+        "low_tcb": _fresh(node, nonce, 100.0, microcode=200),
+        "none": None,
+    }[case]
+    out = rep.attested(node, nonce, ev, 100.0)
+    if case == "ok":
+        assert out and isinstance(out[0], fx.SendReplicate)
+    else:
+        assert out == [] and rep.links[node].state is LinkState.FAILED
+        # the failed candidate is replaced by another one, never retried at once
+        again = rep.reconcile(view, others, 101.0, random.Random(2))
+        assert again and again[0].node != node  # type: ignore[union-attr]
+
+
+def test_candidates_failing_the_policy_are_never_attested() -> None:
+    rep, others, view = _rep(k=4)
+    for n in others[:2]:
+        view.nodes[n] = 200  # below min_tcb per their gossiped evidence
+    view.dead.add(others[2])
+    out = rep.reconcile(view, others, 0.0, random.Random(1))
+    assert [e.node for e in out] == [others[3]]  # type: ignore[union-attr]
+
+
+def test_silent_standby_is_dropped_after_timeout() -> None:
+    rep, others, view = _rep()
+    [att] = rep.reconcile(view, others, 0.0, random.Random(1))
+    assert not rep.expire(10.0)
+    assert rep.expire(16.0)
+    assert rep.links[att.node].state is LinkState.FAILED
+
+
+def _replicate(epoch: int = 1) -> Replicate:
+    return Replicate(keep=KEEP, epoch=epoch, deployment=b"d", package_size=3,
+                     package_digest=hashlib.sha256(b"pkg").digest())
+
+
+def test_holdings_accept_current_host_and_refuse_stale_or_foreign() -> None:
+    me, host, other = _ids(3)
+    h = Holdings(me)
+    table = LocationTable()
+    out = h.on_replicate(host, _replicate(), table)
+    assert isinstance(out[0], fx.StoreStandby) and out[1].message.ok  # type: ignore[union-attr]
+    [pkg] = split(KEEP, 1, "package", 0, 0.0, b"pkg")
+    stored = h.on_transfer(host, pkg, table)
+    assert isinstance(stored[0], fx.StoreStandby) and h.restorable(KEEP) is not None
+    # another member may not feed this keep at the same epoch
+    [refused] = h.on_transfer(other, split(KEEP, 1, "checkpoint", 1, 0.0, b"c")[0], table)
+    assert not refused.message.ok  # type: ignore[union-attr]
+    # a wrong package is refused
+    [bad] = h.on_transfer(host, split(KEEP, 1, "package", 0, 0.0, b"PKG")[0], table)
+    assert not bad.message.ok  # type: ignore[union-attr]
+    # checkpoints must increase
+    h.on_transfer(host, split(KEEP, 1, "checkpoint", 2, 0.0, b"c2")[0], table)
+    [old] = h.on_transfer(host, split(KEEP, 1, "checkpoint", 1, 0.0, b"c1")[0], table)
+    assert not old.message.ok and h.held[KEEP].seq == 2  # type: ignore[union-attr]
+    # once the keep is known to run at epoch 2 elsewhere, epoch 1 is stale
+    from keepmesh.protocol.membership.signing import Ed25519Signer
+    s = Ed25519Signer(b"\x05" * 32)
+    table.learn(sign_location(s, LocationStatement(
+        keep=KEEP, host=s.node_id, address="x:1", epoch=2, version=0, standbys=(),
+        checkpoint_seq=0, checkpoint_at=0.0, state="running")))
+    [stale] = h.on_replicate(host, _replicate(1), table)
+    assert not stale.message.ok and "stale" in stale.message.reason  # type: ignore[union-attr]
+    assert Holdings(me, max_held=0).on_replicate(host, _replicate(), LocationTable())[0] \
+        .message.reason == "standby full"  # type: ignore[union-attr]
+
+
+def test_settings_defaults_and_one_line_errors() -> None:
+    assert parse_migration(None) == MigrationSettings(1, 5.0)
+    assert parse_migration({"standbys": 2, "checkpoint_s": 1}) == MigrationSettings(2, 1.0)
+    for bad, field in [({"standbys": 9}, "migration.standbys"),
+                       ({"standbys": True}, "migration.standbys"),
+                       ({"checkpoint_s": 0.1}, "migration.checkpoint_s"),
+                       ({"checkpoint_s": "5"}, "migration.checkpoint_s"),
+                       ({"other": 1}, "migration.other"), ([], "migration")]:
+        with pytest.raises(ProtocolError, match=field):
+            parse_migration(bad)
