@@ -10,6 +10,7 @@ Example (keys are optional; flags win):
     data_dir = "/var/lib/keepmesh"
     roots = ["extra-root.pem"]      # extra trusted roots (e.g. another site's sim root)
     policy = "policy.toml"          # appraisal policy for peers (specs/attestation.md)
+    collateral = "collateral/"      # TCB info, QE identity, CRLs applied to peers' evidence
     owners = ["<hex ed25519 public key>"]   # owner keys admitted to deploy
     profile = "lan"                 # membership timing profile
     [labels]
@@ -50,6 +51,7 @@ class AgentConfig:
     data_dir: Path = field(default_factory=default_data_dir)
     roots: list[Path] = field(default_factory=list)
     policy: Path | None = None
+    collateral: Path | None = None
     owners: list[bytes] = field(default_factory=list)
     profile: str = "lan"
     labels: dict[str, str] = field(default_factory=dict)
@@ -57,7 +59,8 @@ class AgentConfig:
 
 _KEYS: dict[str, type | tuple[type, ...]] = {
     "listen": str, "advertise": str, "join": list, "tee": str, "sim_root": str,
-    "data_dir": str, "roots": list, "policy": str, "owners": list, "profile": str,
+    "data_dir": str, "roots": list, "policy": str, "collateral": str, "owners": list,
+    "profile": str,
     "labels": dict,
 }
 
@@ -111,6 +114,8 @@ def config_from_dict(data: dict[str, Any], source: str, base: Path = Path(".")) 
         cfg.data_dir = rel(data["data_dir"])
     if "policy" in data:
         cfg.policy = rel(data["policy"])
+    if "collateral" in data:
+        cfg.collateral = rel(data["collateral"])
     if "roots" in data:
         cfg.roots = [rel(p) for p in data["roots"]]
     if "owners" in data:

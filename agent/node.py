@@ -132,6 +132,9 @@ class Agent:
         self.endpoint = QuicEndpoint(identity)
         self.evidence_cache = EvidenceCache()
         self.chain_cache = ChainCache()
+        # Collateral from config (startup.load_agent_collateral), applied to every peer's
+        # evidence in the channel and to our own in self_check; None: none configured.
+        self.collateral: object | None = None
         self.peers: dict[bytes, PeerEntry] = {}
         self.methods: dict[str, Handler] = {
             "agent.status": self._rpc_status,
@@ -150,7 +153,7 @@ class Agent:
     # ------------------------------------------------------------- config
     def channel_config(self) -> ChannelConfig:
         return ChannelConfig(role="agent", trust=self.trust, policy=self.policy,
-                             chain_cache=self.chain_cache)
+                             chain_cache=self.chain_cache, collateral=self.collateral)
 
     def register(self, methods: dict[str, Handler]) -> None:
         self.methods.update(methods)
@@ -169,7 +172,7 @@ class Agent:
         now = time.time()
         verified = verify_evidence_record(evidence, self.trust,
                                           datetime.fromtimestamp(now, tz=UTC),
-                                          cache=self.chain_cache)
+                                          cache=self.chain_cache, collateral=self.collateral)
         if verified.report_data != evidence_report_data(self.identity.public_bytes, issued_at):
             raise ProtocolError("own evidence does not commit to our identity key")
         appraise(self.policy, verified, evidence_issued_at=float(issued_at), now=now)

@@ -17,7 +17,15 @@ from keepmesh.agent.node import Agent
 from keepmesh.agent.tee.base import TeeBackend, TeeUnavailable
 from keepmesh.protocol.attestation.certs import TrustStore, fingerprint
 from keepmesh.protocol.attestation.evidence import VerifiedEvidence
+from keepmesh.protocol.attestation.collateral import (
+    MAX_COLLATERAL_FILE,
+    MAX_COLLATERAL_FILES,
+    STATUS_ORDER,
+    Collateral,
+    load_collateral,
+)
 from keepmesh.protocol.attestation.policy import (
+    MAX_VMPL,
     Policy,
     SgxPolicy,
     SnpPolicy,
@@ -31,6 +39,37 @@ log = logging.getLogger("keepmesh.agent")
 
 class StartupError(Exception):
     """The agent cannot start; str() is the one-line reason."""
+
+
+SELF_CHECK_TCB_STATUSES = ("unknown", *(s for s in STATUS_ORDER if s != "Revoked"))
+
+
+def load_agent_collateral(path: Path) -> Collateral:
+    """Collateral files from `path` (a file, or a directory's regular files), bounded.
+
+    Applied by the channel to every peer's evidence (Intel TCB info / QE
+    identity decide DCAP tcb_status; CRLs revoke chain certificates).
+    """
+    try:
+        entries = [path] if path.is_file() else sorted(e for e in path.iterdir() if e.is_file())
+    except OSError as err:
+        raise StartupError(f"collateral {path}: {err.strerror}") from None
+    if len(entries) > MAX_COLLATERAL_FILES:
+        raise StartupError(f"collateral {path}: more than {MAX_COLLATERAL_FILES} files")
+    files: dict[str, bytes] = {}
+    for entry in entries:
+        try:
+            with open(entry, "rb") as fh:
+                data = fh.read(MAX_COLLATERAL_FILE + 1)
+        except OSError as err:
+            raise StartupError(f"collateral {entry}: {err.strerror}") from None
+        if len(data) > MAX_COLLATERAL_FILE:
+            raise StartupError(f"collateral {entry}: larger than {MAX_COLLATERAL_FILE} bytes")
+        files[entry.name] = data
+    try:
+        return load_collateral(files)
+    except ProtocolError as err:
+        raise StartupError(err.reason) from None
 
 
 def make_backend(cfg: AgentConfig) -> TeeBackend:
@@ -85,11 +124,17 @@ def build_agent(cfg: AgentConfig) -> Agent:
     trust = TrustStore(extra)
     sim_roots = tuple(fingerprint(c) for c in extra)
     sim = backend.kind == "sim"
+    # The self-check proves our evidence is genuine and chains to our roots; whether
+    # its TCB status or VMPL is good enough is each peer's policy to decide.
     permissive = Policy(allowed_tee=("snp", "sgx", "tdx", "sim") if sim else ("snp", "sgx", "tdx"),
-                        allow_sim=sim, sim_roots=sim_roots)
+                        allow_sim=sim, sim_roots=sim_roots,
+                        accepted_tcb_status=SELF_CHECK_TCB_STATUSES,
+                        snp=SnpPolicy(max_vmpl=MAX_VMPL))
     agent = Agent(identity=identity, backend=backend, trust=trust, policy=permissive,
                   listen=cfg.listen, advertise=cfg.advertise, join=cfg.join, data_dir=data_dir,
                   admin_keys=cfg.owners)
+    if cfg.collateral is not None:
+        agent.collateral = load_agent_collateral(cfg.collateral)
     try:
         own = agent.self_check()
     except ProtocolError as err:

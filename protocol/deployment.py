@@ -283,6 +283,8 @@ def parse_manifest_toml(text: str, source: str = "keepmesh.toml"
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ProtocolError(f"{source}: invalid TOML: {err}") from None
+    except RecursionError:  # tomllib recurses on nested arrays/tables
+        raise ProtocolError(f"{source}: invalid TOML: nested too deeply") from None
     unknown = sorted(set(doc) - _TOML_KEYS)
     if unknown:
         raise ProtocolError(f"{source}: unknown key {unknown[0]!r}")
