@@ -27,6 +27,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from .errors import ProtocolError, VerificationError
+from .secrets import (
+    MAX_DATA_FILES,
+    MAX_INPUTS_CIPHERTEXT,
+    MAX_SEALED_TOTAL,
+    MAX_SECRETS,
+    InputRef,
+    SecretUpdate,
+    check_refs,
+)
 from .wire import Message, Spec, b, f, flag, mapping, message, rec, s, seq, u
 
 MAX_PACKAGE = 16 * 1024 * 1024
@@ -100,6 +109,11 @@ class Deployment(Message):
         "created_at": f(0.0, 1e12),
         "nonce": b(exact=16),
         "signature": b(exact=64),
+        # Names and salted digests only; the values travel in SealedPackage.inputs
+        # (protocol/secrets.py). Absent when the workload declares none, so older
+        # deployments sign the same bytes as before.
+        "secrets": seq(rec(InputRef), MAX_SECRETS, optional=True),
+        "data": seq(rec(InputRef), MAX_DATA_FILES, optional=True),
     }
     package_digest: bytes
     package_size: int
@@ -109,11 +123,15 @@ class Deployment(Message):
     created_at: float
     nonce: bytes
     signature: bytes
+    secrets: tuple[InputRef, ...] | None = None
+    data: tuple[InputRef, ...] | None = None
 
     def validate(self) -> None:
         if self.package_size == 0 or self.package_size > MAX_PACKAGE:
             raise ProtocolError(f"deployment field 'package_size': {self.package_size} "
                                 f"outside [1, {MAX_PACKAGE}]")
+        if self.secrets or self.data:
+            check_refs(self.secrets or (), self.data or (), self.manifest.env)
 
 
 @message
@@ -124,9 +142,25 @@ class SealedPackage(Message):
     SCHEMA: ClassVar[dict[str, Spec]] = {
         "sealed_key": b(exact=SEALED_KEY_LEN),
         "ciphertext": b(MAX_PACKAGE + SECRETBOX_OVERHEAD),
+        # Secrets and data (SecretBox under the same key) and owner-signed rotations:
+        # whoever reseals the key for a peer copies these verbatim, so they move with it.
+        "inputs": b(MAX_INPUTS_CIPHERTEXT, optional=True),
+        "updates": seq(rec(SecretUpdate), MAX_SECRETS, optional=True),
     }
     sealed_key: bytes
     ciphertext: bytes
+    inputs: bytes | None = None
+    updates: tuple[SecretUpdate, ...] | None = None
+
+    def validate(self) -> None:
+        total = len(self.ciphertext) + len(self.inputs or b"")
+        if total > MAX_SEALED_TOTAL:
+            raise ProtocolError(f"sealed module and inputs total {total} bytes, more than "
+                                f"{MAX_SEALED_TOTAL}")
+        if self.updates:
+            names = [u.name for u in self.updates]
+            if len(set(names)) != len(names):
+                raise ProtocolError("sealed package carries two updates of one secret")
 
 
 @message
@@ -207,8 +241,14 @@ def package_digest(package: bytes) -> bytes:
 
 
 def make_deployment(manifest: Manifest, package: bytes, policy: str | None,
-                    owner_seed: bytes, now: float, rng: random.Random) -> Deployment:
-    """Build and sign a deployment; `owner_seed` is the 32-byte Ed25519 seed."""
+                    owner_seed: bytes, now: float, rng: random.Random, *,
+                    secrets: tuple[InputRef, ...] = (),
+                    data: tuple[InputRef, ...] = ()) -> Deployment:
+    """Build and sign a deployment; `owner_seed` is the 32-byte Ed25519 seed.
+
+    `secrets`/`data` are the refs from protocol.secrets.make_bundle (names and
+    salted digests); the values themselves are never part of the record.
+    """
     if len(package) == 0 or len(package) > MAX_PACKAGE:
         raise ProtocolError(f"package of {len(package)} bytes outside [1, {MAX_PACKAGE}]")
     if policy is not None and len(policy) > MAX_POLICY_TEXT:
@@ -219,6 +259,10 @@ def make_deployment(manifest: Manifest, package: bytes, policy: str | None,
         "package_digest": package_digest(package), "package_size": len(package),
         "manifest": manifest.to_fields(), "policy": policy, "owner_key": owner,
         "created_at": float(now), "nonce": rng.randbytes(16), "signature": bytes(64)}
+    if secrets:
+        fields["secrets"] = [r.to_fields() for r in secrets]
+    if data:
+        fields["data"] = [r.to_fields() for r in data]
     unsigned = Deployment.from_fields(fields)
     fields["signature"] = key.sign(deployment_signing_bytes(unsigned))
     return Deployment.from_fields(fields)
@@ -255,7 +299,8 @@ def check_package(d: Deployment, package: bytes) -> None:
 
 # ------------------------------------------------------------ keepmesh.toml
 
-_TOML_KEYS = {"name", "module", "args", "env", "resources", "policy"}
+_TOML_KEYS = {"name", "module", "args", "env", "resources", "policy",
+              "secrets", "data"}  # [secrets]/[data]: protocol.secrets.parse_inputs_toml
 _RESOURCE_KEYS = {"memory", "memory_limit", "fuel", "timeout_ms", "stateful"}
 _UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "ki": 1024, "m": 1024 ** 2, "mib": 1024 ** 2,
           "mi": 1024 ** 2, "g": 1024 ** 3, "gib": 1024 ** 3, "gi": 1024 ** 3}

@@ -62,6 +62,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from keepmesh.agent.keeps.package import PackageError, load_workload, read_policy_text
     from keepmesh.agent.keeps.sealing import seal_package
     from keepmesh.protocol.deployment import make_deployment
+    from keepmesh.protocol.secrets import deployment_key_for
 
     address = args.agent
     try:
@@ -75,13 +76,18 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     seed = _owner_seed(args)
     try:
         deployment = make_deployment(workload.manifest, workload.module, workload.policy_text,
-                                     seed, time.time(), random.SystemRandom())
+                                     seed, time.time(), random.SystemRandom(),
+                                     secrets=workload.secret_refs, data=workload.data_refs)
     except ProtocolError as err:
         raise CommandError(err.reason) from None
 
     async def go(client: Any) -> int:
         # Sealed only now, to the key the verified evidence commits to.
-        sealed, _ = seal_package(workload.module, client.peer_key)
+        # K is derived from the owner key (not stored), so `secrets set` can re-seal later;
+        # secrets and data go under the same K as the module.
+        sealed, _ = seal_package(workload.module, client.peer_key,
+                                 key=deployment_key_for(seed, deployment),
+                                 inputs=workload.inputs)
         body = {"deployment": deployment.to_fields(), "package": sealed.to_fields(),
                 "wait_ms": args.wait_ms}
         resp = await client.call("keeps.deploy", body)

@@ -19,6 +19,7 @@ from typing import Any
 
 import wasmtime
 
+from .inputs import KeepInputs
 from .store import KVState, StateError
 
 MAX_LOG_LINE = 4096
@@ -70,11 +71,12 @@ class HostContext:
     """Per-keep host state the imported functions act on."""
 
     def __init__(self, keep_id: str, state: KVState, logs: LogBuffer,
-                 router: Router | None = None) -> None:
+                 router: Router | None = None, inputs: KeepInputs | None = None) -> None:
         self.keep_id = keep_id
         self.state = state
         self.logs = logs
         self.router = router
+        self.inputs = inputs or KeepInputs()
         self.inbox: collections.deque[bytes] = collections.deque()
         self.pending: dict[bytes, bytes | None] = {}
 
@@ -194,6 +196,27 @@ def define_host_api(linker: wasmtime.Linker, ctx: HostContext) -> None:
             _write(caller, ptr, ident)
         return len(ident)
 
+    def secret_get(caller: wasmtime.Caller, nptr: int, nlen: int, vptr: int, vcap: int) -> int:
+        # The name is read, never echoed back in an error; the value only goes to the guest.
+        name = _read(caller, nptr, nlen, 64)
+        value = ctx.inputs.secret(name.decode("utf-8", "replace"))
+        if value is None:
+            return -1
+        if len(value) <= vcap:
+            _write(caller, vptr, value)
+        return len(value)
+
+    def data_read(caller: wasmtime.Caller, nptr: int, nlen: int, offset: int, vptr: int,
+                  vcap: int) -> int:
+        name = _read(caller, nptr, nlen, 64)
+        value = ctx.inputs.data_file(name.decode("utf-8", "replace"))
+        if value is None or offset < 0:
+            return -1
+        chunk = value[offset:offset + max(0, vcap)]
+        if chunk:
+            _write(caller, vptr, chunk)
+        return len(value)
+
     funcs: dict[str, tuple[wasmtime.FuncType, Callable[..., Any]]] = {
         "log": (ft(2, 0), log),
         "kv_get": (ft(4, 1), kv_get),
@@ -202,6 +225,8 @@ def define_host_api(linker: wasmtime.Linker, ctx: HostContext) -> None:
         "send": (ft(4, 1), send),
         "recv": (ft(2, 1), recv),
         "id": (ft(2, 1), self_id),
+        "secret_get": (ft(4, 1), secret_get),
+        "data_read": (ft(5, 1), data_read),
     }
     for name, (ty, fn) in funcs.items():
         linker.define_func("keepmesh", name, ty, fn, access_caller=True)

@@ -27,11 +27,13 @@ from keepmesh.protocol.deployment import (
     verify_deployment,
 )
 from keepmesh.protocol.errors import ProtocolError, VerificationError
+from keepmesh.protocol.secrets import SecretUpdate
 
 from .hostapi import HostContext, LogBuffer
+from .inputs import KeepInputs, parse_record
 from .package import PackageError, module_binary
 from .runtime import KeepError, KeepRuntime, is_terminal
-from .sealing import open_package
+from .sealing import open_package, seal_package
 from .store import KeepStore, KVState, StateError, export_checkpoint, import_checkpoint
 
 MAX_KEEPS = 256
@@ -71,6 +73,10 @@ class Keep:
             "created_at": d.created_at,
             "invocations": self.runtime.invocations if self.runtime else 0,
             "state_keys": len(self.ctx.state),
+            # Counts and the rotation serial only: never names' values.
+            "secrets": len(d.secrets or ()),
+            "data": len(d.data or ()),
+            "secrets_serial": self.ctx.inputs.serial,
         }
 
 
@@ -112,24 +118,29 @@ class KeepManager:
                 raise ProtocolError(f"agent already holds the maximum {MAX_KEEPS} keeps")
             package, dkey = open_package(sealed, self._identity_seed)
             check_package(deployment, package)
+            inputs = KeepInputs.open(deployment, keep_id, dkey, sealed.inputs,
+                                     sealed.updates or ())
             if deployment.policy:
                 validate_policy_text(deployment.policy)
             try:
                 module = module_binary(package, "package")
             except PackageError as err:
                 raise ProtocolError(err.reason) from None
-            keep = self._make_keep(keep_id, deployment, module, dkey, KVState(), LogBuffer())
+            keep = self._make_keep(keep_id, deployment, module, dkey, KVState(), LogBuffer(),
+                                   inputs)
             if keep.runtime is None:
                 raise ProtocolError(f"package refused: {keep.status}")
-            self.store.install(keep_id, deployment, module, dkey)
+            self.store.install(keep_id, deployment, module, dkey,
+                               inputs.record() if deployment.secrets or deployment.data
+                               or inputs.sealed is not None else None)
             self.keeps[keep_id] = keep
         self.log.info("keep %s admitted: %s (%s)", keep_id, deployment.manifest.name, keep.kind)
         self._persist(keep)
         return keep
 
     def _make_keep(self, keep_id: str, deployment: Deployment, module: bytes, dkey: bytes,
-                   state: KVState, logs: LogBuffer) -> Keep:
-        ctx = HostContext(keep_id, state, logs, router=self.route)
+                   state: KVState, logs: LogBuffer, inputs: KeepInputs | None = None) -> Keep:
+        ctx = HostContext(keep_id, state, logs, router=self.route, inputs=inputs)
         try:
             runtime: KeepRuntime | None = KeepRuntime(keep_id, deployment.manifest, module, ctx)
             status = "created"
@@ -234,6 +245,44 @@ class KeepManager:
             return self.outbound(sender, target, message)
         return False
 
+    # ------------------------------------------------------------ secrets
+    def set_secret(self, update: SecretUpdate) -> int:
+        """Apply an owner-signed rotation; the keep sees it from its next invocation.
+
+        Checked (signature, serial, decryption, digest) before anything is
+        written; persisted before it takes effect, so a crash never runs a
+        keep with a secret its store does not hold. Returns the new serial.
+        """
+        keep = self.get(update.keep)
+        with self._lock:
+            value = keep.ctx.inputs.check(update, keep.deployment, keep.keep_id,
+                                          keep.deployment_key)
+            try:
+                self.store.save_inputs(keep.keep_id, keep.ctx.inputs.record(update))
+            except OSError as err:
+                raise ProtocolError(f"keep {keep.keep_id}: cannot store the secret: "
+                                    f"{err.strerror}") from None
+            keep.ctx.inputs.apply(update, value)
+        serial: int = update.serial
+        self.log.info("keep %s: secret rotated (serial %d)", keep.keep_id, serial)
+        return serial
+
+    def sealed_for(self, keep_id: str, identity_public_key: bytes) -> SealedPackage:
+        """The keep's package, secrets, data and rotations sealed to another agent.
+
+        For placement replicas and migration standbys: the caller must first
+        have checked that agent's fresh evidence against the deployment's
+        policy (only then may it receive the key). The secrets and data are
+        copied as the owner sealed them, so the receiver verifies every digest
+        and signature itself when it admits the deployment.
+        """
+        keep = self.get(keep_id)
+        _, module, dkey = self.store.load(keep.keep_id)
+        sealed, _ = seal_package(module, identity_public_key, key=dkey,
+                                 inputs=keep.ctx.inputs.sealed,
+                                 updates=keep.ctx.inputs.update_list())
+        return sealed
+
     # ------------------------------------------------------------ migration
     def export_checkpoint(self, keep_id: str) -> bytes:
         keep = self.get(keep_id)
@@ -278,6 +327,9 @@ class KeepManager:
             try:
                 deployment, module, dkey = self.store.load(keep_id)
                 meta = self.store.load_meta(keep_id)
+                record = self.store.load_inputs(keep_id)
+                sealed_inputs, updates = (None, ()) if record is None else parse_record(record)
+                inputs = KeepInputs.open(deployment, keep_id, dkey, sealed_inputs, updates)
                 state = (self.store.load_state(keep_id) if deployment.manifest.stateful
                          else KVState())
             except (ProtocolError, OSError) as err:
@@ -286,7 +338,7 @@ class KeepManager:
             lines = meta.get("logs", [])
             logs = LogBuffer([(str(a), str(b)) for a, b in lines
                               if isinstance(lines, list)] if isinstance(lines, list) else [])
-            keep = self._make_keep(keep_id, deployment, module, dkey, state, logs)
+            keep = self._make_keep(keep_id, deployment, module, dkey, state, logs, inputs)
             status = str(meta.get("status", "created"))
             try:
                 verify_deployment(deployment, self.owner_keys)

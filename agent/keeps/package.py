@@ -9,6 +9,9 @@ package digest the owner signs must be over the exact bytes the keep runs
 from __future__ import annotations
 
 import dataclasses
+import os
+import random
+from collections.abc import Mapping
 from pathlib import Path
 
 import wasmtime
@@ -21,6 +24,18 @@ from keepmesh.protocol.deployment import (
     parse_manifest_toml,
 )
 from keepmesh.protocol.errors import ProtocolError
+from keepmesh.protocol.secrets import (
+    BOX_OVERHEAD,
+    MAX_DATA_TOTAL,
+    MAX_SEALED_TOTAL,
+    MAX_SECRET,
+    InputBundle,
+    InputRef,
+    InputSources,
+    encode_bundle,
+    make_bundle,
+    parse_inputs_toml,
+)
 
 MANIFEST_NAME = "keepmesh.toml"
 _MAX_WAT = 4 * MAX_PACKAGE
@@ -37,6 +52,10 @@ class Workload:
     module: bytes
     policy_text: str | None
     source: Path
+    inputs: InputBundle | None = None
+    """Secrets and data values (plaintext, only in the deployer's memory until sealed)."""
+    secret_refs: tuple[InputRef, ...] = ()
+    data_refs: tuple[InputRef, ...] = ()
 
     @property
     def digest(self) -> bytes:
@@ -104,8 +123,16 @@ def _default_name(path: Path) -> str:
     return (stem.lstrip("._-") or "workload")[:64]
 
 
-def load_workload(path: Path, policy_path: Path | None = None) -> Workload:
-    """Load a workload directory (with keepmesh.toml) or a single .wasm/.wat file."""
+def load_workload(path: Path, policy_path: Path | None = None, *,
+                  rng: random.Random | None = None,
+                  environ: Mapping[str, bytes] | None = None) -> Workload:
+    """Load a workload directory (with keepmesh.toml) or a single .wasm/.wat file.
+
+    `[secrets]` and `[data]` are read here too (files relative to the
+    directory, variables from `environ`, default the process environment) and
+    salted with `rng`, so every missing or oversized input fails before any
+    connection is opened.
+    """
     if path.is_dir():
         manifest_path = path / MANIFEST_NAME
         raw = _read(manifest_path, 64 * 1024, "manifest")
@@ -140,4 +167,71 @@ def load_workload(path: Path, policy_path: Path | None = None) -> Workload:
         raise PackageError(f"{path}: no such workload file or directory")
     module = module_binary(_read(module_path, _MAX_WAT, "module"), str(module_path))
     policy_text = read_policy_text(policy_path) if policy_path is not None else None
-    return Workload(manifest=manifest, module=module, policy_text=policy_text, source=path)
+    workload = Workload(manifest=manifest, module=module, policy_text=policy_text, source=path)
+    if path.is_dir():
+        try:
+            sources = parse_inputs_toml(text, str(manifest_path))
+        except ProtocolError as err:
+            raise PackageError(err.reason) from None
+        if sources.secrets or sources.data:
+            bundle, srefs, drefs = read_inputs(path, sources, str(manifest_path),
+                                               rng or random.SystemRandom(), environ)
+            sealed = len(module) + len(encode_bundle(bundle)) + 2 * BOX_OVERHEAD
+            if sealed > MAX_SEALED_TOTAL:
+                raise PackageError(f"{manifest_path}: module, secrets and data together are "
+                                   f"{sealed} bytes sealed, more than {MAX_SEALED_TOTAL}")
+            workload = dataclasses.replace(workload, inputs=bundle, secret_refs=srefs,
+                                           data_refs=drefs)
+    return workload
+
+
+def read_inputs(root: Path, sources: InputSources, source: str, rng: random.Random,
+                environ: Mapping[str, bytes] | None = None
+                ) -> tuple[InputBundle, tuple[InputRef, ...], tuple[InputRef, ...]]:
+    """Read every [secrets] file or variable and [data] file; one line naming the first
+    that is missing or too big (never its value)."""
+    env = os.environb if environ is None else environ
+    secrets: list[tuple[str, bytes]] = []
+    for src in sources.secrets:
+        where = f"{source}: secret {src.name!r}"
+        if src.env is not None:
+            value = env.get(src.env.encode())
+            if value is None:
+                raise PackageError(f"{where}: environment variable {src.env} is not set")
+            if len(value) > MAX_SECRET:
+                raise PackageError(f"{where}: environment variable {src.env} is "
+                                   f"{len(value)} bytes, more than {MAX_SECRET}")
+        else:
+            assert src.file is not None
+            value = _read_input(root / src.file, MAX_SECRET, f"{where}: file {src.file}")
+        secrets.append((src.name, value))
+    data: list[tuple[str, bytes]] = []
+    total = 0
+    for name, rel in sources.data:
+        value = _read_input(root / rel, MAX_DATA_TOTAL - total, f"{source}: data {name!r}: "
+                            f"file {rel}", total=True)
+        total += len(value)
+        data.append((name, value))
+    try:
+        made: tuple[InputBundle, tuple[InputRef, ...], tuple[InputRef, ...]] = make_bundle(
+            secrets, data, rng, as_env=[s.name for s in sources.secrets if s.as_env])
+    except ProtocolError as err:
+        raise PackageError(f"{source}: {err.reason}") from None
+    return made
+
+
+def _read_input(path: Path, limit: int, where: str, total: bool = False) -> bytes:
+    try:
+        if not path.is_file():
+            raise PackageError(f"{where}: no such file")
+        size = path.stat().st_size
+        if size > limit:
+            what = (f"brings the data files over {MAX_DATA_TOTAL} bytes in all" if total
+                    else f"is {size} bytes, more than {limit}")
+            raise PackageError(f"{where}: {what}")
+        data = path.read_bytes()
+    except OSError as err:
+        raise PackageError(f"{where}: cannot read: {err.strerror}") from None
+    if len(data) > limit:  # grew between stat and read
+        raise PackageError(f"{where}: changed size while being read")
+    return data

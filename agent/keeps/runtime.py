@@ -90,6 +90,18 @@ class KeepRuntime:
         self._gen_lock = threading.Lock()
         self._store: wasmtime.Store | None = None
         self._instance: wasmtime.Instance | None = None
+        self._env_version = -1
+
+    def _wasi(self) -> wasmtime.WasiConfig:
+        """WASI for this keep: argv, manifest env plus the secrets marked as_env."""
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = [self.manifest.name, *self.manifest.args]
+        self._env_version = self.ctx.inputs.version
+        wasi.env = list(self.manifest.env.items()) + self.ctx.inputs.env_items()
+        logs = self.ctx.logs
+        wasi.stdout_custom = lambda data: logs.write("stdout", data)
+        wasi.stderr_custom = lambda data: logs.write("stderr", data)
+        return wasi
 
     # ------------------------------------------------------------ limits
     def _arm(self) -> threading.Timer:
@@ -167,13 +179,7 @@ class KeepRuntime:
                 return self.status
             store = wasmtime.Store(self.engine)
             store.set_limits(memory_size=self.manifest.memory_limit)
-            wasi = wasmtime.WasiConfig()
-            wasi.argv = [self.manifest.name, *self.manifest.args]
-            wasi.env = list(self.manifest.env.items())
-            logs = self.ctx.logs
-            wasi.stdout_custom = lambda data: logs.write("stdout", data)
-            wasi.stderr_custom = lambda data: logs.write("stderr", data)
-            store.set_wasi(wasi)
+            store.set_wasi(self._wasi())
             self._store = store
             linker = wasmtime.Linker(self.engine)
             linker.define_wasi()
@@ -212,6 +218,8 @@ class KeepRuntime:
             if self.status != "running" or self._store is None or self._instance is None:
                 raise KeepError(self.status)
             store = self._store
+            if self._env_version != self.ctx.inputs.version and self.ctx.inputs.as_env:
+                store.set_wasi(self._wasi())  # a rotated as_env secret, seen from this call on
             exports = self._instance.exports(store)
             alloc, handle, mem = exports.get("alloc"), exports.get("handle"), exports.get("memory")
             if not (isinstance(alloc, wasmtime.Func) and isinstance(handle, wasmtime.Func)

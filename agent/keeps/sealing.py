@@ -16,6 +16,15 @@ import nacl.signing
 import nacl.utils
 from keepmesh.protocol.deployment import SealedPackage
 from keepmesh.protocol.errors import VerificationError
+from keepmesh.protocol.secrets import (
+    InputBundle,
+    InputValue,
+    SecretUpdate,
+    decode_bundle,
+    decode_value,
+    encode_bundle,
+    encode_value,
+)
 
 
 def new_deployment_key() -> bytes:
@@ -36,16 +45,26 @@ def _curve_private(identity_seed: bytes) -> nacl.public.PrivateKey:
 
 
 def seal_package(package: bytes, identity_public_key: bytes,
-                 key: bytes | None = None) -> tuple[SealedPackage, bytes]:
-    """Encrypt `package` for the holder of `identity_public_key`.
+                 key: bytes | None = None, *, inputs: InputBundle | bytes | None = None,
+                 updates: tuple[SecretUpdate, ...] = ()) -> tuple[SealedPackage, bytes]:
+    """Encrypt `package` (and its secrets and data) for the holder of `identity_public_key`.
 
-    Returns the sealed record and the per-deployment key (the deployer may
-    drop it; the agent recovers it with open_sealed_key).
+    `inputs` is the plaintext bundle (encrypted here under the key) or, when a
+    keep is handed on, the bytes already encrypted under it, copied verbatim
+    with the owner's `updates` so the receiver can check every digest and
+    signature itself. Returns the sealed record and the per-deployment key.
     """
     key = key or new_deployment_key()
     ciphertext = bytes(nacl.secret.SecretBox(key).encrypt(package))
     sealed_key = bytes(nacl.public.SealedBox(_curve_public(identity_public_key)).encrypt(key))
-    return SealedPackage.from_fields({"sealed_key": sealed_key, "ciphertext": ciphertext}), key
+    fields: dict[str, object] = {"sealed_key": sealed_key, "ciphertext": ciphertext}
+    if isinstance(inputs, InputBundle):
+        fields["inputs"] = secretbox_encrypt(key, encode_bundle(inputs))
+    elif inputs is not None:
+        fields["inputs"] = inputs
+    if updates:
+        fields["updates"] = [u.to_fields() for u in updates]
+    return SealedPackage.from_fields(fields), key
 
 
 def open_sealed_key(sealed: SealedPackage, identity_seed: bytes) -> bytes:
@@ -77,3 +96,20 @@ def secretbox_decrypt(key: bytes, data: bytes, what: str) -> bytes:
         return bytes(nacl.secret.SecretBox(key).decrypt(data))
     except nacl.exceptions.CryptoError:
         raise VerificationError(f"{what} failed authentication (tampered or wrong key)") from None
+
+
+def open_inputs(sealed: SealedPackage, key: bytes) -> InputBundle | None:
+    """The secrets and data of a sealed package (None if it carries none)."""
+    if sealed.inputs is None:
+        return None
+    return decode_bundle(secretbox_decrypt(key, sealed.inputs, "sealed inputs"))
+
+
+def seal_value(key: bytes, value: InputValue) -> bytes:
+    """Encrypt one secret value (a rotation) under the per-deployment key."""
+    return secretbox_encrypt(key, encode_value(value))
+
+
+def open_update(key: bytes, update: SecretUpdate) -> InputValue:
+    return decode_value(secretbox_decrypt(key, update.ciphertext,
+                                          f"secret update for {update.name!r}"))

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from keepmesh.protocol.deployment import CallRequest, DeployRequest, KeepRequest, ListRequest
 from keepmesh.protocol.errors import ProtocolError
+from keepmesh.protocol.secrets import SecretSetRequest
 
 from .manager import Keep, KeepManager
 from .runtime import KeepError
@@ -56,6 +57,7 @@ class KeepService:
             "keeps.logs": self.logs,
             "keeps.call": self.call,
             "keeps.stop": self.stop,
+            "keeps.secret_set": self.secret_set,
         }
 
     async def start(self) -> None:
@@ -116,3 +118,11 @@ class KeepService:
         keep = self._keep_for(ctx, req.keep)
         status = await self.manager.stop(keep.keep_id)
         return {"keep": keep.keep_id, "state": status}
+
+    async def secret_set(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        """Rotate one secret. The owner's signature is the authority; peer agents may
+        forward the (encrypted, self-authenticating) update to the keep's host."""
+        req = SecretSetRequest.from_fields(body)
+        keep = self._keep_for(ctx, req.update.keep, agents_ok=True)
+        serial = self.manager.set_secret(req.update)
+        return {"keep": keep.keep_id, "name": req.update.name, "serial": serial}

@@ -177,11 +177,13 @@ class KeepStore:
         return secretbox_decrypt(self._key, blob, f"{keep_id}/{name}")
 
     def install(self, keep_id: str, deployment: Deployment, module: bytes,
-                deployment_key: bytes) -> None:
+                deployment_key: bytes, inputs: bytes | None = None) -> None:
         d = self._dir(keep_id)
         d.mkdir(mode=0o700, exist_ok=True)
         self._put(keep_id, "module.enc", module)
         self._put(keep_id, "dkey.enc", deployment_key)
+        if inputs is not None:
+            self.save_inputs(keep_id, inputs)
         # Written last: its presence marks a complete install.
         atomic_write(d / "deployment.bin", msgpack.packb(deployment.to_fields(),
                                                          use_bin_type=True))
@@ -202,6 +204,14 @@ class KeepStore:
         if module is None or dkey is None:
             raise StateError(f"keep {keep_id}: incomplete install")
         return msg, module, dkey
+
+    def save_inputs(self, keep_id: str, record: bytes) -> None:
+        """Secrets and data at rest: still under the deployment key inside (the record
+        holds the sealed bytes as they arrived), and under the storage key outside."""
+        self._put(keep_id, "inputs.enc", record)
+
+    def load_inputs(self, keep_id: str) -> bytes | None:
+        return self._get(keep_id, "inputs.enc")
 
     def save_state(self, keep_id: str, state: KVState) -> None:
         self._put(keep_id, "state.enc", state.to_bytes())
