@@ -22,12 +22,16 @@ class LocalAttester:
         self.backend = backend
         self.lifetime_s = lifetime_s
         self._generic: tuple[Evidence, int] | None = None
+        self._token: object = self._state_token()
         self._lock = trio.Lock()  # hardware interfaces serialise report requests anyway
 
     async def evidence(self, nonce: bytes | None) -> tuple[Evidence, int]:
         """Evidence whose report_data commits to our identity (and `nonce` if given)."""
         if nonce is None:
             cached = self._generic
+            token = self._state_token()
+            if token != self._token:  # e.g. `keepmesh sim set-tcb`: old evidence is stale
+                self._token, cached = token, None
             if cached is not None and time.time() - cached[1] < self.lifetime_s / 2:
                 return cached
         async with self._lock:
@@ -37,6 +41,12 @@ class LocalAttester:
         if nonce is None:
             self._generic = (evidence, issued_at)
         return evidence, issued_at
+
+    def _state_token(self) -> object:
+        """Backends whose evidence can change while running (the sim TEE's TCB knob)
+        expose `state_token()`; hardware backends do not, and never invalidate."""
+        probe = getattr(self.backend, "state_token", None)
+        return probe() if callable(probe) else None
 
     def evidence_now(self, nonce: bytes | None) -> tuple[Evidence, int]:
         """Synchronous variant for start-up, before trio runs."""
