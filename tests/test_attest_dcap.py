@@ -243,3 +243,41 @@ def test_flipping_any_signed_byte_fails(data: st.DataObject) -> None:
     mutated[pos] ^= bit
     with pytest.raises(ProtocolError):
         verify_quote(bytes(mutated), [], TRUST, at)
+
+
+# ---------------------------------------- damaged embedded certificates (issue 9)
+
+
+def _flip_in_cert(quote: bytes, cert_index: int, pos: int) -> bytes:
+    """Flip one bit at `pos` of the DER of the cert_index-th embedded PEM certificate."""
+    import base64
+    import re
+    m = list(re.finditer(rb"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----",
+                         quote, re.S))[cert_index]
+    body = m.group(1)
+    der = bytearray(base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", body)))
+    der[pos % len(der)] ^= 0x10
+    new64 = iter(base64.b64encode(bytes(der)))
+    out = bytes(c if c in b"\r\n" else next(new64) for c in body)
+    return quote[:m.start(1)] + out + quote[m.end(1):]
+
+
+@pytest.mark.parametrize("rel", ["tdx/gotdxguest-v4-spr/quote.dat",
+                                 "sgx-dcap/trustee-occlum-v3/quote.dat"])
+def test_byte_flipped_inside_embedded_certs_is_a_declared_error(rel: str) -> None:
+    """Before the fault boundary these raised ValueError, UnsupportedAlgorithm,
+    InvalidVersion or TypeError (4 crash kinds in 100k public-quote mutations)."""
+    from keepmesh.protocol.attestation.boundary import UnexpectedError
+    quote = (VEC / rel).read_bytes()
+    at = T2023 if "spr" in rel else T2025
+    for index in range(3):
+        for pos in range(0, 1400, 23):
+            bad = _flip_in_cert(quote, index, pos)
+            assert len(bad) == len(quote)
+            try:
+                verify_evidence(bad, (), TRUST, at)
+            except UnexpectedError as err:  # guarded, but still a missed narrow check
+                raise AssertionError(f"cert {index} byte {pos}: {err.reason}") from err
+            except ProtocolError:
+                continue
+            # A flip in a byte the chain does not depend on may still verify; never crash.

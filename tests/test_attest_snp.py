@@ -240,3 +240,55 @@ def test_turin_tcb_layout() -> None:
                          "Turin")
     assert raw.to_bytes(8, "little") == bytes([1, 2, 3, 4, 0, 0, 0, 9])
     assert snp.decode_tcb(raw, "Turin")["snp"] == 4
+
+
+# ------------------------------------------------ hostile input (issue 9)
+
+
+def test_mutated_sim_certificates_only_raise_declared_errors(sim_root: Path,
+                                                             tmp_path: Path) -> None:
+    """Byte flips across the sim VCEK and ASK (how sim evidence is made: agent/tee/sim.py).
+
+    Random mutation of sim certificates hit 8 distinct crash kinds in 100k cases
+    before the fault boundary (ValueError on off-curve points and bad names,
+    UnsupportedAlgorithm on unknown key/signature OIDs, DuplicateExtension...).
+    """
+    from keepmesh.agent.tee.sim import SimTee, read_sim_root
+    from keepmesh.protocol.attestation.boundary import UnexpectedError
+    tee = SimTee(sim_root, tmp_path / "agent")
+    ev = tee.collect(b"\1" * 64)
+    trust = TrustStore([read_sim_root(sim_root)])
+    at = dt.datetime.now(dt.UTC)
+    assert verify_evidence(ev.report, ev.certs, trust, at).tee == "sim"
+    outcomes = {"rejected": 0, "accepted": 0}
+    for which in range(len(ev.certs)):
+        der = ev.certs[which]
+        for pos in range(0, len(der), 5):
+            for mask in (0x01, 0x80):
+                bad = bytearray(der)
+                bad[pos] ^= mask
+                certs = list(ev.certs)
+                certs[which] = bytes(bad)
+                try:
+                    verify_evidence(ev.report, certs, trust, at)
+                    outcomes["accepted"] += 1
+                except UnexpectedError as err:
+                    raise AssertionError(f"cert {which} byte {pos}: {err.reason}") from err
+                except ProtocolError:
+                    outcomes["rejected"] += 1
+    assert outcomes["rejected"] > 100
+
+
+def test_default_policy_refuses_vmpl_above_zero() -> None:
+    """The AWS VLEK vector reports VMPL 1: verified, but the default policy says no."""
+    from keepmesh.protocol.attestation.policy import Policy, PolicyError, SnpPolicy, appraise
+    verified = verify_evidence(read("trustee-milan-vlek-v3/report.bin"),
+                               [cert_der(load_certificates(read("trustee-milan-vlek-v3/vlek.der"))[0]),
+                                *chain("milan")], TRUST, AT)
+    assert verified.claims["vmpl"] == 1
+    with pytest.raises(PolicyError, match="snp.max_vmpl: expected <= 0, got 1"):
+        appraise(Policy(), verified)
+    appraise(Policy(snp=SnpPolicy(max_vmpl=1)), verified)
+    at_zero = verify_evidence(read("trustee-milan-v2/report.bin"),
+                              [read("trustee-milan-v2/vcek.der"), *chain("milan")], TRUST, AT)
+    appraise(Policy(), at_zero)

@@ -197,3 +197,116 @@ def test_loading_bounds_and_garbage() -> None:
         load_der(b"\x30" * (17 * 1024))
     with pytest.raises(ProtocolError):
         load_certificates(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+
+
+# ------------------------------------------------- hostile certificates (issue 9)
+
+
+def _leaf_der() -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    cert = _cert("hostile leaf", key, "test root", root_key, ca=False)
+    return cert_der(cert), key
+
+
+def _patched(der: bytes, old: bytes, new: bytes) -> bytes:
+    assert der.count(old) >= 1 and len(old) == len(new)
+    return der.replace(old, new, 1)
+
+
+def _with_ski(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    now = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    return (x509.CertificateBuilder().subject_name(_name("d")).issuer_name(_name("d"))
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .add_extension(x509.SubjectKeyIdentifier(b"\1" * 20), False)
+            .sign(key, hashes.SHA256()))
+
+
+def _hostile_variants() -> dict[str, bytes]:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    der, key = _leaf_der()
+    point = key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    off_curve = point[:-1] + bytes([point[-1] ^ 1])
+    return {
+        "off-curve EC point": _patched(der, point, off_curve),
+        "unknown key algorithm": _patched(der, bytes.fromhex("2a8648ce3d0201"),
+                                          bytes.fromhex("2a8648ce3d0209")),
+        "invalid version": _patched(der, bytes.fromhex("a003020102"),
+                                    bytes.fromhex("a003020107")),
+        "unknown signature algorithm": der.replace(bytes.fromhex("2a8648ce3d040302"),
+                                                   bytes.fromhex("2a8648ce3d040309")),
+        # The SubjectKeyIdentifier's OID rewritten to BasicConstraints' OID: two BCs.
+        "duplicate extension": _patched(cert_der(_with_ski(key)), bytes.fromhex("0603551d0e"),
+                                        bytes.fromhex("0603551d13")),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_hostile_variants()))
+def test_library_errors_become_protocol_errors(name: str) -> None:
+    """Each of these raised ValueError/UnsupportedAlgorithm/InvalidVersion/
+    DuplicateExtension out of chain building before the fault boundary."""
+    der = _hostile_variants()[name]
+    with pytest.raises(ProtocolError) as err:
+        load_der(der)
+    assert "\n" not in str(err.value) and str(err.value).startswith("certificate")
+    with pytest.raises(ProtocolError):
+        load_certificates(der)
+
+
+def test_good_certificate_still_loads() -> None:
+    der, _ = _leaf_der()
+    assert load_der(der).subject == _name("hostile leaf")
+
+
+def test_self_issued_pile_is_rejected_in_few_signature_checks() -> None:
+    """8 self-issued certificates under one name and key: before the bound every
+    ordering was searched (thousands of checks); now a path never repeats a name."""
+    from keepmesh.protocol.attestation.certs import SignatureBudget
+    key = ec.generate_private_key(ec.SECP256R1())
+    pile = [_cert("x", key, "x", key, ca=True) for _ in range(8)]
+    leaf = _cert("victim", ec.generate_private_key(ec.SECP256R1()), "x", key, ca=False)
+    budget = SignatureBudget()
+    with pytest.raises(VerificationError):
+        build_chain(leaf, pile, TrustStore(include_vendor=False), AT, budget=budget)
+    assert 1 <= budget.used <= 8
+
+
+def test_wide_pool_stops_at_the_signature_budget() -> None:
+    """5 levels x 3 certificates that all verify: 243 paths; the budget ends it."""
+    from keepmesh.protocol.attestation.certs import (
+        MAX_SIGNATURE_CHECKS,
+        SignatureBudget,
+        WorkLimitExceeded,
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    pool = [_cert(f"L{level}", key, f"L{level + 1}", key, ca=True)
+            for level in range(1, 6) for _ in range(3)]
+    leaf = _cert("victim", ec.generate_private_key(ec.SECP256R1()), "L1", key, ca=False)
+    budget = SignatureBudget()
+    with pytest.raises(WorkLimitExceeded, match="signature checks"):
+        build_chain(leaf, pool, TrustStore(include_vendor=False), AT, budget=budget)
+    assert budget.used == MAX_SIGNATURE_CHECKS
+
+
+def test_duplicates_deduped_and_candidates_capped(pki: dict[str, x509.Certificate]) -> None:
+    from keepmesh.protocol.attestation.certs import MAX_CANDIDATES, SignatureBudget
+    trust = TrustStore([pki["root"]], include_vendor=False)
+    budget = SignatureBudget()
+    chain = build_chain(pki["leaf"], [pki["mid"]] * 100 + [pki["leaf"]] * 5, trust, AT,
+                        budget=budget)
+    assert chain.subjects == ("test leaf", "test mid", "test root") and budget.used == 2
+    key = ec.generate_private_key(ec.SECP256R1())
+    many = [_cert(f"c{i}", key, "c", key, ca=True) for i in range(MAX_CANDIDATES + 1)]
+    with pytest.raises(ProtocolError, match="candidate certificates"):
+        build_chain(pki["leaf"], many, trust, AT)
+
+
+def test_real_chains_need_two_checks() -> None:
+    from keepmesh.protocol.attestation.certs import SignatureBudget
+    pool = pem(SNP / "amd-certs/milan/ask_ark_asvk.pem")
+    leaf = load_der((SNP / "trustee-milan-v2/vcek.der").read_bytes())
+    budget = SignatureBudget()
+    build_chain(leaf, pool, TrustStore(), AT, budget=budget)
+    assert budget.used == 2
