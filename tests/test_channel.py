@@ -320,3 +320,95 @@ def test_protocol_violations_fail(tmp_path: Path, sim_root: Path, bad: str) -> N
     assert ch.state is ChannelState.CLOSED
     assert any(type(m).__name__ == "ChannelReject" for m in ch.messages_to_send())
     assert not [e for e in events(ch) if isinstance(e, Established)]
+
+
+# ------------------------------------------------ fail-closed trust (issue 9)
+
+
+def _crl_by_sim_ask(root: Path, serials: list[int]) -> object:
+    """A CRL signed by the sim ASK (as AMD's KDS CRL is signed by the ASK)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from keepmesh.protocol.attestation.certs import load_certificates
+    ask = load_certificates((root / "ask.pem").read_bytes())[0]
+    key = serialization.load_pem_private_key((root / "ask.key").read_bytes(), password=None)
+    now = dt.datetime.now(dt.UTC)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ask.subject)
+               .last_update(now - dt.timedelta(hours=1)).next_update(now + dt.timedelta(days=7)))
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial)
+            .revocation_date(now - dt.timedelta(hours=1)).build())
+    crl = builder.sign(key, hashes.SHA384(),  # type: ignore[arg-type]
+                       rsa_padding=padding.PSS(mgf=padding.MGF1(hashes.SHA384()),
+                                               salt_length=48))
+    from keepmesh.protocol.attestation.collateral import Collateral
+    return Collateral(crls=(crl,), certs=(ask,))
+
+
+def test_channel_applies_configured_collateral(tmp_path: Path, sim_root: Path) -> None:
+    """Collateral in ChannelConfig is applied to the peer's evidence: a CRL that
+    revokes the peer's VCEK fails the channel; one that does not, passes."""
+    a = make_agent(tmp_path, sim_root, "a")
+    b = make_agent(tmp_path, sim_root, "b")
+    assert b.tee is not None
+    vcek_serial = b.tee._vcek.serial_number
+    a.config.collateral = _crl_by_sim_ask(sim_root, [vcek_serial + 1])
+    ca, cb = run(a, b)
+    assert ca.established and cb.established
+    assert ca.peer and ca.peer.evidence
+    assert ca.peer.evidence.claims["collateral"]["crls_checked"] == [
+        "keepmesh INSECURE sim SEV-Milan"]
+    a.cache = EvidenceCache()
+    a.config.collateral = _crl_by_sim_ask(sim_root, [vcek_serial])
+    ca, cb = run(a, b)
+    assert not ca.established and "revoked" in failed_reason(ca)
+
+
+def test_sim_evidence_obeys_allowed_tee(tmp_path: Path, sim_root: Path) -> None:
+    fp = fingerprint(read_sim_root(sim_root))
+    a = make_agent(tmp_path, sim_root, "a",
+                   policy=Policy(allow_sim=True, sim_roots=(fp,), allowed_tee=("snp",)))
+    b = make_agent(tmp_path, sim_root, "b")
+    ca, _ = run(a, b)
+    assert "allowed_tee" in failed_reason(ca)
+    a = make_agent(tmp_path, sim_root, "a2",
+                   policy=Policy(allow_sim=True, sim_roots=(fp,), allowed_tee=("sim",)))
+    ca, _ = run(a, b)
+    assert ca.established
+
+
+def test_foreign_exception_fails_the_session_not_the_caller(
+        tmp_path: Path, sim_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug met while handling peer input ends that channel with a reason."""
+    import keepmesh.protocol.channel as channel
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(channel, "verify_evidence_record", boom)
+    a = make_agent(tmp_path, sim_root, "a")
+    b = make_agent(tmp_path, sim_root, "b")
+    ca, cb = run(a, b)  # must not raise
+    assert not ca.established and not cb.established
+    assert failed_reason(ca) == "internal error (RuntimeError)"
+    assert isinstance(ca.internal_error, RuntimeError)
+
+
+def test_library_error_in_verifier_is_a_verification_failure(
+        tmp_path: Path, sim_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verifier's own fault boundary turns a stray library error into a reason."""
+    import keepmesh.protocol.attestation.snp as snp
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise ValueError("library quirk")
+
+    monkeypatch.setattr(snp, "cert_tcb", boom)
+    a = make_agent(tmp_path, sim_root, "a")
+    b = make_agent(tmp_path, sim_root, "b")
+    ca, _ = run(a, b)
+    assert failed_reason(ca) == "snp: unexpected ValueError (library quirk)"
+    assert ca.internal_error is None
