@@ -181,7 +181,10 @@ class Engine:
         trace = self.trace.update
         pack = _TRACE_MSG.pack
         next_progress = 0.0
-        step = until / 200.0 if until > 0 else 1.0
+        step = until / 1000.0 if until > 0 else 1.0
+        attach = getattr(progress, "attach", None)
+        if attach is not None:  # a progress reporter may read counters (events/s)
+            attach(self)
         while heap and heap[0][0] <= until:
             t, _seq, kind, a, b, c = pop(heap)
             self.now = t

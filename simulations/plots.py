@@ -101,3 +101,62 @@ def write_outputs(sim: Simulation, report: dict[str, Any], out_dir: str) -> list
     plt.close(fig)
     files.append("membership_view.png")
     return files
+
+
+SWEEP_PLOTS = ("dissemination_999_s", "detection_p50_s", "dead_everywhere_max_s",
+               "false_positives", "msgs_per_agent_s")
+
+
+def write_sweep_outputs(doc: dict[str, Any], out_dir: str) -> list[str]:
+    """sweep.json plus one PNG per metric: median with the p10-p90 band over seeds.
+
+    The x axis is the grid parameter with the most values; every combination of
+    the other parameters is its own line.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "sweep.json"), "w") as fh:
+        json.dump(doc, fh, indent=2, sort_keys=True)
+    files = ["sweep.json"]
+    grid: dict[str, list[Any]] = doc["grid"]
+    if not grid:
+        return files
+    xkey = max(grid, key=lambda k: len(grid[k]))
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for point in doc["points"]:
+        rest = ", ".join(f"{k}={v:g}" for k, v in point["params"].items() if k != xkey)
+        lines.setdefault(rest or "all", []).append(point)
+    for name in SWEEP_PLOTS:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        drawn = False
+        for label, pts in lines.items():
+            pts = sorted(pts, key=lambda p: p["params"][xkey])
+            xs, med, lo, hi = [], [], [], []
+            for p in pts:
+                f = p["metrics"][name]
+                if f["median"] is None:
+                    continue
+                xs.append(p["params"][xkey])
+                med.append(f["median"])
+                lo.append(f["p10"])
+                hi.append(f["p90"])
+            if xs:
+                drawn = True
+                ax.plot(xs, med, marker="o", label=label)
+                ax.fill_between(xs, lo, hi, alpha=0.2)
+        if drawn:
+            ax.set_xlabel(xkey)
+            ax.set_ylabel(f"{name} (median, p10-p90 over {len(doc['seeds'])} seeds)")
+            ax.grid(alpha=0.3)
+            if len(lines) > 1:
+                ax.legend(fontsize=7)
+            fname = f"sweep_{name}.png"
+            fig.tight_layout()
+            fig.savefig(os.path.join(out_dir, fname), dpi=100)
+            files.append(fname)
+        plt.close(fig)
+    return files

@@ -142,13 +142,13 @@ def test_with_gossip_bytes_equal_encoding_the_full_message():
 def test_gossip_item_decode_is_memoized_and_bad_items_still_fail():
     import pytest
     from keepmesh.protocol.errors import ProtocolError
-    from keepmesh.protocol.membership.messages import Suspect, decode_gossip_item
+    from keepmesh.protocol.membership.messages import Alive, decode_gossip_item
     from keepmesh.protocol.wire import encode_payload
 
-    item = encode_payload(Suspect(node=b"n" * 32, incarnation=3, accuser=b"c" * 32))
+    item = encode_payload(Alive(record=b"r" * 300))
     first = decode_gossip_item(item, 2048)
     assert decode_gossip_item(bytes(item), 2048) is first  # equal bytes: one decode
-    assert first == Suspect(node=b"n" * 32, incarnation=3, accuser=b"c" * 32)
+    assert first == Alive(record=b"r" * 300)
     for bad in (b"\x93\x01\xa9swim.ping\x80", b"\xc1", item + b"\x00" * 3000):
         with pytest.raises(ProtocolError):
             decode_gossip_item(bad, 2048)

@@ -1,4 +1,4 @@
-"""`keepmesh simulate TOPOLOGY.toml [--seed N] [--out DIR] [--json]`.
+"""`keepmesh simulate TOPOLOGY.toml [--seed N] [--set KEY=VALUE ...] [--out DIR] [--json]`.
 
 Runs the deterministic simulator (keepmesh.simulations) on a topology file.
 It imports keepmesh.protocol only (no sockets, no trio), and matplotlib only
@@ -14,6 +14,8 @@ import sys
 from typing import Any
 
 from keepmesh.agent.cli import CommandError
+from keepmesh.agent.cli._progress import SimProgress
+from keepmesh.agent.cli._progress import enabled as progress_enabled
 
 
 def register(subparsers: Any) -> None:
@@ -24,37 +26,26 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--out", metavar="DIR", help="write metrics.json and PNG plots here")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a sweep parameter (loss, latency_ms, jitter_ms, agents, "
+                   "load, duration_s): replays one point of `keepmesh sweep`")
     p.set_defaults(func=run)
-
-
-class _Progress:
-    """A one-line bar on stderr, only when stderr is a terminal."""
-
-    def __init__(self, total: float) -> None:
-        self.total = total
-        self.last = -1
-
-    def __call__(self, now: float) -> None:
-        pct = int(100 * min(1.0, now / self.total)) if self.total > 0 else 100
-        if pct != self.last:
-            self.last = pct
-            bar = "#" * (pct // 4)
-            sys.stderr.write(f"\rsimulating [{bar:<25}] {pct:3d}% t={now:8.1f}s")
-            sys.stderr.flush()
-
-    def done(self) -> None:
-        sys.stderr.write("\n")
 
 
 def run(args: argparse.Namespace) -> int:
     from keepmesh.simulations.runner import simulate
+    from keepmesh.simulations.sweep import SweepError, apply_params, parse_set, read_toml
     from keepmesh.simulations.topology import TopologyError, load_topology
 
     if not (-(2**63) <= args.seed < 2**63):
         raise CommandError("--seed must fit in 64 bits")
     try:
-        topo = load_topology(args.topology)
-    except TopologyError as err:
+        if args.set:
+            params = parse_set(args.set)
+            topo = apply_params(read_toml(args.topology, TopologyError), params, args.topology)
+        else:
+            topo = load_topology(args.topology)
+    except (TopologyError, SweepError) as err:
         raise CommandError(str(err)) from None
     out_dir = args.out
     if out_dir is not None:
@@ -62,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             os.makedirs(out_dir, exist_ok=True)
         except OSError as err:
             raise CommandError(f"--out {out_dir}: {err.strerror or err}") from None
-    progress = _Progress(topo.duration_s) if sys.stderr.isatty() else None
+    progress = SimProgress(topo.duration_s) if progress_enabled(args.json) else None
     try:
         report, sim = simulate(topo, args.seed, progress=progress)
     except Exception as err:  # a protocol bug must not produce a traceback wall
