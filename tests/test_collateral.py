@@ -166,3 +166,52 @@ def test_exact_text_slicer_and_bad_input() -> None:
             load_collateral({"f.json": bad})
     with pytest.raises(ProtocolError):
         load_collateral({"f.json": b"{" + b" " * 600 * 1024 + b"}"})
+
+
+# --------------------------------------------- fail closed without collateral (issue 9)
+
+
+def test_default_policy_needs_collateral_for_tdx() -> None:
+    """Without collateral a TDX quote's status is "unknown": the default policy says no;
+    the same quote with its collateral is UpToDate and accepted."""
+    from keepmesh.protocol.attestation.policy import Policy, PolicyError, appraise
+    bare = verify_evidence(quote("tdx/phala-dcapqvl-v4"), [], TRUST, AT)
+    assert bare.tcb_status == "unknown"
+    with pytest.raises(PolicyError, match="accepted_tcb_status"):
+        appraise(Policy(allow_debug=True), bare)
+    full = verify_evidence(quote("tdx/phala-dcapqvl-v4"), [], TRUST, AT,
+                           collateral=files("tdx/phala-dcapqvl-v4"))
+    appraise(Policy(allow_debug=True), full)
+    sgx = verify_evidence(quote("sgx-dcap/phala-dcapqvl-v3"), [], TRUST, AT,
+                          collateral=files("sgx-dcap/phala-dcapqvl-v3"))
+    with pytest.raises(PolicyError, match="ConfigurationAndSWHardeningNeeded"):
+        appraise(Policy(allow_debug=True), sgx)
+
+
+def test_agent_config_collateral_is_loaded(tmp_path: Path) -> None:
+    """`collateral = "DIR"` in the agent config names files loaded at start-up."""
+    from keepmesh.agent.config import load_config
+    from keepmesh.agent.startup import StartupError, load_agent_collateral
+    from keepmesh.protocol.attestation.collateral import Collateral
+    folder = tmp_path / "coll"
+    folder.mkdir()
+    (folder / "tdx.json").write_bytes(files("tdx/phala-dcapqvl-v4")["collateral.json"])
+    cfg_file = tmp_path / "agent.toml"
+    cfg_file.write_text('collateral = "coll"\n')
+    cfg = load_config(cfg_file)
+    assert cfg.collateral == folder
+    coll = load_agent_collateral(cfg.collateral)
+    assert isinstance(coll, Collateral) and coll.tcb_info is not None
+    out = verify_evidence(quote("tdx/phala-dcapqvl-v4"), [], TRUST, AT, collateral=coll)
+    assert out.tcb_status == "UpToDate"
+    (folder / "bad.json").write_bytes(b'{"tcb_info": 5}')
+    with pytest.raises(StartupError, match="tcb_info"):
+        load_agent_collateral(folder)
+    with pytest.raises(StartupError, match="collateral"):
+        load_agent_collateral(tmp_path / "missing")
+
+
+def test_hostile_collateral_json_nesting_is_a_protocol_error() -> None:
+    deep = b'{"tcb_info": ' + b"[" * 50000 + b"]" * 50000 + b"}"
+    with pytest.raises(ProtocolError):
+        load_collateral({"c.json": deep})
