@@ -57,6 +57,40 @@ def client_policy(roots: Sequence[Any]) -> Policy:
     return Policy(allow_sim=bool(fps), sim_roots=fps)
 
 
+def explain_rpc_error(err: RpcError, body: dict[str, Any]) -> str:
+    """One line saying what went wrong and what to do, chosen by the error's code."""
+    keep = body.get("keep") if isinstance(body.get("keep"), str) else None
+    if err.code == "not_found" and keep is not None:
+        return (f"keep {keep[:64]} is not yours or does not exist; pass the owner's --key "
+                f"(`keepmesh keeps` lists the keeps this key can see)")
+    if err.code == "forbidden" and err.method in ("agent.join", "agent.leave"):
+        return ("this key is not an admitted owner of the agent; pass an owner's --key, or "
+                "start the agent with --owner <public key> (`keepmesh keygen --public FILE`)")
+    if err.code == "forbidden":
+        return f"{err}; pass the owner's --key"
+    if err.code == "unknown_method":
+        return f"{err}: the agent does not offer this (an older version? see `keepmesh status`)"
+    if err.code == "busy":
+        return f"{err}; the agent is busy or unreachable, try again"
+    return str(err)
+
+
+def explain_channel_failure(address: str, err: ChannelFailed, have_roots: bool) -> str:
+    """Why the agent could not be attested, with the fix for the common cases."""
+    if err.kind == "verification" and err.local:
+        hint = ("pass the root its evidence chains to with --root (for a sim-TEE agent: "
+                "--root SIM_ROOT/ark.pem)" if not have_roots else
+                "check that --root names the root this agent's evidence chains to")
+        return f"agent {address}: its evidence did not verify ({err}); {hint}"
+    if err.kind == "policy" and err.local:
+        hint = ("a sim-TEE agent is accepted only with --root SIM_ROOT/ark.pem"
+                if not have_roots else "check the policy and --root")
+        return f"agent {address}: refused by policy ({err}); {hint}"
+    if not err.local:
+        return f"agent {address} refused this client: {err}"
+    return f"agent {address}: {err}"
+
+
 class AgentClient:
     """An attested session from the CLI to one agent."""
 
@@ -102,7 +136,7 @@ class AgentClient:
         try:
             return await call(self.session, method, body)
         except RpcError as err:
-            raise CommandError(str(err)) from None
+            raise CommandError(explain_rpc_error(err, body)) from None
 
     async def aclose(self) -> None:
         if self.session is not None:
@@ -136,7 +170,10 @@ async def open_client(address: str, *, roots: Sequence[Path] = (), key_path: Pat
                                              rng=random.SystemRandom())
         if scope.cancelled_caught:
             raise CommandError(f"no attested answer from {address} within {timeout:g}s")
-    except (ConnectionClosed, ChannelFailed) as err:
+    except ChannelFailed as err:
+        await client.aclose()
+        raise CommandError(explain_channel_failure(address, err, bool(root_certs))) from None
+    except ConnectionClosed as err:
         await client.aclose()
         raise CommandError(f"agent {address}: {err}") from None
     except BaseException:

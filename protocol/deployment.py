@@ -186,9 +186,11 @@ class KeepRequest(Message):
     SCHEMA: ClassVar[dict[str, Spec]] = {
         "keep": s(64),
         "tail": u(16, optional=True),
+        "after": u(63, optional=True),  # keeps.logs: only lines with seq > after (logs -f)
     }
     keep: str
     tail: int | None = None
+    after: int | None = None
 
 
 @message

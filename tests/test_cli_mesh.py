@@ -69,7 +69,7 @@ def test_client_verbs_fail_with_one_line(two_agents: list[AgentThread], tmp_path
     # join/leave need an admitted owner key.
     assert main(["leave", "--agent", a.address, "--key", str(tmp_path / "op.key"),
                  "--root", str(Path(a.agent.backend.root_dir) / "ark.pem")]) == 1  # type: ignore[attr-defined]
-    assert "unknown method" in capsys.readouterr().err
+    assert "not an admitted owner of the agent" in capsys.readouterr().err
     assert main(["peers", "--agent", "not-an-address"]) == 1
     assert "HOST:PORT" in capsys.readouterr().err
 

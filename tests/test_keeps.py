@@ -304,7 +304,8 @@ async def test_service_rpc_flow_and_access(tmp_path: Path) -> None:
     with pytest.raises(ProtocolError, match="unknown field"):
         await methods["keeps.list"](owner, {"x": 1})
     logs = await methods["keeps.logs"](owner, {"keep": keep[:8]})
-    assert logs["lines"] == [{"stream": "log", "line": "counter: incremented"}]
+    assert [(x["stream"], x["line"]) for x in logs["lines"]] == [("log", "counter: incremented")]
+    assert all(isinstance(x["time"], float) and x["seq"] >= 1 for x in logs["lines"])
     assert (await methods["keeps.stop"](owner, {"keep": keep}))["state"] == "stopped"
     with pytest.raises(ProtocolError, match="stopped"):
         await methods["keeps.call"](owner, {"keep": keep, "message": b"hi"})

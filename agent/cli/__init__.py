@@ -3,22 +3,55 @@
 Each module defines `register(subparsers)` which adds its verbs and sets
 `func` (taking the parsed args, returning an exit code). Modules are found
 by name, so adding a verb group never edits this file.
+
+Every failure is one line on stderr naming what to do, and exit code 1
+(2 for a usage error): a flag value never produces a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
+from typing import NoReturn
+
+from keepmesh import __version__
 
 
 class CommandError(Exception):
     """A command failed for a reason the user can act on (printed as one line)."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the full usage is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        first = message.splitlines()[0] if message else "bad arguments"
+        self.exit(2, f"{self.prog}: {first[:300]} (see `{self.prog} --help`)\n")
+
+
+def version_line() -> str:
+    from keepmesh.agent.cli.version import version_info
+    info = version_info()
+    commit = f" ({info['commit'][:12]})" if info.get("commit") else ""
+    return f"keepmesh {info['version']}{commit} protocol {info['protocol']}"
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(version_line())
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="keepmesh", description=__doc__.splitlines()[0])
+    parser = Parser(prog="keepmesh", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -30,17 +63,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:500]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         code = args.func(args)
     except CommandError as err:
-        print(f"keepmesh {args.command}: {err}", file=sys.stderr)
+        print(f"keepmesh {args.command}: {_one_line(str(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `keepmesh ... | head`: the reader left, nothing to report
+        return 0
+    except Exception as err:  # a bug, not the user's fault: still one line, no wall of text
+        if os.environ.get("KEEPMESH_DEBUG"):
+            raise
+        print(f"keepmesh {args.command}: internal error {type(err).__name__}: "
+              f"{_one_line(str(err))[:200]} (rerun with KEEPMESH_DEBUG=1 for a traceback "
+              f"and report it)", file=sys.stderr)
+        return 1
     return int(code or 0)
+
+
+__all__ = ["CommandError", "Parser", "build_parser", "main", "__version__"]
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -11,6 +10,9 @@ from typing import Any
 
 import trio
 from keepmesh.agent.cli import CommandError
+from keepmesh.agent.cli._output import print_json
+
+__all__ = ["add_client_flags", "check_list", "int_in", "print_json", "run_call"]
 
 DEFAULT_AGENT = "127.0.0.1:7400"
 
@@ -45,11 +47,23 @@ def run_call(args: argparse.Namespace, fn: Callable[[Any], Awaitable[int]], *,
     except ProtocolError as err:
         raise CommandError(err.reason) from None
     except OSError as err:
-        raise CommandError(f"{type(err).__name__}: {err}") from None
+        raise CommandError(f"agent {args.agent}: {err.strerror or err}") from None
 
 
-def print_json(doc: Any) -> None:
-    print(json.dumps(doc, indent=2, sort_keys=True))
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer within [lo, hi], else a one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text[:40]} is out of range {lo}..{hi}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
 
 
 def check_list(value: Any, what: str) -> list[dict[str, Any]]:

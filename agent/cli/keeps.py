@@ -9,17 +9,21 @@ policy makes open_client raise and receives no byte of the workload.
 from __future__ import annotations
 
 import argparse
-import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from keepmesh.agent.cli import CommandError
-from keepmesh.agent.cli._client_args import add_client_flags, run_call
+from keepmesh.agent.cli._client_args import add_client_flags, int_in, run_call
+from keepmesh.agent.cli._output import fmt_time, print_json, print_table
 from keepmesh.protocol.errors import ProtocolError
 
 DEFAULT_WAIT_MS = 5000
+MAX_WAIT_MS = 3_600_000  # the agent caps it lower (keeps.service.MAX_WAIT_MS)
+MAX_TAIL = 65_535  # KeepRequest.tail is a u16 on the wire
+FOLLOW_POLL_S = 1.0
 
 
 def _load_policy(text: str | None, source: str) -> Any:
@@ -37,7 +41,7 @@ def _load_policy(text: str | None, source: str) -> Any:
 
 def _print(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
     if args.json:
-        print(json.dumps(doc, sort_keys=True))
+        print_json(doc)
     elif text:
         print(text)
 
@@ -95,7 +99,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                "keep": resp.get("keep"), "state": resp.get("state"),
                "name": resp.get("name"), "kind": resp.get("kind"),
                "package_digest": workload.digest.hex()}
-        _print(args, doc, f"keep {doc['keep']} ({doc['name']}) on {address}: {doc['state']}")
+        if args.quiet:
+            print(doc["keep"])
+        else:
+            _print(args, doc,
+                   f"keep {doc['keep']} ({doc['name']}) on {address}: {doc['state']}")
         return 0
 
     return run_call(args, go, policy=policy, fresh=True)
@@ -105,10 +113,14 @@ def cmd_keeps(args: argparse.Namespace) -> int:
     async def go(client: Any) -> int:
         resp = await client.call("keeps.list", {})
         keeps = resp.get("keeps", [])
-        lines = [f"{k.get('keep')}  {k.get('name'):<20} {k.get('kind'):<8} {k.get('state')}"
-                 for k in keeps]
-        _print(args, {"agent": args.agent, "keeps": keeps},
-               "\n".join(lines) if lines else "no keeps")
+        if not isinstance(keeps, list) or not all(isinstance(k, dict) for k in keeps):
+            raise CommandError("agent sent a malformed keeps list")
+        if args.json:
+            print_json({"agent": args.agent, "keeps": keeps})
+            return 0
+        print_table(["KEEP", "NAME", "KIND", "STATE"],
+                    [[k.get("keep"), k.get("name"), k.get("kind"), k.get("state")]
+                     for k in keeps], empty="no keeps")
         return 0
 
     return run_call(args, go)
@@ -116,21 +128,62 @@ def cmd_keeps(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     async def go(client: Any) -> int:
+        import trio
+
         body: dict[str, Any] = {"keep": args.id}
         if args.tail is not None:
             body["tail"] = args.tail
         resp = await client.call("keeps.logs", body)
-        lines = resp.get("lines", [])
-        text = "\n".join(x["line"] if x.get("stream") == "stdout"
-                         else f"[{x.get('stream')}] {x.get('line')}" for x in lines)
-        _print(args, resp, text)
+        if args.json and not args.follow:
+            print_json(resp)
+            return 0
+        last = _print_log_lines(args, resp.get("lines"))
+        while args.follow:
+            await trio.sleep(FOLLOW_POLL_S)
+            body = {"keep": args.id}
+            if last is not None:
+                body["after"] = last
+            resp = await client.call("keeps.logs", body)
+            last = _print_log_lines(args, resp.get("lines"), last)
         return 0
 
-    return run_call(args, go)
+    try:
+        return run_call(args, go)
+    except KeyboardInterrupt:
+        return 0 if args.follow else 130
+
+
+def _print_log_lines(args: argparse.Namespace, lines: Any, last: int | None = None) -> int | None:
+    """Print log lines (one JSON object each with --json --follow); return the newest seq."""
+    if not isinstance(lines, list):
+        raise CommandError("agent sent a malformed log")
+    for x in lines:
+        if not isinstance(x, dict):
+            raise CommandError("agent sent a malformed log line")
+        seq = x.get("seq")
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            if last is not None and seq <= last:
+                continue
+            last = seq
+        if args.json:
+            import json
+            print(json.dumps(x, sort_keys=True))
+            continue
+        stream = str(x.get("stream"))
+        prefix = "" if stream == "stdout" else f"[{stream}] "
+        print(f"{fmt_time(x.get('time'))}  {prefix}{x.get('line')}")
+    sys.stdout.flush()
+    return last
 
 
 def cmd_call(args: argparse.Namespace) -> int:
-    message = bytes.fromhex(args.message) if args.hex else args.message.encode()
+    try:
+        message = bytes.fromhex(args.message) if args.hex else args.message.encode()
+    except ValueError:
+        raise CommandError(f"--hex: {args.message[:40]!r} is not hex "
+                           "(two hex digits per byte, e.g. 696e63)") from None
+    except UnicodeEncodeError:
+        raise CommandError("MSG is not valid text; pass bytes with --hex") from None
 
     async def go(client: Any) -> int:
         resp = await client.call("keeps.call", {"keep": args.id, "message": message})
@@ -160,8 +213,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser("deploy", help="attest an agent, then deploy a sealed workload")
     p.add_argument("workload", metavar="WORKLOAD", help="workload directory or .wasm/.wat file")
     p.add_argument("--policy", metavar="FILE", help="appraisal policy TOML (overrides manifest)")
-    p.add_argument("--wait-ms", type=int, default=DEFAULT_WAIT_MS,
+    p.add_argument("--wait-ms", type=int_in(0, MAX_WAIT_MS), default=DEFAULT_WAIT_MS,
                    help="how long the agent waits for a command to finish before answering")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print only the keep id (for scripts: KEEP=$(keepmesh deploy -q ...))")
     add_client_flags(p)
     p.set_defaults(func=cmd_deploy)
 
@@ -171,7 +226,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = subparsers.add_parser("logs", help="show a keep's output and log lines")
     p.add_argument("id", metavar="ID")
-    p.add_argument("--tail", type=int, default=None, help="only the last N lines")
+    p.add_argument("--tail", type=int_in(0, MAX_TAIL), default=None,
+                   help="only the last N lines")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing new lines until interrupted (--json: one object a line)")
     add_client_flags(p)
     p.set_defaults(func=cmd_logs)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,10 @@ class LogBuffer:
     def __init__(self, lines: list[tuple[str, str]] | None = None) -> None:
         self.lines: collections.deque[tuple[str, str]] = collections.deque(
             lines or [], maxlen=MAX_LOG_LINES)
+        # When each line arrived (None for lines restored from disk, which have no time),
+        # so `keepmesh logs` can stamp them and `logs -f` can ask for lines after a seq.
+        self.times: collections.deque[float | None] = collections.deque(
+            [None] * len(self.lines), maxlen=MAX_LOG_LINES)
         self._partial: dict[str, bytes] = {}
         self.seq = 0
 
@@ -60,7 +65,24 @@ class LogBuffer:
 
     def add(self, stream: str, line: bytes) -> None:
         self.lines.append((stream, line[:MAX_LOG_LINE].decode("utf-8", "replace")))
+        self.times.append(time.time())
         self.seq += 1
+
+    def entries(self, tail: int | None = None,
+                after: int | None = None) -> list[tuple[int, float | None, str, str]]:
+        """(seq, time, stream, line) of buffered lines: those after `after`, the last `tail`.
+
+        seq numbers count lines added since this agent process loaded the keep;
+        restored lines get the numbers just below the first new one.
+        """
+        first = self.seq - len(self.lines) + 1
+        out = [(first + i, t, stream, line)
+               for i, ((stream, line), t) in enumerate(zip(self.lines, self.times, strict=True))]
+        if after is not None:
+            out = [e for e in out if e[0] > after]
+        if tail is not None:
+            out = out[-tail:] if tail > 0 else []
+        return out
 
     def tail(self, n: int | None = None) -> list[tuple[str, str]]:
         items = list(self.lines)

@@ -226,7 +226,8 @@ class KeepManager:
             if len(matches) == 1:
                 keep = self.keeps[matches[0]]
         if keep is None:
-            raise ProtocolError(f"no keep {keep_id[:64]!r} on this agent")
+            from keepmesh.protocol.rpc import RpcNotFound
+            raise RpcNotFound(f"no keep {keep_id[:64]!r} on this agent")
         return keep
 
     def list_keeps(self) -> list[dict[str, Any]]:

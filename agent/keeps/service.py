@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from keepmesh.protocol.deployment import CallRequest, DeployRequest, KeepRequest, ListRequest
 from keepmesh.protocol.errors import ProtocolError
+from keepmesh.protocol.rpc import RpcDenied, RpcNotFound
 from keepmesh.protocol.secrets import SecretSetRequest
 
 from .manager import Keep, KeepManager
@@ -77,14 +78,14 @@ class KeepService:
         if (self._sees_all(ctx) or keep.deployment.owner_key == ctx.peer_key
                 or (agents_ok and ctx.role == "agent")):
             return keep
-        raise ProtocolError(f"no keep {keep_id[:64]!r} on this agent")
+        raise RpcNotFound(f"no keep {keep_id[:64]!r} on this agent")
 
     # ------------------------------------------------------------ handlers
     async def deploy(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         req = DeployRequest.from_fields(body)
         d = req.deployment
         if ctx.role != "agent" and ctx.peer_key != d.owner_key and not self._sees_all(ctx):
-            raise ProtocolError("deployment must be submitted by its owner, an operator "
+            raise RpcDenied("deployment must be submitted by its owner, an operator "
                                 "or a peer agent")
         wait = min(req.wait_ms if req.wait_ms is not None else DEFAULT_WAIT_MS, MAX_WAIT_MS)
         keep = await self.manager.deploy(d, req.package, wait / 1000.0)
@@ -100,9 +101,15 @@ class KeepService:
     async def logs(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         req = KeepRequest.from_fields(body)
         keep = self._keep_for(ctx, req.keep)
-        lines = keep.ctx.logs.tail(req.tail)
-        return {"keep": keep.keep_id, "state": keep.status,
-                "lines": [{"stream": s, "line": line} for s, line in lines]}
+        entries = keep.ctx.logs.entries(req.tail, req.after)
+        lines: list[dict[str, Any]] = []
+        for seq, at, stream, line in entries:
+            item: dict[str, Any] = {"stream": stream, "line": line, "seq": seq}
+            if at is not None:
+                item["time"] = at
+            lines.append(item)
+        return {"keep": keep.keep_id, "state": keep.status, "lines": lines,
+                "seq": keep.ctx.logs.seq}
 
     async def call(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         req = CallRequest.from_fields(body)
