@@ -244,6 +244,12 @@ class KeepRuntime:
             self.ctx.commit()
             return reply
 
+    def state_snapshot(self) -> bytes:
+        """The committed durable state, serialised between invocations (a checkpoint
+        never sees half of a call's writes). Blocking: waits for a running call."""
+        with self._lock:
+            return self.ctx.state.to_bytes()
+
     def stop(self) -> None:
         """Interrupt any running invocation (thread-safe, returns at once)."""
         self._stopping = True
