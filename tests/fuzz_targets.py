@@ -523,13 +523,13 @@ def _policy_run(text: str) -> object:
     from keepmesh.protocol.attestation.policy import appraise, load_policy
     s = sim_setup()
     policy = load_policy(text, "fuzz.toml")
-    verified = _sim_verified()
+    verified = sim_verified()
     appraise(policy, verified, evidence_issued_at=float(s["issued"]), now=float(s["issued"]))
     return policy
 
 
 @functools.lru_cache(maxsize=1)
-def _sim_verified() -> Any:
+def sim_verified() -> Any:
     from keepmesh.protocol.attestation.evidence import verify_evidence_record
     s = sim_setup()
     return verify_evidence_record(s["evidence"], s["trust"], s["at"])
