@@ -64,7 +64,7 @@ MAX_CHAIN_DEPTH = 6
 """A chain is at most this many certificates, leaf and root included."""
 MAX_CANDIDATES = 32
 """Distinct candidate certificates (presented + TrustStore intermediates) per chain build."""
-MAX_SIGNATURE_CHECKS = 24
+MAX_SIGNATURE_CHECKS = 16
 """Signature checks one evidence verification may perform (leaf selection + chain links).
 
 A genuine SNP or DCAP chain needs 2 (and SNP leaf selection 1 per presented
