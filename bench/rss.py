@@ -1,0 +1,118 @@
+"""Idle RSS of one real `keepmesh agent` process with 1, 20 and 100 real peers.
+
+    .venv/bin/python bench/rss.py [--peers 1 20 100] [--settle 10]
+
+Every agent is its own `keepmesh agent --tee sim` process on loopback. The
+measured agent starts first; peers join it, in batches, until it reports that
+many live attested sessions (`agent.status` "peers"); then nothing is asked of
+the mesh for `--settle` seconds and the measured agent's VmRSS is sampled
+(median of 5 samples over 2 s). Peers are added to the same mesh for the next
+size, so each figure is the same process at a larger mesh.
+
+Prints one JSON document. Baseline: the measured agent with the smallest peer
+count, in this run; ratios and the per-peer increment are against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def status(address: str, root: Path, key: Path) -> dict[str, Any]:
+    from keepmesh.agent.client import open_client
+
+    async def go() -> dict[str, Any]:
+        client = await open_client(address, roots=[root / "ark.pem"], key_path=key)
+        try:
+            return dict(await client.call("agent.status", {}))
+        finally:
+            await client.aclose()
+    return trio.run(go)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--peers", type=int, nargs="+", default=[1, 20, 100])
+    ap.add_argument("--settle", type=float, default=10.0, help="idle seconds before sampling")
+    ap.add_argument("--timeout", type=float, default=600.0,
+                    help="seconds to wait for the sessions of one size")
+    args = ap.parse_args()
+    sizes = sorted(set(args.peers))
+    if sizes[0] < 1 or sizes[-1] > 200:
+        ap.error("--peers must be in 1..200")
+    from keepmesh.agent.localmesh import AgentProcess
+    from keepmesh.agent.tee.sim import init_sim_root
+
+    points: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        root = tmp / "root"
+        init_sim_root(root, key_bits=2048)
+        key = tmp / "op.key"
+        measured = AgentProcess(tmp / "measured", root)
+        peers: list[AgentProcess] = []
+        try:
+            with cf.ThreadPoolExecutor(max_workers=4) as pool:
+                for k in sizes:
+                    t0 = time.monotonic()
+                    new = range(len(peers), k)
+                    peers += list(pool.map(
+                        lambda i: AgentProcess(tmp / f"peer{i}", root,
+                                               join=[measured.address]), new))
+                    got = 0
+                    while time.monotonic() - t0 < args.timeout:
+                        got = int(status(measured.address, root, key)["peers"])
+                        if got >= k:
+                            break
+                        time.sleep(1.0)
+                    connect_s = time.monotonic() - t0
+                    time.sleep(args.settle)
+                    samples = []
+                    for _ in range(5):
+                        samples.append(rss_kb(measured.proc.pid))
+                        time.sleep(0.5)
+                    after = int(status(measured.address, root, key)["peers"])
+                    points.append({"peers": k, "live_sessions_before": got,
+                                   "live_sessions_after": after,
+                                   "seconds_to_connect": round(connect_s, 1),
+                                   "rss_mb": round(statistics.median(samples) / 1024, 1)})
+                    print(f"bench/rss.py: {k} peers: {points[-1]}", file=sys.stderr)
+        finally:
+            for p in [measured, *peers]:
+                p.stop(timeout=5)
+    base = points[0]
+    for p in points:
+        p["ratio_vs_baseline"] = round(p["rss_mb"] / base["rss_mb"], 3)
+        if p is not base:
+            p["mb_per_added_peer"] = round((p["rss_mb"] - base["rss_mb"])
+                                           / (p["peers"] - base["peers"]), 3)
+    doc = {"benchmark": "rss", "what": "VmRSS of one idle keepmesh agent process "
+           "(sim TEE) with N real peer agent processes joined to it",
+           "baseline_peers": base["peers"], "points": points, "target_mb_at_100_peers": 60,
+           "complete": all(p["live_sessions_before"] >= p["peers"] for p in points),
+           "cpu_count": os.cpu_count()}
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
