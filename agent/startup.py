@@ -16,7 +16,6 @@ from keepmesh.agent.identity import load_or_create
 from keepmesh.agent.node import Agent
 from keepmesh.agent.tee.base import TeeBackend, TeeUnavailable
 from keepmesh.protocol.attestation.certs import TrustStore, fingerprint
-from keepmesh.protocol.attestation.evidence import VerifiedEvidence
 from keepmesh.protocol.attestation.collateral import (
     MAX_COLLATERAL_FILE,
     MAX_COLLATERAL_FILES,
@@ -24,6 +23,7 @@ from keepmesh.protocol.attestation.collateral import (
     Collateral,
     load_collateral,
 )
+from keepmesh.protocol.attestation.evidence import VerifiedEvidence
 from keepmesh.protocol.attestation.policy import (
     MAX_VMPL,
     Policy,
