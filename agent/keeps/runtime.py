@@ -26,6 +26,8 @@ from keepmesh.protocol.deployment import MAX_MESSAGE, Manifest
 from .hostapi import HostContext, define_host_api
 
 PAGE = 65536
+PAUSE_WAIT_S = 60.0
+"""A call waits at most this long for a paused (moving) keep before failing."""
 
 
 class KeepError(Exception):
@@ -85,6 +87,8 @@ class KeepRuntime:
         self.status = "created"
         self.invocations = 0
         self._lock = threading.Lock()
+        self._open = threading.Event()  # cleared while a migration pauses the keep
+        self._open.set()
         self._stopping = False
         self._gen = 0
         self._gen_lock = threading.Lock()
@@ -210,7 +214,16 @@ class KeepRuntime:
             return self.status
 
     def call(self, message: bytes) -> bytes:
-        """Deliver one message to `handle` and return its reply (KeepError if it fails)."""
+        """Deliver one message to `handle` and return its reply (KeepError if it fails).
+
+        While the keep is paused (a hand-over's final checkpoint) the call waits; if
+        the keep stops meanwhile (it moved) it fails, so the client retries at the
+        new host: a call is never answered by two copies.
+        """
+        if not self._open.wait(PAUSE_WAIT_S):
+            raise KeepError("paused: the keep is moving, retry")
+        if self._stopping:
+            raise KeepError("stopped")
         with self._lock:
             if self.kind != "service":
                 raise KeepError(self.status) if is_terminal(self.status) else KeepError(
@@ -250,9 +263,17 @@ class KeepRuntime:
         with self._lock:
             return self.ctx.state.to_bytes()
 
+    def pause(self) -> None:
+        """Hold new calls (they wait in `call`) ahead of a final checkpoint."""
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
+
     def stop(self) -> None:
         """Interrupt any running invocation (thread-safe, returns at once)."""
         self._stopping = True
+        self._open.set()  # waiting calls wake up and see the stop
         self.engine.increment_epoch()
 
     def finish_stop(self) -> str:

@@ -178,3 +178,92 @@ class DrainFinished:
 
 
 Event = KeepMoved | KeepFenced | KeepOrphaned | StandbyChanged | DrainFinished
+
+
+# ------------------------------------------------------------- completions
+# Results the driver reports back (Migration's methods of the same names take them
+# one by one; MeshNode's `complete` passes these typed records).
+
+
+@dataclass(frozen=True)
+class StandbyAttested:
+    """Fresh evidence of a standby candidate, verified by the driver (None: it failed)."""
+
+    keep: str
+    node: NodeId
+    nonce: bytes
+    evidence: object | None  # triggers.Attested (kept untyped here to avoid a cycle)
+
+
+@dataclass(frozen=True)
+class CheckpointTaken:
+    keep: str
+    seq: int
+    taken_at: float
+    final: bool
+
+
+@dataclass(frozen=True)
+class CheckpointFailed:
+    keep: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class KeepRestored:
+    """Result of StartFromCheckpoint: the deployment (decoded) when it runs."""
+
+    keep: str
+    epoch: int
+    deployment: object | None  # protocol.deployment.Deployment
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class MemberEvidence:
+    """The driver verified `node`'s evidence (None: failed, expired or revoked)."""
+
+    node: NodeId
+    evidence: object | None  # triggers.Attested
+
+
+@dataclass(frozen=True)
+class OwnEvidence:
+    """This agent re-verified its own evidence (a TCB change shows up here)."""
+
+    evidence: object | None  # triggers.Attested
+
+
+@dataclass(frozen=True)
+class KeepHosted:
+    """A keep runs here now that migration did not start (placement, owner deploy,
+    restart): replicate it. `deployment` is the decoded signed deployment."""
+
+    deployment: object
+    epoch: int
+
+
+@dataclass(frozen=True)
+class KeepEnded:
+    """A keep stopped here outside migration: by its owner (lost=False) or not."""
+
+    keep: str
+    lost: bool
+
+
+@dataclass(frozen=True)
+class DrainAll:
+    """Command: hand every keep over (placement separately stops taking keeps)."""
+
+
+@dataclass(frozen=True)
+class MoveKeep:
+    """Command: hand one keep over (`trigger` "drain" or "trust")."""
+
+    keep: str
+    trigger: str
+
+
+Completion = (StandbyAttested | CheckpointTaken | CheckpointFailed | KeepRestored
+              | MemberEvidence | OwnEvidence | KeepHosted | KeepEnded)

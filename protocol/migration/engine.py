@@ -26,6 +26,7 @@ from ..deployment import Deployment, verify_deployment
 from ..errors import ProtocolError, VerificationError
 from ..membership.signing import RecordSigner, RecordVerifier
 from ..wire import Message, decode_payload, encode_payload
+from . import effects as fx
 from .drain import Outgoing, Step
 from .effects import (
     DrainFinished,
@@ -207,6 +208,9 @@ class Migration:
         """A keep now runs here (placed here, or restored by `keep_started`)."""
         from ..deployment import deployment_id
         keep = deployment_id(deployment)
+        cur = self.running.get(keep)
+        if cur is not None and cur.epoch >= epoch:
+            return keep  # already known (a repeated notice)
         policy = policy_of(deployment, self.default_policy)
         settings = settings_of(deployment)
         rep = Replication(keep, epoch, self.own_id, policy, settings, now, seq=seq)
@@ -606,6 +610,46 @@ class Migration:
         self.starting[loc.keep] = Starting(loc.keep, epoch, verdict.trigger, loc.host, None,
                                            h.seq, now)
         self._out.append(StartFromCheckpoint(loc.keep, epoch, h.seq))
+
+    # ============================================================ typed inputs
+
+    def complete(self, result: object, now: float) -> bool:
+        """A typed completion (effects.Completion); False when it is not migration's."""
+        if isinstance(result, fx.StandbyAttested):
+            att = result.evidence if isinstance(result.evidence, Attested) else None
+            self.standby_attested(result.keep, result.node, result.nonce, att, now)
+        elif isinstance(result, fx.CheckpointTaken):
+            self.checkpoint_taken(result.keep, result.seq, result.taken_at, now,
+                                  final=result.final)
+        elif isinstance(result, fx.CheckpointFailed):
+            self.checkpoint_failed(result.keep, result.reason, now)
+        elif isinstance(result, fx.KeepRestored):
+            d = result.deployment if isinstance(result.deployment, Deployment) else None
+            self.keep_started(result.keep, result.epoch, d, result.ok, result.reason, now)
+        elif isinstance(result, fx.MemberEvidence):
+            att = result.evidence if isinstance(result.evidence, Attested) else None
+            self.member_evidence(result.node, att, now)
+        elif isinstance(result, fx.OwnEvidence):
+            att = result.evidence if isinstance(result.evidence, Attested) else None
+            self.own_evidence(att, now)
+        elif isinstance(result, fx.KeepHosted):
+            if not isinstance(result.deployment, Deployment):
+                raise TypeError("KeepHosted.deployment must be a Deployment")
+            self.keep_running(result.deployment, result.epoch, now)
+        elif isinstance(result, fx.KeepEnded):
+            self.keep_gone(result.keep, now, lost=result.lost)
+        else:
+            return False
+        return True
+
+    def command(self, cmd: object, now: float) -> bool:
+        if isinstance(cmd, fx.DrainAll):
+            self.drain(now)
+        elif isinstance(cmd, fx.MoveKeep):
+            self.move(cmd.keep, cmd.trigger, now)
+        else:
+            return False
+        return True
 
     # ============================================================ timers
 

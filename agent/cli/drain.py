@@ -1,0 +1,61 @@
+"""`keepmesh drain --agent HOST:PORT [--json]`: move every keep off an agent.
+
+Why a verb: planned maintenance (a host to patch, a TCB update to apply)
+must not lose state or answer a call twice. The agent hands each keep to a
+standby with a final checkpoint taken while the keep is paused
+(specs/migration.md §6); the command waits until every keep has moved and
+exits 0, or names the keeps that could not move and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from keepmesh.agent.cli import CommandError
+from keepmesh.agent.cli._client_args import add_client_flags, print_json, run_call
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("drain", help="hand every keep on the agent over to its standbys")
+    add_client_flags(p)
+    p.set_defaults(func=drain)
+
+
+def _check_reply(reply: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The agent's answer is untrusted input too: shape checked before it is printed."""
+    if not isinstance(reply, dict):
+        raise CommandError("agent.drain: malformed reply")
+    moved, failed = reply.get("moved"), reply.get("failed", [])
+    if not isinstance(moved, list) or not isinstance(failed, list) or \
+            len(moved) > 100_000 or len(failed) > 100_000:
+        raise CommandError("agent.drain: malformed reply")
+    out = []
+    for m in moved:
+        if not isinstance(m, dict) or not isinstance(m.get("keep"), str) or \
+                not isinstance(m.get("epoch"), int):
+            raise CommandError("agent.drain: malformed entry in 'moved'")
+        out.append({"keep": m["keep"][:64], "from": m.get("from"), "to": m.get("to"),
+                    "to_id": m.get("to_id"), "epoch": m["epoch"]})
+    bad = [{"keep": str(f.get("keep"))[:64], "reason": str(f.get("reason"))[:200]}
+           for f in failed if isinstance(f, dict)]
+    return out, bad
+
+
+def drain(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        reply = await client.call("agent.drain", {})
+        moved, failed = _check_reply(reply)
+        if args.json:
+            print_json({"moved": moved, "failed": failed})
+        else:
+            for m in moved:
+                print(f"{m['keep']}  {m['from']} -> {m['to']}  epoch {m['epoch']}")
+            print(f"{len(moved)} keeps moved" + (f", {len(failed)} did not" if failed else ""))
+        if failed:
+            first = failed[0]
+            raise CommandError(f"{len(failed)} keeps did not move (first: {first['keep']}: "
+                               f"{first['reason']})")
+        return 0
+
+    return run_call(args, go)

@@ -1,0 +1,488 @@
+"""Migration's I/O shell in the agent: carries out protocol/migration's effects.
+
+The decisions (who takes over, when a copy is fenced, which standby is
+attested, when to checkpoint) are all in `keepmesh.protocol.migration`; this
+module only moves bytes and results:
+
+- `migrate.*` messages travel as the `migrate.msg` RPC on attested agent
+  sessions, one ordered queue per peer (chunks of a transfer stay in order);
+- `AttestStandby`: the peer's fresh evidence (`migrate.attest` RPC, bound to
+  the engine's nonce) is verified with this agent's verifier and handed back;
+  the engine checks binding, freshness and the deployment's policy;
+- `SendReplicate`: the package re-sealed to the standby
+  (`KeepManager.sealed_for`) goes as a chunked transfer;
+- `TakeCheckpoint`/`StartFromCheckpoint`: `agent/keeps/checkpoint.py`;
+- what a standby receives is stored under `<data_dir>/migration/standby/`;
+  a fenced copy's state is kept aside under `<data_dir>/migration/fenced/`.
+
+Until MeshNode composes migration (issue 10's seam) this service also pumps
+the engine itself: it reads liveness from the membership view and evidence
+from attested sessions, and notices keeps deployed or stopped here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import random
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import trio
+from keepmesh.agent.identity import fingerprint
+from keepmesh.agent.keeps.checkpoint import CheckpointError, restore_keep, take_checkpoint
+from keepmesh.agent.keeps.service import KeepService
+from keepmesh.agent.keeps.store import atomic_write
+from keepmesh.agent.node import Agent
+from keepmesh.agent.rpc import RpcContext, RpcError, call
+from keepmesh.agent.session import ChannelFailed
+from keepmesh.protocol.attestation.evidence import Evidence, verify_evidence_record
+from keepmesh.protocol.deployment import Deployment, SealedPackage, deployment_id
+from keepmesh.protocol.errors import ProtocolError, VerificationError
+from keepmesh.protocol.membership import Ed25519Signer, Ed25519Verifier
+from keepmesh.protocol.migration import effects as fx
+from keepmesh.protocol.migration.engine import Migration
+from keepmesh.protocol.migration.messages import KEEP_ID_LEN, MAX_CHUNK, Replicate
+from keepmesh.protocol.migration.transfer import split
+from keepmesh.protocol.migration.triggers import Attested
+from keepmesh.protocol.wire import decode_payload, encode_payload
+
+log = logging.getLogger("keepmesh.migration")
+
+MAX_MSG = MAX_CHUNK + 64 * 1024
+SEND_TIMEOUT_S = 10.0
+QUEUE_PER_PEER = 4096
+TICK_S = 0.5
+OWN_EVIDENCE_S = 2.0
+KEEP_CHECKPOINTS = 3
+MAX_EVENTS = 200
+DRAIN_WAIT_S = 100.0  # below the RPC call timeout (120 s)
+
+
+class MigrationService:
+    def __init__(self, agent: Agent, keeps: KeepService, membership: Any) -> None:
+        self.agent = agent
+        self.keeps = keeps
+        self.membership = membership  # MembershipService (its `.membership` view)
+        self.root = agent.data_dir / "migration"
+        self.engine: Migration | None = None
+        self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
+        self._wake = trio.Event()
+        self._queues: dict[bytes, trio.MemorySendChannel[bytes]] = {}
+        self._nursery: Any = None
+        self._checkpoints: dict[str, dict[int, bytes]] = {}
+        self._epochs: dict[str, int] = self._load_epochs()
+        self._known_live: dict[bytes, bool] = {}
+        self._known_evidence: dict[bytes, tuple[bytes, int]] = {}
+        self._ended: set[str] = set()   # keeps migration stopped here (not "lost")
+        self._drains: list[tuple[trio.Event, list[fx.DrainFinished]]] = []
+        self._next_own = 0.0
+        agent.register({"migrate.msg": self._rpc_msg, "migrate.attest": self._rpc_attest,
+                        "agent.drain": self._rpc_drain, "migrate.where": self._rpc_where})
+        agent.services.append(self.run)
+
+    # ================================================================ pump
+
+    async def run(self, nursery: Any) -> None:
+        self._nursery = nursery
+        now = time.time()
+        self.engine = Migration(Ed25519Signer(self.agent.identity.seed), Ed25519Verifier(),
+                                self.agent.address, random.SystemRandom(), now,
+                                default_policy=self.agent.policy)
+        while True:
+            now = time.time()
+            eng = self.engine
+            self._dispatch(eng)
+            self._sync(eng, now)
+            t = eng.get_timer()
+            if t is not None and t <= now:
+                eng.handle_timer(now)
+            self._dispatch(eng)
+            t = eng.get_timer()
+            delay = TICK_S if t is None else min(TICK_S, max(0.0, t - time.time()))
+            with trio.move_on_after(delay):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            if now >= self._next_own:
+                self._next_own = now + OWN_EVIDENCE_S
+                nursery.start_soon(self._own_evidence)
+
+    def _poke(self) -> None:
+        self._wake.set()
+
+    def _complete(self, result: object) -> None:
+        """A result back into the engine; its outputs are carried out at once (before the
+        next view sync could misread a keep the engine just handed over)."""
+        if self.engine is not None:
+            self.engine.complete(result, time.time())
+            self._dispatch(self.engine)
+            self._poke()
+
+    # ================================================================ view
+
+    def _sync(self, eng: Migration, now: float) -> None:
+        """Feed changes of the membership view, peer evidence and local keeps."""
+        view = getattr(self.membership, "membership", None)
+        if view is not None:
+            for m in view.members():
+                if m.node_id == eng.own_id:
+                    continue
+                live = m.liveness.value in ("alive", "suspect")
+                if self._known_live.get(m.node_id) != live:
+                    was = m.node_id in self._known_live
+                    self._known_live[m.node_id] = live
+                    eng.member_state(m.node_id, live, now, rejoined=was and live)
+        for ident, peer in list(self.agent.peers.items()):
+            ev = peer.evidence
+            session = peer.session
+            issued = session.peer.evidence_issued_at if session is not None else None
+            if ev is None or issued is None:
+                continue
+            stamp = (ev.report_data, issued)
+            if self._known_evidence.get(ident) != stamp:
+                self._known_evidence[ident] = stamp
+                eng.member_evidence(ident, Attested(ev, float(issued)), now)
+        manager = self.keeps.manager
+        for keep_id, keep in list(manager.keeps.items()):
+            known = keep_id in eng.running or keep_id in eng.starting
+            if not known and keep.kind == "service" and keep.status == "running" \
+                    and keep_id not in self._ended:
+                eng.complete(fx.KeepHosted(keep.deployment, self._epochs.get(keep_id, 1)), now)
+            elif known and keep_id in eng.running and keep.status != "running" \
+                    and keep.status != "created":
+                self._ended.add(keep_id)
+                eng.complete(fx.KeepEnded(keep_id, lost=keep.status != "stopped"), now)
+
+    async def _own_evidence(self) -> None:
+        """Re-verify our own evidence (a TCB change shows up within OWN_EVIDENCE_S)."""
+        agent = self.agent
+        try:
+            evidence, issued = await agent.attester.evidence(None)
+            verified = verify_evidence_record(
+                evidence, agent.trust, dt.datetime.now(dt.UTC), cache=agent.chain_cache,
+                collateral=agent.collateral)
+            att: Attested | None = Attested(verified, float(issued))
+        except (ProtocolError, VerificationError) as err:
+            log.warning("own evidence no longer verifies: %s", err)
+            att = None
+        self._complete(fx.OwnEvidence(att))
+
+    # ================================================================ effects
+
+    def _dispatch(self, eng: Migration) -> None:
+        while (out := eng.next_output()) is not None:
+            try:
+                self._do(out)
+            except (ProtocolError, OSError) as err:
+                log.warning("migration effect %s failed: %s", type(out).__name__, err)
+
+    def _do(self, out: object) -> None:
+        n = self._nursery
+        if isinstance(out, fx.Send):
+            self._send(out.to, encode_payload(out.message))
+        elif isinstance(out, fx.AttestStandby):
+            n.start_soon(self._attest_standby, out)
+        elif isinstance(out, fx.SendReplicate):
+            self._send_replicate(out)
+        elif isinstance(out, fx.TakeCheckpoint):
+            n.start_soon(self._take_checkpoint, out)
+        elif isinstance(out, fx.SendCheckpoint):
+            blob = self._checkpoints.get(out.keep, {}).get(out.seq)
+            if blob is not None:
+                for t in split(out.keep, out.epoch, "checkpoint", out.seq, time.time(), blob):
+                    self._send(out.node, encode_payload(t))
+        elif isinstance(out, fx.StoreStandby):
+            self._store_standby(out)
+        elif isinstance(out, fx.StartFromCheckpoint):
+            n.start_soon(self._start_from_checkpoint, out)
+        elif isinstance(out, fx.PauseKeep):
+            keep = self.keeps.manager.keeps.get(out.keep)
+            if keep is not None and keep.runtime is not None:
+                keep.runtime.pause()
+        elif isinstance(out, fx.ResumeKeep):
+            keep = self.keeps.manager.keeps.get(out.keep)
+            if keep is not None and keep.runtime is not None:
+                keep.runtime.resume()
+        elif isinstance(out, fx.StopKeep):
+            self._ended.add(out.keep)
+            n.start_soon(self._stop_keep, out)
+        else:
+            self._event(out)
+
+    # ------------------------------------------------------------ messaging
+
+    def _send(self, node: bytes, data: bytes) -> None:
+        q = self._queues.get(node)
+        if q is None:
+            send, recv = trio.open_memory_channel[bytes](QUEUE_PER_PEER)
+            self._queues[node] = q = send
+            self._nursery.start_soon(self._sender, node, recv)
+        try:
+            q.send_nowait(data)
+        except trio.WouldBlock:
+            log.warning("migration queue to %s full; message dropped", fingerprint(node))
+
+    async def _session_to(self, node: bytes) -> Any:
+        peer = self.agent.peers.get(node)
+        if peer is not None and peer.session is not None and not peer.session.closed.is_set():
+            return peer.session
+        address = peer.address if peer is not None else None
+        view = getattr(self.membership, "membership", None)
+        if address is None and view is not None:
+            m = view.member(node)
+            address = m.address if m is not None else None
+        if address is None:
+            return None
+        session = await self.agent.connect(address)
+        return session if session.peer.identity == node else None
+
+    async def _sender(self, node: bytes, recv: trio.MemoryReceiveChannel[bytes]) -> None:
+        """One ordered stream of migrate.* messages to one peer (best effort: a message
+        that cannot be delivered is dropped; the engine's timeouts and retries cover it)."""
+        async for data in recv:
+            try:
+                session = await self._session_to(node)
+                if session is None:
+                    continue
+                await call(session, "migrate.msg", {"data": data}, timeout=SEND_TIMEOUT_S)
+            except (RpcError, ChannelFailed) as err:
+                log.debug("migrate.msg to %s failed: %s", fingerprint(node), err)
+
+    async def _rpc_msg(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        if ctx.role != "agent":
+            raise ProtocolError("migrate.msg: agents only")
+        data = body.get("data")
+        if not isinstance(data, bytes) or len(data) > MAX_MSG:
+            raise ProtocolError(f"migrate.msg: data must be bytes up to {MAX_MSG}")
+        if self.engine is not None:
+            self.engine.receive(data, ctx.peer_key, time.time())
+            self._dispatch(self.engine)
+            self._poke()
+        return {}
+
+    # ------------------------------------------------------------ attestation
+
+    async def _rpc_attest(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        """Fresh evidence bound to the asker's nonce (standby selection)."""
+        if ctx.role != "agent":
+            raise ProtocolError("migrate.attest: agents only")
+        nonce = body.get("nonce")
+        if not isinstance(nonce, bytes) or len(nonce) != 32:
+            raise ProtocolError("migrate.attest: nonce must be 32 bytes")
+        evidence, issued = await self.agent.attester.evidence(nonce)
+        return {"evidence": evidence.to_fields(), "issued_at": issued}
+
+    async def _attest_standby(self, out: fx.AttestStandby) -> None:
+        att: Attested | None = None
+        try:
+            session = await self._session_to(out.node)
+            if session is not None:
+                reply = await call(session, "migrate.attest", {"nonce": out.nonce},
+                                   timeout=SEND_TIMEOUT_S)
+                ev = Evidence.from_fields(reply.get("evidence"))
+                issued = reply.get("issued_at")
+                if not isinstance(issued, int) or isinstance(issued, bool):
+                    raise ProtocolError("migrate.attest: issued_at must be an int")
+                agent = self.agent
+                verified = verify_evidence_record(
+                    ev, agent.trust, dt.datetime.now(dt.UTC), cache=agent.chain_cache,
+                    collateral=agent.collateral)
+                att = Attested(verified, float(issued))
+        except (RpcError, ChannelFailed, ProtocolError, VerificationError) as err:
+            log.info("standby %s for %s not attested: %s", fingerprint(out.node), out.keep,
+                     err)
+        self._complete(fx.StandbyAttested(out.keep, out.node, out.nonce, att))
+
+    # ------------------------------------------------------------ replication
+
+    def _send_replicate(self, out: fx.SendReplicate) -> None:
+        manager = self.keeps.manager
+        keep = manager.keeps.get(out.keep)
+        if keep is None:
+            return
+        sealed = manager.sealed_for(out.keep, out.node)
+        package = encode_payload(sealed)
+        msg = Replicate(keep=out.keep, epoch=out.epoch, deployment=encode_payload(keep.deployment),
+                        package_size=len(package),
+                        package_digest=hashlib.sha256(package).digest())
+        self._send(out.node, encode_payload(msg))
+        for t in split(out.keep, out.epoch, "package", 0, 0.0, package):
+            self._send(out.node, encode_payload(t))
+
+    async def _take_checkpoint(self, out: fx.TakeCheckpoint) -> None:
+        keep = self.keeps.manager.keeps.get(out.keep)
+        if keep is None:
+            self._complete(fx.CheckpointFailed(out.keep, "keep not here"))
+            return
+        epoch = self.engine.running[out.keep].epoch if self.engine and \
+            out.keep in self.engine.running else 0
+        now = time.time()
+        try:
+            blob = await trio.to_thread.run_sync(take_checkpoint, keep, out.seq, epoch, now)
+        except (ProtocolError, OSError) as err:
+            self._complete(fx.CheckpointFailed(out.keep, str(err)))
+            return
+        held = self._checkpoints.setdefault(out.keep, {})
+        held[out.seq] = blob
+        for old in sorted(held)[:-KEEP_CHECKPOINTS]:
+            del held[old]
+        self._complete(fx.CheckpointTaken(out.keep, out.seq, now, out.final))
+
+    def _standby_dir(self, keep: str) -> Path:
+        if len(keep) != KEEP_ID_LEN:
+            raise ProtocolError("bad keep id")
+        d: Path = self.root / "standby" / keep
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return d
+
+    def _store_standby(self, out: fx.StoreStandby) -> None:
+        d = self._standby_dir(out.keep)
+        if out.kind == "deployment":
+            for stale in ("package.bin", "checkpoint.bin", "checkpoint.json"):
+                (d / stale).unlink(missing_ok=True)
+            atomic_write(d / "deployment.bin", out.data)
+        elif out.kind == "package":
+            atomic_write(d / "package.bin", out.data)
+        elif out.kind == "checkpoint":
+            atomic_write(d / "checkpoint.bin", out.data)
+            atomic_write(d / "checkpoint.json", json.dumps(
+                {"seq": out.seq, "epoch": out.epoch, "taken_at": out.taken_at}).encode())
+
+    async def _start_from_checkpoint(self, out: fx.StartFromCheckpoint) -> None:
+        deployment: Deployment | None = None
+        try:
+            d = self._standby_dir(out.keep)
+            dep = decode_payload((d / "deployment.bin").read_bytes(), 256 * 1024, (Deployment,))
+            pkg = decode_payload((d / "package.bin").read_bytes(), 64 * 1024 * 1024,
+                                 (SealedPackage,))
+            assert isinstance(dep, Deployment) and isinstance(pkg, SealedPackage)
+            if deployment_id(dep) != out.keep:
+                raise ProtocolError("standby deployment is of another keep")
+            blob: bytes | None = None
+            if out.seq > 0:
+                meta = json.loads((d / "checkpoint.json").read_text())
+                if meta.get("seq") != out.seq:
+                    raise ProtocolError(f"holding checkpoint {meta.get('seq')}, not {out.seq}")
+                blob = (d / "checkpoint.bin").read_bytes()
+            manager = self.keeps.manager
+            keep, _ = await trio.to_thread.run_sync(restore_keep, manager, dep, pkg, blob)
+            await manager.start(keep)
+            if keep.status != "running":
+                raise ProtocolError(f"restored keep is {keep.status}")
+            if blob is not None:
+                self._checkpoints.setdefault(out.keep, {})[out.seq] = blob
+            self._set_epoch(out.keep, out.epoch)
+            self._ended.discard(out.keep)
+            deployment = dep
+            ok, reason = True, ""
+        except (OSError, ValueError, ProtocolError, CheckpointError) as err:
+            ok, reason = False, str(err)[:200]
+            log.warning("restore of keep %s failed: %s", out.keep, reason)
+        self._complete(fx.KeepRestored(out.keep, out.epoch, deployment, ok, reason))
+
+    async def _stop_keep(self, out: fx.StopKeep) -> None:
+        manager = self.keeps.manager
+        keep = manager.keeps.get(out.keep)
+        if keep is None:
+            return
+        if out.reason == "fenced":
+            # The losing copy's state is kept aside, not merged (specs/migration.md §3).
+            try:
+                blob = await trio.to_thread.run_sync(take_checkpoint, keep, 0, out.epoch,
+                                                     time.time())
+                fenced = self.root / "fenced"
+                fenced.mkdir(parents=True, exist_ok=True, mode=0o700)
+                atomic_write(fenced / f"{out.keep}-e{out.epoch}.ckpt", blob)
+            except (ProtocolError, OSError) as err:
+                log.warning("could not keep the fenced state of %s: %s", out.keep, err)
+        await manager.stop(out.keep)
+
+    # ------------------------------------------------------------ events
+
+    def _event(self, ev: object) -> None:
+        now = time.time()
+        doc: dict[str, Any] = {"time": now, "event": type(ev).__name__}
+        if isinstance(ev, fx.KeepMoved):
+            doc.update(keep=ev.keep, from_host=ev.from_host.hex() if ev.from_host else None,
+                       to=ev.to.hex(), epoch=ev.epoch, trigger=ev.trigger)
+            if ev.to == self.agent.identity.public_bytes:
+                self._set_epoch(ev.keep, ev.epoch)
+            log.info("migration: keep %s moved to %s at epoch %d (%s)", ev.keep,
+                     fingerprint(ev.to), ev.epoch, ev.trigger)
+        elif isinstance(ev, fx.KeepFenced):
+            doc.update(keep=ev.keep, epoch=ev.epoch, winner=ev.winner.hex(),
+                       winner_epoch=ev.winner_epoch, checkpoint_seq=ev.checkpoint_seq)
+            log.warning("migration: copy of keep %s at epoch %d fenced by %s at epoch %d; "
+                        "its state since checkpoint %d is kept aside, not merged", ev.keep,
+                        ev.epoch, fingerprint(ev.winner), ev.winner_epoch, ev.checkpoint_seq)
+        elif isinstance(ev, fx.KeepOrphaned):
+            doc.update(keep=ev.keep, host=ev.host.hex(), reason=ev.reason)
+            log.warning("migration: keep %s orphaned: %s", ev.keep, ev.reason)
+        elif isinstance(ev, fx.StandbyChanged):
+            doc.update(keep=ev.keep, standbys=[s.hex() for s in ev.standbys])
+            log.info("migration: keep %s standbys %s", ev.keep,
+                     ", ".join(fingerprint(s) for s in ev.standbys) or "none")
+        elif isinstance(ev, fx.DrainFinished):
+            doc.update(moved=len(ev.moved), failed=[list(f) for f in ev.failed])
+            log.info("migration: drain finished: %d moved, %d failed", len(ev.moved),
+                     len(ev.failed))
+            for done, box in self._drains:
+                box.append(ev)
+                done.set()
+            self._drains.clear()
+        self.events.append(doc)
+
+    # ------------------------------------------------------------ epochs
+
+    def _load_epochs(self) -> dict[str, int]:
+        try:
+            raw = json.loads((self.root / "epochs.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(raw, dict):
+            return {}
+        return {k: v for k, v in raw.items()
+                if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)}
+
+    def _set_epoch(self, keep: str, epoch: int) -> None:
+        self._epochs[keep] = epoch
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(self.root / "epochs.json", json.dumps(self._epochs).encode())
+
+    # ------------------------------------------------------------ RPC
+
+    async def _rpc_drain(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        """Hand every keep over; answer when done: moved [{keep, from, to, epoch}]."""
+        if self.engine is None:
+            raise ProtocolError("agent.drain: migration not running yet")
+        done, box = trio.Event(), list[fx.DrainFinished]()
+        self._drains.append((done, box))
+        self.engine.command(fx.DrainAll(), time.time())
+        self._dispatch(self.engine)
+        self._poke()
+        with trio.move_on_after(DRAIN_WAIT_S):
+            await done.wait()
+        if not box:
+            raise ProtocolError("agent.drain: not finished within "
+                                f"{DRAIN_WAIT_S:g} s")
+        fin = box[0]
+        me = self.agent.address
+        moved = []
+        for m in fin.moved:
+            loc = self.engine.locations.get(m.keep)
+            moved.append({"keep": m.keep, "from": me,
+                          "to": loc.address if loc is not None and loc.host == m.to else None,
+                          "to_id": m.to.hex(), "epoch": m.epoch})
+        return {"moved": moved, "failed": [{"keep": k, "reason": r} for k, r in fin.failed]}
+
+    async def _rpc_where(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        """Where keeps run as this agent sees it (host, epoch, standbys, last_checkpoint)."""
+        eng = self.engine
+        if eng is None:
+            return {"keeps": [], "events": []}
+        keeps = [eng.summary(loc.keep) | {"keep": loc.keep} for loc in eng.locations]
+        return {"keeps": keeps, "events": list(self.events)}
