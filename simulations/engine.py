@@ -85,7 +85,8 @@ class Engine:
         self.dropped: dict[str, int] = {}
         self.bytes_sent = 0
         self.sent_reliable = 0
-        self.steps = 0
+        self.steps = 0          # events that did something (see run())
+        self.stale_timers = 0   # superseded timer entries popped and skipped
         self.protocol_errors = 0
 
     # ------------------------------------------------------------- setup
@@ -205,6 +206,10 @@ class Engine:
             elif kind == TIMER:
                 node = a
                 if b != node.timer_gen or not node.up:
+                    # A re-armed timer leaves its old entry in the heap (no decrease-key);
+                    # popping it is bookkeeping, not an event.
+                    self.steps -= 1
+                    self.stale_timers += 1
                     continue
                 node.timer_at = None
                 if node.pending is not None:
