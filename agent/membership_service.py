@@ -1,14 +1,21 @@
-"""Membership over attested QUIC: the glue between protocol/membership and agent sessions.
+"""The agent's driver for MeshNode: carries out effects over attested QUIC, decides nothing.
 
-The state machine decides; this module only moves bytes and verdicts:
-- outgoing probes/gossip go as QUIC DATAGRAM frames on the attested session to
-  the member's address (dialled, and attested, on demand); push-pull state
-  goes as an RPC on a stream;
-- datagrams from a session are fed in with the session's authenticated
-  identity as `src_id`, so a member cannot speak for another;
-- "attest" events are answered from the session's verified evidence (or by
-  dialling the member), so a member is alive only after its evidence passed
-  our policy, and becomes untrusted when it fails or expires.
+What it does with each output of `MeshNode.next_effect()`:
+- `Send`: a QUIC DATAGRAM on the attested session to the member (dialled,
+  and attested, on demand), or for `reliable` an RPC (`swim.stream`) on a
+  stream. When `dst_id` is given, only a session authenticated as that
+  identity carries it.
+- `RequestAttestation`: answer from the member's verified session evidence
+  (its freshness bounds how long the verdict holds), or dial the member so
+  the channel verifies fresh evidence against our policy; a channel we
+  refused is a negative verdict, a network failure is no verdict at all.
+- `StartKeep` / `StopKeep`: handed to the keeps hook (agent/keeps).
+- `Persist`: written atomically to `mesh.json` in the data directory.
+- events: logged.
+
+Inputs: datagrams read from every attested agent session (fed with the
+session's authenticated identity as `src_id`, so a member cannot speak for
+another), `swim.stream` RPCs, timers, and operator commands (join, leave).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +35,19 @@ from keepmesh.agent.node import Agent, PeerEntry
 from keepmesh.agent.rpc import RpcContext, RpcError, call
 from keepmesh.agent.session import ChannelFailed, Session
 from keepmesh.agent.transport.quic import ConnectionClosed
+from keepmesh.protocol.effects import (
+    AttestationVerdict,
+    Join,
+    KeepFailed,
+    Leave,
+    MemberEvent,
+    Output,
+    Persist,
+    RequestAttestation,
+    Send,
+    StartKeep,
+    StopKeep,
+)
 from keepmesh.protocol.errors import ProtocolError
 from keepmesh.protocol.membership import (
     CachingVerifier,
@@ -34,19 +55,22 @@ from keepmesh.protocol.membership import (
     Claims,
     Ed25519Signer,
     Ed25519Verifier,
-    MemberEvent,
     Membership,
     MembershipConfig,
     MemberView,
-    Outgoing,
     make_record,
 )
+from keepmesh.protocol.node import PERSIST_INCARNATION, MeshNode
 
 log = logging.getLogger("keepmesh.membership")
 
 DIAL_BACKOFF_S = 2.0
 MAX_QUEUED_PER_DIAL = 16
-STATE_FILE = "membership.json"
+MAX_STREAM_BYTES = 4 * 1024 * 1024
+STATE_FILE = "mesh.json"
+LEGACY_STATE_FILE = "membership.json"
+
+KeepHook = Callable[[StartKeep | StopKeep], Awaitable[None]]
 
 
 def member_json(m: MemberView) -> dict[str, Any]:
@@ -65,42 +89,56 @@ def member_json(m: MemberView) -> dict[str, Any]:
     }
 
 
-class MembershipService:
+def _rejected(err: ChannelFailed) -> bool:
+    """We refused the peer on its evidence/proof: a verdict, not a network failure."""
+    return bool(getattr(err, "local", False)) and \
+        getattr(err, "kind", "transport") in ("verification", "policy")
+
+
+class MeshService:
+    """One MeshNode per agent, driven from trio."""
+
     def __init__(self, agent: Agent, *, profile: str = "lan",
-                 labels: dict[str, str] | None = None) -> None:
+                 labels: dict[str, str] | None = None,
+                 capacity: Capacity | None = None) -> None:
         self.agent = agent
         self.config = MembershipConfig.profile(profile)
         self.labels = dict(labels or {})
-        self.membership: Membership | None = None
+        self.capacity = capacity
+        self.node: MeshNode | None = None
+        self.keep_hook: KeepHook | None = None
+        self.on_output: list[Callable[[Output], None]] = []
         self._wake = trio.lowlevel.ParkingLot()
-        self._dialing: dict[str, list[Outgoing]] = {}
+        self._dialing: dict[str, list[Send]] = {}
         self._dial_failed_at: dict[str, float] = {}
         self._nursery: trio.Nursery | None = None
-        self._saved_inc = 0
+        self._state: dict[str, Any] = {}
         agent.register({"members.list": self._rpc_members, "swim.stream": self._rpc_stream,
                         "agent.join": self._rpc_join, "agent.leave": self._rpc_leave})
         agent.on_peer.append(self._on_peer)
         agent.services.append(self.run)
-        agent.on_leave.append(self.leave)
 
-    # ------------------------------------------------------------ lifecycle
-    def _next_incarnation(self) -> int:
-        """Restarted members come back with a higher incarnation than they ever used."""
-        path = self.agent.data_dir / STATE_FILE
-        last = 0
-        try:
-            last = int(json.loads(path.read_text()).get("incarnation", 0))
-        except (OSError, ValueError, AttributeError):
-            pass
-        inc = max(last + 1, 1)
-        self._save_incarnation(inc)
-        self._saved_inc = inc
-        return inc
+    @property
+    def membership(self) -> Membership | None:
+        """The node's membership view (read-only use: members, metrics)."""
+        return None if self.node is None else self.node.membership
 
-    def _save_incarnation(self, inc: int) -> None:
+    # ------------------------------------------------------------ disk
+    def _load_state(self) -> dict[str, Any]:
+        for name in (STATE_FILE, LEGACY_STATE_FILE):
+            try:
+                data = json.loads((self.agent.data_dir / name).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict):
+                return data
+        return {}
+
+    def _persist(self, key: str, value: int | str | bytes) -> None:
+        self._state[key] = value.hex() if isinstance(value, bytes) else value
         path = self.agent.data_dir / STATE_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"incarnation": inc}))
+        tmp.write_text(json.dumps(self._state))
         os.replace(tmp, path)
 
     def _claims(self) -> Claims:
@@ -110,54 +148,60 @@ class MembershipService:
         tcb = ",".join(f"{k}={v}" for k, v in sorted(ev.tcb.items()))[:64]
         return Claims(tee=ev.tee, measurement=ev.measurement.hex(), tcb=tcb)
 
+    # ------------------------------------------------------------ lifecycle
     async def run(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         signer = Ed25519Signer(self.agent.identity.seed)
         now = trio.current_time()
-        cpu = (os.cpu_count() or 1) * 1000
-        mem = _memory_mb()
-        record = make_record(signer, self.agent.address, self._next_incarnation(),
-                             self._claims(), Capacity(memory_mb=mem, cpu_milli=cpu,
-                                                      free_memory_mb=mem, free_cpu_milli=cpu),
-                             self.labels)
-        self.membership = Membership(self.config, record, signer,
-                                     CachingVerifier(Ed25519Verifier()),
-                                     random.SystemRandom(), now)
+        self._state = self._load_state()
+        last = self._state.get(PERSIST_INCARNATION, 0)
+        # A restarted member comes back with a higher incarnation than it ever used.
+        incarnation = (last if isinstance(last, int) and last >= 0 else 0) + 1
+        capacity = self.capacity or _host_capacity()
+        record = make_record(signer, self.agent.address, incarnation, self._claims(),
+                             capacity, self.labels)
+        self.node = MeshNode(self.config, record, signer, CachingVerifier(Ed25519Verifier()),
+                             random.SystemRandom(), now)
         if self.agent.seeds:
-            self.membership.join(self.agent.seeds, now)
+            self.node.command(Join(tuple(self.agent.seeds)), now)
         for entry in list(self.agent.peers.values()):
             self._on_peer(entry)
-        self._flush()
+        self.flush()
         while True:
-            m = self.membership
-            deadline = m.get_timer()
+            deadline = self.node.get_timer()
             with trio.move_on_at(deadline if deadline is not None else trio.current_time() + 1):
                 await self._wake.park()
-            m.handle_timer(trio.current_time())
-            self._flush()
-            self._save_if_changed()
+            self.node.handle_timer(trio.current_time())
+            self.flush()
 
-    def _save_if_changed(self) -> None:
-        assert self.membership is not None
-        inc = self.membership.record.incarnation
-        if inc != self._saved_inc:
-            self._saved_inc = inc
-            self._save_incarnation(inc)
+    def wake(self) -> None:
+        """Re-read the node's timer (after an input from outside the run loop)."""
+        self._wake.unpark_all()
 
     # ------------------------------------------------------------ outputs
-    def _flush(self) -> None:
-        m = self.membership
-        if m is None:
+    def flush(self) -> None:
+        node = self.node
+        if node is None:
             return
-        for out in m.datagrams_to_send():
-            self._send(out)
-        while (event := m.next_event()) is not None:
-            self._on_event(event)
+        while (item := node.next_effect()) is not None:
+            if isinstance(item, Send):
+                self._send(item)
+            elif isinstance(item, RequestAttestation):
+                self._attest(item)
+            elif isinstance(item, Persist):
+                self._persist(item.key, item.value)
+            elif isinstance(item, StartKeep | StopKeep):
+                self._keep(item)
+            elif isinstance(item, MemberEvent):
+                self._log_event(item)
+            for cb in self.on_output:
+                cb(item)
+        self._wake.unpark_all()
 
-    def _send(self, out: Outgoing) -> None:
+    def _send(self, out: Send) -> None:
         if out.dst == self.agent.address:
             return
-        session = self.agent.session_to_address(out.dst)
+        session = self._session_for(out)
         if session is None:
             self._dial(out.dst, out)
             return
@@ -170,13 +214,22 @@ class MembershipService:
             except ConnectionClosed:
                 pass
 
+    def _session_for(self, out: Send) -> Session | None:
+        if out.dst_id is not None:
+            entry = self.agent.peers.get(out.dst_id)
+            if entry is not None and entry.session is not None \
+                    and not entry.session.closed.is_set():
+                return entry.session
+            return None
+        return self.agent.session_to_address(out.dst)
+
     async def _send_stream(self, session: Session, data: bytes) -> None:
         try:
             await call(session, "swim.stream", {"data": data}, timeout=10)
         except RpcError as err:
-            log.debug("push-pull to %s failed: %s", session.address, err)
+            log.debug("stream to %s failed: %s", session.address, err)
 
-    def _dial(self, address: str, first: Outgoing | None) -> None:
+    def _dial(self, address: str, first: Send | None, subject: bytes | None = None) -> None:
         if address in self._dialing:
             if first is not None and len(self._dialing[address]) < MAX_QUEUED_PER_DIAL:
                 self._dialing[address].append(first)
@@ -186,73 +239,86 @@ class MembershipService:
             return  # the packet is lost, as it would be to an unreachable host
         self._dialing[address] = [first] if first is not None else []
         assert self._nursery is not None
-        self._nursery.start_soon(self._dial_task, address)
+        self._nursery.start_soon(self._dial_task, address,
+                                 subject if subject is not None else
+                                 (first.dst_id if first is not None else None))
 
-    async def _dial_task(self, address: str) -> None:
+    async def _dial_task(self, address: str, subject: bytes | None) -> None:
         try:
             await self.agent.connect(address)
         except (ChannelFailed, ProtocolError) as err:
             self._dial_failed_at[address] = time.monotonic()
             self._dialing.pop(address, None)  # queued packets are lost, as to a dead host
             log.debug("cannot reach %s: %s", address, err)
-            self._attestation_failed(address, str(err))
+            if isinstance(err, ChannelFailed) and _rejected(err) and subject is not None \
+                    and self.node is not None:
+                self.node.complete(AttestationVerdict(subject, False, reason=str(err)[:200]),
+                                   trio.current_time())
+                self.flush()
             return
         queued = self._dialing.pop(address, [])
         for out in queued:
             self._send(out)
 
-    def _attestation_failed(self, address: str, reason: str) -> None:
-        """A member whose channel was rejected on evidence grounds is untrusted, not dead."""
-        m = self.membership
-        if m is None or "rejected" not in reason and "policy" not in reason:
-            return
-        for view in m.members():
-            if view.address == address:
-                m.set_trust(view.node_id, False, trio.current_time(), reason=reason)
-        self._flush()
-
-    def _on_event(self, event: MemberEvent) -> None:
-        name = fingerprint(event.node_id)
-        if event.kind == "attest":
-            self._attest(event.node_id)
-        elif event.kind in ("dead", "suspect", "untrusted", "left"):
-            log.info("member %s %s (incarnation %d) %s", name, event.kind, event.incarnation,
-                     event.reason)
-        elif event.kind in ("join", "alive"):
-            log.info("member %s %s (incarnation %d)", name, event.kind, event.incarnation)
-
-    def _attest(self, node_id: bytes) -> None:
-        m = self.membership
-        assert m is not None
-        entry = self.agent.peers.get(node_id)
+    def _attest(self, req: RequestAttestation) -> None:
+        entry = self.agent.peers.get(req.node_id)
         if entry is not None and entry.session is not None and not entry.session.closed.is_set():
-            self._trust_from_entry(entry)
+            self._report_verdict(entry)
             return
-        view = m.member(node_id)
-        if view is not None:
-            self._dial(view.address, None)
+        self._dial(req.address, None, req.node_id)
+
+    def _keep(self, item: StartKeep | StopKeep) -> None:
+        hook = self.keep_hook
+        if hook is None:
+            if isinstance(item, StartKeep) and self.node is not None:
+                self.node.complete(KeepFailed(item.keep_id, item.epoch,
+                                              "this agent runs no keeps"), trio.current_time())
+            return
+        assert self._nursery is not None
+        self._nursery.start_soon(hook, item)
+
+    def _log_event(self, event: MemberEvent) -> None:
+        name = fingerprint(event.node_id)
+        extra = {"event": f"member.{event.kind}",
+                 "fields": {"member": name, "incarnation": event.incarnation}}
+        if event.kind in ("dead", "suspect", "untrusted", "left"):
+            log.info("member %s %s (incarnation %d) %s", name, event.kind, event.incarnation,
+                     event.reason, extra=extra)
+        elif event.kind in ("join", "alive"):
+            log.info("member %s %s (incarnation %d)", name, event.kind, event.incarnation,
+                     extra=extra)
 
     # ------------------------------------------------------------ inputs
     def _on_peer(self, entry: PeerEntry) -> None:
-        """A newly attested agent session: its datagrams feed membership, its evidence vouches."""
+        """A newly attested agent session: its datagrams feed the node, its evidence vouches."""
         if self._nursery is None or entry.session is None:
             return
         self._nursery.start_soon(self._read_datagrams, entry.session)
-        self._trust_from_entry(entry)
+        self._report_verdict(entry)
 
-    def _trust_from_entry(self, entry: PeerEntry) -> None:
-        m = self.membership
-        if m is None or m.member(entry.identity) is None:
+    def _report_verdict(self, entry: PeerEntry) -> None:
+        """The session's channel verified this peer's evidence against our policy."""
+        node = self.node
+        if node is None or node.member(entry.identity) is None:
             return
-        until = None
+        valid_for = None
         if entry.evidence is not None and entry.session is not None:
             issued = entry.session.peer.evidence_issued_at
             max_age = self.agent.policy.max_evidence_age_s
             if issued is not None and max_age:
-                until = trio.current_time() + max(0.0, issued + max_age - time.time())
-        m.set_trust(entry.identity, True, trio.current_time(), until=until)
-        self._flush()
-        self._wake.unpark_all()
+                valid_for = max(0.0, issued + max_age - time.time())
+        node.complete(AttestationVerdict(entry.identity, True, valid_for), trio.current_time())
+        self.flush()
+
+    def feed(self, data: bytes, src: str, src_id: bytes) -> None:
+        """One message from an attested agent session (datagram or stream)."""
+        node = self.node
+        if node is None:
+            return
+        view = node.member(src_id)
+        node.receive(data, view.address if view is not None else src, src_id,
+                     trio.current_time())
+        self.flush()
 
     async def _read_datagrams(self, session: Session) -> None:
         src_id = session.peer.identity
@@ -261,42 +327,31 @@ class MembershipService:
                 data = await session.conn.receive_datagram()
             except ConnectionClosed:
                 return
-            m = self.membership
-            if m is None:
-                continue
-            view = m.member(src_id)
-            src = view.address if view is not None else session.address
-            m.receive(data, src, trio.current_time(), src_id=src_id)
-            self._flush()
-            self._wake.unpark_all()
+            self.feed(data, session.address, src_id)
 
     # ------------------------------------------------------------ RPC
     async def _rpc_stream(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         if ctx.role != "agent":
             raise ProtocolError("swim.stream: agents only")
         data = body.get("data")
-        if not isinstance(data, bytes) or len(data) > 4 * 1024 * 1024:
+        if not isinstance(data, bytes) or len(data) > MAX_STREAM_BYTES:
             raise ProtocolError("swim.stream: data must be bytes up to 4 MiB")
-        m = self.membership
-        if m is None:
+        node = self.node
+        if node is None:
             raise ProtocolError("membership not started")
-        view = m.member(ctx.peer_key)
-        src = view.address if view is not None else ctx.session.address
-        m.receive(data, src, trio.current_time(), src_id=ctx.peer_key)
-        self._flush()
-        if m.member(ctx.peer_key) is not None and ctx.peer_key in self.agent.peers:
-            self._trust_from_entry(self.agent.peers[ctx.peer_key])
-        self._wake.unpark_all()
+        self.feed(data, ctx.session.address, ctx.peer_key)
+        if node.member(ctx.peer_key) is not None and ctx.peer_key in self.agent.peers:
+            self._report_verdict(self.agent.peers[ctx.peer_key])
         return {}
 
     async def _rpc_members(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
-        m = self.membership
-        if m is None:
+        node = self.node
+        if node is None:
             return {"members": []}
         rows = []
-        for view in m.members():  # our own view comes first
+        for view in node.members():  # our own view comes first
             row = member_json(view)
-            row["self"] = view.node_id == m.node_id
+            row["self"] = view.node_id == node.node_id
             rows.append(row)
         return {"members": rows}
 
@@ -315,33 +370,31 @@ class MembershipService:
                 joined.append(a)
             except ChannelFailed as err:
                 raise ProtocolError(f"cannot join {a}: {err}") from None
-        m = self.membership
-        if m is not None:
-            m.join(joined, trio.current_time())
-            self._flush()
-            self._wake.unpark_all()
+        if self.node is not None:
+            self.node.command(Join(tuple(joined)), trio.current_time())
+            self.flush()
         return {"joined": joined}
 
     async def _rpc_leave(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
-        m = self.membership
-        if m is None:
+        node = self.node
+        if node is None:
             raise ProtocolError("membership not started")
+        node.command(Leave(), trio.current_time())
+        self.flush()
         assert self._nursery is not None
-        self._nursery.start_soon(self.agent.leave)  # gossips via self.leave, then stops
+
+        async def shutdown_later() -> None:
+            # Give the leave a few gossip rounds to spread before we go.
+            await trio.sleep(max(1.0, 5 * self.config.gossip_interval))
+            self.agent.shutdown()
+        self._nursery.start_soon(shutdown_later)
         return {"left": True}
 
-    async def leave(self) -> None:
-        """Agent.leave hook: gossip a signed leave and give it a few gossip rounds to
-        spread (Agent.leave caps the whole wait), so peers see "left", not "dead"."""
-        m = self.membership
-        if m is None:
-            return
-        m.leave(trio.current_time())
-        self._flush()
-        self._wake.unpark_all()
-        deadline = trio.current_time() + max(1.0, 5 * self.config.gossip_interval)
-        while m.pending_broadcasts() and trio.current_time() < deadline:
-            await trio.sleep(self.config.gossip_interval)
+
+def _host_capacity() -> Capacity:
+    cpu = (os.cpu_count() or 1) * 1000
+    mem = _memory_mb()
+    return Capacity(memory_mb=mem, cpu_milli=cpu, free_memory_mb=mem, free_cpu_milli=cpu)
 
 
 def _memory_mb() -> int:
@@ -352,3 +405,7 @@ def _memory_mb() -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+# The name startup.py and older callers use.
+MembershipService = MeshService

@@ -45,9 +45,10 @@ _task_log = RateLimitedLog(log)
 # Any authenticated client may read; keeps.* check owners themselves; changing the
 # agent's own place in the mesh needs an admitted owner key.
 CLIENT_METHODS = frozenset({"agent.status", "agent.peers", "members.list", "keeps.list",
+                            "migrate.where",
                             "keeps.logs", "keeps.call", "keeps.stop", "keeps.deploy",
                             "keeps.secret_set"})
-ADMIN_METHODS = frozenset({"agent.join", "agent.leave"})
+ADMIN_METHODS = frozenset({"agent.join", "agent.leave", "agent.drain"})
 REDIAL_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 LEAVE_GRACE_S = 3.0  # how long a leaving agent gives its leave hooks (gossip) before stopping
 
@@ -147,6 +148,9 @@ class Agent:
         self._dialing: set[str] = set()
         self.on_peer: list[Callable[[PeerEntry], None]] = []
         self.on_leave: list[Callable[[], Awaitable[None]]] = []
+        # Releases the data dir lock (startup.DataDirLock) when the agent stops.
+        self.data_dir_lock: Callable[[], None] | None = None
+        self.leaving = False  # set once a leave started (a second request does not restart it)
         self._fail_log = RateLimitedLog(log)
         self.services: list[Callable[[trio.Nursery], Awaitable[None]]] = []
 
@@ -182,6 +186,14 @@ class Agent:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         host, port = parse_address(self.listen)
         self.endpoint.on_accept = self._on_accept
+        try:
+            await self._run(host, port, task_status)
+        finally:
+            if self.data_dir_lock is not None:
+                self.data_dir_lock()
+                self.data_dir_lock = None
+
+    async def _run(self, host: str, port: int, task_status: trio.TaskStatus[str]) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             bound = await nursery.start(self.endpoint.serve, host, port)
@@ -191,9 +203,19 @@ class Agent:
                 guard.start_soon(service, guard)
             for seed in self.seeds:
                 guard.start_soon(self._dial_loop, seed)
-            log.info("agent %s listening on %s (tee %s)", self.identity.fingerprint,
+            log.debug("agent %s listening on %s (tee %s)", self.identity.fingerprint,
                      self.address, self.backend.kind)
             task_status.started(self.address)
+
+    def close(self) -> None:
+        """Give back what build_agent took (data dir lock, bound socket) for an agent
+        that will not run (run() gives them back itself when it ends)."""
+        if self.data_dir_lock is not None:
+            self.data_dir_lock()
+            self.data_dir_lock = None
+        if self.endpoint.sock is not None and self._nursery is None:
+            self.endpoint.sock.close()
+            self.endpoint.sock = None
 
     def shutdown(self) -> None:
         if self._nursery is not None:
@@ -203,6 +225,9 @@ class Agent:
         """Leave the mesh gracefully, then stop: each leave hook (membership gossips
         a leave) gets at most `grace_s` together, so a stuck hook cannot keep a
         stopping agent alive."""
+        if self.leaving:
+            return
+        self.leaving = True
         with trio.move_on_after(grace_s):
             for hook in list(self.on_leave):
                 try:
@@ -272,11 +297,18 @@ class Agent:
         ident = session.peer.identity
         entry = self.peers.get(ident)
         addr = address or (entry.address if entry else session.address)
+        # Both sides may dial at once, and a peer re-attests on reconnect: say so once
+        # per newly connected peer (info), the rest at debug.
+        was_connected = entry is not None and entry.session is not None \
+            and not entry.session.closed.is_set()
         entry = PeerEntry(identity=ident, address=addr, evidence=session.peer.evidence,
                           verified_at=session.peer.verified_at, session=session)
         self.peers[ident] = entry
-        log.info("attested peer %s at %s (%s)", fingerprint(ident), addr,
-                 session.peer.evidence.tee if session.peer.evidence else "?")
+        tee = session.peer.evidence.tee if session.peer.evidence else "?"
+        log.log(logging.DEBUG if was_connected else logging.INFO,
+                "attested peer %s at %s (%s)", fingerprint(ident), addr, tee,
+                extra={"event": "peer.attested",
+                       "fields": {"peer": fingerprint(ident), "address": addr, "tee": tee}})
         for cb in self.on_peer:
             cb(entry)
 
@@ -303,8 +335,13 @@ class Agent:
                     await self.connect(address)
                     return
                 except (ChannelFailed, ProtocolError) as err:
-                    self._fail_log.warning("cannot attest %s: %s", address, err)
-                    if "rejected" in str(err) or "policy" in str(err):
+                    kind = err.kind if isinstance(err, ChannelFailed) else "protocol"
+                    if kind == "transport":  # nothing answered: not an attestation failure
+                        self._fail_log.warning("cannot reach %s: %s", address, err)
+                    else:
+                        self._fail_log.warning("cannot attest %s: %s", address, err)
+                    if kind in ("verification", "policy") or (
+                            isinstance(err, ChannelFailed) and not err.local):
                         return  # a peer that fails policy will not pass by retrying
                 await trio.sleep(REDIAL_S[min(attempt, len(REDIAL_S) - 1)])
                 attempt += 1

@@ -6,6 +6,7 @@ can build agents the same way the command line does.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ from keepmesh.agent.config import AgentConfig
 from keepmesh.agent.identity import load_or_create
 from keepmesh.agent.node import Agent
 from keepmesh.agent.tee.base import TeeBackend, TeeUnavailable
+from keepmesh.agent.transport.quic import parse_address
 from keepmesh.protocol.attestation.certs import TrustStore, fingerprint
 from keepmesh.protocol.attestation.collateral import (
     MAX_COLLATERAL_FILE,
@@ -35,6 +37,9 @@ from keepmesh.protocol.attestation.policy import (
 from keepmesh.protocol.errors import ProtocolError
 
 log = logging.getLogger("keepmesh.agent")
+
+
+LOCK_FILE = "agent.lock"
 
 
 class StartupError(Exception):
@@ -72,6 +77,39 @@ def load_agent_collateral(path: Path) -> Collateral:
         raise StartupError(err.reason) from None
 
 
+class DataDirLock:
+    """An exclusive flock on `<data_dir>/agent.lock`, held while the agent lives.
+
+    Two agents on one data dir would share an identity and keeps (two members
+    with one key, two runtimes writing one keep's state): the second refuses to
+    start. The kernel drops the lock when the process dies, so a crash never
+    leaves a stale lock behind; the pid inside is only for the message.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        path = data_dir / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as err:
+            raise StartupError(f"data dir {data_dir}: cannot open {LOCK_FILE}: "
+                               f"{err.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise StartupError(f"data dir {data_dir} is in use by another agent{who}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 def make_backend(cfg: AgentConfig) -> TeeBackend:
     from keepmesh.agent.tee.detect import backend_for
     try:
@@ -107,10 +145,23 @@ def build_agent(cfg: AgentConfig) -> Agent:
         os.chmod(data_dir, 0o700)
     except OSError as err:
         raise StartupError(f"data dir {data_dir}: {err.strerror}") from None
+    lock = DataDirLock(data_dir)
+    try:
+        agent = _build(cfg, data_dir)
+    except BaseException:
+        lock.release()
+        raise
+    agent.data_dir_lock = lock.release
+    return agent
+
+
+def _build(cfg: AgentConfig, data_dir: Path) -> Agent:
     try:
         identity = load_or_create(data_dir / "identity.key", name="keepmesh agent")
     except ProtocolError as err:
         raise StartupError(err.reason) from None
+    except OSError as err:
+        raise StartupError(f"identity key in {data_dir}: {err.strerror}") from None
     backend = make_backend(cfg)
     extra = []
     if backend.kind == "sim":
@@ -148,22 +199,39 @@ def build_agent(cfg: AgentConfig) -> Agent:
             raise StartupError(err.reason) from None
     else:
         agent.policy = same_image_policy(own, sim_roots)
-    _attach_services(agent, cfg)
+    try:
+        _attach_services(agent, cfg)
+    except ProtocolError as err:  # bad profile, unreadable or truncated keep storage key
+        raise StartupError(err.reason) from None
+    except OSError as err:
+        raise StartupError(f"{err.filename or data_dir}: {err.strerror}") from None
+    host, port = parse_address(cfg.listen)
+    try:
+        agent.endpoint.bind(host, port)  # port in use, address not here, bad name: now
+    except ProtocolError as err:
+        raise StartupError(err.reason) from None
     return agent
 
 
 def _attach_services(agent: Agent, cfg: AgentConfig) -> None:
     """Mesh services that ride on the agent's sessions (keeps, membership)."""
+    from keepmesh.agent import metrics
     from keepmesh.agent.membership_service import MembershipService
-    MembershipService(agent, profile=cfg.profile, labels=cfg.labels)
+    members = MembershipService(agent, profile=cfg.profile, labels=cfg.labels)
+    metrics.add_source(agent, "members", lambda: metrics.counts_by(
+        members.membership.members() if members.membership else [], lambda m: m.state.value))
     try:
         from keepmesh.agent.keeps.service import KeepService
     except ImportError:  # pragma: no cover - partial installs
         return
     service = KeepService(agent.data_dir / "keeps", cfg.owners, agent.identity.seed)
+    metrics.add_source(agent, "keeps", lambda: metrics.counts_by(  # "failed: why" -> "failed"
+        list(service.manager.keeps.values()), lambda k: str(k.status).split(":")[0]))
     agent.register(service.methods())
     from keepmesh.agent.workload_router import WorkloadRouter
     WorkloadRouter(agent, service)
+    from keepmesh.agent.migration_service import MigrationService
+    MigrationService(agent, service, members)
 
     async def run_keeps(nursery: object) -> None:
         await service.start()

@@ -14,7 +14,7 @@ from keepmesh.agent.client import open_client
 from keepmesh.agent.config import AgentConfig
 from keepmesh.agent.identity import Identity
 from keepmesh.agent.node import Agent
-from keepmesh.agent.startup import build_agent
+from keepmesh.agent.startup import StartupError, build_agent
 from keepmesh.agent.transport.quic import ConnectionClosed, QuicEndpoint
 
 
@@ -134,6 +134,9 @@ async def test_hostile_client_loses_only_its_connection(nursery: trio.Nursery, t
 
 async def test_identity_persists_across_restart(tmp_path: Path, sim_root: Path) -> None:
     a1 = make(tmp_path, sim_root, "a")
+    with pytest.raises(StartupError, match="in use by another agent"):
+        make(tmp_path, sim_root, "a")  # one agent per data dir
+    a1.close()
     a2 = make(tmp_path, sim_root, "a")
     assert a1.identity.public_bytes == a2.identity.public_bytes
     key = tmp_path / "a" / "identity.key"
