@@ -39,9 +39,17 @@ class MembershipConfig:
     max_broadcasts: int = 4096          # bound on the piggyback queue
     join_retry_interval: float = 5.0    # re-contact seeds while we know nobody
     max_members: int = 65536            # refuse to learn more members than this
+    # issue 9 (hostile input, local health); specs/membership.md §5-§6
+    ban_s: float = 300.0                # a ban's length (doubling per repeat, up to 8x)
+    penalty_decay_s: float = 60.0       # one penalty point is forgiven per this many seconds
+    max_unfounded: int = 4              # refuted accusations (decaying) before we ignore one
+    max_pending: int = 1024             # members learned but not yet attested
+    attest_timeout: float = 120.0       # a member still unattested after this is forgotten
+    late_timer_slack: float = 0.25      # x probe_timeout: a timer run later = we are slow
 
     def __post_init__(self) -> None:
-        positive = ("probe_interval", "probe_timeout", "gossip_interval", "join_retry_interval")
+        positive = ("probe_interval", "probe_timeout", "gossip_interval", "join_retry_interval",
+                    "ban_s", "penalty_decay_s", "attest_timeout", "late_timer_slack")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ProtocolError(f"membership config: {name} must be > 0")
@@ -53,7 +61,8 @@ class MembershipConfig:
             if getattr(self, name) < 0:
                 raise ProtocolError(f"membership config: {name} must be >= 0")
         for name in ("suspicion_mult", "suspicion_max_timeout_mult", "retransmit_mult",
-                     "awareness_max_multiplier", "penalty_threshold"):
+                     "awareness_max_multiplier", "penalty_threshold", "max_unfounded",
+                     "max_pending"):
             if getattr(self, name) < 1:
                 raise ProtocolError(f"membership config: {name} must be >= 1")
         if self.max_packet < 512:

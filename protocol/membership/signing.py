@@ -117,26 +117,39 @@ class SimulationVerifier:
 
 
 class CachingVerifier:
-    """Remembers verdicts so one record version is checked once, even when
-    thousands of simulated members share this object. The key includes the
-    data, so a valid signature paired with other bytes is never a cache hit."""
+    """Remembers good verdicts so one record version is checked once, even when
+    thousands of simulated members share this object.
 
-    def __init__(self, inner: RecordVerifier, max_entries: int = 1 << 20) -> None:
+    The key is a digest of (node id, data, signature), so a valid signature
+    paired with other bytes is never a cache hit, and an entry costs ~100 bytes
+    whatever the record's size. Only *valid* signatures are remembered: caching
+    failures let anyone fill the table with garbage (every forgery is also
+    penalised, so re-checking one is rare). Bounded: oldest entries go first.
+    """
+
+    def __init__(self, inner: RecordVerifier, max_entries: int = 1 << 16) -> None:
         self._inner = inner
         self._max = max_entries
-        self._cache: OrderedDict[tuple[bytes, bytes, bytes], bool] = OrderedDict()
+        self._cache: OrderedDict[bytes, bool] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
+    def __len__(self) -> int:
+        return len(self._cache)
+
     def verify(self, node_id: NodeId, data: bytes, signature: bytes) -> bool:
-        key = (node_id, data, signature)
-        found = self._cache.get(key)
-        if found is not None:
+        h = hashlib.blake2b(node_id, digest_size=24)
+        h.update(len(data).to_bytes(4, "big"))
+        h.update(data)
+        h.update(signature)
+        key = h.digest()
+        if key in self._cache:
             self.hits += 1
-            return found
+            return True
         self.misses += 1
         verdict = self._inner.verify(node_id, data, signature)
-        self._cache[key] = verdict
-        if len(self._cache) > self._max:
-            self._cache.popitem(last=False)
+        if verdict:
+            self._cache[key] = True
+            if len(self._cache) > self._max:
+                self._cache.popitem(last=False)
         return verdict

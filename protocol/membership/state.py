@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..address import canonical_address
 from ..errors import ProtocolError
 from ..wire import Message, encode_payload
 from .awareness import Awareness
@@ -42,16 +43,19 @@ from .messages import (
     PushPull,
     PushPullEntry,
     Suspect,
+    accusation_signed_bytes,
     decode_gossip_item,
     decode_swim,
     with_gossip,
 )
+from .penalties import FORGERY, INVALID_RECORD, UNFOUNDED, Penalties
 from .records import (
     MAX_RECORD_BYTES,
     Capacity,
     Claims,
     NodeRecord,
     decode_record,
+    intern_record,
     make_record,
 )
 from .signing import Address, NodeId, RecordSigner, RecordVerifier
@@ -61,7 +65,7 @@ _GOSSIP_ITEM_MAX = MAX_RECORD_BYTES + 64
 _ITEM_OVERHEAD = 3      # msgpack bin8/bin16 header per piggybacked item
 _LIST_GROWTH = 3        # fixarray -> array16 header when items are added
 _MAX_RELAYS = 1024      # outstanding ping-req relays we serve at once
-_MAX_PENALISED = 4096   # distinct senders we remember penalties for
+_MAX_REQUESTERS = 8     # ping-reqs for one target folded into one outstanding relay ping
 _NACK_FRACTION = 0.8    # of probe_timeout, when a relay gives up and nacks
 
 
@@ -115,7 +119,7 @@ class _Member:
     """Per-member state kept small: the record is shared (interned), the rest scalars."""
 
     __slots__ = ("record", "state", "since", "trust", "trust_until", "suspicion",
-                 "leave_sig", "joined", "in_probe")
+                 "leave_sig", "joined", "in_probe", "penalised")
 
     def __init__(self, record: NodeRecord, trust: Trust, now: float) -> None:
         self.record = record
@@ -127,11 +131,12 @@ class _Member:
         self.leave_sig: bytes | None = None
         self.joined = False
         self.in_probe = False
+        self.penalised = False  # FAILED because it was banned (restored to EXPIRED at expiry)
 
 
 class _Probe:
     __slots__ = ("target", "seq", "timeout_at", "end_at", "indirect_sent", "expected_nacks",
-                 "nackers")
+                 "nackers", "late")
 
     def __init__(self, target: NodeId, seq: int, timeout_at: float, end_at: float) -> None:
         self.target = target
@@ -141,15 +146,18 @@ class _Probe:
         self.indirect_sent = False
         self.expected_nacks = 0
         self.nackers: set[NodeId] = set()
+        self.late = False  # our own timers ran late during it: a missed ack proves nothing
 
 
 class _Relay:
-    __slots__ = ("requester", "requester_seq", "nack")
+    """One outstanding ping toward `target`, answering every requester that asked."""
 
-    def __init__(self, requester: Address, requester_seq: int, nack: bool) -> None:
-        self.requester = requester
-        self.requester_seq = requester_seq
-        self.nack = nack
+    __slots__ = ("target", "requesters")
+
+    def __init__(self, target: NodeId) -> None:
+        self.target = target
+        # (requester address, requester's seq, still owes a nack)
+        self.requesters: list[tuple[Address, int, bool]] = []
 
 
 _LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
@@ -180,14 +188,21 @@ class Membership:
         self._probe_idx = 0
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
+        self._relay_by_target: dict[NodeId, int] = {}
         self._seq = rng.getrandbits(31)
         self._heap: list[tuple[float, int, str, NodeId | int]] = []
         self._heap_n = 0
         self._queue = BroadcastQueue(config.max_broadcasts)
         self._outbox: list[Outgoing] = []
         self._events: deque[MemberEvent] = deque()
-        self._penalties: dict[bytes | str, int] = {}
-        self._banned: set[bytes | str] = set()
+        self._penalties = Penalties(config.penalty_threshold, config.penalty_decay_s,
+                                    config.ban_s)
+        # Refuted accusations per accuser: past max_unfounded its accusations are ignored.
+        self._unfounded = Penalties(config.max_unfounded, config.penalty_decay_s, config.ban_s)
+        self._n_pending = 0
+        self._late_counted_at = -math.inf
+        self._clock = now  # latest `now` seen (bans' default clock for is_banned)
+        self.max_timer_lateness = 0.0
         self._seeds: tuple[Address, ...] = ()
         self._leaving = False
         self._leave_sig: bytes | None = None
@@ -204,7 +219,8 @@ class Membership:
 
     def join(self, seeds: Sequence[Address], now: float) -> None:
         """Contact seeds with a push-pull; retried while we know nobody."""
-        self._seeds = tuple(a for a in seeds if a != self.record.address)[:64]
+        canon = [canonical_address(a) for a in seeds]  # ProtocolError on a bad seed
+        self._seeds = tuple(a for a in canon if a != self.record.address)[:64]
         self._contact_seeds(now)
 
     def leave(self, now: float) -> None:
@@ -232,6 +248,7 @@ class Membership:
         """Feed one datagram or stream message. Never raises on bad input: it is
         counted (stats["malformed"], last_error) and dropped."""
         self._count("recv.bytes", len(data))
+        self._clock = max(self._clock, now)
         self._catch_up_gossip(now)
         try:
             self._receive(data, src, now, src_id)
@@ -243,7 +260,16 @@ class Membership:
             self.last_error = f"malformed message: {type(err).__name__}"
 
     def handle_timer(self, now: float) -> None:
+        """Run whatever is due. A call later than `late_timer_slack` x probe_timeout
+        after the deadline means our own process was starved: counted against our
+        health, never against members whose replies we could not read in time."""
         cfg = self.config
+        due = self.get_timer()
+        late = due is not None and now - due > cfg.late_timer_slack * cfg.probe_timeout
+        if late:
+            assert due is not None
+            self._timer_late(now, now - due)
+        self._clock = max(self._clock, now)
         self._catch_up_gossip(now)
         # probe state machine
         probe = self._probe
@@ -273,7 +299,7 @@ class Membership:
             _, _, kind, key = heapq.heappop(heap)
             if kind == "suspect":
                 assert isinstance(key, bytes)
-                self._suspicion_timeout(key, now)
+                self._suspicion_timeout(key, now, late)
             elif kind == "relay_nack":
                 assert isinstance(key, int)
                 self._relay_nack(key)
@@ -286,6 +312,25 @@ class Membership:
             elif kind == "reap":
                 assert isinstance(key, bytes)
                 self._reap(key, now)
+            elif kind == "pending":
+                assert isinstance(key, bytes)
+                self._pending_timeout(key, now)
+            elif kind == "unban":
+                assert isinstance(key, bytes)
+                self._unban(key, now)
+
+    def _timer_late(self, now: float, lateness: float) -> None:
+        """Lifeguard local health, for a starved event loop: our timers fire late, so
+        acks may sit unread. Raise awareness (at most once per probe period, so a
+        long stall climbs one step per period), and make the probe in flight
+        inconclusive: a missed ack then proves nothing about its target."""
+        self._count("timers.late")
+        self.max_timer_lateness = max(self.max_timer_lateness, lateness)
+        if self._probe is not None:
+            self._probe.late = True
+        if now - self._late_counted_at >= self.config.probe_interval:
+            self._late_counted_at = now
+            self.awareness.apply_delta(1)
 
     def set_trust(self, node_id: NodeId, trusted: bool, now: float, until: float | None = None,
                   reason: str = "") -> None:
@@ -295,7 +340,10 @@ class Membership:
             return
         if trusted:
             was = m.trust
+            if was is Trust.PENDING:
+                self._n_pending -= 1
             m.trust = Trust.TRUSTED
+            m.penalised = False
             m.trust_until = until
             if until is not None:
                 self._push_timer(until, "trust", node_id)
@@ -309,6 +357,8 @@ class Membership:
                     self._insert_probe(node_id, m)
         else:
             if m.trust is not Trust.FAILED:
+                if m.trust is Trust.PENDING:
+                    self._n_pending -= 1
                 m.trust = Trust.FAILED
                 m.trust_until = None
                 self._emit("untrusted", m, now, reason[:200])
@@ -339,6 +389,10 @@ class Membership:
                 self._count("rejected.signature")
                 continue
             ok = trusted or not self.require_attestation
+            if not ok and self._n_pending >= self.config.max_pending:
+                self._count("dropped.pending_full")
+                continue
+            record = intern_record(record)
             m = _Member(record, Trust.TRUSTED if ok else Trust.PENDING, now)
             self._members[nid] = m
             self._n_live += 1
@@ -348,6 +402,8 @@ class Membership:
                 m.in_probe = True
                 self._probe_order.append(nid)
             else:
+                self._n_pending += 1
+                self._push_timer(now + self.config.attest_timeout, "pending", nid)
                 self._emit("attest", m, now)
         self.rng.shuffle(self._probe_order)
         self._probe_idx = 0
@@ -420,7 +476,7 @@ class Membership:
     # ======================================================= receive paths
 
     def _receive(self, data: bytes, src: Address, now: float, src_id: NodeId | None) -> None:
-        if (src_id if src_id is not None else src) in self._banned:
+        if self._penalties.banned(src_id if src_id is not None else src, now):
             self._count("dropped.banned")
             return
         msg = decode_swim(data, self.config.max_stream_message, (*PRIMARY, PushPull))
@@ -430,7 +486,7 @@ class Membership:
         sender: NodeId = msg.sender  # type: ignore[attr-defined]
         if src_id is not None and sender != src_id:
             self._count("rejected.sender")
-            self._penalise(src_id, now, "claimed another sender")
+            self._penalise(src_id, now, FORGERY, "claimed another sender")
             raise ProtocolError("message claims a sender other than its channel's identity")
         if sender == self.node_id:
             raise ProtocolError("message claims to come from this node")
@@ -438,7 +494,7 @@ class Membership:
         if known is not None and known.trust is Trust.FAILED:
             self._count("dropped.untrusted")
             return
-        if sender in self._banned:
+        if self._penalties.banned(sender, now):
             self._count("dropped.banned")
             return
         penalty_key: bytes | str = src_id if src_id is not None else src
@@ -457,11 +513,14 @@ class Membership:
         elif isinstance(msg, Nack):
             self._on_nack(msg)
         elif isinstance(msg, PingReq):
-            self._on_ping_req(msg, src, now)
+            self._on_ping_req(msg, src, now, penalty_key)
         self._on_gossip(msg.gossip, now, penalty_key)  # type: ignore[attr-defined]
 
     def _on_gossip(self, items: Iterable[bytes], now: float, penalty_key: bytes | str) -> None:
         for item in items:
+            if self._penalties.banned(penalty_key, now):
+                self._count("dropped.banned")
+                return
             try:
                 g = decode_gossip_item(item, _GOSSIP_ITEM_MAX)
             except ProtocolError as err:
@@ -470,12 +529,46 @@ class Membership:
                 continue
             if isinstance(g, Alive):
                 self._alive_bytes(g.record, now, penalty_key)
-            elif isinstance(g, Suspect):
-                self._suspect(g.node, g.incarnation, g.accuser, now)
-            elif isinstance(g, Dead):
-                self._dead(g.node, g.incarnation, g.accuser, now)
+            elif isinstance(g, (Suspect, Dead)):
+                self._on_accusation(g, item, now, penalty_key)
             elif isinstance(g, Leave):
                 self._leave(g, now, penalty_key)
+
+    def _on_accusation(self, g: Suspect | Dead, item: bytes, now: float,
+                       penalty_key: bytes | str) -> None:
+        """A signed suspect/dead from gossip. Only ever a suspicion (or a confirmation
+        by its accuser): no single member can get a live member declared dead faster
+        than the suspicion timeout. Forged signatures penalise the sender."""
+        nid, accuser = g.node, g.accuser
+        if nid == self.node_id:
+            if accuser == self.node_id or g.incarnation > self.record.incarnation:
+                return
+            if not self.verifier.verify(accuser, accusation_signed_bytes(g), g.signature):
+                self._reject_forgery(penalty_key, now, "a forged accusation")
+                return
+            self._accused_self(g.incarnation, now)
+            return
+        m = self._members.get(nid)
+        # Accusations must name the exact record version we hold: an older one is
+        # stale, a newer one is unverifiable (and would let a liar pin a member's
+        # incarnation out of reach of refutation).
+        if (m is None or g.incarnation != m.record.incarnation or m.state not in _LIVE
+                or accuser == self.node_id):
+            return
+        accused_by = self._members.get(accuser)
+        if (accused_by is None or accused_by.trust is not Trust.TRUSTED
+                or accused_by.state not in _LIVE):
+            self._count("accusation.ignored")  # only attested live members may accuse
+            return
+        if m.suspicion is not None and accuser in m.suspicion.confirmers:
+            return  # already counted
+        if not self.verifier.verify(accuser, accusation_signed_bytes(g), g.signature):
+            self._reject_forgery(penalty_key, now, "a forged accusation")
+            return
+        if self._unfounded.banned(accuser, now):
+            self._count("accusation.discredited")
+            return
+        self._suspect(nid, g.incarnation, accuser, now, item)
 
     def _on_ping(self, msg: Ping, src: Address) -> None:
         if msg.target != self.node_id:
@@ -488,10 +581,13 @@ class Membership:
         self._send(src, Ack(seq=msg.seq, sender=self.node_id, gossip=()), extra)
 
     def _on_ack(self, msg: Ack, now: float) -> None:
-        relay = self._relays.pop(msg.seq, None)
+        relay = self._relays.get(msg.seq)
         if relay is not None:
-            self._send(relay.requester, Ack(seq=relay.requester_seq, sender=self.node_id,
-                                            gossip=()))
+            if msg.sender != relay.target:
+                return  # only the target's own ack answers a relayed probe
+            self._end_relay(msg.seq)
+            for requester, requester_seq, _ in relay.requesters:
+                self._send(requester, Ack(seq=requester_seq, sender=self.node_id, gossip=()))
             return
         probe = self._probe
         if probe is not None and msg.seq == probe.seq:
@@ -507,49 +603,93 @@ class Membership:
         if probe is not None and msg.seq == probe.seq:
             probe.nackers.add(msg.sender)
 
-    def _on_ping_req(self, msg: PingReq, src: Address, now: float) -> None:
-        if msg.target == self.node_id or len(self._relays) >= _MAX_RELAYS:
+    def _on_ping_req(self, msg: PingReq, src: Address, now: float,
+                     penalty_key: bytes | str) -> None:
+        """Relay dialling rule: probe only a member we hold, at the address in its
+        signed record, which must be the address the requester named; one outstanding
+        ping per target, shared by every requester (a ping_req causes at most one
+        datagram toward its target, whatever its spelling or repetition)."""
+        target = msg.target
+        if target == self.node_id:
             self._count("relay.refused")
             return
-        known = self._members.get(msg.target)
-        # Prefer the address from the target's signed record over the requester's word.
-        addr = known.record.address if known is not None else msg.target_addr
+        m = self._members.get(target)
+        if m is None or m.state is MemberState.LEFT or m.trust is Trust.FAILED:
+            self._count("relay.refused.unknown_target")
+            self._penalise(penalty_key, now, UNFOUNDED, "asked to probe a non-member")
+            return
+        if msg.target_addr != m.record.address:
+            self._count("relay.refused.address")
+            self._penalise(penalty_key, now, UNFOUNDED,
+                           "asked to probe a member at another address")
+            return
+        if m.trust is not Trust.TRUSTED:
+            self._count("relay.refused")  # not attested yet: we would not probe it either
+            return
+        seq = self._relay_by_target.get(target)
+        relay = self._relays.get(seq) if seq is not None else None
+        if relay is not None:
+            if (len(relay.requesters) < _MAX_REQUESTERS
+                    and all(r[0] != src or r[1] != msg.seq for r in relay.requesters)):
+                relay.requesters.append((src, msg.seq, msg.nack))
+            self._count("relay.coalesced")
+            return
+        if len(self._relays) >= _MAX_RELAYS:
+            self._count("relay.refused")
+            return
         seq = self._next_seq()
-        self._relays[seq] = _Relay(src, msg.seq, msg.nack)
+        relay = _Relay(target)
+        relay.requesters.append((src, msg.seq, msg.nack))
+        self._relays[seq] = relay
+        self._relay_by_target[target] = seq
         # The requester stops listening probe_interval after its ping, i.e. about
         # probe_timeout after sending us this request; nack at 80% of that so the
         # nack arrives in time to count (else every relay looks like a missed nack
         # and Lifeguard slows down healthy probers). Late acks are still forwarded.
         self._push_timer(now + _NACK_FRACTION * self.config.probe_timeout, "relay_nack", seq)
         self._push_timer(now + self.config.probe_timeout, "relay", seq)
-        self._send(addr, Ping(seq=seq, sender=self.node_id, target=msg.target, gossip=()))
+        self._send(m.record.address, Ping(seq=seq, sender=self.node_id, target=target,
+                                          gossip=()))
 
     def _relay_nack(self, seq: int) -> None:
         relay = self._relays.get(seq)
-        if relay is not None and relay.nack:
-            relay.nack = False
-            self._send(relay.requester, Nack(seq=relay.requester_seq, sender=self.node_id,
-                                             gossip=()))
+        if relay is None:
+            return
+        for i, (requester, requester_seq, owes) in enumerate(relay.requesters):
+            if owes:
+                relay.requesters[i] = (requester, requester_seq, False)
+                self._send(requester, Nack(seq=requester_seq, sender=self.node_id, gossip=()))
 
     def _relay_timeout(self, seq: int) -> None:
-        self._relays.pop(seq, None)
+        self._end_relay(seq)
+
+    def _end_relay(self, seq: int) -> None:
+        relay = self._relays.pop(seq, None)
+        if relay is not None and self._relay_by_target.get(relay.target) == seq:
+            del self._relay_by_target[relay.target]
 
     def _on_push_pull(self, msg: PushPull, src: Address, now: float,
                       penalty_key: bytes | str) -> None:
         self._joined_cluster = True
+        accuser = self._members.get(msg.sender)
+        may_accuse = (accuser is not None and accuser.trust is Trust.TRUSTED
+                      and accuser.state in _LIVE and not self._unfounded.banned(msg.sender, now))
         for entry in msg.entries():
-            try:
-                record = decode_record(entry.record)
-            except ProtocolError as err:
-                self._count("malformed")
-                self.last_error = err.reason
+            if self._penalties.banned(penalty_key, now):
+                self._count("dropped.banned")
+                return  # banned half-way through: ignore the rest
+            record = self._decode_record(entry.record, now, penalty_key)
+            if record is None:
                 continue
             if not self._alive(record, now, penalty_key):
                 continue
             nid = record.node_id
-            if entry.state == "suspect" or entry.state == "dead":
-                # memberlist: a remote "dead" only makes us suspect; our own probes decide
-                self._suspect(nid, entry.incarnation, msg.sender, now)
+            if (entry.state == "suspect" or entry.state == "dead") and (
+                    may_accuse or nid == self.node_id):
+                # The sender's own accusation (it is authenticated; entries carry no
+                # accuser signature): a suspicion by the sender, never a verdict, and
+                # not re-gossiped (we cannot sign for the sender; our own probes decide).
+                self._suspect(nid, entry.incarnation, msg.sender, now, None)
             elif entry.state == "left" and entry.leave_sig is not None:
                 self._leave(Leave(node=nid, incarnation=entry.incarnation,
                                   signature=entry.leave_sig), now, penalty_key)
@@ -558,14 +698,24 @@ class Membership:
 
     # ================================================== state transitions
 
-    def _alive_bytes(self, data: bytes, now: float, penalty_key: bytes | str) -> None:
+    def _decode_record(self, data: bytes, now: float,
+                       penalty_key: bytes | str) -> NodeRecord | None:
+        """Decode record bytes from the network; an undecodable record (malformed,
+        non-canonical address) counts against the sender that relayed it: honest
+        members only relay records they accepted."""
         try:
-            record = decode_record(data)
+            return decode_record(data)
         except ProtocolError as err:
             self._count("malformed")
+            self._count("rejected.record")
             self.last_error = err.reason
-            return
-        self._alive(record, now, penalty_key)
+            self._penalise(penalty_key, now, INVALID_RECORD, "sent an invalid record")
+            return None
+
+    def _alive_bytes(self, data: bytes, now: float, penalty_key: bytes | str) -> None:
+        record = self._decode_record(data, now, penalty_key)
+        if record is not None:
+            self._alive(record, now, penalty_key)
 
     def _alive(self, record: NodeRecord, now: float, penalty_key: bytes | str) -> bool:
         """Apply a signed record. Returns False only if it was rejected as forged."""
@@ -576,7 +726,7 @@ class Membership:
                 return True
             if record.incarnation == mine.incarnation and record.encoded == mine.encoded:
                 return True
-            if not self._verified(record, now, penalty_key):
+            if self._verified(record, now, penalty_key) is None:
                 return False
             # An older life of ours (restart) or a replay: out-bid it.
             self._refute(record.incarnation, now)
@@ -584,13 +734,20 @@ class Membership:
         m = self._members.get(nid)
         if m is not None and record.incarnation <= m.record.incarnation:
             return True  # stale or duplicate: no signature check needed
-        if not self._verified(record, now, penalty_key):
+        verified = self._verified(record, now, penalty_key)
+        if verified is None:
             return False
+        record = verified  # interned only now, after its signature was checked
         if m is None:
             if len(self._members) >= self.config.max_members:
                 self._count("dropped.full")
                 return True
             trust = Trust.PENDING if self.require_attestation else Trust.TRUSTED
+            if trust is Trust.PENDING and self._n_pending >= self.config.max_pending:
+                # Unattested records cost a dial each and anyone with a key can sign
+                # one: bounded. Dropped ones come back with later gossip/push-pull.
+                self._count("dropped.pending_full")
+                return True
             m = _Member(record, trust, now)
             self._members[nid] = m
             self._n_live += 1
@@ -599,11 +756,20 @@ class Membership:
                 self._insert_probe(nid, m)
                 self._emit("join", m, now)
             else:
+                self._n_pending += 1
+                self._push_timer(now + self.config.attest_timeout, "pending", nid)
                 self._emit("attest", m, now)
             self._queue.queue(nid, encode_payload(Alive(record=record.encoded)))
             return True
         old = m.record
         was = m.state
+        if was is MemberState.SUSPECT and m.suspicion is not None:
+            # Refuted: every other accuser was wrong. Counted (decaying) against each;
+            # past max_unfounded an accuser's accusations are ignored for a while.
+            for accuser in m.suspicion.confirmers:
+                if accuser != self.node_id:
+                    self._count("accusation.unfounded")
+                    self._unfounded.add(accuser, 1.0, now)
         m.record = record
         if was not in _LIVE:
             self._n_live += 1
@@ -615,6 +781,9 @@ class Membership:
         self._queue.queue(nid, encode_payload(Alive(record=record.encoded)))
         if self.require_attestation and not record.same_claims(old):
             # New claims need new evidence: excluded until the glue re-attests.
+            if m.trust is not Trust.PENDING:
+                self._n_pending += 1
+                self._push_timer(now + self.config.attest_timeout, "pending", nid)
             m.trust = Trust.PENDING
             m.trust_until = None
             self._emit("attest", m, now)
@@ -636,21 +805,21 @@ class Membership:
             self.awareness.apply_delta(1)
             self._refute(incarnation, now)
 
-    def _suspect(self, nid: NodeId, incarnation: int, accuser: NodeId, now: float) -> None:
+    def _suspect(self, nid: NodeId, incarnation: int, accuser: NodeId, now: float,
+                 item: bytes | None) -> None:
+        """Start (or confirm) a suspicion of `nid` by `accuser`; `item` is the accuser's
+        signed accusation to re-gossip (None: nothing we may forward)."""
         if nid == self.node_id:
             self._accused_self(incarnation, now)
             return
         m = self._members.get(nid)
-        # Accusations must name the exact record version we hold: an older one is
-        # stale, a newer one is unverifiable (and would let a liar pin a member's
-        # incarnation out of reach of refutation).
         if m is None or incarnation != m.record.incarnation:
             return
         if m.state is MemberState.SUSPECT:
             if m.suspicion is not None and m.suspicion.confirm(accuser):
                 self._push_timer(m.suspicion.deadline, "suspect", nid)
-                self._queue.queue(nid, encode_payload(
-                    Suspect(node=nid, incarnation=incarnation, accuser=accuser)))
+                if item is not None:
+                    self._queue.queue(nid, item)
             return
         if m.state is not MemberState.ALIVE:
             return
@@ -664,17 +833,32 @@ class Membership:
         hi = self.config.suspicion_max_timeout_mult * lo
         m.suspicion = Suspicion(accuser, k, lo, hi, now)
         self._push_timer(m.suspicion.deadline, "suspect", nid)
-        self._queue.queue(nid, encode_payload(
-            Suspect(node=nid, incarnation=incarnation, accuser=accuser)))
+        if item is not None:
+            self._queue.queue(nid, item)
         self._emit("suspect", m, now)
 
-    def _suspicion_timeout(self, nid: NodeId, now: float) -> None:
+    def _accusation(self, kind: type[Suspect] | type[Dead], nid: NodeId,
+                    incarnation: int) -> bytes:
+        """Our own signed accusation, encoded for gossip."""
+        unsigned = kind(node=nid, incarnation=incarnation, accuser=self.node_id, signature=b"")
+        signature = self.signer.sign(accusation_signed_bytes(unsigned))
+        return encode_payload(kind(node=nid, incarnation=incarnation, accuser=self.node_id,
+                                   signature=signature))
+
+    def _suspicion_timeout(self, nid: NodeId, now: float, late: bool) -> None:
         m = self._members.get(nid)
         if m is None or m.state is not MemberState.SUSPECT or m.suspicion is None:
             return
         s = m.suspicion
         if now < s.deadline:
             return  # a stale heap entry; the live one is still queued
+        if late and not s.deferred:
+            # Our own loop was starved: the suspect's refutation may be waiting unread.
+            # Decide one (scaled) probe period later, once, after reading our input.
+            s.deferred = True
+            s.deadline = now + self.awareness.scale(self.config.probe_interval)
+            self._push_timer(s.deadline, "suspect", nid)
+            return
         if s.answered:
             # Our own probe got an ack during the suspicion: it is reachable; wait
             # for its refutation (or anti-entropy) rather than declare it dead.
@@ -693,22 +877,17 @@ class Membership:
             s.deadline = now + 2.0 * self.awareness.scale(self.config.probe_interval)
             self._push_timer(s.deadline, "suspect", nid)
             return
-        self._dead(nid, m.record.incarnation, self.node_id, now)
+        self._dead(nid, m, now)
 
-    def _dead(self, nid: NodeId, incarnation: int, accuser: NodeId, now: float) -> None:
-        if nid == self.node_id:
-            self._accused_self(incarnation, now)
-            return
-        m = self._members.get(nid)
-        if m is None or incarnation != m.record.incarnation or m.state not in _LIVE:
-            return
+    def _dead(self, nid: NodeId, m: _Member, now: float) -> None:
+        """Our own suspicion expired: only this member's view changes. The signed Dead
+        we gossip is one more accusation to others (a confirmation), not a verdict."""
         self._n_live -= 1
         m.state = MemberState.DEAD
         m.since = now
         m.suspicion = None
         self._push_timer(now + self.config.dead_reclaim_s, "reap", nid)
-        self._queue.queue(nid, encode_payload(
-            Dead(node=nid, incarnation=incarnation, accuser=accuser)))
+        self._queue.queue(nid, self._accusation(Dead, nid, m.record.incarnation))
         self._emit("dead", m, now)
 
     def _leave(self, msg: Leave, now: float, penalty_key: bytes | str) -> None:
@@ -749,40 +928,87 @@ class Membership:
                                   capacity, labels)
         self._queue.queue(self.node_id, encode_payload(Alive(record=self.record.encoded)))
 
-    def _verified(self, record: NodeRecord, now: float, penalty_key: bytes | str) -> bool:
+    def _verified(self, record: NodeRecord, now: float,
+                  penalty_key: bytes | str) -> NodeRecord | None:
+        """The shared (interned) record if its subject's signature is valid, else None
+        (and the sender is penalised). Nothing is interned before this check."""
         if record.signature and self.verifier.verify(record.node_id, record.signed_bytes,
                                                      record.signature):
-            return True
+            return intern_record(record)
         self._reject_forgery(penalty_key, now)
-        return False
+        return None
 
-    def _reject_forgery(self, penalty_key: bytes | str, now: float) -> None:
+    def _reject_forgery(self, penalty_key: bytes | str, now: float,
+                        what: str = "a forged record") -> None:
         self._count("rejected.signature")
-        self.last_error = "bad signature on a member record or leave notice"
-        self._penalise(penalty_key, now, "sent a forged record")
+        self.last_error = f"bad signature: {what}"
+        self._penalise(penalty_key, now, FORGERY, f"sent {what}")
 
-    def _penalise(self, key: bytes | str, now: float, reason: str) -> None:
-        """Count a provable offence; at penalty_threshold the sender is banned (all its
-        messages dropped) and, if it is a member, marked untrusted."""
+    def _penalise(self, key: bytes | str, now: float, weight: float, reason: str) -> None:
+        """Count an offence (weights in penalties.py); at penalty_threshold the sender is
+        banned for ban_s (all its messages dropped), a "banned" event tells the driver
+        (which may close its session), and a member becomes untrusted until the ban
+        ends and it is attested again."""
         self._count("penalties")
-        if key not in self._penalties and len(self._penalties) >= _MAX_PENALISED:
-            self._penalties.pop(next(iter(self._penalties)))
-        count = self._penalties.get(key, 0) + 1
-        self._penalties[key] = count
-        if count >= self.config.penalty_threshold and key not in self._banned:
-            self._banned.add(key)
-            self._count("banned")
-            if isinstance(key, bytes):
-                m = self._members.get(key)
-                if m is not None and m.trust is not Trust.FAILED:
-                    m.trust = Trust.FAILED
-                    self._emit("untrusted", m, now, f"penalised: {reason}")
+        until = self._penalties.add(key, weight, now)
+        if until is None:
+            return
+        self._count("banned")
+        node_id = key if isinstance(key, bytes) else b""
+        where = "" if isinstance(key, bytes) else f" from {key[:64]}"
+        self._events.append(MemberEvent("banned", node_id, 0, now,
+                                        f"{reason}{where}; banned for {until - now:.0f} s"))
+        if isinstance(key, bytes):
+            self._push_timer(until, "unban", key)
+            m = self._members.get(key)
+            if m is not None and m.trust is not Trust.FAILED:
+                if m.trust is Trust.PENDING:
+                    self._n_pending -= 1
+                m.trust = Trust.FAILED
+                m.trust_until = None
+                m.penalised = True
+                self._emit("untrusted", m, now, f"penalised: {reason}")
+
+    def _unban(self, key: bytes, now: float) -> None:
+        """A ban ended: a member we distrusted only for its offences must be attested
+        again before it counts ("attest"), like one whose evidence expired."""
+        if self._penalties.banned(key, now):
+            return
+        m = self._members.get(key)
+        if m is not None and m.trust is Trust.FAILED and m.penalised:
+            m.penalised = False
+            m.trust = Trust.EXPIRED
+            self._emit("attest", m, now)
 
     def penalties(self, key: bytes | str) -> int:
-        return self._penalties.get(key, 0)
+        """Offences counted against `key` (an identity, or an address)."""
+        return self._penalties.offences(key)
 
-    def is_banned(self, key: bytes | str) -> bool:
-        return key in self._banned
+    def is_banned(self, key: bytes | str, now: float | None = None) -> bool:
+        """Whether `key` is banned at `now` (default: as of the last input we saw)."""
+        if now is None:
+            until = self._penalties.banned_until(key)
+            return until is not None and until > self._clock
+        return self._penalties.banned(key, now)
+
+    def banned_until(self, key: bytes | str) -> float | None:
+        return self._penalties.banned_until(key)
+
+    def _pending_timeout(self, nid: NodeId, now: float) -> None:
+        """Still unattested after attest_timeout: forget it (bounded table; a real
+        member is learned again from gossip and attested then)."""
+        m = self._members.get(nid)
+        if m is None or m.trust is not Trust.PENDING or now - m.since < self.config.attest_timeout:
+            return
+        self._count("pending.expired")
+        self._forget(nid, m)
+
+    def _forget(self, nid: NodeId, m: _Member) -> None:
+        if m.trust is Trust.PENDING:
+            self._n_pending -= 1
+        if m.state in _LIVE:
+            self._n_live -= 1
+        del self._members[nid]
 
     def _trust_timeout(self, nid: NodeId, now: float) -> None:
         m = self._members.get(nid)
@@ -798,7 +1024,7 @@ class Membership:
         m = self._members.get(nid)
         if m is None or m.state in _LIVE or now - m.since < self.config.dead_reclaim_s:
             return
-        del self._members[nid]
+        self._forget(nid, m)
 
     # ========================================================== probing
 
@@ -862,8 +1088,7 @@ class Membership:
         extra: tuple[bytes, ...] = ()
         if m.state is MemberState.SUSPECT:
             # Tell the suspect directly, so it can refute even if gossip is slow to reach it.
-            extra = (encode_payload(Suspect(node=target, incarnation=m.record.incarnation,
-                                            accuser=self.node_id)),)
+            extra = (self._accusation(Suspect, target, m.record.incarnation),)
         self._send(m.record.address,
                    Ping(seq=seq, sender=self.node_id, target=target, gossip=()), extra)
         self._count("probes")
@@ -884,6 +1109,11 @@ class Membership:
 
     def _finish_probe(self, probe: _Probe, now: float) -> None:
         self._probe = None
+        if probe.late:
+            # Our own timers ran late during this probe (starved loop): the ack may be
+            # sitting unread. Already counted against our health; accuse nobody.
+            self._count("probes.inconclusive")
+            return
         # Lifeguard LHA: missing nacks mean *we* are likely the slow one.
         if probe.expected_nacks > 0:
             missed = probe.expected_nacks - len(probe.nackers)
@@ -892,7 +1122,9 @@ class Membership:
             self.awareness.apply_delta(1)
         m = self._members.get(probe.target)
         if m is not None:
-            self._suspect(probe.target, m.record.incarnation, self.node_id, now)
+            inc = m.record.incarnation
+            self._suspect(probe.target, inc, self.node_id, now,
+                          self._accusation(Suspect, probe.target, inc))
 
     # ====================================================== dissemination
 

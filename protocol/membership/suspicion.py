@@ -25,7 +25,8 @@ def remaining_suspicion_time(n: int, k: int, elapsed: float, lo: float, hi: floa
 class Suspicion:
     """One open suspicion of one member; the owner keeps it in its timer heap."""
 
-    __slots__ = ("start", "k", "lo", "hi", "confirmers", "deadline", "verifying", "answered")
+    __slots__ = ("start", "k", "lo", "hi", "confirmers", "deadline", "verifying", "answered",
+                 "deferred")
 
     def __init__(self, accuser: NodeId, k: int, lo: float, hi: float, now: float) -> None:
         self.start = now
@@ -38,6 +39,8 @@ class Suspicion:
         # once before declaring it dead (see specs/membership.md, "verification probe").
         self.verifying = False
         self.answered = False
+        # Our own timers ran late when it expired: decided one period later, once.
+        self.deferred = False
 
     def confirm(self, accuser: NodeId) -> bool:
         """Count an independent accuser; True if new (then the deadline moved earlier)."""
