@@ -46,6 +46,7 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 from keepmesh.agent.identity import Identity
 from keepmesh.agent.transport.limits import BanList, Budget, RateLimitedLog
 from keepmesh.agent.transport.tls_binding import BoundQuicConnection
+from keepmesh.protocol.address import parse_address as _parse_canonical
 from keepmesh.protocol.errors import ProtocolError
 
 log = logging.getLogger("keepmesh.transport")
@@ -101,17 +102,12 @@ class StreamClosed(ConnectionClosed):
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise ProtocolError(f"address {text!r} is not HOST:PORT")
-    host = host.strip("[]")
-    try:
-        port_n = int(port)
-    except ValueError:
-        raise ProtocolError(f"address {text!r}: port is not a number") from None
-    if not 0 <= port_n <= 65535:
-        raise ProtocolError(f"address {text!r}: port out of range")
-    return host, port_n
+    """(host, port) of HOST:PORT via the one canonical parser (keepmesh.protocol.address):
+    IP literal or valid DNS name, so a hostile name never reaches the resolver (a
+    64-character label raised UnicodeError there). Port 0 is accepted because listen
+    addresses come here too; addresses from the network (records) never carry it."""
+    addr = _parse_canonical(text, listen=True)
+    return addr.host, addr.port
 
 
 class QuicStream:
