@@ -34,7 +34,7 @@ from keepmesh.agent.identity import fingerprint
 from keepmesh.agent.node import Agent, PeerEntry
 from keepmesh.agent.rpc import RpcContext, RpcError, call
 from keepmesh.agent.session import ChannelFailed, Session
-from keepmesh.agent.transport.quic import ConnectionClosed
+from keepmesh.agent.transport.quic import ERR_PROTOCOL, ConnectionClosed
 from keepmesh.protocol.effects import (
     AttestationVerdict,
     Join,
@@ -66,6 +66,10 @@ log = logging.getLogger("keepmesh.membership")
 
 DIAL_BACKOFF_S = 2.0
 MAX_QUEUED_PER_DIAL = 16
+# Scheduling rounds given to the datagram readers before timers run: under CPU load the
+# acks and refutations that already arrived would otherwise be read after the timer
+# that judges their absence (specs/membership.md §6, late timers).
+INPUT_YIELDS = 3
 MAX_STREAM_BYTES = 4 * 1024 * 1024
 STATE_FILE = "mesh.json"
 LEGACY_STATE_FILE = "membership.json"
@@ -171,6 +175,8 @@ class MeshService:
             deadline = self.node.get_timer()
             with trio.move_on_at(deadline if deadline is not None else trio.current_time() + 1):
                 await self._wake.park()
+            for _ in range(INPUT_YIELDS):
+                await trio.lowlevel.checkpoint()
             self.node.handle_timer(trio.current_time())
             self.flush()
 
@@ -287,6 +293,13 @@ class MeshService:
         elif event.kind in ("join", "alive"):
             log.info("member %s %s (incarnation %d)", name, event.kind, event.incarnation,
                      extra=extra)
+        elif event.kind == "banned":
+            # Membership banned a sender (forgeries, spoofing): drop its session too.
+            log.warning("peer %s banned: %s", name if event.node_id else "-", event.reason,
+                        extra=extra)
+            entry = self.agent.peers.get(event.node_id)
+            if entry is not None and entry.session is not None:
+                entry.session.conn.close(ERR_PROTOCOL, "banned by membership")
 
     # ------------------------------------------------------------ inputs
     def _on_peer(self, entry: PeerEntry) -> None:
