@@ -13,8 +13,15 @@ Example (keys are optional; flags win):
     collateral = "collateral/"      # TCB info, QE identity, CRLs applied to peers' evidence
     owners = ["<hex ed25519 public key>"]   # owner keys admitted to deploy
     profile = "lan"                 # membership timing profile
+    metrics = "127.0.0.1:9400"      # serve /metrics and /healthz here
+    log_format = "text"             # text | json
+    discover = false                # find agents on the LAN by mDNS (DNS-SD)
     [labels]
     zone = "edge-1"
+
+KEY_DOCS below is the reference for every key; docs/config.md is generated
+from it (`python -m keepmesh.agent.config`) and tests/test_docs.py checks
+the two agree, and that every AgentConfig field is documented.
 """
 
 from __future__ import annotations
@@ -31,7 +38,15 @@ TEE_CHOICES = ("auto", "snp", "tdx", "sgx", "sim")
 MAX_CONFIG = 1024 * 1024
 
 
+SYSTEM_DATA_DIR = Path("/var/lib/keepmesh")
+LOG_FORMATS = ("text", "json")
+
+
 def default_data_dir() -> Path:
+    """/var/lib/keepmesh for root (the systemd unit's StateDirectory), else the user's
+    data dir ($XDG_DATA_HOME/keepmesh/agent, default ~/.local/share/keepmesh/agent)."""
+    if os.geteuid() == 0:
+        return SYSTEM_DATA_DIR
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "keepmesh" / "agent"
 
@@ -55,14 +70,45 @@ class AgentConfig:
     owners: list[bytes] = field(default_factory=list)
     profile: str = "lan"
     labels: dict[str, str] = field(default_factory=dict)
+    metrics: str | None = None
+    log_format: str = "text"
+    discover: bool = False
 
 
 _KEYS: dict[str, type | tuple[type, ...]] = {
     "listen": str, "advertise": str, "join": list, "tee": str, "sim_root": str,
     "data_dir": str, "roots": list, "policy": str, "collateral": str, "owners": list,
     "profile": str,
-    "labels": dict,
+    "labels": dict, "metrics": str, "log_format": str, "discover": bool,
 }
+
+# key -> (TOML type, default as written in the reference, flag, what it does).
+KEY_DOCS: dict[str, tuple[str, str, str, str]] = {
+    "listen": ("string HOST:PORT", '"127.0.0.1:7400"', "--listen",
+               "UDP address to listen on (QUIC)"),
+    "advertise": ("string HOST:PORT", "the bound address", "--advertise",
+                  "address peers should dial, e.g. behind NAT"),
+    "join": ("list of HOST:PORT", "[]", "--join", "seed agents to join at start"),
+    "tee": ("string", '"auto"', "--tee", "TEE backend: auto, snp, tdx, sgx or sim (INSECURE)"),
+    "sim_root": ("path", "none", "--sim-root", "sim root directory, for tee = \"sim\" only"),
+    "data_dir": ("path", "/var/lib/keepmesh as root, else ~/.local/share/keepmesh/agent",
+                 "--data-dir", "identity key, keeps and their sealed state (0700)"),
+    "roots": ("list of paths", "[]", "--root", "extra trusted roots for peers' evidence"),
+    "policy": ("path", "same measured image as this agent", "--policy",
+               "appraisal policy for peers (docs/policies.md)"),
+    "collateral": ("path", "none", "", "Intel TCB info, QE identity and CRLs (file or dir)"),
+    "owners": ("list of hex keys", "[]", "--owner",
+               "Ed25519 public keys admitted to deploy and manage (keepmesh keygen --public)"),
+    "profile": ("string", '"lan"', "", "membership timing profile (lan, wan, ...)"),
+    "labels": ("table of strings", "{}", "", "labels other agents see (placement, keepmesh "
+               "members); values at most 64 characters"),
+    "metrics": ("string HOST:PORT", "none (off)", "--metrics",
+                "serve Prometheus /metrics and /healthz over HTTP"),
+    "log_format": ("string", '"text"', "--log-format", "text, or json (one object per line)"),
+    "discover": ("boolean", "false", "--discover",
+                 "find and join agents on the LAN by mDNS/DNS-SD (still attested)"),
+}
+# Paths are relative to the config file's directory.
 
 
 def load_config(path: Path) -> AgentConfig:
@@ -91,19 +137,23 @@ def config_from_dict(data: dict[str, Any], source: str, base: Path = Path(".")) 
         if not isinstance(value, expected):
             kind = getattr(expected, "__name__", str(expected))
             raise ProtocolError(f"{source}: key {key!r} must be {kind}")
-        if key in ("join", "roots", "owners") and not all(isinstance(v, str) for v in value):
+        items: Any = value  # isinstance above narrowed it to `object` for mypy
+        if key in ("join", "roots", "owners") and not all(isinstance(v, str) for v in items):
             raise ProtocolError(f"{source}: key {key!r} must be a list of strings")
         if key == "labels" and not all(isinstance(k, str) and isinstance(v, str) and len(v) <= 64
-                                       for k, v in value.items()):
+                                       for k, v in items.items()):
             raise ProtocolError(f"{source}: key 'labels' must map strings to short strings")
     if "tee" in data and data["tee"] not in TEE_CHOICES:
         raise ProtocolError(f"{source}: key 'tee' must be one of {', '.join(TEE_CHOICES)}")
+    if "log_format" in data and data["log_format"] not in LOG_FORMATS:
+        raise ProtocolError(f"{source}: key 'log_format' must be one of "
+                            f"{', '.join(LOG_FORMATS)}")
 
     def rel(p: str) -> Path:
         q = Path(p).expanduser()
         return q if q.is_absolute() else base / q
 
-    for key in ("listen", "advertise", "tee", "profile"):
+    for key in ("listen", "advertise", "tee", "profile", "metrics", "log_format", "discover"):
         if key in data:
             setattr(cfg, key, data[key])
     if "join" in data:
@@ -134,3 +184,15 @@ def parse_public_key(text: str, where: str) -> bytes:
     if len(key) != 32:
         raise ProtocolError(f"{where}: public key must be 32 bytes, got {len(key)}")
     return key
+
+
+def reference_markdown() -> str:
+    """The config file reference table (docs/config.md embeds exactly this)."""
+    rows = ["| key | type | default | flag | what |", "|---|---|---|---|---|"]
+    for key, (kind, default, flag, what) in KEY_DOCS.items():
+        rows.append(f"| `{key}` | {kind} | {default} | {f'`{flag}`' if flag else '-'} | {what} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

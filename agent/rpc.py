@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from keepmesh.agent import metrics
 from keepmesh.agent.session import Session
 from keepmesh.agent.transport.limits import RateLimitedLog
 from keepmesh.agent.transport.quic import ERR_PROTOCOL, ConnectionClosed, QuicStream
@@ -202,6 +203,7 @@ async def _serve_call(ctx: RpcContext, stream: QuicStream, methods: dict[str, Ha
         method = request.method
         handler = methods.get(method)
         if handler is None:
+            metrics.count_rpc(method, "unknown_method")
             _respond(stream, RpcResponse(ok=False, body=b"", error=f"unknown method {method!r}",
                                          code="unknown_method"))
             return
@@ -224,6 +226,11 @@ async def _serve_call(ctx: RpcContext, stream: QuicStream, methods: dict[str, Ha
             response = RpcResponse(ok=False, body=b"",
                                    error=f"internal error in {method}: "
                                          f"{type(err).__name__}", code="internal")
+        outcome = "ok" if response.ok else (response.code or "invalid")
+        metrics.count_rpc(method, outcome)
+        log.debug("rpc %s from %s: %s", method, ctx.session.address, outcome,
+                  extra={"event": "rpc.served",
+                         "fields": {"method": method, "outcome": outcome}})
         _respond(stream, response)
     finally:
         if reserved:

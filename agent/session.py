@@ -7,13 +7,15 @@ closed with ERR_CHANNEL_REJECTED and the one-line reason; the caller logs it.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass
 
 import trio
+from keepmesh.agent import metrics
 from keepmesh.agent.attester import LocalAttester
-from keepmesh.agent.identity import Identity
+from keepmesh.agent.identity import Identity, fingerprint
 from keepmesh.agent.transport.quic import (
     ERR_CHANNEL_REJECTED,
     ERR_PROTOCOL,
@@ -36,6 +38,7 @@ from keepmesh.protocol.channel import (
 from keepmesh.protocol.errors import ProtocolError
 from keepmesh.protocol.wire import FrameDecoder, encode_frame
 
+log = logging.getLogger("keepmesh.channel")
 CONTROL_FRAME_LIMIT = 256 * 1024
 CONTROL_STREAM_ID = 0  # the first client-initiated bidirectional stream
 CHANNEL_TIMEOUT_S = 15.0
@@ -74,7 +77,32 @@ async def establish(conn: QuicPeerConnection, *, identity: Identity,
                     attester: LocalAttester | None, config: ChannelConfig,
                     cache: EvidenceCache, rng: random.Random,
                     timeout: float = CHANNEL_TIMEOUT_S) -> Session:
-    """Run the channel on `conn` (TLS handshake already done). Raises ChannelFailed."""
+    """Run the channel on `conn` (TLS handshake already done). Raises ChannelFailed.
+
+    Every outcome is counted (agent/metrics.py) and logged at debug (`-v`).
+    """
+    try:
+        session = await _establish_bounded(conn, identity, attester, config, cache, rng,
+                                           timeout)
+    except ChannelFailed as err:
+        outcome = err.kind if err.local else "peer_rejected"
+        metrics.count_handshake(outcome)
+        log.debug("channel with %s failed (%s): %s", conn.peer_address, outcome, err,
+                  extra={"event": "channel.failed",
+                         "fields": {"peer": conn.peer_address, "outcome": outcome}})
+        raise
+    metrics.count_handshake("ok")
+    log.debug("channel with %s established: %s %s", conn.peer_address, session.peer.role,
+              fingerprint(session.peer.identity),
+              extra={"event": "channel.established",
+                     "fields": {"peer": conn.peer_address, "role": session.peer.role}})
+    return session
+
+
+async def _establish_bounded(conn: QuicPeerConnection, identity: Identity,
+                             attester: LocalAttester | None, config: ChannelConfig,
+                             cache: EvidenceCache, rng: random.Random,
+                             timeout: float) -> Session:
     try:
         with trio.fail_after(timeout):
             return await _establish(conn, identity, attester, config, cache, rng)

@@ -52,5 +52,7 @@ def test_readme_walkthrough_runs(tmp_path: Path) -> None:
         assert keeps.stdout.splitlines()[0].split()[:2] == ["KEEP", "NAME"]
         assert "trace_hash" in next(r for c, r in by_cmd.items()
                                     if c.startswith("keepmesh simulate")).stdout
+        # The sim TEE is labelled loudly at start.
+        assert "INSECURE" in walk.agent_log(0)
     finally:
         walk.close()

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
-import sys
 from pathlib import Path
 
 import trio
 from keepmesh.agent.cli import CommandError
 from keepmesh.agent.config import TEE_CHOICES, AgentConfig, load_config
 from keepmesh.protocol.errors import ProtocolError
+
+log = logging.getLogger("keepmesh.agent")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -29,12 +31,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--policy", type=Path, help="appraisal policy for peers (TOML)")
     p.add_argument("--owner", action="append", default=[], metavar="HEX",
                    help="owner public key admitted to deploy (repeatable)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics and /healthz here (e.g. 127.0.0.1:9400)")
+    p.add_argument("--log-format", choices=("text", "json"),
+                   help="text (default) or json: one JSON object per line")
+    p.add_argument("--discover", action="store_true", default=None,
+                   help="find and join agents on the LAN by mDNS/DNS-SD (each still attested)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logs: channels, RPCs, membership events, library messages")
     p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     from keepmesh.agent.config import parse_public_key
+    from keepmesh.agent.transport.quic import parse_address
     try:
         cfg = load_config(args.config) if args.config else AgentConfig()
         if args.listen:
@@ -53,6 +63,13 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             cfg.roots = list(cfg.roots) + list(args.root)
         if args.policy:
             cfg.policy = args.policy
+        if getattr(args, "metrics", None):
+            cfg.metrics = args.metrics
+            parse_address(args.metrics)
+        if getattr(args, "log_format", None):
+            cfg.log_format = args.log_format
+        if getattr(args, "discover", None):
+            cfg.discover = True
         cfg.owners = list(cfg.owners) + [parse_public_key(h, "--owner") for h in args.owner]
         from keepmesh.agent.transport.quic import parse_address
         parse_address(cfg.listen)
@@ -64,31 +81,83 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    logging.getLogger("quic").setLevel(logging.WARNING)
+    """Run until SIGINT/SIGTERM or `keepmesh leave`.
+
+    First signal: gossip a leave and exit 0 within a few seconds (Agent.leave).
+    Second signal: exit at once (130), one line, no traceback. Every start-up
+    failure is one line on stderr and exit 1 (CommandError).
+    """
+    from keepmesh.agent import logs
     cfg = config_from_args(args)
+    logs.setup(cfg.log_format, args.verbose)
     from keepmesh.agent.startup import StartupError, build_agent
     try:
         agent = build_agent(cfg)
     except StartupError as err:
         raise CommandError(str(err)) from None
+    if agent.backend.kind == "sim":
+        log.warning("tee sim is INSECURE: anyone holding the sim root can forge this agent's "
+                    "evidence; for development only", extra={"event": "agent.insecure_tee"})
+    if cfg.metrics:
+        from keepmesh.agent import metrics
+        try:
+            server = metrics.serve(agent, cfg.metrics)
+        except (OSError, ProtocolError) as err:
+            reason = err.reason if isinstance(err, ProtocolError) else err.strerror or err
+            raise CommandError(f"--metrics {cfg.metrics}: cannot serve: {reason}") from None
+        log.info("metrics on http://%s/metrics and /healthz", server.address,
+                 extra={"event": "agent.metrics", "fields": {"address": server.address}})
+    if cfg.discover:
+        from keepmesh.agent import discovery
+        discovery.attach(agent)
 
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            address = await nursery.start(agent.run)
-            print(f"keepmesh agent {agent.identity.fingerprint} listening on {address} "
-                  f"(tee {agent.backend.kind} via {agent.backend.name})", file=sys.stderr,
-                  flush=True)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    print("keepmesh agent: shutting down", file=sys.stderr, flush=True)
-                    agent.shutdown()
-                    nursery.cancel_scope.cancel()
-                    break
+        stopped = trio.Event()
+
+        async def run_agent(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+                            ) -> None:
+            try:
+                await agent.run(task_status=task_status)
+            finally:
+                stopped.set()
+
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                address = await nursery.start(run_agent)
+                log.info("agent %s listening on %s (tee %s via %s)",
+                         agent.identity.fingerprint, address, agent.backend.kind,
+                         agent.backend.name,
+                         extra={"event": "agent.started",
+                                "fields": {"fingerprint": agent.identity.fingerprint,
+                                           "address": address, "tee": agent.backend.kind,
+                                           "tee_interface": agent.backend.name}})
+
+                async def on_signals() -> None:
+                    async for _ in signals:
+                        if agent.leaving:
+                            log.warning("stopped", extra={"event": "agent.stopped"})
+                            os._exit(130)  # the operator insists: no cleanup, no traceback
+                        log.info("leaving the mesh (interrupt again to stop at once)",
+                                 extra={"event": "agent.leaving"})
+                        nursery.start_soon(agent.leave)
+
+                nursery.start_soon(on_signals)
+                await stopped.wait()  # `keepmesh leave`, a signal, or the agent failing
+                nursery.cancel_scope.cancel()
 
     try:
         trio.run(main)
-    except ProtocolError as err:
-        raise CommandError(err.reason) from None
+    except KeyboardInterrupt:  # a signal after the receiver closed (shutting down anyway)
+        return 130
+    except Exception as err:
+        raise CommandError(_one_line(err)) from None
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    """The reason of the first real error inside (possibly nested) exception groups."""
+    while isinstance(err, BaseExceptionGroup) and err.exceptions:
+        err = err.exceptions[0]
+    if isinstance(err, ProtocolError):
+        return str(err.reason)
+    return f"internal error: {type(err).__name__}: {str(err)[:200]}"

@@ -43,6 +43,7 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import QuicHeader, QuicPacketType, encode_quic_retry, pull_quic_header
 from aioquic.quic.retry import QuicRetryTokenHandler
+from keepmesh.agent import metrics
 from keepmesh.agent.identity import Identity
 from keepmesh.agent.transport.limits import BanList, Budget, RateLimitedLog
 from keepmesh.agent.transport.tls_binding import BoundQuicConnection
@@ -592,6 +593,7 @@ class QuicEndpoint:
                     break
                 except OSError:
                     continue  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
+                metrics.count_bytes("in", len(data))
                 try:
                     self._datagram_received(data, addr[:2])
                 except Exception as err:  # the receive loop is every peer's: never let one end it
@@ -602,6 +604,7 @@ class QuicEndpoint:
         assert self.sock is not None
         try:
             self.sock.sendto(data, addr)
+            metrics.count_bytes("out", len(data))
         except BlockingIOError:
             self.dropped_datagrams += 1  # QUIC loss recovery retransmits
         except OSError:
