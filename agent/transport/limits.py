@@ -133,3 +133,28 @@ class RateLimitedLog:
         else:
             self._suppressed += 1
             self._last = (msg % args) if args else msg
+
+
+class RateWindow:
+    """Events in the last second (two fixed one-second buckets, linearly blended):
+    cheap enough to consult for every datagram."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+        self._current = 0
+        self._previous = 0
+
+    def rate(self, now: float) -> float:
+        self._roll(now)
+        weight = max(0.0, 1.0 - (now - self._start))
+        return self._previous * weight + self._current
+
+    def hit(self, now: float) -> None:
+        self._roll(now)
+        self._current += 1
+
+    def _roll(self, now: float) -> None:
+        if now - self._start >= 1.0:
+            self._previous = self._current if now - self._start < 2.0 else 0
+            self._current = 0
+            self._start = now

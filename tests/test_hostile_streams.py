@@ -1,0 +1,142 @@
+"""Hostile peers on streams: STOP_SENDING, floods of streams, slow and oversized
+frames. Real agents on loopback; the agent runs in the test's nursery, so any
+exception escaping its fault boundaries fails the test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+from keepmesh.agent import rpc
+from keepmesh.agent.transport import quic
+from keepmesh.protocol.channel import ChannelHello
+from keepmesh.protocol.wire import encode_frame
+
+from hostile import (
+    attacker_endpoint,
+    attacker_session,
+    good_client_served,
+    make_agent,
+    raw_connection,
+    request_frame,
+)
+
+
+async def test_stop_sending_on_rpc_streams_ends_only_those_streams(
+        nursery: trio.Nursery, tmp_path: Path, sim_root: Path) -> None:
+    agent = make_agent(tmp_path, sim_root, "a")
+    addr = await nursery.start(agent.run)
+    ep = await attacker_endpoint(nursery)
+    session = await attacker_session(ep, addr, sim_root)
+    conn = session.conn
+    for _ in range(20):
+        # Request and STOP_SENDING leave in one flight: the agent's reply is
+        # written to a stream the peer already stopped (aioquic raises there).
+        stream = conn.open_stream()
+        stream.send(request_frame("agent.status"), end=True)
+        conn.quic.stop_stream(stream.stream_id, 0x77)
+        conn.transmit()
+    await trio.sleep(0.5)
+    assert not conn.closed.is_set()  # only the streams ended
+    await good_client_served(addr, sim_root, tmp_path / "good.key")
+    # The attacker's own connection still works for well-formed calls.
+    reply = await rpc.call(session, "agent.status", {}, timeout=5)
+    assert reply["identity"] == agent.identity.public_bytes.hex()
+
+
+async def test_stop_sending_on_control_stream_before_attestation(
+        nursery: trio.Nursery, tmp_path: Path, sim_root: Path) -> None:
+    agent = make_agent(tmp_path, sim_root, "a")
+    addr = await nursery.start(agent.run)
+    ep = await attacker_endpoint(nursery)
+    for _ in range(5):
+        conn = await raw_connection(ep, addr)
+        control = conn.open_stream()
+        assert control.stream_id == 0
+        hello = ChannelHello(role="client", nonce=os.urandom(32), want="any")
+        control.send(encode_frame(hello))
+        conn.quic.stop_stream(control.stream_id, 0x77)  # the agent answers on a stopped stream
+        conn.transmit()
+        with trio.fail_after(10):
+            await conn.closed.wait()  # the agent closed this connection, nothing more
+    await good_client_served(addr, sim_root, tmp_path / "good.key")
+
+
+async def test_control_stream_must_be_stream_zero(nursery: trio.Nursery, tmp_path: Path,
+                                                  sim_root: Path) -> None:
+    agent = make_agent(tmp_path, sim_root, "a")
+    addr = await nursery.start(agent.run)
+    ep = await attacker_endpoint(nursery)
+    conn = await raw_connection(ep, addr)
+    conn.open_stream()  # stream 0 opened but never used
+    other = conn.open_stream()
+    assert other.stream_id == 4
+    other.send(encode_frame(ChannelHello(role="client", nonce=os.urandom(32), want="any")))
+    with trio.fail_after(10):
+        await conn.closed.wait()
+    assert "control stream" in conn.close_reason
+    await good_client_served(addr, sim_root, tmp_path / "good.key")
+
+
+async def test_stream_flood_is_bounded(nursery: trio.Nursery, tmp_path: Path,
+                                       sim_root: Path) -> None:
+    """Streams that never finish their request: at most MAX_CONCURRENT_CALLS are read,
+    MAX_PENDING_STREAMS wait, the rest are reset; buffered bytes stay bounded."""
+    agent = make_agent(tmp_path, sim_root, "a")
+    addr = await nursery.start(agent.run)
+    ep = await attacker_endpoint(nursery)
+    session = await attacker_session(ep, addr, sim_root)
+    conn = session.conn
+    partial = request_frame("agent.status")[:-3]  # never completes
+    for _ in range(400):
+        try:
+            stream = conn.open_stream()
+            stream.send(partial + os.urandom(200_000))
+        except Exception:  # aioquic's stream limit: the agent grants streams as it frees them
+            break
+        if _ % 50 == 0:
+            await trio.sleep(0.05)
+    await trio.sleep(1.0)
+    victim = next(c for c in agent.endpoint.connections if c.addr[0] == "127.0.0.2")
+    assert agent.endpoint.counters["streams_refused"] > 0
+    assert victim.buffered <= quic.CONN_BUFFER_LIMIT
+    assert agent.endpoint.budget.used <= quic.TOTAL_BUFFER_LIMIT
+    await good_client_served(addr, sim_root, tmp_path / "good.key")
+
+
+async def test_slow_request_times_out(nursery: trio.Nursery, tmp_path: Path, sim_root: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rpc, "REQUEST_READ_TIMEOUT_S", 1.0)
+    agent = make_agent(tmp_path, sim_root, "a")
+    addr = await nursery.start(agent.run)
+    ep = await attacker_endpoint(nursery)
+    session = await attacker_session(ep, addr, sim_root)
+    stream = session.conn.open_stream()
+    stream.send(request_frame("agent.status")[:10])  # a few bytes, then nothing
+    with trio.fail_after(5):
+        reply = await stream.receive_some()
+    assert b"not received within" in reply
+    await good_client_served(addr, sim_root, tmp_path / "good.key")
+
+
+async def test_large_frame_refused_before_buffering(nursery: trio.Nursery, tmp_path: Path,
+                                                    sim_root: Path) -> None:
+    """A 24 MiB declared frame for a method the caller may not call, or that takes
+    small bodies, is answered from its first bytes; nothing like its length is held."""
+    agent = make_agent(tmp_path, sim_root, "a")
+    addr = await nursery.start(agent.run)
+    ep = await attacker_endpoint(nursery)
+    session = await attacker_session(ep, addr, sim_root)
+    for method, expect in (("swim.stream", b"unknown method"),  # agents only
+                           ("agent.status", b"exceeds its limit"),  # small-body method
+                           ("no.such", b"unknown method")):
+        frame = request_frame(method, {"data": b"\0" * (20 << 20)})
+        stream = session.conn.open_stream()
+        stream.send(frame[:256 * 1024])  # the head, then the attacker would keep going
+        with trio.fail_after(5):
+            reply = await stream.receive_some()
+        assert expect in reply, reply[:200]
+    assert agent.endpoint.budget.used < 4 << 20
+    await good_client_served(addr, sim_root, tmp_path / "good.key")
