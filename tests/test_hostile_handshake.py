@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from keepmesh.agent.transport import quic
-
 from hostile import Flooder, good_client_served, make_agent
+from keepmesh.agent.transport import quic
 
 pytestmark = pytest.mark.slow  # a flooding process beside the agent
 

@@ -9,11 +9,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from keepmesh.agent import rpc
-from keepmesh.agent.transport import quic
-from keepmesh.protocol.channel import ChannelHello
-from keepmesh.protocol.wire import encode_frame
-
 from hostile import (
     attacker_endpoint,
     attacker_session,
@@ -22,6 +17,10 @@ from hostile import (
     raw_connection,
     request_frame,
 )
+from keepmesh.agent import rpc
+from keepmesh.agent.transport import quic
+from keepmesh.protocol.channel import ChannelHello
+from keepmesh.protocol.wire import encode_frame
 
 
 async def test_stop_sending_on_rpc_streams_ends_only_those_streams(
