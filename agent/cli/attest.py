@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import binascii
-import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from keepmesh.agent.cli import CommandError
+from keepmesh.agent.cli._output import print_json
 from keepmesh.protocol.errors import ProtocolError
 
 MAX_EVIDENCE_FILE = 1024 * 1024
@@ -136,9 +136,22 @@ def _policy(path: str) -> tuple[Any, Any]:
     return policy_mod, loaded
 
 
+def _json_doc(doc: dict[str, Any]) -> dict[str, Any]:
+    """The verified evidence once: top-level fields, plus `claims` only for what the
+    top level does not already say (to_json() repeats every claim at both levels)."""
+    claims = doc.get("claims")
+    if not isinstance(claims, dict):
+        return doc
+    out = {k: v for k, v in doc.items() if k != "claims"}
+    extra = {k: v for k, v in claims.items() if k not in out or out[k] != v}
+    if extra:
+        out["claims"] = extra
+    return out
+
+
 def _emit_failure(args: argparse.Namespace, reason: str, fmt: str | None) -> int:
     if args.json:
-        print(json.dumps({"format": fmt, "verified": False, "reason": reason}, sort_keys=True))
+        print_json({"format": fmt, "verified": False, "reason": reason})
     print(f"keepmesh attest verify: {reason}", file=sys.stderr)
     return 1
 
@@ -177,19 +190,19 @@ def run_verify(args: argparse.Namespace) -> int:
         except ProtocolError as err:
             doc.update({"verified": False, "policy": "rejected", "reason": err.reason})
             if args.json:
-                print(json.dumps(doc, sort_keys=True))
+                print_json(_json_doc(doc))
             print(f"keepmesh attest verify: policy: {err.reason}", file=sys.stderr)
             return 1
         if result is False:
             reason = "policy: evidence rejected"
             doc.update({"verified": False, "policy": "rejected", "reason": reason})
             if args.json:
-                print(json.dumps(doc, sort_keys=True))
+                print_json(_json_doc(doc))
             print(f"keepmesh attest verify: {reason}", file=sys.stderr)
             return 1
         doc["policy"] = "accepted"
     if args.json:
-        print(json.dumps(doc, sort_keys=True))
+        print_json(_json_doc(doc))
     else:
         _print_human(doc)
     return 0

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
-from keepmesh.agent.cli._client_args import add_client_flags, check_list, print_json, run_call
+from keepmesh.agent.cli._client_args import add_client_flags, check_list, run_call
+from keepmesh.agent.cli._output import fmt_time, print_json, print_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -35,12 +35,10 @@ def peers(args: argparse.Namespace) -> int:
         if args.json:
             print_json(rows)
             return 0
-        print(f"{'FINGERPRINT':34} {'ADDRESS':22} {'TEE':4} {'MEASUREMENT':18} VERIFIED")
-        for r in rows:
-            meas = str(r.get("measurement") or "-")[:16]
-            when = time.strftime("%H:%M:%S", time.localtime(float(r.get("verified_at") or 0)))
-            print(f"{str(r.get('fingerprint')):34} {str(r.get('address')):22} "
-                  f"{str(r.get('tee')):4} {meas:18} {when}")
+        print_table(["FINGERPRINT", "ADDRESS", "TEE", "MEASUREMENT", "VERIFIED"],
+                    [[r.get("fingerprint"), r.get("address"), r.get("tee"),
+                      str(r.get("measurement") or "-")[:16], fmt_time(r.get("verified_at"))]
+                     for r in rows], empty="no attested peers")
         return 0
 
     return run_call(args, go)
@@ -54,9 +52,10 @@ def status(args: argparse.Namespace) -> int:
         if args.json:
             print_json(reply)
             return 0
-        for key in ("fingerprint", "address", "tee", "tee_interface", "measurement", "peers",
-                    "version", "uptime_s"):
-            print(f"{key:14} {reply.get(key)}")
+        print_table(["FIELD", "VALUE"],
+                    [[key, reply.get(key)] for key in
+                     ("fingerprint", "address", "tee", "tee_interface", "measurement", "peers",
+                      "version", "uptime_s")])
         return 0
 
     return run_call(args, go)
@@ -68,12 +67,14 @@ def members(args: argparse.Namespace) -> int:
         if args.json:
             print_json(rows)
             return 0
-        print(f"{'NAME':34} {'ADDRESS':22} {'STATE':10} {'INC':>4} {'TEE':4} LABELS")
+        table = []
         for r in rows:
-            claims = r.get("claims") or {}
-            labels = ",".join(f"{k}={v}" for k, v in sorted((r.get("labels") or {}).items()))
-            print(f"{str(r.get('name')):34} {str(r.get('address')):22} {str(r.get('state')):10} "
-                  f"{r.get('incarnation')!s:>4} {str(claims.get('tee')):4} {labels}")
+            claims = r.get("claims") if isinstance(r.get("claims"), dict) else {}
+            raw_labels = r.get("labels") if isinstance(r.get("labels"), dict) else {}
+            labels = ",".join(f"{k}={v}" for k, v in sorted(raw_labels.items()))
+            table.append([r.get("name"), r.get("address"), r.get("state"),
+                          r.get("incarnation"), claims.get("tee"), labels or "-"])
+        print_table(["NAME", "ADDRESS", "STATE", "INC", "TEE", "LABELS"], table)
         return 0
 
     return run_call(args, go)

@@ -7,8 +7,9 @@ the agent can produce hardware evidence before joining a mesh.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
+
+from keepmesh.agent.cli._output import print_json
 
 
 def register(subparsers: Any) -> None:
@@ -26,9 +27,9 @@ def run_info(args: argparse.Namespace) -> int:
     interfaces = probe_platform(args.root)
     usable = [i for i in interfaces if i.available]
     if args.json:
-        print(json.dumps({"interfaces": [i.to_json() for i in interfaces],
-                          "usable": [i.name for i in usable],
-                          "tee": usable[0].kind if usable else None}, sort_keys=True))
+        print_json({"interfaces": [i.to_json() for i in interfaces],
+                    "usable": [i.name for i in usable],
+                    "tee": usable[0].kind if usable else None})
         return 0
     for i in interfaces:
         mark = "yes" if i.available else "no "

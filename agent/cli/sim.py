@@ -11,10 +11,10 @@ so trust loss (and the migration it triggers) can be tested and shown.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from keepmesh.agent.cli import CommandError
+from keepmesh.agent.cli._output import print_json
 from keepmesh.protocol.attestation.certs import fingerprint
 
 ROOT_BITS = (2048, 3072, 4096)
@@ -47,7 +47,7 @@ def _set_tcb(args: argparse.Namespace) -> int:
     except OSError as err:
         raise CommandError(f"cannot write TCB in {args.data_dir}: {err.strerror}") from None
     if args.json:
-        print(json.dumps({"data_dir": args.data_dir, "tcb": tcb, "insecure": True}))
+        print_json({"data_dir": args.data_dir, "tcb": tcb, "insecure": True})
     else:
         print("sim TCB " + " ".join(f"{k}={v}" for k, v in tcb.items())
               + " (the running agent reports it from its next evidence on)")
@@ -65,7 +65,7 @@ def _init_root(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot create sim root in {args.dir}: {err.strerror}") from None
     fp = fingerprint(ark).hex()
     if args.json:
-        print(json.dumps({"root": f"{args.dir}/ark.pem", "fingerprint": fp, "insecure": True}))
+        print_json({"root": f"{args.dir}/ark.pem", "fingerprint": fp, "insecure": True})
     else:
         print(f"created INSECURE sim root {args.dir}/ark.pem sha256={fp}")
         print("anyone holding this directory can forge evidence; never trust it in production")
