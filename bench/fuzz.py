@@ -32,6 +32,11 @@ from fuzz_targets import VECTORS, Target, targets  # noqa: E402 - tests/ is not 
 def baseline_ms(target: Target, rounds: int = 5) -> float:
     """Mean time of the unmutated seeds (valid inputs), in ms."""
     seeds = target.seeds()
+    for seed in seeds:  # warm: imports, caches, lazily built trust stores
+        try:
+            target.run(seed)
+        except target.declared:
+            pass
     times = []
     for _ in range(rounds):
         for seed in seeds:
@@ -51,6 +56,7 @@ def fuzz(target: Target, cases: int, seconds: float | None, hang_ms: float,
     kinds: dict[str, dict[str, Any]] = {}
     crashes = hangs = rejected = accepted = done = 0
     slowest = 0.0
+    slowest_seed = 0
     total = 0.0
     t_start = time.perf_counter()
     while done < cases:
@@ -71,7 +77,8 @@ def fuzz(target: Target, cases: int, seconds: float | None, hang_ms: float,
                 "case_seed": case_seed, "message": str(err)[:200]}})
             entry["count"] += 1
         total += ms
-        slowest = max(slowest, ms)
+        if ms > slowest:
+            slowest, slowest_seed = ms, case_seed
         if ms > hang_ms:
             hangs += 1
         done += 1
@@ -82,6 +89,7 @@ def fuzz(target: Target, cases: int, seconds: float | None, hang_ms: float,
             "rejected": rejected, "accepted": accepted,
             "crashes": {"count": crashes, "kinds": len(kinds), "by_kind": kinds},
             "hangs": hangs, "slowest_case_ms": round(slowest, 2),
+            "slowest_case_seed": slowest_seed,
             "mean_case_ms": round(mean, 3), "baseline_valid_ms": round(base, 3),
             "slowdown": round(mean / base, 2) if base else None}
 
@@ -97,7 +105,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hang-ms", type=float, default=1000.0,
                     help="a case slower than this counts as a hang")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--replay", type=int, metavar="CASE_SEED",
+                    help="run the one case with this case_seed (from a crash example or "
+                         "slowest_case_seed) on the single --target and report it")
     args = ap.parse_args(argv)
+    if args.replay is not None:
+        if not args.target or len(args.target) != 1:
+            ap.error("--replay needs exactly one --target")
+        target = all_targets[args.target[0]]
+        case = target.case(random.Random(args.replay))
+        t0 = time.perf_counter()
+        kind, err = target.check(case)
+        print(json.dumps({"target": target.name, "case_seed": args.replay, "outcome": kind,
+                          "error": repr(err)[:500] if err else None,
+                          "ms": round(1000 * (time.perf_counter() - t0), 2)}, indent=2))
+        return 0
     chosen = args.target or sorted(all_targets)
     out: dict[str, Any] = {"cases_per_target": args.cases, "hang_ms": args.hang_ms,
                            "seed": args.seed, "targets": {}, "skipped": []}

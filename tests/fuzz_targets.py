@@ -362,13 +362,33 @@ def _collateral_run(case: tuple[Any, bytes, dt.datetime]) -> object:
 # -------------------------------------------------------------- wire & co
 
 
+CHANNEL_EXPORTER = b"\x05" * 32
+CHANNEL_RNG_SEED = 1
+
+
+def _channel_nonce() -> bytes:
+    """The nonce the fuzzed channel will pick (same derivation as AttestedChannel)."""
+    from keepmesh.protocol.channel import NONCE_LEN
+    rng = random.Random(CHANNEL_RNG_SEED)
+    return rng.getrandbits(NONCE_LEN * 8).to_bytes(NONCE_LEN, "big")
+
+
 @functools.lru_cache(maxsize=1)
 def _wire_seeds() -> list[bytes]:
-    from keepmesh.protocol.channel import ChannelAccept, ChannelHello, ChannelProof, ChannelReject
+    from keepmesh.protocol.channel import (
+        ChannelAccept,
+        ChannelHello,
+        ChannelProof,
+        ChannelReject,
+        proof_payload,
+    )
     from keepmesh.protocol.wire import encode_frame
     s = sim_setup()
-    msgs = [ChannelHello(role="agent", nonce=b"\x01" * 32, want="fresh"),
-            ChannelProof(signature=b"\x02" * 64, evidence=s["evidence"], issued_at=s["issued"]),
+    # A proof the fuzzed initiator accepts: signed by the peer over (responder, the
+    # session exporter, our nonce), so mutations reach evidence verification.
+    signature = s["identity"].sign(proof_payload(False, CHANNEL_EXPORTER, _channel_nonce()))
+    msgs = [ChannelHello(role="agent", nonce=b"\x01" * 32, want="any"),
+            ChannelProof(signature=signature, evidence=s["evidence"], issued_at=s["issued"]),
             ChannelProof(signature=b"\x02" * 64), ChannelAccept(cached=1),
             ChannelReject(reason="no")]
     out = [encode_frame(m) for m in msgs]
@@ -453,6 +473,7 @@ def _channel_run(payloads: list[bytes]) -> object:
         AttestedChannel,
         ChannelConfig,
         EvidenceCache,
+        Failed,
     )
     from keepmesh.protocol.wire import decode_payload
     s = sim_setup()
@@ -460,8 +481,9 @@ def _channel_run(payloads: list[bytes]) -> object:
     config = ChannelConfig(role="agent", trust=s["trust"],
                            policy=Policy(allow_sim=True, sim_roots=(s["fp"],)))
     ch = AttestedChannel(initiator=True, local_identity=b"\x09" * 32, sign=lambda d: b"\0" * 64,
-                         peer_identity=ident.public_bytes, exporter=b"\x05" * 32, config=config,
-                         cache=EvidenceCache(), rng=random.Random(1))
+                         peer_identity=ident.public_bytes, exporter=CHANNEL_EXPORTER,
+                         config=config, cache=EvidenceCache(),
+                         rng=random.Random(CHANNEL_RNG_SEED))
     now = float(s["issued"])
     ch.start(now)
     for p in payloads:
@@ -473,8 +495,9 @@ def _channel_run(payloads: list[bytes]) -> object:
         if ch.internal_error is not None:
             raise ch.internal_error  # the channel survived it, but it is a bug
         ch.messages_to_send()
-        while ch.next_event() is not None:
-            pass
+        while (event := ch.next_event()) is not None:
+            if isinstance(event, Failed):
+                raise ProtocolError(event.reason)  # the session failed cleanly: rejected
     return ch.state
 
 
