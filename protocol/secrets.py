@@ -456,6 +456,8 @@ def parse_inputs_toml(text: str, source: str = "keepmesh.toml") -> InputSources:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ProtocolError(f"{source}: invalid TOML: {err}") from None
+    except RecursionError:  # tomllib recurses on nested arrays/tables
+        raise ProtocolError(f"{source}: invalid TOML: nested too deeply") from None
     sec = doc.get("secrets", {})
     dat = doc.get("data", {})
     if not isinstance(sec, dict):

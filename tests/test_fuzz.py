@@ -181,3 +181,6 @@ def test_deep_nesting_in_every_toml_loader(tmp_path: Path) -> None:
     for name in ("policy", "manifest", "config", "topology"):
         kind, err = TARGETS[name].check(deep)
         assert kind == "rejected", (name, kind, err)
+    from keepmesh.protocol.secrets import parse_inputs_toml
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        parse_inputs_toml(deep)
