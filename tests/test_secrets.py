@@ -379,8 +379,10 @@ async def test_bad_rotations_refused_and_old_value_kept(tmp_path: Path) -> None:
 
 def test_update_record_bounds() -> None:
     d, _ = example_deployment()
-    fields = rotation(d, "db_password", b"x", 1).to_fields()
+    fields = rotation(d, "db_password", b"plain-rotated-value", 1).to_fields()
     SecretUpdate.from_fields(fields)
+    # What a relaying agent (or a network observer inside the channel) sees: no value.
+    assert b"plain-rotated-value" not in msgpack.packb(fields, use_bin_type=True)
     for change, needle in [({"keep": "XYZ"}, "bad keep id"), ({"serial": 0}, "serial"),
                            ({"name": "a-b"}, "secret name"),
                            ({"ciphertext": b"x" * (MAX_SECRET + 1024)}, "exceeds")]:
@@ -444,15 +446,18 @@ EDGE = b"""(module
   (data (i32.const 0) "dbzzwords")
   (func (export "alloc") (param i32) (result i32) (i32.const 4096))
   (func (export "handle") (param i32 i32) (result i64)
-    (i32.store (i32.const 2000) (call $s (i32.const 0) (i32.const 2) (i32.const 1000) (i32.const 0)))
-    (i32.store (i32.const 2004) (call $s (i32.const 2) (i32.const 2) (i32.const 1000) (i32.const 99)))
+    (i32.store (i32.const 2000) (call $s (i32.const 0) (i32.const 2)
+                                         (i32.const 1000) (i32.const 0)))
+    (i32.store (i32.const 2004) (call $s (i32.const 2) (i32.const 2)
+                                         (i32.const 1000) (i32.const 99)))
     (i32.store (i32.const 2008) (call $d (i32.const 4) (i32.const 5) (i32.const 999)
                                          (i32.const 1000) (i32.const 99)))
     (i32.store (i32.const 2012) (call $d (i32.const 4) (i32.const 5) (i32.const -1)
                                          (i32.const 1000) (i32.const 99)))
     (i32.store (i32.const 2016) (call $d (i32.const 4) (i32.const 5) (i32.const 2)
                                          (i32.const 1000) (i32.const 3)))
-    (i32.store (i32.const 2020) (call $s (i32.const 0) (i32.const 2) (i32.const 1003) (i32.const 6)))
+    (i32.store (i32.const 2020) (call $s (i32.const 0) (i32.const 2)
+                                         (i32.const 1003) (i32.const 6)))
     (i64.const 0x000007d00000001e)))"""
 
 
