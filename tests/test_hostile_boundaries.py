@@ -122,14 +122,24 @@ async def test_foreign_exception_on_control_stream_after_establishment(
 async def test_foreign_exception_in_a_per_peer_membership_task(
         nursery: trio.Nursery, tmp_path: Path, sim_root: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    wrapper, fired = raise_once(Membership.receive)
-    monkeypatch.setattr(Membership, "receive", wrapper)
+    """Membership's per-peer datagram readers run as guarded tasks (node.TaskGuard)."""
     a = make_agent(tmp_path, sim_root, "a")
     addr_a = await nursery.start(a.run)
     b = make_agent(tmp_path, sim_root, "b", join=[addr_a])
     addr_b = await nursery.start(b.run)
     with trio.fail_after(20):
-        while not fired:
+        while not (a.peers and b.peers):
+            await trio.sleep(0.05)
+    await trio.sleep(1.0)  # the mesh has formed; probes flow as datagrams
+    fired: list[int] = []
+
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        fired.append(1)  # every message, datagram or push-pull, hits the injected bug
+        raise Injected("injected")
+
+    monkeypatch.setattr(Membership, "receive", wrapper)
+    with trio.fail_after(30):
+        while len(fired) < 2:  # both datagram readers hit it
             await trio.sleep(0.05)
     await good_client_served(addr_a, sim_root, tmp_path / "good.key")
     await good_client_served(addr_b, sim_root, tmp_path / "good.key")

@@ -59,7 +59,7 @@ MAX_STREAM_BUFFER = 1024 * 1024
 # RPC frames being assembled (one largest RPC frame, 24 MiB + 1 KiB, plus slack).
 CONN_BUFFER_LIMIT = 26 * 1024 * 1024
 # Bytes all connections together may make us hold.
-TOTAL_BUFFER_LIMIT = 64 * 1024 * 1024
+TOTAL_BUFFER_LIMIT = 48 * 1024 * 1024
 MAX_DATAGRAM_QUEUE = 256
 # Peer-opened streams waiting for a free call slot; beyond that they are reset.
 MAX_PENDING_STREAMS = 64

@@ -1,0 +1,114 @@
+"""Memory stays bounded whatever peers send: frames that declare 24 MiB on many
+streams and connections, and floods of connections. The agent runs in its own
+process so its RSS is measured alone (target: <= 150 MB)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import trio
+from hostile import (
+    AgentProcess,
+    attacker_endpoint,
+    attacker_session,
+    good_client_served,
+    request_frame,
+)
+from keepmesh.agent.session import ChannelFailed
+from keepmesh.agent.transport import quic
+from keepmesh.agent.transport.quic import ConnectionClosed
+
+pytestmark = pytest.mark.slow
+
+RSS_LIMIT_MB = 150.0
+
+
+class RssSampler:
+    def __init__(self, agent: AgentProcess) -> None:
+        self.agent = agent
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.agent.alive:
+            self.peak = max(self.peak, self.agent.rss_mb())
+            time.sleep(0.1)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join(5)
+        return self.peak
+
+
+async def test_large_frames_on_many_streams_keep_rss_bounded(tmp_path: Path,
+                                                            sim_root: Path) -> None:
+    agent = AgentProcess(tmp_path, sim_root)
+    try:
+        base = agent.rss_mb()
+        sampler = RssSampler(agent)
+        # keeps.deploy takes large bodies from any client (its handler checks the
+        # deployment's owner), so these frames pass the method check: only the
+        # buffer budgets stand between them and the agent's memory.
+        frame = request_frame("keeps.deploy", {"junk": b"\0" * (24 * 1024 * 1024 - 512)})
+        replies: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            ep = await attacker_endpoint(nursery)
+            sessions = [await attacker_session(ep, agent.address, sim_root) for _ in range(3)]
+
+            async def one(stream: quic.QuicStream) -> None:
+                try:
+                    replies.append(await stream.receive_some())
+                except ConnectionClosed:
+                    replies.append(b"reset")
+
+            with trio.fail_after(90):
+                async with trio.open_nursery() as calls:
+                    for s in sessions:
+                        for _ in range(4):
+                            stream = s.conn.open_stream()
+                            stream.send(frame, end=True)
+                            calls.start_soon(one, stream)
+                    await trio.sleep(2)
+                    await good_client_served(agent.address, sim_root, tmp_path / "good.key")
+            nursery.cancel_scope.cancel()
+        peak = sampler.stop()
+        assert agent.alive
+        assert len(replies) == 12
+        assert any(b"busy" in r or b"budget" in r for r in replies), replies
+        assert peak <= RSS_LIMIT_MB, f"agent RSS peaked at {peak:.0f} MB (from {base:.0f})"
+        await good_client_served(agent.address, sim_root, tmp_path / "good.key")
+    finally:
+        agent.stop()
+
+
+async def test_connection_flood_from_one_source(tmp_path: Path, sim_root: Path) -> None:
+    """One source opens attested client connections until refused: it gets at most
+    MAX_CONNECTIONS_PER_HOST, and a good client on another address is served."""
+    agent = AgentProcess(tmp_path, sim_root)
+    try:
+        sampler = RssSampler(agent)
+        opened = refused = 0
+        async with trio.open_nursery() as nursery:
+            ep = await attacker_endpoint(nursery)
+            ep.handshake_timeout = 2.0
+            with trio.fail_after(120):
+                for _ in range(quic.MAX_CONNECTIONS_PER_HOST + 16):
+                    try:
+                        await attacker_session(ep, agent.address, sim_root)
+                        opened += 1
+                    except (ChannelFailed, ConnectionClosed):
+                        refused += 1
+                took = await good_client_served(agent.address, sim_root, tmp_path / "good.key")
+            nursery.cancel_scope.cancel()
+        assert opened == quic.MAX_CONNECTIONS_PER_HOST
+        assert refused == 16
+        assert took < 5.0
+        assert agent.alive
+        assert sampler.stop() <= RSS_LIMIT_MB
+    finally:
+        agent.stop()
