@@ -218,7 +218,7 @@ def check_refs(secrets: Iterable[InputRef], data: Iterable[InputRef],
                                 f"variable {r.name!r}")
     for r in data:
         check_data_name(r.name)
-        if r.as_env is not None:
+        if r.as_env:
             raise ProtocolError(f"data file {r.name!r}: as_env applies to secrets only")
 
 
@@ -294,6 +294,9 @@ def decode_bundle(data: bytes) -> InputBundle:
                               max_array_len=MAX_SECRETS + MAX_DATA_FILES, max_map_len=16)
     except Exception as err:  # msgpack raises many types on garbage
         raise VerificationError(f"sealed inputs are malformed: {type(err).__name__}") from None
+    if isinstance(obj, dict):  # an absent list is an empty one
+        obj.setdefault("secrets", [])
+        obj.setdefault("data", [])
     try:
         return InputBundle.from_fields(obj, where="sealed inputs")
     except ProtocolError as err:
