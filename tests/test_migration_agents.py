@@ -1,0 +1,228 @@
+"""Migration between real agent processes on loopback (issue 11).
+
+A stateful counter survives kill -9 of its host (value >= its last
+checkpoint); a drain moves every keep with nothing lost; a host whose sim TCB
+is lowered below one deployment's min_tcb loses that keep to a compliant peer
+and keeps the other. Calls go to wherever `migrate.where` (from any agent)
+says the keep runs.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from keepmesh.agent.cli import main
+from keepmesh.agent.client import open_client
+from test_keeps_e2e import owner_key
+
+pytestmark = pytest.mark.slow
+COUNTER = Path(__file__).resolve().parents[1] / "examples" / "counter"
+POLICY = 'allow_sim = true\nallowed_tee = ["sim"]\n'
+STRICT = POLICY + "[snp]\nmin_tcb = { microcode = 210 }\n"
+
+
+class AgentProcess:
+    """One `keepmesh agent` child on a port chosen here (no log parsing needed)."""
+
+    def __init__(self, data_dir: Path, root: Path, *, join: list[str] | None = None,
+                 extra: list[str] | None = None) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.address = f"127.0.0.1:{port}"
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "keepmesh.agent.cli", "agent", "--tee", "sim",
+               "--sim-root", str(root), "--data-dir", str(data_dir), "--listen", self.address]
+        for seed in join or []:
+            cmd += ["--join", seed]
+        self.log_path = data_dir.with_name(data_dir.name + ".log")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd + (extra or []), stdout=subprocess.DEVNULL,
+                                     stderr=self._log)
+
+    def kill(self) -> None:
+        """kill -9: no leave, no goodbye."""
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+class Mesh:
+    def __init__(self, tmp: Path, root: Path, n: int) -> None:
+        self.tmp, self.root = tmp, root
+        self.key, pub = owner_key(tmp)
+        extra = ["--owner", pub]
+        self.procs = [AgentProcess(tmp / "a0", root, extra=extra)]
+        for i in range(1, n):
+            self.procs.append(AgentProcess(tmp / f"a{i}", root, join=[self.procs[0].address],
+                                           extra=extra))
+        for p in self.procs:
+            wait_for(lambda p=p: self._up(p), 60, f"agent {p.address} to answer")
+
+    def _up(self, p: AgentProcess) -> bool:
+        assert p.proc.poll() is None, p.log_path.read_text()[-2000:]
+        try:
+            self.rpc(p, "agent.status")
+        except Exception:
+            return False
+        return True
+
+    def flags(self, p: AgentProcess) -> list[str]:
+        return ["--agent", p.address, "--key", str(self.key), "--root",
+                str(self.root / "ark.pem")]
+
+    def cli(self, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        rc = main(list(argv))
+        got = capsys.readouterr()
+        return rc, got.out, got.err
+
+    def rpc(self, p: AgentProcess, method: str) -> dict[str, Any]:
+        async def go() -> dict[str, Any]:
+            client = await open_client(p.address, roots=[self.root / "ark.pem"],
+                                       key_path=self.key)
+            try:
+                return dict(await client.call(method, {}))
+            finally:
+                await client.aclose()
+        return trio.run(go)
+
+    def where(self, p: AgentProcess, keep: str) -> dict[str, Any] | None:
+        for k in self.rpc(p, "migrate.where")["keeps"]:
+            if k["keep"] == keep:
+                return dict(k)
+        return None
+
+    def deploy(self, capsys: pytest.CaptureFixture[str], at: AgentProcess,
+               policy: str) -> str:
+        pol = self.tmp / f"policy-{time.monotonic_ns()}.toml"
+        pol.write_text(policy)
+        rc, out, err = self.cli(capsys, "deploy", str(COUNTER), "--policy", str(pol), "--json",
+                                *self.flags(at))
+        assert rc == 0, err
+        return str(json.loads(out)["keep"])
+
+    def call(self, capsys: pytest.CaptureFixture[str], at: AgentProcess, keep: str,
+             msg: str) -> str:
+        rc, out, err = self.cli(capsys, "call", keep, msg, *self.flags(at))
+        assert rc == 0, err
+        return out.strip()
+
+    def by_address(self, address: str) -> AgentProcess:
+        return next(p for p in self.procs if p.address == address)
+
+
+def wait_for(pred: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def mesh3(tmp_path: Path, sim_root: Path) -> Iterator[Mesh]:
+    m = Mesh(tmp_path, sim_root, 3)
+    yield m
+    for p in m.procs:
+        p.stop()
+
+
+def _ready(m: Mesh, viewer: AgentProcess, keep: str, host: AgentProcess,
+           checkpoint: bool = False) -> dict[str, Any] | None:
+    w = m.where(viewer, keep)
+    if w is None or w["host"] != host.address or not w["standbys"]:
+        return None
+    if checkpoint and w["last_checkpoint"]["seq"] < 1:
+        return None
+    return w
+
+
+def test_counter_survives_kill_9_of_its_host(mesh3: Mesh,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    m = mesh3
+    host, other = m.procs[0], m.procs[1]
+    keep = m.deploy(capsys, host, POLICY)
+    for _ in range(3):
+        m.call(capsys, host, keep, "inc")
+    w = wait_for(lambda: _ready(m, other, keep, host, checkpoint=True), 30,
+                 "a standby and an acknowledged checkpoint")
+    assert w["epoch"] == 1
+    killed_at = time.monotonic()
+    host.kill()
+    moved = wait_for(lambda: (x := m.where(other, keep)) and x["host"] != host.address
+                     and x["state"] == "running" and x, 60, "the keep running elsewhere")
+    took = time.monotonic() - killed_at
+    assert moved["epoch"] == 2
+    new_host = m.by_address(moved["host"])
+    assert int(m.call(capsys, new_host, keep, "get")) >= 3   # >= its last checkpoint
+    assert int(m.call(capsys, new_host, keep, "inc")) >= 4
+    # the move is in the new host's log and in its migration events
+    events = m.rpc(new_host, "migrate.where")["events"]
+    assert any(e["event"] == "KeepMoved" and e["trigger"] == "dead" for e in events)
+    print(f"crash -> running elsewhere: {took:.1f} s")
+
+
+def test_drain_moves_every_keep_with_no_loss(mesh3: Mesh,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    m = mesh3
+    host = m.procs[0]
+    keeps = [m.deploy(capsys, host, POLICY) for _ in range(2)]
+    for i, k in enumerate(keeps):
+        for _ in range(i + 2):
+            m.call(capsys, host, k, "inc")
+    for k in keeps:
+        wait_for(lambda k=k: _ready(m, host, k, host), 30, "standbys")  # type: ignore[misc]
+    m.call(capsys, host, keeps[0], "inc")     # after any periodic checkpoint: must not be lost
+    rc, out, err = m.cli(capsys, "drain", "--json", *m.flags(host))
+    assert rc == 0, err
+    moved = json.loads(out)["moved"]
+    assert sorted(x["keep"] for x in moved) == sorted(keeps)
+    for x in moved:
+        assert x["from"] == host.address and x["to"] != host.address and x["epoch"] == 2
+    values = {x["keep"]: m.call(capsys, m.by_address(x["to"]), x["keep"], "get") for x in moved}
+    assert values == {keeps[0]: "3", keeps[1]: "3"}          # nothing lost
+    rc, _, err = m.cli(capsys, "call", keeps[0], "get", *m.flags(host))
+    assert rc != 0                                           # never answered by the old copy
+
+
+def test_tcb_below_one_policy_moves_only_that_keep(mesh3: Mesh, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    m = mesh3
+    host = m.procs[0]
+    strict = m.deploy(capsys, host, STRICT)
+    loose = m.deploy(capsys, host, POLICY)
+    for k in (strict, loose):
+        m.call(capsys, host, k, "inc")
+        wait_for(lambda k=k: _ready(m, host, k, host), 30, "standbys")  # type: ignore[misc]
+    rc, _, err = m.cli(capsys, "sim", "set-tcb", str(host.data_dir), "microcode=200")
+    assert rc == 0, err
+    moved = wait_for(lambda: (x := m.where(m.procs[2], strict)) and x["host"] != host.address
+                     and x["state"] == "running" and x, 30, "the strict keep to move")
+    assert m.call(capsys, m.by_address(moved["host"]), strict, "get") == "1"
+    time.sleep(3)
+    w = m.where(m.procs[2], loose)
+    assert w is not None and w["host"] == host.address and w["epoch"] == 1
+    assert m.call(capsys, host, loose, "get") == "1"
