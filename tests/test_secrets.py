@@ -437,6 +437,50 @@ async def test_secrets_move_with_the_keep(tmp_path: Path) -> None:
     await b.aclose()
 
 
+async def test_rotation_after_replication_travels_in_the_checkpoint(tmp_path: Path) -> None:
+    """A standby got the package before the owner rotated a secret: the next checkpoint
+    carries the signed rotation, and the restored keep sees the new value."""
+    import trio
+    from keepmesh.agent.keeps.checkpoint import (
+        CheckpointError,
+        CheckpointInfo,
+        restore_keep,
+        seal_checkpoint,
+        take_checkpoint,
+    )
+    from keepmesh.agent.keeps.store import KVState
+
+    a = manager(tmp_path / "a")
+    d, sealed = example_deployment()
+    keep = await a.deploy(d, sealed)
+    stale = a.sealed_for(keep.keep_id, pub(OTHER_AGENT))  # replicated before the rotation
+    a.set_secret(rotation(d, "db_password", b"after-replication", 30))
+    blob = await trio.to_thread.run_sync(take_checkpoint, keep, 1, 1, 5.0)
+    b = manager(tmp_path / "b", OTHER_AGENT)
+    restored, info = restore_keep(b, d, stale, blob)
+    assert info is not None and [u.serial for u in info.updates] == [30]
+    await b.start(restored)
+    assert await b.call(restored.keep_id, b"x") == expected_reply(db=b"after-replication")
+    # Without the rotation in the checkpoint the standby would run the old value.
+    c = manager(tmp_path / "c", OTHER_AGENT)
+    old_blob = seal_checkpoint(CheckpointInfo(keep.keep_id, 1, 1, 5.0), KVState().to_bytes(),
+                               keep.deployment_key)
+    old, _ = restore_keep(c, d, stale, old_blob)
+    await c.start(old)
+    assert await c.call(old.keep_id, b"x") == expected_reply()
+    # A forged rotation inside a (K-authenticated) checkpoint is still refused, and the
+    # restored keep is stopped rather than run with a value the owner never signed.
+    forged = rotation(d, "db_password", b"evil", 31, seed=STRANGER)
+    bad_blob = seal_checkpoint(CheckpointInfo(keep.keep_id, 2, 1, 6.0, (forged,)),
+                               KVState().to_bytes(), keep.deployment_key)
+    e = manager(tmp_path / "e", OTHER_AGENT)
+    with pytest.raises(CheckpointError, match="signature does not verify"):
+        restore_keep(e, d, stale, bad_blob)
+    assert e.get(keep.keep_id).status == "stopped"
+    for m in (a, b, c, e):
+        await m.aclose()
+
+
 # ------------------------------------------------------------------ host API edges
 
 EDGE = b"""(module

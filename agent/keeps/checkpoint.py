@@ -11,7 +11,10 @@ altered by a standby or the network. The state is taken between
 invocations (the runtime's lock), so no call's writes are ever half in it.
 
 Blob = SecretBox(deployment_key, msgpack {"v": 1, "keep", "seq", "epoch",
-"taken_at", "state"}) where "state" is `KVState.to_bytes()`.
+"taken_at", "state", "updates"?}) where "state" is `KVState.to_bytes()` and
+"updates" the keep's owner-signed secret rotations (protocol/secrets.py), so a
+secret rotated after the standby got the package still moves with the keep
+(the receiver verifies each signature itself and applies only newer serials).
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from typing import TYPE_CHECKING
 
 import msgpack
 from keepmesh.protocol.errors import ProtocolError, VerificationError
+from keepmesh.protocol.secrets import MAX_SECRETS, MAX_UPDATE_CIPHERTEXT, SecretUpdate
 
 from .sealing import secretbox_decrypt, secretbox_encrypt
-from .store import MAX_STATE, KVState, StateError
+from .store import MAX_STATE, KVState
 
 if TYPE_CHECKING:
     from keepmesh.protocol.deployment import Deployment, SealedPackage
@@ -31,7 +35,7 @@ if TYPE_CHECKING:
     from .manager import Keep, KeepManager
 
 FORMAT_VERSION = 1
-MAX_CHECKPOINT = MAX_STATE + 2 * 1024 * 1024
+MAX_CHECKPOINT = MAX_STATE + 2 * 1024 * 1024 + MAX_SECRETS * (MAX_UPDATE_CIPHERTEXT + 512)
 """Largest blob accepted (state bound plus framing and the MAC)."""
 
 
@@ -45,15 +49,19 @@ class CheckpointInfo:
     seq: int
     epoch: int
     taken_at: float
+    updates: tuple[SecretUpdate, ...] = ()
 
 
 def seal_checkpoint(info: CheckpointInfo, state: bytes, deployment_key: bytes) -> bytes:
     """Encrypt `state` (KVState bytes) with its header under the deployment key."""
     if len(deployment_key) != 32:
         raise ValueError("deployment key must be 32 bytes")
-    payload: bytes = msgpack.packb({"v": FORMAT_VERSION, "keep": info.keep, "seq": info.seq,
-                                    "epoch": info.epoch, "taken_at": float(info.taken_at),
-                                    "state": state}, use_bin_type=True)
+    doc: dict[str, object] = {"v": FORMAT_VERSION, "keep": info.keep, "seq": info.seq,
+                              "epoch": info.epoch, "taken_at": float(info.taken_at),
+                              "state": state}
+    if info.updates:
+        doc["updates"] = [u.to_fields() for u in info.updates]
+    payload: bytes = msgpack.packb(doc, use_bin_type=True)
     return secretbox_encrypt(deployment_key, payload)
 
 
@@ -68,7 +76,8 @@ def open_checkpoint(blob: bytes, deployment_key: bytes,
         raise CheckpointError(err.reason) from None
     try:
         doc = msgpack.unpackb(payload, raw=False, strict_map_key=False,
-                              max_bin_len=MAX_CHECKPOINT, max_map_len=16, max_array_len=16)
+                              max_bin_len=MAX_CHECKPOINT, max_map_len=16,
+                              max_array_len=MAX_SECRETS)
     except Exception as err:  # msgpack raises many types on garbage
         raise CheckpointError(f"checkpoint: malformed ({type(err).__name__})") from None
     if not isinstance(doc, dict) or doc.get("v") != FORMAT_VERSION:
@@ -81,11 +90,16 @@ def open_checkpoint(blob: bytes, deployment_key: bytes,
         raise CheckpointError("checkpoint: malformed header")
     if keep != keep_id:
         raise CheckpointError(f"checkpoint is of keep {keep[:32]!r}, not {keep_id[:32]!r}")
+    raw_updates = doc.get("updates", [])
+    if not isinstance(raw_updates, list):
+        raise CheckpointError("checkpoint: malformed secret updates")
     try:
         kv = KVState.from_bytes(state)
-    except StateError as err:
+        updates = tuple(SecretUpdate.from_fields(u, where="checkpoint secret update")
+                        for u in raw_updates)
+    except ProtocolError as err:
         raise CheckpointError(f"checkpoint: {err.reason}") from None
-    return CheckpointInfo(keep, seq, epoch, taken_at), kv
+    return CheckpointInfo(keep, seq, epoch, taken_at, updates), kv
 
 
 def take_checkpoint(keep: Keep, seq: int, epoch: int, taken_at: float) -> bytes:
@@ -93,7 +107,8 @@ def take_checkpoint(keep: Keep, seq: int, epoch: int, taken_at: float) -> bytes:
     from a worker thread."""
     runtime = keep.runtime
     state = runtime.state_snapshot() if runtime is not None else keep.ctx.state.to_bytes()
-    return seal_checkpoint(CheckpointInfo(keep.keep_id, seq, epoch, taken_at), state,
+    return seal_checkpoint(CheckpointInfo(keep.keep_id, seq, epoch, taken_at,
+                                          keep.ctx.inputs.update_list()), state,
                            keep.deployment_key)
 
 
@@ -116,6 +131,12 @@ def restore_keep(manager: KeepManager, deployment: Deployment, sealed: SealedPac
         info, state = open_checkpoint(blob, keep.deployment_key, keep.keep_id)
         keep.ctx.state = state
         manager.store.save_state(keep.keep_id, state)
+        for update in sorted(info.updates, key=lambda u: u.serial):
+            if update.serial > keep.ctx.inputs.serial:  # older ones came with the package
+                try:
+                    manager.set_secret(update)
+                except ProtocolError as err:
+                    raise CheckpointError(f"checkpoint: {err.reason}") from None
     except (CheckpointError, OSError) as err:
         manager.run_stop(keep)
         if isinstance(err, OSError):
