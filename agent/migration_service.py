@@ -480,9 +480,14 @@ class MigrationService:
         return {"moved": moved, "failed": [{"keep": k, "reason": r} for k, r in fin.failed]}
 
     async def _rpc_where(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
-        """Where keeps run as this agent sees it (host, epoch, standbys, last_checkpoint)."""
+        """Where the caller's keeps run as this agent sees it (host, epoch, standbys,
+        last_checkpoint) and migration events about them. Owners see their own keeps,
+        operators and peer agents all (as `keeps.list`), so nobody probes others'."""
         eng = self.engine
         if eng is None:
             return {"keeps": [], "events": []}
-        keeps = [eng.summary(loc.keep) | {"keep": loc.keep} for loc in eng.locations]
-        return {"keeps": keeps, "events": list(self.events)}
+        everything = ctx.role == "agent" or ctx.peer_key in self.keeps.operator_keys
+        mine = {loc.keep for loc in eng.locations if everything or loc.owner == ctx.peer_key}
+        keeps = [(eng.summary(k) or {}) | {"keep": k} for k in sorted(mine)]
+        events = [e for e in self.events if everything or e.get("keep") in mine]
+        return {"keeps": keeps, "events": events}

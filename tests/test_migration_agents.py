@@ -179,6 +179,12 @@ def test_counter_survives_kill_9_of_its_host(mesh3: Mesh,
     new_host = m.by_address(moved["host"])
     assert int(m.call(capsys, new_host, keep, "get")) >= 3   # >= its last checkpoint
     assert int(m.call(capsys, new_host, keep, "inc")) >= 4
+    # `keeps --json` through any agent shows where it runs now
+    rc, out, err = m.cli(capsys, "keeps", "--json", *m.flags(m.procs[2]))
+    assert rc == 0, err
+    [listed] = [k for k in json.loads(out)["keeps"] if k["keep"] == keep]
+    assert listed["host"] == new_host.address and listed["epoch"] == 2
+    assert listed["last_checkpoint"]["seq"] >= 1 and isinstance(listed["standbys"], list)
     # the move is in the new host's log and in its migration events
     events = m.rpc(new_host, "migrate.where")["events"]
     assert any(e["event"] == "KeepMoved" and e["trigger"] == "dead" for e in events)

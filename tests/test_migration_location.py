@@ -27,7 +27,8 @@ def _signer(i: int) -> Ed25519Signer:
 
 def _loc(signer: Ed25519Signer, epoch: int, version: int = 0, keep: str = KEEP,
          standbys: tuple[bytes, ...] = ()) -> Location:
-    st = LocationStatement(keep=keep, host=signer.node_id, address="h:1", epoch=epoch,
+    st = LocationStatement(keep=keep, owner=bytes(32), host=signer.node_id, address="h:1",
+                           epoch=epoch,
                            version=version, standbys=standbys, checkpoint_seq=0,
                            checkpoint_at=0.0, state="running")
     return sign_location(signer, st)

@@ -140,7 +140,8 @@ def test_holdings_accept_current_host_and_refuse_stale_or_foreign() -> None:
     from keepmesh.protocol.membership.signing import Ed25519Signer
     s = Ed25519Signer(b"\x05" * 32)
     table.learn(sign_location(s, LocationStatement(
-        keep=KEEP, host=s.node_id, address="x:1", epoch=2, version=0, standbys=(),
+        keep=KEEP, owner=bytes(32), host=s.node_id, address="x:1", epoch=2, version=0,
+        standbys=(),
         checkpoint_seq=0, checkpoint_at=0.0, state="running")))
     [stale] = h.on_replicate(host, _replicate(1), table)
     assert not stale.message.ok and "stale" in stale.message.reason  # type: ignore[union-attr]

@@ -59,3 +59,41 @@ def drain(args: argparse.Namespace) -> int:
         return 0
 
     return run_call(args, go)
+
+
+LOCATION_FIELDS = ("host", "host_id", "epoch", "standbys", "last_checkpoint")
+
+
+async def with_locations(client: Any, keeps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`keeps` (this agent's local list) plus where each of the caller's keeps runs as
+    this agent's migration view has it (`migrate.where`): `host`, `host_id`, `epoch`,
+    `standbys`, `last_checkpoint`; keeps running elsewhere are added with their
+    location's state. An agent without migration leaves the list as it is."""
+    try:
+        reply = await client.call("migrate.where", {})
+    except CommandError:
+        return keeps
+    where = reply.get("keeps") if isinstance(reply, dict) else None
+    if not isinstance(where, list):
+        return keeps
+    index = {w["keep"]: w for w in where
+             if isinstance(w, dict) and isinstance(w.get("keep"), str)}
+    out = []
+    for k in keeps:
+        w = index.pop(str(k.get("keep")), None)
+        if w is not None:
+            k = dict(k)
+            k.update({f: w.get(f) for f in LOCATION_FIELDS})
+            if w.get("host_id") != agent_id(client) and w.get("state") == "running":
+                k["state"] = "moved"  # the local copy stopped; it runs at `host`
+        out.append(k)
+    for keep_id, w in sorted(index.items()):
+        out.append({"keep": keep_id, "state": w.get("state"), "owner": w.get("owner"),
+                    **{f: w.get(f) for f in LOCATION_FIELDS}})
+    return out
+
+
+def agent_id(client: Any) -> str | None:
+    """Hex identity of the agent this client is attested to."""
+    key = getattr(client, "peer_key", None)
+    return key.hex() if isinstance(key, bytes) else None

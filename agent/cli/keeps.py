@@ -115,6 +115,8 @@ def cmd_keeps(args: argparse.Namespace) -> int:
         keeps = resp.get("keeps", [])
         if not isinstance(keeps, list) or not all(isinstance(k, dict) for k in keeps):
             raise CommandError("agent sent a malformed keeps list")
+        from keepmesh.agent.cli.drain import with_locations
+        keeps = await with_locations(client, keeps)  # host, epoch, standbys, last_checkpoint
         if args.json:
             print_json({"agent": args.agent, "keeps": keeps})
             return 0

@@ -81,6 +81,7 @@ class Running:
     policy: Policy
     settings: MigrationSettings
     replication: Replication
+    owner: bytes
     version: int = 0
     outgoing: Outgoing | None = None
 
@@ -214,7 +215,7 @@ class Migration:
         policy = policy_of(deployment, self.default_policy)
         settings = settings_of(deployment)
         rep = Replication(keep, epoch, self.own_id, policy, settings, now, seq=seq)
-        self.running[keep] = Running(keep, epoch, policy, settings, rep)
+        self.running[keep] = Running(keep, epoch, policy, settings, rep, deployment.owner_key)
         self._policies[keep] = policy
         self._announce(self.running[keep], now)
         best = self.locations.get(keep)
@@ -323,7 +324,7 @@ class Migration:
                 self.starting and loc.state == "running":
             # A record about us we do not honour (e.g. we restarted): say so, so the
             # standbys take over instead of waiting for a copy that is not there.
-            self._announce_raw(keep, loc.epoch, loc.version + 1, loc.standbys,
+            self._announce_raw(keep, loc.owner, loc.epoch, loc.version + 1, loc.standbys,
                                loc.checkpoint_seq,
                                loc.checkpoint_at, "lost", now)
         self._evaluate(now)
@@ -338,12 +339,14 @@ class Migration:
 
     def _announce(self, r: Running, now: float, state: str = "running") -> None:
         seq, at = r.replication.last_checkpoint()
-        self._announce_raw(r.keep, r.epoch, r.version, r.replication.ready(), seq, at, state,
-                           now)
+        self._announce_raw(r.keep, r.owner, r.epoch, r.version, r.replication.ready(), seq,
+                           at, state, now)
 
-    def _announce_raw(self, keep: str, epoch: int, version: int, standbys: tuple[bytes, ...],
-                      seq: int, at: float, state: str, now: float) -> None:
-        st = LocationStatement(keep=keep, host=self.own_id, address=self.address, epoch=epoch,
+    def _announce_raw(self, keep: str, owner: bytes, epoch: int, version: int,
+                      standbys: tuple[bytes, ...], seq: int, at: float, state: str,
+                      now: float) -> None:
+        st = LocationStatement(keep=keep, owner=owner, host=self.own_id, address=self.address,
+                               epoch=epoch,
                                version=version, standbys=standbys,
                                checkpoint_seq=seq,
                                checkpoint_at=at, state=state)
@@ -712,6 +715,7 @@ class Migration:
         loc = self.locations.get(keep)
         if loc is None:
             return None
-        return {"host_id": loc.host.hex(), "host": loc.address, "epoch": loc.epoch,
+        return {"owner": loc.owner.hex(), "host_id": loc.host.hex(), "host": loc.address,
+                "epoch": loc.epoch,
                 "standbys": [s.hex() for s in loc.standbys], "state": loc.state,
                 "last_checkpoint": {"seq": loc.checkpoint_seq, "at": loc.checkpoint_at}}

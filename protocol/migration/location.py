@@ -43,7 +43,7 @@ def sign_location(signer: RecordSigner, statement: LocationStatement) -> Locatio
     statement.validate()
     sig = signer.sign(encode_payload(statement))
     return Location(
-        keep=statement.keep, host=statement.host, address=statement.address,
+        keep=statement.keep, owner=statement.owner, host=statement.host, address=statement.address,
         epoch=statement.epoch, version=statement.version, standbys=statement.standbys,
         checkpoint_seq=statement.checkpoint_seq, checkpoint_at=statement.checkpoint_at,
         state=statement.state, signature=sig)

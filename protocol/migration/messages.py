@@ -50,11 +50,13 @@ class LocationStatement(Message):
 
     TYPE: ClassVar[str] = "migrate.location_statement"
     SCHEMA: ClassVar[dict[str, Spec]] = {
-        "keep": _keep, "host": _id, "address": s(MAX_ADDRESS), "epoch": _epoch,
+        "keep": _keep, "owner": b(exact=32), "host": _id, "address": s(MAX_ADDRESS),
+        "epoch": _epoch,
         "version": u(63), "standbys": seq(_id, MAX_STANDBYS), "checkpoint_seq": u(63),
         "checkpoint_at": f(0.0, 1e12), "state": s(16, choices=LOCATION_STATES),
     }
     keep: str
+    owner: bytes
     host: bytes
     address: str
     epoch: int
@@ -80,6 +82,7 @@ class Location(Message):
     SCHEMA: ClassVar[dict[str, Spec]] = {
         **LocationStatement.SCHEMA, "signature": b(max_len=MAX_SIGNATURE)}
     keep: str
+    owner: bytes
     host: bytes
     address: str
     epoch: int
@@ -95,7 +98,8 @@ class Location(Message):
 
     def statement(self) -> LocationStatement:
         return LocationStatement(
-            keep=self.keep, host=self.host, address=self.address, epoch=self.epoch,
+            keep=self.keep, owner=self.owner, host=self.host, address=self.address,
+            epoch=self.epoch,
             version=self.version, standbys=self.standbys, checkpoint_seq=self.checkpoint_seq,
             checkpoint_at=self.checkpoint_at, state=self.state)
 
