@@ -121,6 +121,7 @@ class MeshService:
                         "agent.join": self._rpc_join, "agent.leave": self._rpc_leave})
         agent.on_peer.append(self._on_peer)
         agent.services.append(self.run)
+        agent.on_leave.append(self.leave)  # SIGINT/SIGTERM and agent.leave (Agent.leave)
 
     @property
     def membership(self) -> Membership | None:
@@ -392,16 +393,19 @@ class MeshService:
         node = self.node
         if node is None:
             raise ProtocolError("membership not started")
+        assert self._nursery is not None
+        self._nursery.start_soon(self.agent.leave)  # gossips via self.leave, then stops
+        return {"left": True}
+
+    async def leave(self) -> None:
+        """Agent.leave hook: gossip a signed leave and give it a few gossip rounds to
+        spread (Agent.leave caps the whole wait), so peers see "left", not "dead"."""
+        node = self.node
+        if node is None:
+            return
         node.command(Leave(), trio.current_time())
         self.flush()
-        assert self._nursery is not None
-
-        async def shutdown_later() -> None:
-            # Give the leave a few gossip rounds to spread before we go.
-            await trio.sleep(max(1.0, 5 * self.config.gossip_interval))
-            self.agent.shutdown()
-        self._nursery.start_soon(shutdown_later)
-        return {"left": True}
+        await trio.sleep(max(1.0, 5 * self.config.gossip_interval))
 
 
 def _host_capacity() -> Capacity:

@@ -1,0 +1,169 @@
+"""Agent lifecycle: start-up failures are one line and a non-zero exit; one agent
+per data dir; SIGTERM/SIGINT and `keepmesh leave` gossip a leave and exit 0
+within a few seconds (peers see "left", not "dead"); a second SIGINT exits at
+once without a traceback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography.hazmat.primitives import serialization
+from hostile import AgentProcess, make_agent
+from keepmesh.agent.cli import main
+from keepmesh.agent.client import open_client
+from keepmesh.agent.identity import read_private_key
+
+EXIT_BUDGET_S = 5.0
+
+
+def one_line_failure(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("keepmesh agent: ") and "Traceback" not in err
+    return err
+
+
+def agent_argv(tmp: Path, root: Path, name: str, *extra: str,
+               listen: str = "127.0.0.1:0") -> list[str]:
+    return ["agent", "--tee", "sim", "--sim-root", str(root), "--data-dir", str(tmp / name),
+            "--listen", listen, *extra]
+
+
+def test_start_up_failures_are_one_line(tmp_path: Path, sim_root: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    port = busy.getsockname()[1]
+    try:
+        err = one_line_failure(capsys, agent_argv(tmp_path, sim_root, "a",
+                                                  listen=f"127.0.0.1:{port}"))
+        assert "in use" in err
+    finally:
+        busy.close()
+    err = one_line_failure(capsys, agent_argv(tmp_path, sim_root, "b", listen="192.0.2.1:4433"))
+    assert "cannot listen" in err  # TEST-NET address: not on this host
+    one_line_failure(capsys, agent_argv(tmp_path, sim_root, "c",
+                                        listen="no-such-host.invalid:4433"))
+    bad_profile = tmp_path / "profile.toml"
+    bad_profile.write_text('profile = "bogus"\n')
+    err = one_line_failure(capsys, agent_argv(tmp_path, sim_root, "d", "--config",
+                                              str(bad_profile)))
+    assert "profile" in err
+    unreadable = tmp_path / "unreadable.toml"
+    unreadable.mkdir()  # a directory: reading it fails even as root
+    one_line_failure(capsys, agent_argv(tmp_path, sim_root, "e", "--config", str(unreadable)))
+    storage = tmp_path / "f" / "keeps" / "keeps"
+    storage.mkdir(parents=True)
+    os.chmod(tmp_path / "f", 0o700)
+    (storage / "storage.key").write_bytes(b"short")
+    err = one_line_failure(capsys, agent_argv(tmp_path, sim_root, "f"))
+    assert "storage key" in err
+    (tmp_path / "g").mkdir(mode=0o700)
+    (tmp_path / "g" / "identity.key").write_bytes(b"-----BEGIN PRIVATE KEY-----\nMC4C")
+    os.chmod(tmp_path / "g" / "identity.key", 0o600)
+    one_line_failure(capsys, agent_argv(tmp_path, sim_root, "g"))
+
+
+def test_one_agent_per_data_dir(tmp_path: Path, sim_root: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    first = make_agent(tmp_path, sim_root, "a")
+    try:
+        err = one_line_failure(capsys, agent_argv(tmp_path, sim_root, "a"))
+        assert "in use by another agent" in err and str(os.getpid()) in err
+    finally:
+        first.close()
+    second = make_agent(tmp_path, sim_root, "a")  # free again once the first is gone
+    second.close()
+
+
+async def member_state(address: str, root: Path, key: Path, node_id: str) -> str | None:
+    client = await open_client(address, roots=[root / "ark.pem"], key_path=key)
+    try:
+        rows = (await client.call("members.list", {}))["members"]
+    finally:
+        await client.aclose()
+    return next((r["state"] for r in rows if r["node_id"] == node_id), None)
+
+
+async def wait_state(address: str, root: Path, key: Path, node_id: str, want: str,
+                     timeout: float = 20.0) -> None:
+    with trio.fail_after(timeout):
+        while await member_state(address, root, key, node_id) != want:
+            await trio.sleep(0.3)
+
+
+def node_id_of(agent: AgentProcess, tmp: Path, name: str) -> str:
+    key = read_private_key(tmp / name / "identity.key")
+    return key.public_key().public_bytes(serialization.Encoding.Raw,
+                                         serialization.PublicFormat.Raw).hex()
+
+
+async def wait_exit(agent: AgentProcess, budget: float = EXIT_BUDGET_S) -> tuple[int, float]:
+    t0 = time.monotonic()
+    while agent.proc.poll() is None and time.monotonic() - t0 < budget + 5:
+        await trio.sleep(0.05)
+    assert agent.proc.poll() is not None, "agent still running"
+    return agent.proc.returncode, time.monotonic() - t0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_gossips_a_leave_and_exits_zero(tmp_path: Path, sim_root: Path,
+                                                      sig: signal.Signals) -> None:
+    a = AgentProcess(tmp_path, sim_root, "a")
+    b = AgentProcess(tmp_path, sim_root, "b", ["--join", a.address])
+    key = tmp_path / "op.key"
+    try:
+        b_id = node_id_of(b, tmp_path, "b")
+        await wait_state(a.address, sim_root, key, b_id, "alive")
+        b.proc.send_signal(sig)
+        code, took = await wait_exit(b)
+        assert code == 0 and took < EXIT_BUDGET_S, (code, took, b.log()[-1500:])
+        assert "Traceback" not in b.log()
+        await wait_state(a.address, sim_root, key, b_id, "left", timeout=5)
+    finally:
+        b.stop()
+        a.stop()
+
+
+@pytest.mark.slow
+async def test_second_interrupt_exits_at_once(tmp_path: Path, sim_root: Path) -> None:
+    a = AgentProcess(tmp_path, sim_root, "a")
+    b = AgentProcess(tmp_path, sim_root, "b", ["--join", a.address])
+    try:
+        await trio.sleep(1.0)
+        b.proc.send_signal(signal.SIGINT)
+        await trio.sleep(0.05)
+        b.proc.send_signal(signal.SIGINT)
+        code, took = await wait_exit(b, budget=1.0)
+        assert took < 1.0 and code in (0, 130), (code, took)
+        assert "Traceback" not in b.log()
+    finally:
+        b.stop()
+        a.stop()
+
+
+@pytest.mark.slow
+async def test_leave_verb_stops_the_process(tmp_path: Path, sim_root: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    owner = tmp_path / "owner.key"
+    assert main(["keygen", str(owner)]) == 0
+    pub = read_private_key(owner).public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+    a = AgentProcess(tmp_path, sim_root, "a", ["--owner", pub])
+    try:
+        code = await trio.to_thread.run_sync(
+            main, ["leave", "--agent", a.address, "--key", str(owner),
+                   "--root", str(sim_root / "ark.pem")])
+        assert code == 0, capsys.readouterr().err
+        code, took = await wait_exit(a)
+        assert code == 0 and took < EXIT_BUDGET_S, (code, took)
+    finally:
+        a.stop()
