@@ -167,3 +167,47 @@ def test_missing_input_fails_before_any_connection(
     assert "no such file" in capsys.readouterr().err and at.bytes_in == before
     monkeypatch.setenv("KM_E2E_SECRET", "from-the-environment")
     assert main(["deploy", str(w), "--policy", str(policy), *common]) == 0
+
+
+def test_secret_and_rotation_survive_kill_9_of_the_host(
+        tmp_path: Path, sim_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Three real agent processes: the keep's host dies; the successor restores it from
+    a standby with its secrets, its data and a rotation made after replication, without
+    the owner; no agent's data dir ever holds a value."""
+    from test_migration_agents import POLICY, Mesh, _ready, wait_for
+
+    m = Mesh(tmp_path, sim_root, 3)
+    try:
+        secret = b"pw-" + os.urandom(12).hex().encode()
+        token = b"tok-" + os.urandom(12).hex().encode()
+        words = b"w-" + os.urandom(16).hex().encode() + b"\n"
+        w = workload(tmp_path, secret, token, words)
+        host, other = m.procs[0], m.procs[1]
+        pol = tmp_path / "policy.toml"
+        pol.write_text(POLICY)
+        rc, out, err = m.cli(capsys, "deploy", str(w), "--policy", str(pol), "--json",
+                             *m.flags(host))
+        assert rc == 0, err
+        keep = json.loads(out)["keep"]
+        wait_for(lambda: _ready(m, other, keep, host, checkpoint=True), 40,
+                 "a standby and a checkpoint")
+        rotated = b"rotated-" + os.urandom(8).hex().encode()
+        new = tmp_path / "new.txt"
+        new.write_bytes(rotated)
+        rc, _, err = m.cli(capsys, "secrets", "set", keep, "db_password", "--file", str(new),
+                           *m.flags(host))
+        assert rc == 0, err
+        seq = m.where(other, keep)["last_checkpoint"]["seq"]  # type: ignore[index]
+        wait_for(lambda: _ready(m, other, keep, host) and
+                 m.where(other, keep)["last_checkpoint"]["seq"] > seq,  # type: ignore[index]
+                 40, "a checkpoint after the rotation")
+        host.kill()
+        moved = wait_for(lambda: (x := m.where(other, keep)) and x["host"] != host.address
+                         and x["state"] == "running" and x, 60, "the keep running elsewhere")
+        got = m.call(capsys, m.by_address(moved["host"]), keep, "digest")
+        assert got == f"db_password={fnv(rotated)} words={fnv(words)} API_TOKEN={fnv(token)}"
+        for p in m.procs:
+            assert grep_dir(p.data_dir, secret, token, words.strip(), rotated) == []
+    finally:
+        for p in m.procs:
+            p.stop()
