@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench lint clean
+.PHONY: demo test venv bench lint clean dist
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,5 +27,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check protocol
 	$(BIN)/mypy protocol
 
+# dist/keepmesh-VERSION-py3-none-any.whl (pipx install it on an edge device; pip pulls
+# the dependencies' wheels for that platform) and dist/keepmesh.pyz (keepmesh alone,
+# one file, for a Python that already has the dependencies). docs/edge-install.md.
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m pip wheel --quiet --no-deps -w dist .
+	$(BIN)/python packaging/build_zipapp.py dist/keepmesh.pyz
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

@@ -6,7 +6,7 @@ with other distributions, so each folder becomes `keepmesh.<folder>`.
 The package list is computed so new subpackages need no edit here.
 """
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 ROOTS = {"keepmesh": "keepmesh", "keepmesh.protocol": "protocol",
          "keepmesh.agent": "agent", "keepmesh.simulations": "simulations"}
@@ -17,12 +17,15 @@ for pkg, folder in ROOTS.items():
     if pkg == "keepmesh":
         continue
     packages.append(pkg)
-    packages += [f"{pkg}.{sub}" for sub in find_packages(folder)]
+    # Namespace-aware, so data-only folders (attestation/roots, topologies) are
+    # packages too and their files ship as package data without warnings.
+    packages += [f"{pkg}.{sub}" for sub in find_namespace_packages(
+        folder, exclude=["*__pycache__*"])]
 
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"keepmesh.protocol.attestation": ["roots/*.pem"],
-                  "keepmesh.simulations": ["topologies/*.toml"]},
-    include_package_data=True,
+    package_data={"keepmesh.protocol.attestation.roots": ["*.pem"],
+                  "keepmesh.simulations.topologies": ["*.toml"]},
+    include_package_data=False,
 )
