@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from keepmesh.agent import metrics
 from keepmesh.agent.identity import fingerprint
 from keepmesh.agent.keeps.checkpoint import CheckpointError, restore_keep, take_checkpoint
 from keepmesh.agent.keeps.service import KeepService
@@ -60,6 +61,7 @@ TICK_S = 0.5
 OWN_EVIDENCE_S = 2.0
 KEEP_CHECKPOINTS = 3
 MAX_EVENTS = 200
+STATUS_EVENTS = 50
 DRAIN_WAIT_S = 100.0  # below the RPC call timeout (120 s)
 
 
@@ -84,6 +86,7 @@ class MigrationService:
         agent.register({"migrate.msg": self._rpc_msg, "migrate.attest": self._rpc_attest,
                         "agent.drain": self._rpc_drain, "migrate.where": self._rpc_where})
         agent.services.append(self.run)
+        agent.status_sources["events"] = self.status_events
 
     # ================================================================ pump
 
@@ -406,6 +409,7 @@ class MigrationService:
     def _event(self, ev: object) -> None:
         now = time.time()
         doc: dict[str, Any] = {"time": now, "event": type(ev).__name__}
+        metrics.count_migration(type(ev).__name__)
         if isinstance(ev, fx.KeepMoved):
             doc.update(keep=ev.keep, from_host=ev.from_host.hex() if ev.from_host else None,
                        to=ev.to.hex(), epoch=ev.epoch, trigger=ev.trigger)
@@ -435,6 +439,23 @@ class MigrationService:
                 done.set()
             self._drains.clear()
         self.events.append(doc)
+
+    def status_events(self, ctx: RpcContext) -> list[dict[str, Any]]:
+        """Recent migration events for `keepmesh status` (moves, fences, drains); a
+        client sees events of keeps it owns (operators and agents: all)."""
+        return self._visible_events(ctx)[-STATUS_EVENTS:]
+
+    def _visible(self, ctx: RpcContext) -> set[str] | None:
+        """Keeps the caller may see (None: all)."""
+        if ctx.role == "agent" or ctx.peer_key in self.keeps.operator_keys:
+            return None
+        eng = self.engine
+        return set() if eng is None else {loc.keep for loc in eng.locations
+                                          if loc.owner == ctx.peer_key}
+
+    def _visible_events(self, ctx: RpcContext) -> list[dict[str, Any]]:
+        mine = self._visible(ctx)
+        return [e for e in self.events if mine is None or e.get("keep") in mine]
 
     # ------------------------------------------------------------ epochs
 
@@ -486,8 +507,8 @@ class MigrationService:
         eng = self.engine
         if eng is None:
             return {"keeps": [], "events": []}
-        everything = ctx.role == "agent" or ctx.peer_key in self.keeps.operator_keys
-        mine = {loc.keep for loc in eng.locations if everything or loc.owner == ctx.peer_key}
-        keeps = [(eng.summary(k) or {}) | {"keep": k} for k in sorted(mine)]
-        events = [e for e in self.events if everything or e.get("keep") in mine]
-        return {"keeps": keeps, "events": events}
+        mine = self._visible(ctx)
+        keeps = [(eng.summary(loc.keep) or {}) | {"keep": loc.keep} for loc in eng.locations
+                 if mine is None or loc.keep in mine]
+        return {"keeps": sorted(keeps, key=lambda k: str(k["keep"])),
+                "events": self._visible_events(ctx)}

@@ -153,6 +153,9 @@ class Agent:
         self.leaving = False  # set once a leave started (a second request does not restart it)
         self._fail_log = RateLimitedLog(log)
         self.services: list[Callable[[trio.Nursery], Awaitable[None]]] = []
+        # Extra `agent.status` fields from services (e.g. migration's "events"), given
+        # the caller so a service shows each caller only what it may see.
+        self.status_sources: dict[str, Callable[[RpcContext], Any]] = {}
 
     # ------------------------------------------------------------- config
     def channel_config(self) -> ChannelConfig:
@@ -362,7 +365,7 @@ class Agent:
             "peers": sum(1 for p in self.peers.values()
                          if p.session and not p.session.closed.is_set()),
             "uptime_s": round(time.time() - self.started_at, 3),
-        }
+        } | {name: source(ctx) for name, source in self.status_sources.items()}
 
     async def _rpc_peers(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         return {"peers": [p.to_json() for p in self.peers.values()

@@ -186,8 +186,12 @@ def test_counter_survives_kill_9_of_its_host(mesh3: Mesh,
     assert listed["host"] == new_host.address and listed["epoch"] == 2
     assert listed["last_checkpoint"]["seq"] >= 1 and isinstance(listed["standbys"], list)
     # the move is in the new host's log and in its migration events
-    events = m.rpc(new_host, "migrate.where")["events"]
-    assert any(e["event"] == "KeepMoved" and e["trigger"] == "dead" for e in events)
+    rc, out, err = m.cli(capsys, "status", "--json", *m.flags(new_host))
+    assert rc == 0, err
+    events = json.loads(out)["events"]
+    assert any(e["event"] == "KeepMoved" and e["trigger"] == "dead" and e["keep"] == keep
+               for e in events)
+    assert "moved to" in new_host.log_path.read_text()
     print(f"crash -> running elsewhere: {took:.1f} s")
 
 
