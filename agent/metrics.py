@@ -61,6 +61,8 @@ for _outcome in HANDSHAKE_OUTCOMES:  # export zeros so rate() works from the fir
     HANDSHAKES.labels(outcome=_outcome)
 for _direction in ("in", "out"):
     TRANSPORT_BYTES.labels(direction=_direction)
+for _outcome in ("moved", "fenced", "orphaned"):
+    MIGRATIONS.labels(outcome=_outcome)
 
 
 def method_label(method: str) -> str:
@@ -77,6 +79,22 @@ def count_rpc(method: str, outcome: str) -> None:
 
 def count_bytes(direction: str, n: int) -> None:
     TRANSPORT_BYTES.labels(direction=direction).inc(n)
+
+
+# Migration engine events (protocol/migration effects) -> outcome label.
+_MIGRATION_OUTCOMES = {"KeepMoved": "moved", "KeepFenced": "fenced", "KeepOrphaned": "orphaned"}
+
+
+def count_migration(event: str) -> None:
+    """Count a migration event by its effect type name; other events are not outcomes."""
+    outcome = _MIGRATION_OUTCOMES.get(event)
+    if outcome is not None:
+        MIGRATIONS.labels(outcome=outcome).inc()
+
+
+def count_placement(outcome: str) -> None:
+    """Placement (issue 4's `deploy` via any agent) calls this: placed, no_candidate, refused."""
+    PLACEMENTS.labels(outcome=outcome[:32]).inc()
 
 
 # ------------------------------------------------------------------ gauges

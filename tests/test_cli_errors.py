@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from keepmesh.agent.cli import CommandError, build_parser, main
 
 VALUES = ["99999999999999999999999", "-99999999999999999999", "-1", "0", "1", "zz", "",

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 from agent_proc import AgentProc
-from walkthrough import free_port
-
 from keepmesh.agent.discovery import SERVICE_TYPE, _interfaces
+from walkthrough import free_port
 
 
 def test_announces_on_the_listening_interface() -> None:

@@ -14,9 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from walkthrough import REPO, free_port, run_page, sh_blocks
-
 from keepmesh.agent import config
+from walkthrough import REPO, free_port, run_page, sh_blocks
 
 DOCS = REPO / "docs"
 PAGES = ["edge-install.md", "deploy.md", "policies.md", "operate.md", "simulate.md",

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from agent_proc import AgentProc
-
 from keepmesh.agent import logs
 
 

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from walkthrough import REPO, commands, free_port, run_page, sh_blocks
 
 README = (REPO / "README.md").read_text()
