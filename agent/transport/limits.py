@@ -154,7 +154,9 @@ class RateWindow:
         self._current += 1
 
     def _roll(self, now: float) -> None:
-        if now - self._start >= 1.0:
-            self._previous = self._current if now - self._start < 2.0 else 0
+        elapsed = now - self._start
+        if elapsed >= 1.0:
+            adjacent = elapsed < 2.0
+            self._previous = self._current if adjacent else 0
             self._current = 0
-            self._start = now
+            self._start = now - (elapsed % 1.0) if adjacent else now
