@@ -282,7 +282,8 @@ async def call(session: Session, method: str, body: dict[str, Any],
         code = response.code if response.code in ERROR_CODES else "invalid"
         raise RpcError(response.error or "error", code or "invalid", method)
     try:
-        return unpack_body(response.body)
+        result: dict[str, Any] = unpack_body(response.body)
     except ProtocolError as err:
         raise RpcError(f"{method}: bad response body: {err.reason}", "internal",
                        method) from None
+    return result
