@@ -204,8 +204,21 @@ def test_secret_and_rotation_survive_kill_9_of_the_host(
         host.kill()
         moved = wait_for(lambda: (x := m.where(other, keep)) and x["host"] != host.address
                          and x["state"] == "running" and x, 60, "the keep running elsewhere")
-        got = m.call(capsys, m.by_address(moved["host"]), keep, "digest")
+        new_host = m.by_address(moved["host"])
+        got = m.call(capsys, new_host, keep, "digest")
         assert got == f"db_password={fnv(rotated)} words={fnv(words)} API_TOKEN={fnv(token)}"
+        # Rotate again through an agent that does not run the keep: the CLI finds the
+        # host from that agent's migration view and sends the sealed update there.
+        via = next(p for p in m.procs if p not in (host, new_host))
+        wait_for(lambda: (x := m.where(via, keep)) and x["host"] == new_host.address, 30,
+                 "the other agent to know the new location")
+        again = tmp_path / "again.txt"
+        again.write_bytes(b"second-rotation")
+        rc, _, err = m.cli(capsys, "secrets", "set", keep, "db_password", "--file", str(again),
+                           *m.flags(via))
+        assert rc == 0, err
+        assert m.call(capsys, new_host, keep, "digest").startswith(
+            f"db_password={fnv(b'second-rotation')} ")
         for p in m.procs:
             assert grep_dir(p.data_dir, secret, token, words.strip(), rotated) == []
     finally:

@@ -81,9 +81,7 @@ def cmd_secrets_set(args: argparse.Namespace) -> int:
     seed = _owner_seed(args)
     rng = random.SystemRandom()
 
-    async def go(client: Any) -> int:
-        listing = await client.call("keeps.list", {})
-        keep = _find_keep(listing.get("keeps"), args.id)
+    async def rotate(client: Any, keep: dict[str, Any]) -> int:
         try:
             digest = bytes.fromhex(str(keep.get("deployment")))
             serial = max(int(time.time() * 1000), int(keep.get("secrets_serial") or 0) + 1)
@@ -104,16 +102,53 @@ def cmd_secrets_set(args: argparse.Namespace) -> int:
         doc = {"keep": resp.get("keep"), "name": resp.get("name"),
                "serial": resp.get("serial")}
         if args.json:
-            import json
+            from keepmesh.agent.cli._output import print_json
 
-            print(json.dumps(doc, sort_keys=True))
+            print_json(doc)  # one JSON format for every verb
         else:
             print(f"keep {doc['keep']}: secret {doc['name']} replaced (serial {doc['serial']}); "
                   "the keep sees it from its next invocation")
         return 0
 
+    async def go(client: Any) -> int:
+        keep, at_host = await _at_host(client, args)
+        try:
+            return await rotate(at_host, keep)
+        finally:
+            if at_host is not client:
+                await at_host.aclose()
+
     code: int = run_call(args, go)
     return code
+
+
+async def _at_host(client: Any, args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    """The keep's summary, from the agent that runs it, and a client connected there.
+
+    Any agent can be named with --agent: when its migration view says the keep
+    runs elsewhere, the update goes to that host (it is sealed and signed, so the
+    agent that told us where learns nothing and cannot change it).
+    """
+    from keepmesh.agent.cli.drain import agent_id, with_locations
+    from keepmesh.agent.client import open_client
+
+    listing = await client.call("keeps.list", {})
+    keeps = listing.get("keeps")
+    if not isinstance(keeps, list) or not all(isinstance(k, dict) for k in keeps):
+        raise CommandError("agent sent a malformed keep list")
+    located = _find_keep(await with_locations(client, keeps), args.id)
+    host, host_id = located.get("host"), located.get("host_id")
+    if not host or not host_id or host_id == agent_id(client):
+        return _find_keep(keeps, str(located["keep"])), client
+    other = await open_client(str(host), roots=args.root, key_path=args.key)
+    try:
+        if agent_id(other) != host_id:
+            raise CommandError(f"agent at {host} is not the keep's host {host_id[:16]}")
+        there = await other.call("keeps.list", {})
+        return _find_keep(there.get("keeps"), str(located["keep"])), other
+    except BaseException:
+        await other.aclose()
+        raise
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
