@@ -9,7 +9,7 @@ Measures, against analytic baselines computed in the same run:
 - false positives: dead declarations of live members with 10% loss and 5% slow members.
 
 Usage: python bench/membership.py [--n 1000] [--seed 1] [--quick]
-The harness is protocol/membership/testnet.py (virtual time, heap of deliveries);
+The harness is simulations/testnet.py (virtual time, heap of deliveries);
 the simulator (simulations/) repeats these measurements on its own engine.
 """
 
@@ -23,7 +23,7 @@ import sys
 import time
 
 from keepmesh.protocol.membership import MemberEvent, MembershipConfig
-from keepmesh.protocol.membership.testnet import TestNet, sim_node_id
+from keepmesh.simulations.testnet import TestNet, sim_node_id
 
 LAN = MembershipConfig.profile("lan")
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     n = 200 if args.quick else args.n
     t0 = time.perf_counter()
     result: dict[str, object] = {"bench": "membership", "profile": "lan", "seed": args.seed,
-                                 "harness": "protocol/membership/testnet.py"}
+                                 "harness": "simulations/testnet.py"}
     result["dissemination"] = dissemination(n, args.seed)
     result["first_detection"] = first_detection(n, args.seed, 10 if args.quick else 30)
     sizes = [50, 100, 200] if args.quick else [100, 300, n]

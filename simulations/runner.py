@@ -5,9 +5,9 @@ network, the fault script, node identities and every agent's own RNG are
 child generators seeded from it in a fixed order, so a run is a pure function
 of (topology, seed) and its trace hash proves it.
 
-What is simulated is the REAL keepmesh.protocol.membership state machine
-(through `MembershipAdapter`); tests may pass another adapter to exercise the
-engine alone.
+What is simulated is the REAL keepmesh.protocol.node.MeshNode (membership and
+its sub-machines), through `MeshAdapter` and simulations/mesh_driver.py;
+tests may pass another adapter to exercise the engine alone.
 """
 
 from __future__ import annotations
@@ -56,8 +56,9 @@ class ProtocolAdapter(Protocol):
                   reason: str) -> None: ...
 
 
-class MembershipAdapter:
-    """Drives keepmesh.protocol.membership.Membership with the simulation-only keyring.
+class MeshAdapter:
+    """Drives keepmesh.protocol.node.MeshNode (membership and its sub-machines) through
+    simulations/mesh_driver.py, with the simulation-only keyring.
 
     One CachingVerifier is shared by every simulated member, so each record
     version is MAC-checked once per process instead of once per member.
@@ -65,7 +66,9 @@ class MembershipAdapter:
 
     def __init__(self, profile: str, attestation: bool, master: bytes) -> None:
         from keepmesh.protocol.membership import MembershipConfig
-        from keepmesh.protocol.membership.signing import CachingVerifier, SimulationKeyring
+        from keepmesh.protocol.membership.signing import CachingVerifier
+
+        from .keyring import SimulationKeyring
 
         self.config = MembershipConfig.profile(profile)
         self.attestation = attestation
@@ -76,14 +79,17 @@ class MembershipAdapter:
         self.gossip_interval = self.config.gossip_interval
         self.gossip_nodes = self.config.gossip_nodes
         self.max_packet = self.config.max_packet
+        self.clock: Callable[[], float] = lambda: 0.0  # set to the engine's clock
 
     def new_identity(self, rng: random.Random) -> bytes:
         return rng.randbytes(32)
 
     def create(self, node_id: bytes, address: str, labels: dict[str, str],
                rng: random.Random, now: float, incarnation: int) -> Any:
-        from keepmesh.protocol.membership import Membership
         from keepmesh.protocol.membership.records import Capacity, Claims, make_record
+        from keepmesh.protocol.node import MeshNode
+
+        from .mesh_driver import SimMeshDriver
 
         signer = self.keyring.signer(node_id)
         record = make_record(
@@ -92,31 +98,38 @@ class MembershipAdapter:
             capacity=Capacity(memory_mb=4096, cpu_milli=4000, free_memory_mb=4096,
                               free_cpu_milli=4000),
             labels=labels)
-        return Membership(self.config, record, signer, self.verifier, rng, now,
-                          require_attestation=self.attestation)
+        node = MeshNode(self.config, record, signer, self.verifier, rng, now,
+                        require_attestation=self.attestation)
+        return SimMeshDriver(node, self.clock)
 
     def incarnation(self, proto: Any) -> int:
-        return int(proto.record.incarnation)
+        """The incarnation the agent persisted (what a restart reads back)."""
+        return int(proto.disk.incarnation)
 
     def join(self, proto: Any, seeds: list[str], now: float) -> None:
-        proto.join(seeds, now)
+        from keepmesh.protocol.effects import Join
+        proto.node.command(Join(tuple(seeds)), now)
 
     def warm_start(self, protos: list[Any], now: float) -> None:
         """Every member learns every other's signed record, already attested."""
-        records = [p.record for p in protos]
+        records = [p.node.record for p in protos]
         for proto in protos:
-            proto.learn(records, now, trusted=True)
+            proto.node.learn(records, now, trusted=True)
 
     def leave(self, proto: Any, now: float) -> None:
-        proto.leave(now)
+        from keepmesh.protocol.effects import Leave
+        proto.node.command(Leave(), now)
 
     def update(self, proto: Any, labels: dict[str, str], now: float) -> int:
-        proto.update_local(now, labels=labels)
-        return self.incarnation(proto)
+        from keepmesh.protocol.effects import UpdateLocal
+        proto.node.command(UpdateLocal(labels=labels), now)
+        return int(proto.node.record.incarnation)
 
     def set_trust(self, proto: Any, subject: bytes, trusted: bool, now: float,
                   reason: str) -> None:
-        proto.set_trust(subject, trusted, now, reason=reason)
+        """The simulated verifier's verdict, reported like the agent's."""
+        from keepmesh.protocol.effects import AttestationVerdict
+        proto.node.complete(AttestationVerdict(subject, trusted, None, reason), now)
 
 
 def build_sites(topo: Topology, rng: random.Random) -> tuple[list[list[LinkSpec]],
@@ -209,13 +222,15 @@ class Simulation:
         self.node_rng_seeds = random.Random(root.getrandbits(64))
         self.site_rng = random.Random(root.getrandbits(64))
         master = root.randbytes(32)
-        self.adapter: ProtocolAdapter = adapter or MembershipAdapter(
+        self.adapter: ProtocolAdapter = adapter or MeshAdapter(
             topo.profile, topo.attestation, master)
         matrix, self.site_labels, self.site_names, self.assign = build_sites(topo, self.site_rng)
         self.site_by_name = {nm: i for i, nm in enumerate(self.site_names)}
         self.network = Network(matrix, self.net_rng, self.adapter.max_packet)
         self.engine = Engine(self.network)
         self.engine.on_event = self._on_event
+        if isinstance(self.adapter, MeshAdapter):
+            self.adapter.clock = lambda: self.engine.now
         self.metrics = Metrics(topo.agents)
         self.tee_bad: list[bool] = []
         self.restarted_at: list[float] = []

@@ -39,9 +39,6 @@ from .signing import (
     NodeId,
     RecordSigner,
     RecordVerifier,
-    SimulationKeyring,
-    SimulationSigner,
-    SimulationVerifier,
 )
 from .state import MemberEvent, Membership, MemberState, MemberView, Outgoing, Trust
 from .suspicion import Suspicion, remaining_suspicion_time
@@ -52,6 +49,6 @@ __all__ = [
     "MAX_RECORD_BYTES", "MemberEvent", "MemberState", "MemberView", "Membership",
     "MembershipConfig", "NO_CAPACITY", "NO_CLAIMS", "Nack", "NodeId", "NodeRecord", "Outgoing",
     "Ping", "PingReq", "PushPull", "PushPullEntry", "RecordSigner", "RecordVerifier",
-    "SimulationKeyring", "SimulationSigner", "SimulationVerifier", "Suspect", "Suspicion",
+    "Suspect", "Suspicion",
     "Trust", "decode_record", "decode_swim", "make_record", "remaining_suspicion_time",
 ]

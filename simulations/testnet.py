@@ -1,9 +1,16 @@
-"""A tiny deterministic in-memory network driving Membership instances.
+"""A tiny deterministic in-memory network driving MeshNode instances.
 
-Why here and not in tests/: the unit tests and bench/membership.py share it,
-and it is itself sans-IO (virtual time, a seeded random.Random, a heap of
-deliveries). The full simulator (simulations/) models topologies, latencies
-and faults far better; this harness is deliberately small.
+Why in simulations/ and not in the product package or tests/: it is test
+scaffolding (simulation keyring, a trust `policy` standing in for the
+verifier) that the unit tests and bench/membership.py share. It drives the
+same MeshNode as the agent and the simulator, carrying out effects only:
+sends go on a heap of deliveries (virtual time, a seeded random.Random),
+attestation requests are answered by `policy`. The full simulator
+(simulations/runner.py) models topologies, latencies and faults far better;
+this harness is deliberately small.
+
+`nodes[addr]` is each node's Membership (what the membership unit tests
+poke); `mesh[addr]` is the MeshNode that owns it.
 """
 
 from __future__ import annotations
@@ -12,11 +19,28 @@ import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
-from .config import MembershipConfig
-from .records import Capacity, Claims, make_record
-from .signing import CachingVerifier, NodeId, SimulationKeyring
-from .state import MemberEvent, Membership
+from keepmesh.protocol.effects import (
+    AttestationVerdict,
+    Event,
+    KeepLocated,
+    MemberEvent,
+    Persist,
+    PlacementDone,
+    PlacementFailed,
+    RequestAttestation,
+    Send,
+)
+from keepmesh.protocol.membership import MembershipConfig, NodeId
+from keepmesh.protocol.membership.records import Capacity, Claims, make_record
+from keepmesh.protocol.membership.signing import CachingVerifier
+from keepmesh.protocol.membership.state import Membership
+from keepmesh.protocol.node import MeshNode
+
+from .keyring import SimulationKeyring
+
+NetEvent: TypeAlias = MemberEvent | RequestAttestation | Event
 
 
 @dataclass
@@ -24,7 +48,10 @@ class NetStats:
     delivered: int = 0
     dropped: int = 0
     timer_calls: int = 0
-    events: list[tuple[str, MemberEvent]] = field(default_factory=list)
+    events: list[tuple[str, NetEvent]] = field(default_factory=list)
+
+
+PORT = 7946  # record addresses must be canonical HOST:PORT (protocol/address.py)
 
 
 def sim_node_id(i: int) -> NodeId:
@@ -41,7 +68,7 @@ class TestNet:
                  require_attestation: bool = True, loss: float = 0.0,
                  latency: tuple[float, float] = (0.001, 0.010),
                  slow: set[str] | None = None, slow_extra: float = 0.3,
-                 policy: Callable[[MemberEvent], bool] | None = None,
+                 policy: Callable[[RequestAttestation], bool] | None = None,
                  keep_events: bool = True) -> None:
         self.config = config
         self.rng = random.Random(seed)
@@ -56,13 +83,15 @@ class TestNet:
         self.keyring = SimulationKeyring(b"testnet")
         self.verifier = CachingVerifier(self.keyring.verifier())
         self.nodes: dict[str, Membership] = {}
+        self.mesh: dict[str, MeshNode] = {}
+        self.disk: dict[str, dict[str, int | str | bytes]] = {}
         self.down: set[str] = set()
         self.now = 0.0
         self._heap: list[tuple[float, int, str, str, bytes, str]] = []
         self._n = 0
         self._timer_at: dict[str, float | None] = {}
         self.stats = NetStats()
-        self.on_event: Callable[[str, MemberEvent], None] | None = None
+        self.on_event: Callable[[str, NetEvent], None] | None = None
         self.incarnation_base: dict[str, int] = {}
 
     # ----------------------------------------------------------- topology
@@ -71,15 +100,16 @@ class TestNet:
             labels: dict[str, str] | None = None) -> Membership:
         addr = f"n{i}"
         signer = self.keyring.signer(sim_node_id(i))
-        record = make_record(signer, addr, incarnation, Claims("sim", "ab" * 8, "1"),
+        record = make_record(signer, f"{addr}:{PORT}", incarnation, Claims("sim", "ab" * 8, "1"),
                              Capacity(1024, 1000, 1024, 1000), labels or {"zone": f"z{i % 3}"})
-        node = Membership(self.config, record, signer, self.verifier,
-                          random.Random(self.rng.getrandbits(64)), self.now,
-                          require_attestation=self.require_attestation)
-        self.nodes[addr] = node
+        mesh = MeshNode(self.config, record, signer, self.verifier,
+                        random.Random(self.rng.getrandbits(64)), self.now,
+                        require_attestation=self.require_attestation)
+        self.mesh[addr] = mesh
+        node = self.nodes[addr] = mesh.membership
         self.down.discard(addr)
         if seeds:
-            node.join(seeds, self.now)
+            mesh.join([s if ":" in s else f"{s}:{PORT}" for s in seeds], self.now)
         self._after(addr)
         return node
 
@@ -89,8 +119,8 @@ class TestNet:
         for i in range(n):
             self.add(i)
         records = [node.record for node in self.nodes.values()]
-        for node in self.nodes.values():
-            node.learn(records, self.now, trusted=True)
+        for mesh in self.mesh.values():
+            mesh.learn(records, self.now, trusted=True)
         for addr in self.nodes:
             self.kick(addr)
 
@@ -119,7 +149,7 @@ class TestNet:
             self.now = at
             if addr in self.down or addr not in self.nodes:
                 continue
-            node = self.nodes[addr]
+            node = self.mesh[addr]
             if kind == "timer":
                 if self._timer_at.get(addr) != at:
                     continue
@@ -128,30 +158,27 @@ class TestNet:
                 node.handle_timer(at)
             else:
                 self.stats.delivered += 1
-                node.receive(data, src, at)
+                node.receive(data, src, None, at)
             self._after(addr)
         self.now = t
 
     def _after(self, addr: str) -> None:
-        node = self.nodes[addr]
-        for out in node.datagrams_to_send():
-            if not out.reliable and self.loss and self.rng.random() < self.loss:
-                self.stats.dropped += 1
-                continue
-            delay = self.rng.uniform(*self.latency)
-            if addr in self.slow or out.dst in self.slow:
-                delay += self.slow_extra * self.rng.random()
-            self._n += 1
-            heapq.heappush(self._heap, (self.now + delay, self._n, "msg", out.dst, out.data,
-                                        addr))
-        while (ev := node.next_event()) is not None:
-            if self.keep_events:
-                self.stats.events.append((addr, ev))
-            if self.on_event is not None:
-                self.on_event(addr, ev)
-            if ev.kind == "attest":
-                node.set_trust(ev.node_id, self.policy(ev), self.now, reason="policy")
-                # set_trust may emit join/untrusted: drained by the loop
+        """Carry out what the node wants: sends onto the heap, verdicts from `policy`."""
+        node = self.mesh[addr]
+        while (item := node.next_effect()) is not None:
+            if isinstance(item, Send):
+                self._deliver(addr, item)
+            elif isinstance(item, Persist):
+                self.disk.setdefault(addr, {})[item.key] = item.value
+            elif isinstance(item, RequestAttestation | MemberEvent | PlacementDone
+                            | PlacementFailed | KeepLocated):
+                if self.keep_events:
+                    self.stats.events.append((addr, item))
+                if self.on_event is not None:
+                    self.on_event(addr, item)
+                if isinstance(item, RequestAttestation):
+                    node.complete(AttestationVerdict(item.node_id, self.policy(item),
+                                                     reason="policy"), self.now)
         t = node.get_timer()
         if t is not None and addr not in self.down:
             t = max(t, self.now)
@@ -160,10 +187,24 @@ class TestNet:
                 self._n += 1
                 heapq.heappush(self._heap, (t, self._n, "timer", addr, b"", ""))
 
+    def _deliver(self, addr: str, out: Send) -> None:
+        if not out.reliable and self.loss and self.rng.random() < self.loss:
+            self.stats.dropped += 1
+            return
+        delay = self.rng.uniform(*self.latency)
+        dst = out.dst.rsplit(":", 1)[0]  # records carry "n<i>:PORT"; nodes are named "n<i>"
+        if addr in self.slow or dst in self.slow:
+            delay += self.slow_extra * self.rng.random()
+        self._n += 1
+        heapq.heappush(self._heap, (self.now + delay, self._n, "msg", dst, out.data, addr))
+
     # ----------------------------------------------------------- queries
 
     def up(self) -> list[Membership]:
         return [n for a, n in self.nodes.items() if a not in self.down]
+
+    def up_mesh(self) -> list[MeshNode]:
+        return [n for a, n in self.mesh.items() if a not in self.down]
 
     def converged(self, expected: set[NodeId]) -> bool:
         return all(n.alive_ids() == expected for n in self.up())

@@ -1,0 +1,107 @@
+"""The simulator's driver for MeshNode: carries out effects in virtual time, decides nothing.
+
+Why an adapter with the engine's face: simulations/engine.py pumps any object
+offering ``receive(data, src, now, src_id)``, ``handle_timer``, ``get_timer``,
+``next_event`` and ``datagrams_to_send`` (so it can also run a fake protocol in
+its own tests). This wraps one MeshNode behind that face:
+
+- `Send` effects are buffered and handed to the engine's network;
+- `RequestAttestation` and every event go to the engine's event hook (the
+  Simulation answers attestation requests from its simulated TEE world via
+  `complete`, exactly as the agent answers them from its verifier);
+- `StartKeep`/`StopKeep` update a simulated keep table and complete at once;
+- `Persist` goes to a dict that survives a simulated crash (the disk).
+
+Ordering is MeshNode's (see protocol/node.py), so membership-only runs keep
+the trace hashes they had before the seam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from keepmesh.protocol.effects import (
+    KeepStarted,
+    KeepStopped,
+    Output,
+    Persist,
+    Send,
+    StartKeep,
+    StopKeep,
+)
+from keepmesh.protocol.node import PERSIST_INCARNATION, MeshNode
+
+
+class SimDisk:
+    """What a simulated agent persisted; kept by the Simulation across crashes."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, int | str | bytes] = {}
+
+    @property
+    def incarnation(self) -> int:
+        v = self.values.get(PERSIST_INCARNATION, 0)
+        return v if isinstance(v, int) else 0
+
+
+class SimMeshDriver:
+    """One simulated agent's I/O shell around its MeshNode."""
+
+    __slots__ = ("node", "disk", "keeps", "clock", "_sends")
+
+    def __init__(self, node: MeshNode, clock: Callable[[], float],
+                 disk: SimDisk | None = None) -> None:
+        self.node = node
+        self.clock = clock  # the engine's virtual now
+        self.disk = disk if disk is not None else SimDisk()
+        # (keep_id, epoch) -> memory_mb: the keeps this simulated host runs
+        self.keeps: dict[tuple[str, int], int] = {}
+        self._sends: list[Send] = []
+
+    # ----------------------------------------------------------- engine face
+
+    def receive(self, data: bytes, src: str, now: float, src_id: bytes | None = None) -> None:
+        self.node.receive(data, src, src_id, now)
+
+    def handle_timer(self, now: float) -> None:
+        self.node.handle_timer(now)
+
+    def get_timer(self) -> float | None:
+        t: float | None = self.node.get_timer()
+        return t
+
+    def next_event(self) -> Any:
+        """The next event (or attestation request) for the engine's hook; effects that
+        need no decision from the world are carried out here on the way."""
+        node = self.node
+        while True:
+            item: Output | None = node.next_effect()
+            if item is None:
+                return None
+            if isinstance(item, Send):
+                self._sends.append(item)
+            elif isinstance(item, Persist):
+                self.disk.values[item.key] = item.value
+            elif isinstance(item, StartKeep):
+                self.keeps[(item.keep_id, item.epoch)] = item.memory_mb
+                node.complete(KeepStarted(item.keep_id, item.epoch), self.clock())
+            elif isinstance(item, StopKeep):
+                self.keeps.pop((item.keep_id, item.epoch), None)
+                node.complete(KeepStopped(item.keep_id, item.epoch), self.clock())
+            else:
+                return item
+
+    def datagrams_to_send(self) -> list[Send]:
+        out, self._sends = self._sends, []
+        return out
+
+    # ----------------------------------------------------------- queries
+
+    def alive_ids(self) -> set[bytes]:
+        ids: set[bytes] = self.node.alive_ids()
+        return ids
+
+    @property
+    def record(self) -> Any:
+        return self.node.record
