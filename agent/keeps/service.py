@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, Protocol
 
+import trio
 from keepmesh.protocol.deployment import CallRequest, DeployRequest, KeepRequest, ListRequest
 from keepmesh.protocol.errors import ProtocolError
 from keepmesh.protocol.rpc import RpcDenied, RpcNotFound
@@ -131,5 +132,6 @@ class KeepService:
         forward the (encrypted, self-authenticating) update to the keep's host."""
         req = SecretSetRequest.from_fields(body)
         keep = self._keep_for(ctx, req.update.keep, agents_ok=True)
-        serial = self.manager.set_secret(req.update)
+        # Off the event loop: the rotation is persisted with fsyncs before it takes effect.
+        serial = await trio.to_thread.run_sync(self.manager.set_secret, req.update)
         return {"keep": keep.keep_id, "name": req.update.name, "serial": serial}
