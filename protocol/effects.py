@@ -25,6 +25,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from .migration.effects import Effect as MigrationEffect
+from .migration.effects import Event as MigrationEvent
+
 NodeId = bytes
 Address = str
 
@@ -166,6 +169,7 @@ class Placement:
     host_id: NodeId
     host: Address
     epoch: int
+    lease: int = 0  # the host's reservation, to commit with when the owner ships
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +208,9 @@ class KeepLocated:
 
 
 Event = (MemberEvent | PlacementDone | PlacementFailed | KeepLocated)
-Output = Effect | Event
+# Migration's own effects and events (protocol/migration/effects.py) flow through the
+# same stream: replicate, checkpoint, restore, pause, stop-on-fence; moved/fenced/...
+Output = Effect | Event | MigrationEffect | MigrationEvent
 
 
 # ================================================================== completions
@@ -284,11 +290,29 @@ class Stop:
 
 
 @dataclass(frozen=True, slots=True)
+class Commit:
+    """Host side: the key holder shipped the sealed package for this reservation; hold
+    the capacity for the running keep (ProtocolError if the lease is gone)."""
+
+    lease: int
+    keep_id: str
+    epoch: int
+    owner: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Host side: the local keep ended (stopped, failed); its capacity returns."""
+
+    keep_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Drain:
     """Stop accepting new keeps (reservations are refused with reason "draining")."""
 
 
-Command = Join | Leave | UpdateLocal | Deploy | Stop | Drain
+Command = Join | Leave | UpdateLocal | Deploy | Stop | Commit | Release | Drain
 
 
 # ======================================================================= timers

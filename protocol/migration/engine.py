@@ -151,6 +151,7 @@ class Migration:
         self._drain_keeps: set[str] = set()
         self._trust_since: dict[str, float] = {}
         self._policies: dict[str, Policy] = {}
+        self._orphaned: set[tuple[str, int]] = set()
         self._out: deque[Output] = deque()
         self._next_refresh = now + REFRESH_S
         self._next_eval = now + EVAL_S
@@ -602,7 +603,9 @@ class Migration:
     def _take_over(self, loc: Location, verdict: Verdict, policy: Policy, now: float) -> None:
         nxt = successor(loc, policy, self.view, now)
         if nxt is None:
-            self._out.append(KeepOrphaned(loc.keep, loc.host, "no eligible standby"))
+            if (loc.keep, loc.epoch) not in self._orphaned:  # say it once per epoch
+                self._orphaned.add((loc.keep, loc.epoch))
+                self._out.append(KeepOrphaned(loc.keep, loc.host, "no eligible standby"))
             return
         if nxt != self.own_id:
             return
