@@ -39,7 +39,8 @@ class AgentProcess:
             if not line:
                 break
             self._log.write(line)
-            if line.startswith("keepmesh agent ") and " listening on " in line:
+            # "... agent <fingerprint> listening on HOST:PORT (...)", whatever the log format
+            if " listening on " in line and "agent " in line:
                 return line.split(" listening on ")[1].split()[0]
         self.proc.kill()
         self._log.flush()
