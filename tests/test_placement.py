@@ -1,0 +1,336 @@
+"""Placement, sans-IO: MeshNodes with PlacementMachines on an in-memory network with
+explicit time. Decisions (labels, room, spread), refusals, lease expiry,
+all-or-nothing, no double booking under concurrency, and location gossip."""
+
+from __future__ import annotations
+
+import heapq
+import random
+
+import pytest
+from keepmesh.protocol.effects import (
+    Commit,
+    Deploy,
+    KeepLocated,
+    Output,
+    PlacementDone,
+    PlacementFailed,
+    Release,
+    Send,
+    StartKeep,
+)
+from keepmesh.protocol.errors import ProtocolError
+from keepmesh.protocol.membership import Capacity, Claims, MembershipConfig, make_record
+from keepmesh.protocol.membership.signing import CachingVerifier
+from keepmesh.protocol.node import MeshNode
+from keepmesh.protocol.placement import (
+    LeaseTable,
+    PlacementConfig,
+    PlacementMachine,
+    PlacementSpec,
+    Refused,
+    Requirements,
+    parse_placement_table,
+)
+from keepmesh.simulations.keyring import SimulationKeyring
+from keepmesh.simulations.testnet import sim_node_id
+
+LAN = MembershipConfig.profile("lan")
+KEYRING = SimulationKeyring(b"placement-test")
+VERIFIER = CachingVerifier(KEYRING.verifier())
+LATENCY = 0.002
+
+
+class Mesh:
+    """Warm mesh of n nodes; Sends delivered after LATENCY with the sender's identity."""
+
+    def __init__(self, hosts: list[dict[str, object]], *, commit_by_entry: bool = True,
+                 seed: int = 1, tee: list[str] | None = None) -> None:
+        self.now = 0.0
+        self.rng = random.Random(seed)
+        self.nodes: dict[str, MeshNode] = {}
+        self.places: dict[str, PlacementMachine] = {}
+        self.outputs: dict[str, list[Output]] = {}
+        self.down: set[str] = set()
+        self.heap: list[tuple[float, int, str, bytes, str]] = []
+        self.n = 0
+        cfg = PlacementConfig(commit_by_entry=commit_by_entry, lease_ttl=5.0)
+        for i, h in enumerate(hosts):
+            addr = f"10.0.0.{i + 1}:7946"
+            signer = KEYRING.signer(sim_node_id(i + 1))
+            claims = Claims((tee or [])[i] if tee else "sim", "ab", "1")
+            labels = h.get("labels", {})
+            assert isinstance(labels, dict)
+            mem = int(str(h.get("memory", 1024)))
+            record = make_record(signer, addr, 1, claims, Capacity(mem, 1000, mem, 1000), labels)
+            node = MeshNode(LAN, record, signer, VERIFIER, random.Random(seed * 100 + i), 0.0)
+            self.places[addr] = node.add(PlacementMachine(   # type: ignore[assignment]
+                node, random.Random(seed * 1000 + i), memory_mb=mem,
+                max_keeps=int(str(h.get("keeps", 8))), config=cfg))
+            self.nodes[addr] = node
+            self.outputs[addr] = []
+        records = [n.record for n in self.nodes.values()]
+        for node in self.nodes.values():
+            node.learn(records, 0.0, trusted=True)
+        self.pump()
+
+    @property
+    def addrs(self) -> list[str]:
+        return list(self.nodes)
+
+    def pump(self) -> None:
+        for addr, node in self.nodes.items():
+            if addr in self.down:
+                continue
+            while (item := node.next_effect()) is not None:
+                if isinstance(item, Send):
+                    if item.data[3:9] == b"place.":  # membership traffic is not needed here
+                        self.n += 1
+                        heapq.heappush(self.heap, (self.now + LATENCY, self.n, item.dst,
+                                                   item.data, addr))
+                else:
+                    self.outputs[addr].append(item)
+
+    def run_until(self, t: float) -> None:
+        while True:
+            self.pump()
+            timers = [(n.get_timer(), a) for a, n in self.nodes.items()
+                      if a not in self.down and self.places[a].get_timer() is not None]
+            next_timer = min((self.places[a].get_timer() or t, a) for _, a in timers) \
+                if timers else (t + 1, "")
+            next_msg = self.heap[0][0] if self.heap else t + 1
+            if min(next_timer[0], next_msg) > t:
+                break
+            if next_msg <= next_timer[0]:
+                at, _, dst, data, src = heapq.heappop(self.heap)
+                self.now = max(self.now, at)
+                if dst in self.down or dst not in self.nodes:
+                    continue
+                self.nodes[dst].receive(data, src, self.nodes[src].node_id, self.now)
+            else:
+                self.now = max(self.now, next_timer[0])
+                self.places[next_timer[1]].handle_timer(self.now)
+            for p in self.places.values():
+                p.leases.check()  # invariant: no host ever promises more than it has
+        self.now = t
+        self.pump()
+
+    def deploy(self, entry: str, request: int, req: Requirements, keep: str = "") -> None:
+        self.nodes[entry].command(Deploy(request, keep or f"keep{request}", b"", req), self.now)
+        self.pump()
+
+    def result(self, entry: str, request: int) -> PlacementDone | PlacementFailed | None:
+        for item in self.outputs[entry]:
+            if isinstance(item, PlacementDone | PlacementFailed) and item.request == request:
+                return item
+        return None
+
+    def running(self) -> dict[str, list[str]]:
+        return {a: [i.keep_id for i in out if isinstance(i, StartKeep)]
+                for a, out in self.outputs.items()}
+
+
+def req(memory: int = 64, replicas: int = 1, labels: dict[str, str] | None = None,
+        spread: str | None = None, tee: tuple[str, ...] | None = None) -> Requirements:
+    return Requirements(memory, PlacementSpec(replicas=replicas, labels=labels or {},
+                                              spread=spread), tee_kinds=tee)
+
+
+def test_lands_on_the_only_host_with_the_label() -> None:
+    mesh = Mesh([{}, {}, {"labels": {"zone": "factory-3"}}, {}])
+    mesh.deploy(mesh.addrs[0], 1, req(labels={"zone": "factory-3"}))
+    mesh.run_until(2.0)
+    done = mesh.result(mesh.addrs[0], 1)
+    assert isinstance(done, PlacementDone), done
+    assert [p.host for p in done.placements] == [mesh.addrs[2]]
+    assert mesh.running()[mesh.addrs[2]] == ["keep1"]
+
+
+def test_no_host_fits_fails_at_once_with_one_line_naming_it() -> None:
+    mesh = Mesh([{}, {}])
+    mesh.deploy(mesh.addrs[0], 1, req(memory=4, labels={"zone": "factory-3"}))
+    failed = mesh.result(mesh.addrs[0], 1)
+    assert isinstance(failed, PlacementFailed)
+    assert "zone=factory-3" in failed.reason and "4 MiB" in failed.reason
+    assert "\n" not in failed.reason
+
+
+def test_policy_claims_filter_hosts() -> None:
+    mesh = Mesh([{"memory": 100}, {"memory": 4000}, {"memory": 200}],
+                tee=["snp", "sim", "snp"])
+    mesh.deploy(mesh.addrs[0], 1, req(tee=("snp",)))
+    mesh.run_until(2.0)
+    done = mesh.result(mesh.addrs[0], 1)
+    assert isinstance(done, PlacementDone)
+    # the roomiest host claims "sim", which the policy does not accept: never asked
+    assert done.placements[0].host != mesh.addrs[1]
+    assert mesh.places[mesh.addrs[1]].stats.get("reserve.granted", 0) == 0
+
+
+def test_replicas_on_distinct_hosts_and_zones() -> None:
+    hosts: list[dict[str, object]] = [{"labels": {"zone": z}} for z in "aabbcc"]
+    mesh = Mesh(hosts)
+    mesh.deploy(mesh.addrs[0], 1, req(replicas=3, spread="zone"))
+    mesh.run_until(3.0)
+    done = mesh.result(mesh.addrs[0], 1)
+    assert isinstance(done, PlacementDone)
+    hosts_used = [p.host for p in done.placements]
+    assert len(set(hosts_used)) == 3
+    zones = {mesh.nodes[h].record.labels["zone"] for h in hosts_used}
+    assert zones == {"a", "b", "c"}
+
+
+def test_spread_impossible_is_refused_up_front() -> None:
+    mesh = Mesh([{"labels": {"zone": "a"}}, {"labels": {"zone": "a"}}])
+    mesh.deploy(mesh.addrs[0], 1, req(replicas=2, spread="zone"))
+    failed = mesh.result(mesh.addrs[0], 1)
+    assert isinstance(failed, PlacementFailed) and "distinct values of label zone" in failed.reason
+
+
+def test_all_or_nothing_releases_every_lease() -> None:
+    # advertised room (record) says 1024 MiB each, but two hosts' tables are full
+    mesh = Mesh([{}, {}, {}])
+    for a in mesh.addrs[1:]:
+        mesh.places[a].leases.memory_mb = 10
+    mesh.deploy(mesh.addrs[0], 1, req(memory=64, replicas=3))
+    mesh.run_until(10.0)
+    failed = mesh.result(mesh.addrs[0], 1)
+    assert isinstance(failed, PlacementFailed), failed
+    assert "replicas" in failed.reason or "reservation" in failed.reason
+    for p in mesh.places.values():
+        assert not p.leases.leases, "a failed multi-replica placement left a lease behind"
+    assert not any(mesh.running().values())
+
+
+def test_host_refuses_what_it_cannot_honour_and_entry_moves_on() -> None:
+    mesh = Mesh([{}, {}, {}, {}])
+    full = mesh.addrs[1]
+    mesh.places[full].leases.max_keeps = 0       # lies in its record: lease table decides
+    for i in range(6):
+        mesh.deploy(mesh.addrs[0], i, req(memory=32))
+    mesh.run_until(5.0)
+    results = [mesh.result(mesh.addrs[0], i) for i in range(6)]
+    assert all(isinstance(r, PlacementDone) for r in results), results
+    assert mesh.running()[full] == []
+
+
+def test_lease_expires_when_entry_dies_mid_negotiation() -> None:
+    mesh = Mesh([{}, {"memory": 64, "keeps": 1}], commit_by_entry=False)
+    entry, host = mesh.addrs
+    mesh.deploy(entry, 1, req(memory=64, labels={}), keep="k1")
+    mesh.run_until(0.5)
+    done = mesh.result(entry, 1)
+    assert isinstance(done, PlacementDone)
+    # the entry/owner never commits (crashed): the reservation holds the host...
+    assert mesh.places[host].leases.free_slots() == 0 or done.placements[0].host != host
+    mesh.down.add(entry)
+    mesh.run_until(6.0)   # lease_ttl = 5 s
+    assert mesh.places[host].leases.leases == {}
+    # ... and a commit after expiry is refused
+    with pytest.raises(ProtocolError):
+        mesh.nodes[host].command(Commit(done.placements[0].lease, "k1", 1), mesh.now)
+
+
+def test_commit_by_owner_then_release() -> None:
+    mesh = Mesh([{}, {}], commit_by_entry=False)
+    entry = mesh.addrs[0]
+    mesh.deploy(entry, 7, req(memory=100), keep="k7")
+    mesh.run_until(0.5)
+    done = mesh.result(entry, 7)
+    assert isinstance(done, PlacementDone)
+    p = done.placements[0]
+    mesh.nodes[p.host].command(Commit(p.lease, "k7", 1, b"o" * 32), mesh.now)
+    table = mesh.places[p.host].leases
+    assert table.leases[p.lease].committed
+    mesh.run_until(30.0)                         # committed leases never expire
+    assert p.lease in table.leases
+    mesh.nodes[p.host].command(Release("k7"), mesh.now)
+    assert table.leases == {}
+
+
+def test_concurrent_entries_never_double_book() -> None:
+    # 5 hosts x 2 slots = room for 10; 14 deploys through 3 entries at once
+    mesh = Mesh([{"keeps": 2, "memory": 512} for _ in range(5)], seed=4)
+    for i in range(14):
+        mesh.deploy(mesh.addrs[i % 3], i, req(memory=64))
+    mesh.run_until(20.0)
+    results = [mesh.result(mesh.addrs[i % 3], i) for i in range(14)]
+    done = [r for r in results if isinstance(r, PlacementDone)]
+    failed = [r for r in results if isinstance(r, PlacementFailed)]
+    assert len(done) == 10 and len(failed) == 4
+    assert all(r.reason for r in failed)
+    per_host = {a: len(k) for a, k in mesh.running().items()}
+    assert max(per_host.values()) <= 2 and sum(per_host.values()) == 10
+
+
+def test_locations_spread_to_every_member() -> None:
+    mesh = Mesh([{} for _ in range(8)])
+    mesh.deploy(mesh.addrs[0], 1, req(), keep="seen")
+    mesh.run_until(10.0)
+    done = mesh.result(mesh.addrs[0], 1)
+    assert isinstance(done, PlacementDone)
+    host = done.placements[0].host_id
+    for p in mesh.places.values():
+        loc = p.locations.get("seen")
+        assert loc is not None and loc.host_id == host and loc.state == "running"
+    assert any(isinstance(o, KeepLocated) for o in mesh.outputs[mesh.addrs[5]])
+
+
+def test_where_from_a_stranger_about_our_keeps_is_ignored() -> None:
+    from keepmesh.protocol.placement.messages import Location, PlaceWhere
+    from keepmesh.protocol.wire import encode_payload
+    mesh = Mesh([{}, {}])
+    a, b = mesh.addrs
+    lie = Location(keep="x", host_id=mesh.nodes[a].node_id, host=a, epoch=9, state="running",
+                   owner=b"")
+    mesh.nodes[a].receive(encode_payload(PlaceWhere(entries=(lie,))), b,
+                          mesh.nodes[b].node_id, 0.0)
+    assert "x" not in mesh.places[a].locations
+    unknown = Location(keep="y", host_id=b"\x07" * 32, host="1.2.3.4:1", epoch=1,
+                       state="running", owner=b"")
+    mesh.nodes[a].receive(encode_payload(PlaceWhere(entries=(unknown,))), b,
+                          mesh.nodes[b].node_id, 0.0)
+    assert "y" not in mesh.places[a].locations
+    mesh.nodes[a].receive(b"\x93\x01\xabplace.probe\x80", b, mesh.nodes[b].node_id, 0.0)
+    assert mesh.places[a].stats["malformed"] == 1
+
+
+def test_sample_size_adapts_to_refusals() -> None:
+    mesh = Mesh([{}])
+    p = mesh.places[mesh.addrs[0]]
+    assert p.sample_size(1) == 2
+    for _ in range(20):
+        p._note_outcome(refused=True)
+    assert p.sample_size(1) >= 7
+    assert p.sample_size(3) <= 3 * p.config.max_d
+
+
+def test_lease_table_bounds() -> None:
+    t = LeaseTable(memory_mb=100, max_keeps=2)
+    a = t.reserve("a", 60, 0.0, 1.0)
+    with pytest.raises(Refused):
+        t.reserve("b", 60, 0.0, 1.0)     # memory
+    with pytest.raises(Refused):
+        t.reserve("a", 10, 0.0, 1.0)     # same keep twice
+    t.reserve("b", 40, 0.0, 1.0)
+    with pytest.raises(Refused):
+        t.reserve("c", 0, 0.0, 1.0)      # slots
+    t.commit(a.lease_id, "a", 1, 0.5)
+    assert [x.keep_id for x in t.expire(2.0)] == ["b"]
+    t.draining = True
+    with pytest.raises(Refused, match="draining"):
+        t.reserve("d", 1, 2.0, 1.0)
+
+
+def test_placement_table_validation_names_the_field() -> None:
+    assert parse_placement_table({"replicas": 2, "labels": {"zone": "f"}, "spread": "rack"}) \
+        == PlacementSpec(replicas=2, labels={"zone": "f"}, spread="rack")
+    for bad, field in [({"replicas": 0}, "placement.replicas"),
+                       ({"replicas": 99}, "placement.replicas"),
+                       ({"replicas": "2"}, "placement.replicas"),
+                       ({"labels": {"zone": 3}}, "placement.labels"),
+                       ({"spread": 1}, "placement.spread"),
+                       ({"labels": {"zone": "a"}, "spread": "zone"}, "placement.spread"),
+                       ({"zones": 1}, "placement.zones")]:
+        with pytest.raises(ProtocolError, match=field.replace(".", r"\.")):
+            parse_placement_table(bad)
