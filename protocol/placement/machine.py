@@ -287,7 +287,7 @@ class PlacementMachine:
         request.bids = []
         request.waiting = {}
         request.deadline = now + self.config.probe_timeout
-        sends = []
+        sends: list[tuple[MemberView, Message]] = []
         for view in sample:
             request.tried.add(view.node_id)
             wire = self._wire_id(request)
