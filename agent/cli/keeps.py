@@ -106,7 +106,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                    f"keep {doc['keep']} ({doc['name']}) on {address}: {doc['state']}")
         return 0
 
-    return run_call(args, go, policy=policy, fresh=True)
+    return int(run_call(args, go, policy=policy, fresh=True))
 
 
 def cmd_keeps(args: argparse.Namespace) -> int:
@@ -125,7 +125,7 @@ def cmd_keeps(args: argparse.Namespace) -> int:
                      for k in keeps], empty="no keeps")
         return 0
 
-    return run_call(args, go)
+    return int(run_call(args, go))
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -150,7 +150,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         return 0
 
     try:
-        return run_call(args, go)
+        return int(run_call(args, go))
     except KeyboardInterrupt:
         return 0 if args.follow else 130
 
@@ -199,7 +199,7 @@ def cmd_call(args: argparse.Namespace) -> int:
         _print(args, doc, text if text is not None else reply.hex())
         return 0
 
-    return run_call(args, go)
+    return int(run_call(args, go))
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -208,7 +208,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         _print(args, resp, f"keep {resp.get('keep')}: {resp.get('state')}")
         return 0
 
-    return run_call(args, go)
+    return int(run_call(args, go))
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

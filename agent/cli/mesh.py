@@ -41,7 +41,7 @@ def peers(args: argparse.Namespace) -> int:
                      for r in rows], empty="no attested peers")
         return 0
 
-    return run_call(args, go)
+    return int(run_call(args, go))
 
 
 def status(args: argparse.Namespace) -> int:
@@ -58,7 +58,7 @@ def status(args: argparse.Namespace) -> int:
                       "version", "uptime_s")])
         return 0
 
-    return run_call(args, go)
+    return int(run_call(args, go))
 
 
 def members(args: argparse.Namespace) -> int:
@@ -77,7 +77,7 @@ def members(args: argparse.Namespace) -> int:
         print_table(["NAME", "ADDRESS", "STATE", "INC", "TEE", "LABELS"], table)
         return 0
 
-    return run_call(args, go)
+    return int(run_call(args, go))
 
 
 def join(args: argparse.Namespace) -> int:
@@ -89,7 +89,7 @@ def join(args: argparse.Namespace) -> int:
             print("joined via " + ", ".join(reply.get("joined", [])))
         return 0
 
-    return run_call(args, go)
+    return int(run_call(args, go))
 
 
 def leave(args: argparse.Namespace) -> int:
@@ -101,4 +101,4 @@ def leave(args: argparse.Namespace) -> int:
             print("left the mesh; the agent stops after gossiping its leave")
         return 0
 
-    return run_call(args, go)
+    return int(run_call(args, go))
