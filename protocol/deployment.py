@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from .errors import ProtocolError, VerificationError
+from .placement.spec import PlacementSpec, parse_placement_table
 from .secrets import (
     MAX_DATA_FILES,
     MAX_INPUTS_CIPHERTEXT,
@@ -69,6 +70,9 @@ class Manifest(Message):
         "fuel": u(63),
         "timeout_ms": u(32),
         "stateful": flag(),
+        # [placement] (protocol/placement/spec.py); absent means one replica anywhere,
+        # so deployments without it sign the same bytes as before.
+        "placement": rec(PlacementSpec, optional=True),
     }
     name: str
     args: tuple[str, ...]
@@ -77,6 +81,7 @@ class Manifest(Message):
     fuel: int
     timeout_ms: int
     stateful: bool
+    placement: PlacementSpec | None = None
 
     def validate(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -301,8 +306,9 @@ def check_package(d: Deployment, package: bytes) -> None:
 
 # ------------------------------------------------------------ keepmesh.toml
 
+# [secrets]/[data]: protocol.secrets.parse_inputs_toml; [placement]: protocol/placement/spec.py
 _TOML_KEYS = {"name", "module", "args", "env", "resources", "policy",
-              "secrets", "data"}  # [secrets]/[data]: protocol.secrets.parse_inputs_toml
+              "secrets", "data", "placement"}
 _RESOURCE_KEYS = {"memory", "memory_limit", "fuel", "timeout_ms", "stateful"}
 _UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "ki": 1024, "m": 1024 ** 2, "mib": 1024 ** 2,
           "mi": 1024 ** 2, "g": 1024 ** 3, "gib": 1024 ** 3, "gi": 1024 ** 3}
@@ -366,6 +372,8 @@ def parse_manifest_toml(text: str, source: str = "keepmesh.toml"
         fields["timeout_ms"] = want(res["timeout_ms"], int, "resources.timeout_ms")
     if "stateful" in res:
         fields["stateful"] = want(res["stateful"], bool, "resources.stateful")
+    if "placement" in doc:
+        fields["placement"] = parse_placement_table(doc["placement"], source).to_fields()
     defaults = {"memory_limit": DEFAULT_MEMORY, "fuel": DEFAULT_FUEL,
                 "timeout_ms": DEFAULT_TIMEOUT_MS, "stateful": False}
     for k, v in defaults.items():

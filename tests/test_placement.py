@@ -334,3 +334,36 @@ def test_placement_table_validation_names_the_field() -> None:
                        ({"zones": 1}, "placement.zones")]:
         with pytest.raises(ProtocolError, match=field.replace(".", r"\.")):
             parse_placement_table(bad)
+
+
+def test_placement_is_signed_with_the_deployment_and_read_by_requirements() -> None:
+    from keepmesh.protocol.deployment import (
+        Deployment,
+        make_deployment,
+        parse_manifest_toml,
+        verify_deployment,
+    )
+    from keepmesh.protocol.placement import requirements_for
+    from keepmesh.protocol.wire import encode_payload as enc
+    from nacl.signing import SigningKey
+    manifest, _, _ = parse_manifest_toml(
+        'name = "w"\n[resources]\nmemory = "3MiB"\n'
+        '[placement]\nreplicas = 2\nlabels = { zone = "factory-3" }\nspread = "rack"\n')
+    seed = b"\x01" * 32
+    policy = 'allowed_tee = ["snp", "sim"]\nallow_sim = true\n' \
+             '[snp]\nmeasurements = ["' + "ab" * 48 + '"]\n'
+    d = make_deployment(manifest, b"\0asm", policy, seed, 1.0, random.Random(1))
+    owner = bytes(SigningKey(seed).verify_key)
+    verify_deployment(d, [owner])
+    r = requirements_for(d)
+    assert r.memory_mb == 3 and r.replicas == 2 and r.placement.spread == "rack"
+    assert r.tee_kinds == ("snp", "sim") and r.measurements == ("ab" * 48,)
+    # a broker relaxing the constraint breaks the owner's signature
+    fields = d.to_fields()
+    fields["manifest"]["placement"]["labels"] = {}
+    tampered = Deployment.from_fields(fields)
+    with pytest.raises(ProtocolError):
+        verify_deployment(tampered, [owner])
+    assert enc(d)  # still encodes
+    with pytest.raises(ProtocolError, match=r"placement\.spread"):
+        parse_manifest_toml('name = "w"\n[placement]\nspread = 3\n')
