@@ -20,15 +20,16 @@ from keepmesh.protocol.membership import (
     MembershipConfig,
     MemberState,
     Ping,
-    SimulationKeyring,
     Suspect,
     Trust,
     decode_record,
     make_record,
     remaining_suspicion_time,
 )
-from keepmesh.protocol.membership.testnet import TestNet, sim_node_id
+from keepmesh.protocol.membership.messages import accusation_signed_bytes
 from keepmesh.protocol.wire import encode_payload
+from keepmesh.simulations.keyring import SimulationKeyring
+from keepmesh.simulations.testnet import TestNet, sim_node_id
 
 LAN = MembershipConfig.profile("lan")
 
@@ -112,11 +113,11 @@ def test_record_validation_bounds() -> None:
     keyring = SimulationKeyring()
     signer = keyring.signer(b"\x07" * 32)
     with pytest.raises(ProtocolError):
-        make_record(signer, "a", 0, capacity=Capacity(1, 1, 2, 1))  # free > total
+        make_record(signer, "a:1", 0, capacity=Capacity(1, 1, 2, 1))  # free > total
     with pytest.raises(ProtocolError):
-        make_record(signer, "a", 0, labels={f"k{i}": "v" * 100 for i in range(16)})
+        make_record(signer, "a:1", 0, labels={f"k{i}": "v" * 100 for i in range(16)})
     with pytest.raises(ProtocolError):
-        make_record(signer, "a", 0, claims=Claims("snp", "NOTHEX", "1"))
+        make_record(signer, "a:1", 0, claims=Claims("snp", "NOTHEX", "1"))
 
 
 # -------------------------------------------------------------- convergence
@@ -221,10 +222,12 @@ def test_false_suspicion_is_refuted() -> None:
     run_until_converged(net, ids(n), limit=20.0)
     target = net.nodes["n2"]
     inc = target.record.incarnation
-    liar = sim_node_id(5)
-    # n1 hears (from n5) that n2 is suspect
-    item = encode_payload(Suspect(node=target.node_id, incarnation=inc, accuser=liar))
-    net.inject("n1", encode_payload(Gossip(sender=liar, gossip=(item,))), "n5")
+    liar = net.keyring.signer(sim_node_id(5))
+    # n1 hears (from n5, signed by n5) that n2 is suspect
+    unsigned = Suspect(node=target.node_id, incarnation=inc, accuser=liar.node_id, signature=b"")
+    item = encode_payload(dataclasses.replace(
+        unsigned, signature=liar.sign(accusation_signed_bytes(unsigned))))
+    net.inject("n1", encode_payload(Gossip(sender=liar.node_id, gossip=(item,))), "n5")
     net.run_until(net.now + 0.05)
     assert net.nodes["n1"].state_of(target.node_id) is MemberState.SUSPECT
     net.run_until(net.now + 30.0)
@@ -290,9 +293,9 @@ def test_forged_record_rejected_and_sender_penalised() -> None:
     node.receive(pkt, attacker, net.now)
     assert node.stats.get("rejected.signature") == 1
     assert node.penalties(attacker) == 1
-    assert node.member(victim.node_id).address == "n2"  # type: ignore[union-attr]
+    assert node.member(victim.node_id).address == "n2:7946"  # type: ignore[union-attr]
     # a tampered byte in an otherwise valid newer record
-    real_next = make_record(net.keyring.signer(victim.node_id), "n2", good.incarnation + 1)
+    real_next = make_record(net.keyring.signer(victim.node_id), "n2:7946", good.incarnation + 1)
     tampered = real_next.encoded.replace(b"n2", b"n9")
     pkt2 = encode_payload(Gossip(sender=sim_node_id(50),
                                  gossip=(encode_payload(Alive(record=tampered)),)))
@@ -394,9 +397,9 @@ def test_pending_member_not_alive_until_attested_and_trust_expires() -> None:
     keyring = SimulationKeyring(b"t")
     sa, sb = keyring.signer(b"\x0a" * 32), keyring.signer(b"\x0b" * 32)
     ver = keyring.verifier()
-    a = Membership(LAN, make_record(sa, "a", 0), sa, ver, random.Random(1), 0.0)
-    b = Membership(LAN, make_record(sb, "b", 0), sb, ver, random.Random(2), 0.0)
-    b.join(["a"], 0.0)
+    a = Membership(LAN, make_record(sa, "a:1", 0), sa, ver, random.Random(1), 0.0)
+    b = Membership(LAN, make_record(sb, "b:1", 0), sb, ver, random.Random(2), 0.0)
+    b.join(["a:1"], 0.0)
     for out in b.datagrams_to_send():
         a.receive(out.data, "b", 0.1)
     ev = a.next_event()
@@ -479,14 +482,16 @@ def test_ack_to_a_stale_accuser_carries_the_current_record() -> None:
 
     keyring = SimulationKeyring(b"s")
     sb, sa = keyring.signer(b"\x0b" * 32), keyring.signer(b"\x0a" * 32)
-    b = Membership(LAN, make_record(sb, "b", 5), sb, keyring.verifier(), random.Random(1), 0.0,
+    b = Membership(LAN, make_record(sb, "b:1", 5), sb, keyring.verifier(), random.Random(1), 0.0,
                    require_attestation=False)
     plain = encode_payload(Ping(seq=9, sender=sa.node_id, target=sb.node_id, gossip=()))
     b.receive(plain, "a", 1.0)
     (ack,) = b.datagrams_to_send()
     decoded = decode_swim(ack.data, 1400, (Ack,))
     assert isinstance(decoded, Ack) and decoded.gossip == ()
-    stale = encode_payload(Suspect(node=sb.node_id, incarnation=3, accuser=sa.node_id))
+    unsigned = Suspect(node=sb.node_id, incarnation=3, accuser=sa.node_id, signature=b"")
+    stale = encode_payload(dataclasses.replace(
+        unsigned, signature=sa.sign(accusation_signed_bytes(unsigned))))
     b.receive(encode_payload(Ping(seq=10, sender=sa.node_id, target=sb.node_id,
                                   gossip=(stale,))), "a", 2.0)
     (ack,) = b.datagrams_to_send()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from hypothesis import HealthCheck, given, settings
@@ -14,26 +15,29 @@ from keepmesh.protocol.membership import (
     Ping,
     PushPull,
     PushPullEntry,
-    SimulationKeyring,
     Suspect,
     make_record,
 )
+from keepmesh.protocol.membership.messages import accusation_signed_bytes
 from keepmesh.protocol.wire import encode_payload
+from keepmesh.simulations.keyring import SimulationKeyring
 
 KEYRING = SimulationKeyring(b"fuzz")
 SIGNER = KEYRING.signer(b"\x01" * 32)
 PEER = KEYRING.signer(b"\x02" * 32)
-PEER_RECORD = make_record(PEER, "peer", 3)
+PEER_RECORD = make_record(PEER, "peer:7946", 3)
 
 
 def fresh() -> Membership:
-    return Membership(MembershipConfig.profile("lan"), make_record(SIGNER, "me", 0), SIGNER,
+    return Membership(MembershipConfig.profile("lan"), make_record(SIGNER, "me:7946", 0), SIGNER,
                       KEYRING.verifier(), random.Random(0), 0.0, require_attestation=False)
 
 
 def valid_packets() -> list[bytes]:
     alive = encode_payload(Alive(record=PEER_RECORD.encoded))
-    sus = encode_payload(Suspect(node=PEER.node_id, incarnation=3, accuser=PEER.node_id))
+    unsigned = Suspect(node=SIGNER.node_id, incarnation=0, accuser=PEER.node_id, signature=b"")
+    sus = encode_payload(dataclasses.replace(
+        unsigned, signature=PEER.sign(accusation_signed_bytes(unsigned))))
     return [
         encode_payload(Ping(seq=7, sender=PEER.node_id, target=SIGNER.node_id, gossip=(alive,))),
         encode_payload(Gossip(sender=PEER.node_id, gossip=(alive, sus))),
