@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import trio
 from hostile import Flooder, good_client_served, make_agent
-from keepmesh.agent.transport import quic
 
 pytestmark = pytest.mark.slow  # a flooding process beside the agent
+
+HANDSHAKES_PER_HOST = 16  # specs/wire.md "Limits"
 
 
 @pytest.mark.parametrize("mode,rate", [("garbage", 800.0), ("half-open", 250.0)])
@@ -26,12 +27,12 @@ async def test_initial_flood_does_not_lock_out_good_clients(
         took = await good_client_served(addr, sim_root, tmp_path / "good.key")
         assert took < 5.0
         inbound = [c for c in agent.endpoint.connections if not c.is_client]
-        assert len(inbound) <= quic.MAX_HANDSHAKES_PER_HOST + 2
+        assert len(inbound) <= HANDSHAKES_PER_HOST + 2
         await trio.sleep(0.5)
     sent = await trio.to_thread.run_sync(flooder.wait)
     assert sent > rate * 4  # the flood really ran
     await good_client_served(addr, sim_root, tmp_path / "good.key")
-    c = agent.endpoint.counters
+    c = getattr(agent.endpoint, "counters", {})
     # No state for them: answered with a stateless Retry (address validation under
     # load) or ignored once found not to hold a ClientHello.
     assert c["initials_ignored"] + c["retries_sent"] > sent // 2
