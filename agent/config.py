@@ -18,6 +18,9 @@ Example (keys are optional; flags win):
     discover = false                # find agents on the LAN by mDNS (DNS-SD)
     [labels]
     zone = "edge-1"
+    [capacity]                      # offered to keeps (advertised; the lease table decides)
+    memory = "2GiB"
+    keeps = 16
 
 KEY_DOCS below is the reference for every key; docs/config.md is generated
 from it (`python -m keepmesh.agent.config`) and tests/test_docs.py checks
@@ -57,6 +60,17 @@ def default_config_dir() -> Path:
 
 
 @dataclass
+class HostCapacity:
+    """What this host offers to keeps: memory in bytes (None: the machine's), keep slots."""
+
+    memory: int | None = None
+    keeps: int = 16
+
+
+MAX_KEEPS = 4096
+
+
+@dataclass
 class AgentConfig:
     listen: str = "127.0.0.1:7400"
     advertise: str | None = None
@@ -73,6 +87,7 @@ class AgentConfig:
     metrics: str | None = None
     log_format: str = "text"
     discover: bool = False
+    capacity: HostCapacity = field(default_factory=lambda: HostCapacity())
 
 
 _KEYS: dict[str, type | tuple[type, ...]] = {
@@ -80,6 +95,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "data_dir": str, "roots": list, "policy": str, "collateral": str, "owners": list,
     "profile": str,
     "labels": dict, "metrics": str, "log_format": str, "discover": bool,
+    "capacity": dict,
 }
 
 # key -> (TOML type, default as written in the reference, flag, what it does).
@@ -100,13 +116,16 @@ KEY_DOCS: dict[str, tuple[str, str, str, str]] = {
     "owners": ("list of hex keys", "[]", "--owner",
                "Ed25519 public keys admitted to deploy and manage (keepmesh keygen --public)"),
     "profile": ("string", '"lan"', "", "membership timing profile (lan, wan, ...)"),
-    "labels": ("table of strings", "{}", "", "labels other agents see (placement, keepmesh "
+    "labels": ("table of strings", "{}", "--label", "labels other agents see (placement, keepmesh "
                "members); values at most 64 characters"),
     "metrics": ("string HOST:PORT", "none (off)", "--metrics",
                 "serve Prometheus /metrics and /healthz over HTTP"),
     "log_format": ("string", '"text"', "--log-format", "text, or json (one object per line)"),
     "discover": ("boolean", "false", "--discover",
                  "find and join agents on the LAN by mDNS/DNS-SD (still attested)"),
+    "capacity": ("table: memory (size), keeps (int)", "machine memory, 16 keeps",
+                 "--memory, --max-keeps", "offered to keeps; advertised in the signed record, "
+                 "enforced by this agent's lease table"),
 }
 # Paths are relative to the config file's directory.
 
@@ -172,7 +191,41 @@ def config_from_dict(data: dict[str, Any], source: str, base: Path = Path(".")) 
         cfg.owners = [parse_public_key(v, f"{source}: owners") for v in data["owners"]]
     if "labels" in data:
         cfg.labels = dict(data["labels"])
+    if "capacity" in data:
+        cfg.capacity = parse_capacity(data["capacity"], source)
     return cfg
+
+
+def parse_capacity(table: dict[str, Any], source: str) -> HostCapacity:
+    """[capacity] memory = "2GiB" (sizes as in keepmesh.toml), keeps = 16."""
+    unknown = sorted(set(table) - {"memory", "keeps"})
+    if unknown:
+        raise ProtocolError(f"{source}: unknown key 'capacity.{str(unknown[0])[:40]}'")
+    cap = HostCapacity()
+    if "memory" in table:
+        cap.memory = parse_memory(table["memory"], f"{source}: capacity.memory")
+    if "keeps" in table:
+        cap.keeps = parse_keeps(table["keeps"], f"{source}: capacity.keeps")
+    return cap
+
+
+def parse_memory(value: object, where: str) -> int:
+    from keepmesh.protocol.deployment import parse_size
+    try:
+        size: int = parse_size(value, "memory")
+    except ProtocolError:
+        raise ProtocolError(f"{where}: expected a size such as \"2GiB\"") from None
+    if not 1024 * 1024 <= size <= 1 << 50:
+        raise ProtocolError(f"{where}: {size} bytes outside [1MiB, 1PiB]")
+    return size
+
+
+def parse_keeps(value: object, where: str) -> int:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_KEEPS:
+        raise ProtocolError(f"{where}: expected an integer in [0, {MAX_KEEPS}]")
+    return value
 
 
 def parse_public_key(text: str, where: str) -> bytes:

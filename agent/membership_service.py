@@ -60,7 +60,7 @@ from keepmesh.protocol.membership import (
     MemberView,
     make_record,
 )
-from keepmesh.protocol.node import PERSIST_INCARNATION, MeshNode
+from keepmesh.protocol.node import PERSIST_INCARNATION, MeshNode, SubMachine
 
 log = logging.getLogger("keepmesh.membership")
 
@@ -111,6 +111,8 @@ class MeshService:
         self.capacity = capacity
         self.node: MeshNode | None = None
         self.keep_hook: KeepHook | None = None
+        # sub-machines (placement, ...) plugged into the node when it is built
+        self.machine_factories: list[Callable[[MeshNode], SubMachine]] = []
         self.on_output: list[Callable[[Output], None]] = []
         self._wake = trio.lowlevel.ParkingLot()
         self._dialing: dict[str, list[Send]] = {}
@@ -167,6 +169,8 @@ class MeshService:
                              capacity, self.labels)
         self.node = MeshNode(self.config, record, signer, CachingVerifier(Ed25519Verifier()),
                              random.SystemRandom(), now)
+        for factory in self.machine_factories:
+            self.node.add(factory(self.node))
         if self.agent.seeds:
             self.node.command(Join(tuple(self.agent.seeds)), now)
         for entry in list(self.agent.peers.values()):
@@ -409,9 +413,17 @@ class MeshService:
 
 
 def _host_capacity() -> Capacity:
+    return offered_capacity(None)[0]
+
+
+def offered_capacity(memory_bytes: int | None) -> tuple[Capacity, int]:
+    """The capacity advertised in our record: `memory_bytes` offered to keeps (None: the
+    machine's memory) and every CPU. Advisory: the lease table decides."""
     cpu = (os.cpu_count() or 1) * 1000
-    mem = _memory_mb()
-    return Capacity(memory_mb=mem, cpu_milli=cpu, free_memory_mb=mem, free_cpu_milli=cpu)
+    mem = memory_bytes // (1024 * 1024) if memory_bytes is not None else _memory_mb()
+    mem = min(mem, 2**32 - 1)
+    cap = Capacity(memory_mb=mem, cpu_milli=cpu, free_memory_mb=mem, free_cpu_milli=cpu)
+    return cap, mem * 1024 * 1024
 
 
 def _memory_mb() -> int:

@@ -216,8 +216,10 @@ def _build(cfg: AgentConfig, data_dir: Path) -> Agent:
 def _attach_services(agent: Agent, cfg: AgentConfig) -> None:
     """Mesh services that ride on the agent's sessions (keeps, membership)."""
     from keepmesh.agent import metrics
-    from keepmesh.agent.membership_service import MembershipService
-    members = MembershipService(agent, profile=cfg.profile, labels=cfg.labels)
+    from keepmesh.agent.membership_service import MembershipService, offered_capacity
+    capacity, memory_bytes = offered_capacity(cfg.capacity.memory)
+    members = MembershipService(agent, profile=cfg.profile, labels=cfg.labels,
+                                capacity=capacity)
     metrics.add_source(agent, "members", lambda: metrics.counts_by(
         members.membership.members() if members.membership else [], lambda m: m.state.value))
     try:
@@ -230,6 +232,8 @@ def _attach_services(agent: Agent, cfg: AgentConfig) -> None:
     agent.register(service.methods())
     from keepmesh.agent.workload_router import WorkloadRouter
     WorkloadRouter(agent, service)
+    from keepmesh.agent.placement_service import PlacementService
+    PlacementService(agent, members, service, cfg.capacity, memory_bytes)
     from keepmesh.agent.migration_service import MigrationService
     MigrationService(agent, service, members)
 

@@ -177,10 +177,13 @@ class DeployRequest(Message):
         "deployment": rec(Deployment),
         "package": rec(SealedPackage),
         "wait_ms": u(32, optional=True),
+        # the host's reservation from placement (protocol/placement), committed on arrival
+        "lease": u(63, optional=True),
     }
     deployment: Deployment
     package: SealedPackage
     wait_ms: int | None = None
+    lease: int | None = None
 
 
 @message

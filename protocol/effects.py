@@ -294,10 +294,11 @@ class Commit:
     """Host side: the key holder shipped the sealed package for this reservation; hold
     the capacity for the running keep (ProtocolError if the lease is gone)."""
 
-    lease: int
+    lease: int          # 0: no reservation was made (a direct deploy): reserve now
     keep_id: str
     epoch: int
     owner: bytes = b""
+    memory_mb: int = 0  # for lease 0
 
 
 @dataclass(frozen=True, slots=True)

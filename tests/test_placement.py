@@ -271,8 +271,8 @@ def test_locations_spread_to_every_member() -> None:
     assert isinstance(done, PlacementDone)
     host = done.placements[0].host_id
     for p in mesh.places.values():
-        loc = p.locations.get("seen")
-        assert loc is not None and loc.host_id == host and loc.state == "running"
+        locs = p.where("seen")
+        assert len(locs) == 1 and locs[0].host_id == host and locs[0].state == "running"
     assert any(isinstance(o, KeepLocated) for o in mesh.outputs[mesh.addrs[5]])
 
 
@@ -285,12 +285,12 @@ def test_where_from_a_stranger_about_our_keeps_is_ignored() -> None:
                    owner=b"")
     mesh.nodes[a].receive(encode_payload(PlaceWhere(entries=(lie,))), b,
                           mesh.nodes[b].node_id, 0.0)
-    assert "x" not in mesh.places[a].locations
+    assert not mesh.places[a].where("x")
     unknown = Location(keep="y", host_id=b"\x07" * 32, host="1.2.3.4:1", epoch=1,
                        state="running", owner=b"")
     mesh.nodes[a].receive(encode_payload(PlaceWhere(entries=(unknown,))), b,
                           mesh.nodes[b].node_id, 0.0)
-    assert "y" not in mesh.places[a].locations
+    assert not mesh.places[a].where("y")
     mesh.nodes[a].receive(b"\x93\x01\xabplace.probe\x80", b, mesh.nodes[b].node_id, 0.0)
     assert mesh.places[a].stats["malformed"] == 1
 

@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="text (default) or json: one JSON object per line")
     p.add_argument("--discover", action="store_true", default=None,
                    help="find and join agents on the LAN by mDNS/DNS-SD (each still attested)")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label other agents see, for placement (repeatable)")
+    p.add_argument("--memory", metavar="SIZE",
+                   help="memory offered to keeps, e.g. 2GiB (default: the machine's)")
+    p.add_argument("--max-keeps", metavar="N", help="keeps this agent runs at most (default 16)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="debug logs: channels, RPCs, membership events, library messages")
     p.set_defaults(func=run)
@@ -71,6 +76,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         if getattr(args, "discover", None):
             cfg.discover = True
         cfg.owners = list(cfg.owners) + [parse_public_key(h, "--owner") for h in args.owner]
+        _placement_flags(cfg, args)
         from keepmesh.agent.transport.quic import parse_address
         parse_address(cfg.listen)
         for seed in cfg.join:
@@ -78,6 +84,21 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     except ProtocolError as err:
         raise CommandError(err.reason) from None
     return cfg
+
+
+def _placement_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
+    """--label KEY=VALUE (repeatable), --memory SIZE, --max-keeps N over the config file."""
+    from keepmesh.agent.config import parse_keeps, parse_memory
+    for item in getattr(args, "label", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or len(key) > 64 or len(value) > 64:
+            raise ProtocolError(f"--label {item[:80]!r}: expected KEY=VALUE (each at most 64 "
+                                "characters)")
+        cfg.labels[key] = value
+    if getattr(args, "memory", None) is not None:
+        cfg.capacity.memory = parse_memory(args.memory, "--memory")
+    if getattr(args, "max_keeps", None) is not None:
+        cfg.capacity.keeps = parse_keeps(args.max_keeps, "--max-keeps")
 
 
 def run(args: argparse.Namespace) -> int:

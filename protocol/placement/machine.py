@@ -130,7 +130,8 @@ class PlacementMachine:
         self.rng = rng
         self.config = config or PlacementConfig()
         self.leases = LeaseTable(memory_mb, max_keeps)
-        self.locations: dict[str, Location] = {}
+        # (keep, host id) -> where a replica runs or ran
+        self.locations: dict[tuple[str, bytes], Location] = {}
         self.refusal_rate = 0.0
         self.stats: dict[str, int] = {}
         self.last_error = ""
@@ -171,17 +172,28 @@ class PlacementMachine:
         if isinstance(cmd, Deploy):
             self._deploy(cmd, now)
         elif isinstance(cmd, Commit):
-            self._commit_local(cmd.lease, cmd.keep_id, cmd.epoch, cmd.owner, now)
+            if cmd.lease == 0:
+                held = self.leases.holds(cmd.keep_id)
+                if held is not None and held.committed:
+                    return True  # already runs here (a redeploy)
+                try:
+                    fresh = self.leases.reserve(cmd.keep_id, cmd.memory_mb, now,
+                                                self.config.lease_ttl)
+                except Refused as err:
+                    raise Refused(f"this agent cannot take the keep: {err.reason}") from None
+                self._commit_local(fresh.lease_id, cmd.keep_id, cmd.epoch, cmd.owner, now)
+            else:
+                self._commit_local(cmd.lease, cmd.keep_id, cmd.epoch, cmd.owner, now)
         elif isinstance(cmd, Release):
-            lease = self.leases.release_keep(cmd.keep_id)
-            if lease is not None:
-                self._locate(cmd.keep_id, self.node.node_id, self.node.address, lease.epoch,
+            gone = self.leases.release_keep(cmd.keep_id)
+            if gone is not None:
+                self._locate(cmd.keep_id, self.node.node_id, self.node.address, gone.epoch,
                              "stopped", self._owner_of(cmd.keep_id), now)
         elif isinstance(cmd, Stop):
-            lease = self.leases.holds(cmd.keep_id)
-            if lease is None:
+            running = self.leases.holds(cmd.keep_id)
+            if running is None:
                 raise ProtocolError(f"keep {cmd.keep_id[:64]!r} does not run here")
-            self._out.append(StopKeep(cmd.keep_id, lease.epoch, "stopped by owner"))
+            self._out.append(StopKeep(cmd.keep_id, running.epoch, "stopped by owner"))
         elif isinstance(cmd, Drain):
             self.leases.draining = True
         else:
@@ -548,8 +560,12 @@ class PlacementMachine:
 
     # ============================================================ locations
 
+    def where(self, keep_id: str) -> list[Location]:
+        """Every replica of `keep_id` this node has heard of (running or stopped)."""
+        return [loc for (keep, _), loc in self.locations.items() if keep == keep_id]
+
     def _owner_of(self, keep_id: str) -> bytes:
-        loc = self.locations.get(keep_id)
+        loc = self.locations.get((keep_id, self.node.node_id))
         return loc.owner if loc is not None else b""
 
     def _locate(self, keep_id: str, host_id: bytes, host: str, epoch: int, state: str,
@@ -559,7 +575,7 @@ class PlacementMachine:
         self._accept(loc, now)
 
     def _newer(self, loc: Location) -> bool:
-        cur = self.locations.get(loc.keep)
+        cur = self.locations.get((loc.keep, loc.host_id))
         if cur is None:
             return True
         if loc.epoch != cur.epoch:
@@ -569,14 +585,16 @@ class PlacementMachine:
     def _accept(self, loc: Location, now: float) -> None:
         if not self._newer(loc):
             return
-        if loc.keep not in self.locations and len(self.locations) >= MAX_LOCATIONS:
+        key = (loc.keep, loc.host_id)
+        if key not in self.locations and len(self.locations) >= MAX_LOCATIONS:
             self._count("locations.full")
             return
-        self.locations[loc.keep] = loc
+        self.locations[key] = loc
         self._out.append(KeepLocated(loc.keep, loc.host_id, loc.host, loc.epoch, loc.state, now))
         n = max(1, self.node.membership.num_known())
         sends = self.config.retransmit_mult * max(1, math.ceil(math.log2(n + 1)))
-        self._gossip = [g for g in self._gossip if g.loc.keep != loc.keep]
+        self._gossip = [g for g in self._gossip
+                        if (g.loc.keep, g.loc.host_id) != (loc.keep, loc.host_id)]
         self._gossip.append(_Rumour(loc, sends))
         if self._next_gossip is None:
             self._next_gossip = now + self.config.gossip_interval * self.rng.random()

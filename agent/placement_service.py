@@ -1,0 +1,248 @@
+"""Placement over the agent: RPCs that hand requests to the MeshNode's PlacementMachine
+and route keep commands to wherever a keep runs. Decides nothing itself.
+
+- `keeps.place` (the owner or an operator, at any agent): the signed
+  deployment's requirements go to `Deploy`; the answer is the hosts that
+  reserved a lease (PlacementDone) or one line saying what could not be met.
+  The entry never sees the package or its key: the owner's CLI then attests
+  each host itself (fresh evidence, its own nonce, the deployment's policy),
+  seals the key to that host and ships with the lease (`keeps.deploy`).
+- `keeps.deploy` (wrapping KeepService's): commits the lease (or, for a
+  deploy straight to this agent, reserves and commits at once) *before* the
+  keep starts, so this agent's lease table is the only authority on its
+  capacity; a keep that fails to start gives its lease back.
+- `keeps.list`, `keeps.call`, `keeps.stop`: local keeps as before; keeps
+  elsewhere are found in the gossiped location table and the command is
+  forwarded to their host over the attested agent session (the host checks
+  the owner named by the forwarding agent: attested agents run the measured
+  image and vouch for the client they authenticated).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from typing import Any
+
+import trio
+from keepmesh.agent.config import HostCapacity
+from keepmesh.agent.keeps.service import KeepService
+from keepmesh.agent.membership_service import MeshService
+from keepmesh.agent.node import Agent
+from keepmesh.agent.rpc import RpcContext, RpcError, call
+from keepmesh.agent.session import ChannelFailed
+from keepmesh.protocol.deployment import (
+    Deployment,
+    DeployRequest,
+    KeepRequest,
+    deployment_id,
+    verify_deployment,
+)
+from keepmesh.protocol.effects import (
+    Commit,
+    Deploy,
+    Output,
+    PlacementDone,
+    PlacementFailed,
+    Release,
+)
+from keepmesh.protocol.errors import ProtocolError
+from keepmesh.protocol.node import MeshNode
+from keepmesh.protocol.placement import (
+    PlacementConfig,
+    PlacementMachine,
+    requirements_for,
+)
+from keepmesh.protocol.placement.messages import Location
+from keepmesh.protocol.rpc import RpcDenied, RpcNotFound
+
+log = logging.getLogger("keepmesh.placement")
+
+PLACE_TIMEOUT_S = 30.0
+FORWARD_TIMEOUT_S = 30.0
+MIB = 1024 * 1024
+
+
+class PlacementService:
+    def __init__(self, agent: Agent, mesh: MeshService, keeps: KeepService,
+                 capacity: HostCapacity, memory_bytes: int) -> None:
+        self.agent = agent
+        self.mesh = mesh
+        self.keeps = keeps
+        self.memory_mb = max(0, memory_bytes // MIB)
+        self.max_keeps = capacity.keeps
+        self.machine: PlacementMachine | None = None
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, tuple[trio.Event, list[Output]]] = {}
+        mesh.machine_factories.append(self._build)
+        mesh.on_output.append(self._on_output)
+        self._local = keeps.methods()
+        agent.register({"keeps.place": self._rpc_place, "keeps.deploy": self._rpc_deploy,
+                        "keeps.list": self._rpc_list, "keeps.call": self._rpc_call,
+                        "keeps.stop": self._rpc_stop})
+
+    def _build(self, node: MeshNode) -> PlacementMachine:
+        self.machine = PlacementMachine(node, random.SystemRandom(), memory_mb=self.memory_mb,
+                                        max_keeps=self.max_keeps, config=PlacementConfig())
+        return self.machine
+
+    def _on_output(self, item: Output) -> None:
+        if isinstance(item, PlacementDone | PlacementFailed):
+            waiter = self._waiting.get(item.request)
+            if waiter is not None:
+                waiter[1].append(item)
+                waiter[0].set()
+
+    def _node(self) -> MeshNode:
+        node = self.mesh.node
+        if node is None or self.machine is None:
+            raise ProtocolError("mesh not started yet")
+        return node
+
+    def _sees_all(self, ctx: RpcContext) -> bool:
+        return ctx.peer_key in self.keeps.operator_keys
+
+    # ------------------------------------------------------------ entry
+    async def _rpc_place(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        fields = body.get("deployment")
+        d = Deployment.from_fields(fields if isinstance(fields, dict) else {}, "deployment")
+        if ctx.peer_key != d.owner_key and not self._sees_all(ctx):
+            raise RpcDenied("keeps.place: only the deployment's owner or an operator")
+        verify_deployment(d, [d.owner_key])  # signed by its owner: a broker cannot relax it
+        req = requirements_for(d)
+        node = self._node()
+        request = next(self._ids)
+        keep_id = deployment_id(d)
+        done = trio.Event()
+        box: list[Output] = []
+        self._waiting[request] = (done, box)
+        try:
+            node.command(Deploy(request, keep_id, b"", req), trio.current_time())
+            self.mesh.flush()
+            with trio.move_on_after(PLACE_TIMEOUT_S):
+                await done.wait()
+        finally:
+            self._waiting.pop(request, None)
+        if not box:
+            raise ProtocolError("placement did not finish in time")
+        result = box[0]
+        if isinstance(result, PlacementFailed):
+            raise ProtocolError(result.reason)
+        assert isinstance(result, PlacementDone)
+        return {"keep": keep_id,
+                "placements": [{"host": p.host, "host_id": p.host_id.hex(), "epoch": p.epoch,
+                                "lease": p.lease} for p in result.placements]}
+
+    # ------------------------------------------------------------ host
+    async def _rpc_deploy(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        req = DeployRequest.from_fields(body)
+        d = req.deployment
+        keep_id = deployment_id(d)
+        node = self._node()
+        memory_mb = max(1, -(-d.manifest.memory_limit // MIB))
+        # The lease is taken before anything runs; refusal is the one-line answer.
+        node.command(Commit(req.lease or 0, keep_id, 1, d.owner_key, memory_mb),
+                     trio.current_time())
+        self.mesh.flush()
+        try:
+            out: dict[str, Any] = await self._local["keeps.deploy"](ctx, body)
+            return out
+        except BaseException:
+            node.command(Release(keep_id), trio.current_time())
+            self.mesh.flush()
+            raise
+
+    # ------------------------------------------------------------ routing
+    def _remote(self, keep: str) -> Location | None:
+        """The running replica of `keep` (id or unique prefix) on another host, if known."""
+        machine = self.machine
+        node = self.mesh.node
+        if machine is None or node is None:
+            return None
+        found = [loc for (k, host), loc in machine.locations.items()
+                 if loc.state == "running" and host != node.node_id
+                 and (k == keep or (len(keep) >= 8 and k.startswith(keep)))]
+        return found[0] if len({loc.keep for loc in found}) == 1 else None
+
+    def _is_local(self, keep: str) -> bool:
+        try:
+            self.keeps.manager.get(keep)
+        except (ProtocolError, KeyError):
+            return False
+        return True
+
+    async def _forward(self, loc: Location, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        entry = self.agent.peers.get(loc.host_id)
+        session = entry.session if entry is not None else None
+        if session is None or session.closed.is_set():
+            try:
+                session = await self.agent.connect(loc.host)
+            except (ChannelFailed, ProtocolError):
+                raise RpcNotFound(f"keep {loc.keep[:64]!r} runs on {loc.host}, which is "
+                                  "unreachable") from None
+            if session.peer.identity != loc.host_id:
+                raise RpcNotFound(f"keep {loc.keep[:64]!r}: its host moved")
+        try:
+            out: dict[str, Any] = await call(session, method, body, timeout=FORWARD_TIMEOUT_S)
+            return out
+        except RpcError as err:
+            raise ProtocolError(str(err)) from None
+
+    async def _rpc_call(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        keep = body.get("keep")
+        if isinstance(keep, str) and not self._is_local(keep):
+            loc = self._remote(keep)
+            if loc is not None and ctx.role != "agent":  # one hop at most
+                if loc.owner and loc.owner != ctx.peer_key and not self._sees_all(ctx):
+                    raise RpcNotFound(f"no keep {keep[:64]!r} on this agent")
+                return await self._forward(loc, "keeps.call", body)
+        out: dict[str, Any] = await self._local["keeps.call"](ctx, body)
+        return out
+
+    async def _rpc_stop(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        body = dict(body)
+        on_behalf = body.pop("owner", None)
+        req = KeepRequest.from_fields(body)
+        if self._is_local(req.keep):
+            keep = self.keeps.manager.get(req.keep)
+            if ctx.role == "agent" and isinstance(on_behalf, bytes) and \
+                    keep.deployment.owner_key == on_behalf:
+                status = await self.keeps.manager.stop(keep.keep_id)
+                result = {"keep": keep.keep_id, "state": status}
+            else:
+                result = dict(await self._local["keeps.stop"](ctx, body))
+            self._node().command(Release(keep.keep_id), trio.current_time())
+            self.mesh.flush()
+            return result
+        loc = self._remote(req.keep)
+        if loc is None or ctx.role == "agent" or (
+                loc.owner != ctx.peer_key and not self._sees_all(ctx)):
+            raise RpcNotFound(f"no keep {req.keep[:64]!r} on this agent")
+        return await self._forward(loc, "keeps.stop", {"keep": loc.keep, "owner": loc.owner})
+
+    async def _rpc_list(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        local = await self._local["keeps.list"](ctx, body)
+        node = self.mesh.node
+        rows: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        for row in local.get("keeps", []):
+            row = dict(row)
+            if node is not None:
+                row.setdefault("host", node.address)
+                row.setdefault("host_id", node.node_id.hex())
+                row.setdefault("epoch", 1)
+            rows.append(row)
+            seen.add((row.get("keep", ""), row.get("host_id", "")))
+        machine = self.machine
+        everything = self._sees_all(ctx) or ctx.role == "agent"
+        if machine is not None:
+            for loc in machine.locations.values():
+                if loc.state != "running" or (loc.keep, loc.host_id.hex()) in seen:
+                    continue
+                if not everything and loc.owner != ctx.peer_key:
+                    continue
+                rows.append({"keep": loc.keep, "state": "running", "host": loc.host,
+                             "host_id": loc.host_id.hex(), "epoch": loc.epoch,
+                             "owner": loc.owner.hex(), "remote": True})
+        return {"keeps": rows}
