@@ -412,3 +412,25 @@ def test_library_error_in_verifier_is_a_verification_failure(
     ca, _ = run(a, b)
     assert failed_reason(ca) == "snp: unexpected ValueError (library quirk)"
     assert ca.internal_error is None
+
+
+def test_failure_kind_is_typed(tmp_path: Path, sim_root: Path, other_sim_root: Path) -> None:
+    """Failed.kind tells verification from policy failures (the CLI's advice uses it)."""
+    a = make_agent(tmp_path, sim_root, "ka")
+    b = make_agent(tmp_path, other_sim_root, "kb", trust_roots=[other_sim_root])
+    ca, _ = run(a, b)
+    failed = [e for e in events(ca) if isinstance(e, Failed)]
+    assert failed and failed[0].kind == "verification" and failed[0].local
+    pol = Policy(allow_sim=True, sim_roots=(fingerprint(read_sim_root(sim_root)),),
+                 snp=SnpPolicy(measurements=(b"\x11" * 48,)))
+    a = make_agent(tmp_path, sim_root, "kc", policy=pol)
+    b = make_agent(tmp_path, sim_root, "kd")
+    ca, cb = run(a, b)
+    failed = [e for e in events(ca) if isinstance(e, Failed)]
+    assert failed and failed[0].kind == "policy" and failed[0].local
+    theirs = [e for e in events(cb) if isinstance(e, Failed)]
+    assert all(not e.local for e in theirs)  # b was rejected by a, not the other way round
+    a = make_agent(tmp_path, sim_root, "ke")
+    b = make_agent(tmp_path, sim_root, "kf")
+    ca, cb = run(a, b)
+    assert ca.established and not [e for e in events(ca) if isinstance(e, Failed)]
