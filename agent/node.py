@@ -47,7 +47,7 @@ _task_log = RateLimitedLog(log)
 CLIENT_METHODS = frozenset({"agent.status", "agent.peers", "members.list", "keeps.list",
                             "migrate.where",
                             "keeps.logs", "keeps.call", "keeps.stop", "keeps.deploy",
-                            "keeps.secret_set"})
+                            "keeps.secret_set", "keeps.place"})
 ADMIN_METHODS = frozenset({"agent.join", "agent.leave", "agent.drain"})
 REDIAL_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 LEAVE_GRACE_S = 3.0  # how long a leaving agent gives its leave hooks (gossip) before stopping

@@ -84,7 +84,8 @@ async def with_locations(client: Any, keeps: list[dict[str, Any]]) -> list[dict[
         if w is not None:
             k = dict(k)
             k.update({f: w.get(f) for f in LOCATION_FIELDS})
-            if w.get("host_id") != agent_id(client) and w.get("state") == "running":
+            if w.get("host_id") != agent_id(client) and w.get("state") == "running" \
+                    and not k.get("remote"):  # rows placement lists from elsewhere
                 k["state"] = "moved"  # the local copy stopped; it runs at `host`
         out.append(k)
     for keep_id, w in sorted(index.items()):

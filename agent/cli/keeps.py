@@ -78,12 +78,27 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         raise CommandError(err.reason) from None
     policy = _load_policy(workload.policy_text, args.policy or "workload policy")
     seed = _owner_seed(args)
+    manifest = _with_replicas(workload.manifest, getattr(args, "replicas", None))
     try:
-        deployment = make_deployment(workload.manifest, workload.module, workload.policy_text,
+        deployment = make_deployment(manifest, workload.module, workload.policy_text,
                                      seed, time.time(), random.SystemRandom(),
                                      secrets=workload.secret_refs, data=workload.data_refs)
     except ProtocolError as err:
         raise CommandError(err.reason) from None
+    if manifest.placement is not None:  # [placement] or --replicas: any agent brokers
+        from keepmesh.agent.cli.place import deploy_placed
+        summary, placements = deploy_placed(args, workload, deployment, policy, seed)
+        placed = {"deployment": summary.get("deployment"), "agent": address,
+                  "keep": summary.get("keep"), "state": summary.get("state"),
+                  "name": summary.get("name"), "kind": summary.get("kind"),
+                  "package_digest": workload.digest.hex(), "placements": placements}
+        if args.quiet:
+            print(placed["keep"])
+        else:
+            hosts = ", ".join(p["host"] for p in placements)
+            _print(args, placed, f"keep {placed['keep']} ({placed['name']}) on {hosts}: "
+                                 f"{placed['state']}")
+        return 0
 
     async def go(client: Any) -> int:
         # Sealed only now, to the key the verified evidence commits to.
@@ -107,6 +122,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return 0
 
     return int(run_call(args, go, policy=policy, fresh=True))
+
+
+def _with_replicas(manifest: Any, replicas: int | None) -> Any:
+    """--replicas N overrides [placement] replicas before the owner signs."""
+    if replicas is None:
+        return manifest
+    import dataclasses
+
+    from keepmesh.protocol.placement import DEFAULT_PLACEMENT
+    spec = dataclasses.replace(manifest.placement or DEFAULT_PLACEMENT, replicas=replicas)
+    return dataclasses.replace(manifest, placement=spec)
 
 
 def cmd_keeps(args: argparse.Namespace) -> int:
@@ -219,6 +245,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="how long the agent waits for a command to finish before answering")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print only the keep id (for scripts: KEEP=$(keepmesh deploy -q ...))")
+    p.add_argument("--replicas", type=int_in(1, 16), default=None, metavar="N",
+                   help="run N replicas on distinct hosts found by placement through --agent")
     add_client_flags(p)
     p.set_defaults(func=cmd_deploy)
 
