@@ -194,7 +194,11 @@ class Replication:
         return self.requested
 
     def checkpoint_due(self, now: float) -> bool:
-        return (not self.checkpoint_pending and now >= self.next_checkpoint
+        """Time for the next periodic checkpoint, and none still in flight: each one is
+        a whole snapshot, so a slow standby gets the newest, never a growing queue."""
+        in_flight = any("checkpoint" in lk.outstanding for lk in self.links.values()
+                        if lk.state is LinkState.READY)
+        return (not self.checkpoint_pending and not in_flight and now >= self.next_checkpoint
                 and bool(self.ready()))
 
     def checkpoint_taken(self, seq: int, taken_at: float, now: float) -> list[Effect]:

@@ -1,0 +1,266 @@
+"""Migration on loopback between real agent processes, against baselines from the same run.
+
+    python bench/migration.py [--state-mib 10] [--calls-s 20]
+
+drain: `keepmesh drain` of an agent hosting one keep with STATE MiB of durable
+state (final checkpoint with the keep paused, hand-over, restore) vs moving
+the same number of bytes over one attested session in the same chunk size
+(`keeps.call` messages of 768 KiB to the same keep, which reads one value per
+call): what the hand-over costs beyond the wire.
+Target: <= 1 s for 10 MB; nothing lost (the last value written before the
+drain is read back at the new host).
+
+crash: kill -9 of a counter's host while a client increments it at CALLS_S
+calls/s. detection_s = kill -> a survivor's membership says dead (its
+failure detector, the baseline); recovery_s = kill -> the keep runs elsewhere
+(migrate.where of a survivor). Target: recovery <= detection + 2 s.
+lost = increments acknowledged before the kill minus the value read after
+recovery, also in checkpoint intervals (target <= 1).
+
+Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from keepmesh.agent.cli import main as cli_main  # noqa: E402
+from keepmesh.agent.client import open_client  # noqa: E402
+from keepmesh.agent.localmesh import AgentProcess  # noqa: E402
+from keepmesh.agent.tee.sim import init_sim_root  # noqa: E402
+from keepmesh.protocol.migration.messages import MAX_CHUNK  # noqa: E402
+from keepmesh.protocol.migration.settings import DEFAULT_CHECKPOINT_S  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICY = 'allow_sim = true\nallowed_tee = ["sim"]\n'
+BIGSTATE_WAT = """
+(module
+  (import "keepmesh" "kv_get" (func $kv_get (param i32 i32 i32 i32) (result i32)))
+  (import "keepmesh" "kv_put" (func $kv_put (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 16)
+  (data (i32.const 0) "key-")
+  (func (export "alloc") (param $len i32) (result i32) (i32.const 1024))
+  (func (export "handle") (param $ptr i32) (param $len i32) (result i64)
+    (local $i i32) (local $n i32)
+    (if (i32.eq (i32.load8_u (i32.const 1024)) (i32.const 102))
+      (then
+        (local.set $n (i32.load8_u (i32.const 1025)))
+        (loop $fill
+          (i32.store (i32.const 4) (local.get $i))
+          (i32.store (i32.const 65536) (i32.add (local.get $i) (i32.const 7)))
+          (drop (call $kv_put (i32.const 0) (i32.const 8) (i32.const 65536) (i32.const 65536)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $fill (i32.lt_u (local.get $i) (local.get $n))))
+        (return (i64.const 0))))
+    (i32.store (i32.const 4) (i32.sub (i32.load8_u (i32.const 1025)) (i32.const 1)))
+    (i32.store8 (i32.const 310)
+      (i32.add (i32.const 48)
+        (i32.eq (call $kv_get (i32.const 0) (i32.const 8) (i32.const 131072) (i32.const 65536))
+                (i32.const 65536))))
+    (i64.or (i64.shl (i64.const 310) (i64.const 32)) (i64.const 1))))
+"""
+
+
+class Bench:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.root = tmp / "root"
+        init_sim_root(self.root, key_bits=2048)
+        self.key = tmp / "owner.key"
+        out, _ = self.cli("keygen", str(self.key))
+        self.pub = out.split("public key ")[1].split()[0]
+        self.policy = tmp / "policy.toml"
+        self.policy.write_text(POLICY)
+        self.procs: list[AgentProcess] = []
+
+    def cli(self, *argv: str) -> tuple[str, int]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = cli_main(list(argv))
+        if rc != 0:
+            raise RuntimeError(f"keepmesh {argv[0]}: {err.getvalue().strip()}")
+        return out.getvalue() + err.getvalue(), rc
+
+    def start(self, n: int) -> None:
+        extra = ["--owner", self.pub]
+        self.procs.append(AgentProcess(self.tmp / "a0", self.root, extra=extra))
+        for i in range(1, n):
+            self.procs.append(AgentProcess(self.tmp / f"a{i}", self.root,
+                                           join=[self.procs[0].address], extra=extra))
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+    async def client(self, p: AgentProcess) -> Any:
+        return await open_client(p.address, roots=[self.root / "ark.pem"], key_path=self.key)
+
+    async def call(self, p: AgentProcess, method: str, body: dict[str, Any]) -> Any:
+        c = await self.client(p)
+        try:
+            return await c.call(method, body)
+        finally:
+            await c.aclose()
+
+    def flags(self, p: AgentProcess) -> list[str]:
+        return ["--agent", p.address, "--key", str(self.key), "--root",
+                str(self.root / "ark.pem")]
+
+    async def deploy(self, p: AgentProcess, workload: Path) -> str:
+        out, _ = await trio.to_thread.run_sync(
+            lambda: self.cli("deploy", str(workload), "--policy", str(self.policy), "--json",
+                             *self.flags(p)))
+        return str(json.loads(out[out.index("{"):])["keep"])
+
+    async def where(self, p: AgentProcess, keep: str) -> dict[str, Any] | None:
+        reply = await self.call(p, "migrate.where", {})
+        for k in reply["keeps"]:
+            if k["keep"] == keep:
+                return dict(k)
+        return None
+
+    async def wait(self, pred: Any, timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = await pred()
+            if got:
+                return got
+            await trio.sleep(0.2)
+        raise RuntimeError(f"timed out waiting for {what}")
+
+    async def alive_all(self) -> None:
+        async def ok() -> bool:
+            for p in self.procs:
+                ms = (await self.call(p, "members.list", {}))["members"]
+                if sum(1 for m in ms if m["state"] == "alive") != len(self.procs):
+                    self.last_view = [(m["address"], m["state"]) for m in ms]
+                    return False
+            return True
+        try:
+            await self.wait(ok, 60, "all members alive")
+        except RuntimeError:
+            raise RuntimeError(f"members not all alive: {self.last_view}") from None
+
+
+async def bench_drain(b: Bench, state_mib: int) -> dict[str, Any]:
+    wl = b.tmp / "bigstate"
+    wl.mkdir()
+    (wl / "bigstate.wat").write_text(BIGSTATE_WAT)
+    (wl / "keepmesh.toml").write_text('name = "bigstate"\nmodule = "bigstate.wat"\n'
+                                      '[resources]\nmemory = "2MiB"\nstateful = true\n'
+                                      'timeout_ms = 60000\n')
+    host = b.procs[0]
+    keep = await b.deploy(host, wl)
+    values = state_mib * 16  # 64 KiB each
+    await b.call(host, "keeps.call", {"keep": keep, "message": b"f" + bytes([values])})
+
+    async def ready() -> Any:
+        w = await b.where(host, keep)
+        return w and w["standbys"] and w["last_checkpoint"]["seq"] >= 1
+    await b.wait(ready, 60, "a standby holding a checkpoint")
+    # baseline: the same bytes over one attested session, same chunk size (keeps.call
+    # messages of one chunk each; the keep only reads one value per call)
+    c = await b.client(host)
+    junk = b"c" + bytes([values]) + bytes(MAX_CHUNK - 2)
+    n_chunks = -(-state_mib * 1024 * 1024 // MAX_CHUNK)
+    t0 = time.perf_counter()
+    for _ in range(n_chunks):
+        await c.call("keeps.call", {"keep": keep, "message": junk})
+    raw_s = time.perf_counter() - t0
+    await c.aclose()
+    t0 = time.perf_counter()
+    reply = await b.call(host, "agent.drain", {})
+    drain_s = time.perf_counter() - t0
+    if len(reply["moved"]) != 1:
+        raise RuntimeError(f"drain did not move the keep: {reply}")
+    [moved] = reply["moved"]
+    new_host = next(p for p in b.procs if p.address == moved["to"])
+    check = await b.call(new_host, "keeps.call", {"keep": keep, "message": b"c" + bytes([values])})
+    return {"state_bytes": values * 65536, "drain_s": round(drain_s, 3),
+            "raw_transfer_s": round(raw_s, 3),
+            "ratio_vs_raw_transfer": round(drain_s / raw_s, 2),
+            "target_s": 1.0, "state_intact": check["reply"] == b"1",
+            "epoch": moved["epoch"]}
+
+
+async def bench_crash(b: Bench, host: Any, watcher: Any, calls_s: float) -> dict[str, Any]:
+    counter = ROOT / "examples" / "counter"
+    keep = await b.deploy(host, counter)
+
+    async def ready() -> Any:
+        w = await b.where(watcher, keep)
+        return w and w["host"] == host.address and w["standbys"]
+    await b.wait(ready, 60, "a standby")
+    c = await b.client(host)
+    acked = 0
+    start = time.monotonic()
+    end = start + 2 * DEFAULT_CHECKPOINT_S + 1
+    while time.monotonic() < end:
+        reply = await c.call("keeps.call", {"keep": keep, "message": b"inc"})
+        acked = int(reply["reply"])
+        await trio.sleep(1 / calls_s)
+    rate = acked / (time.monotonic() - start)  # achieved calls/s (the machine may be slow)
+    host.kill()
+    t0 = time.monotonic()
+    with contextlib.suppress(Exception):
+        await c.aclose()
+    detection = recovery = None
+    loc: dict[str, Any] | None = None
+    while time.monotonic() - t0 < 120 and (detection is None or recovery is None):
+        if detection is None:
+            ms = (await b.call(watcher, "members.list", {}))["members"]
+            if any(m["address"] == host.address and m["state"] == "dead" for m in ms):
+                detection = time.monotonic() - t0
+        if recovery is None:
+            w = await b.where(watcher, keep)
+            if w and w["host"] != host.address and w["state"] == "running":
+                recovery, loc = time.monotonic() - t0, w
+        await trio.sleep(0.1)
+    if detection is None or recovery is None or loc is None:
+        raise RuntimeError("crash: no detection or no recovery within 120 s")
+    new_host = next(p for p in b.procs if p.address == loc["host"])
+    got = int((await b.call(new_host, "keeps.call", {"keep": keep, "message": b"get"}))["reply"])
+    lost = max(0, acked - got)
+    return {"detection_s": round(detection, 2), "recovery_s": round(recovery, 2),
+            "recovery_minus_detection_s": round(recovery - detection, 2),
+            "ratio_vs_detection": round(recovery / detection, 2), "target_extra_s": 2.0,
+            "acked_before_kill": acked, "value_after_recovery": got, "lost_calls": lost,
+            "calls_per_s": round(rate, 1),
+            "lost_checkpoint_intervals": round(lost / (rate * DEFAULT_CHECKPOINT_S), 2),
+            "epoch": loc["epoch"]}
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as d:
+        b = Bench(Path(d))
+        try:
+            b.start(3)
+            await b.alive_all()
+            drain = await bench_drain(b, args.state_mib)
+            crash = await bench_crash(b, b.procs[1], b.procs[2], args.calls_s)
+        finally:
+            b.stop()
+    return {"bench": "migration", "drain": drain, "crash": crash}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--state-mib", type=int, default=10, choices=range(1, 16))
+    ap.add_argument("--calls-s", type=float, default=20.0)
+    args = ap.parse_args()
+    print(json.dumps(trio.run(run, args), indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
