@@ -15,6 +15,7 @@ from hostile import (
     attacker_endpoint,
     attacker_session,
     good_client_served,
+    make_agent,
     request_frame,
 )
 from keepmesh.agent.session import ChannelFailed
@@ -23,7 +24,7 @@ from keepmesh.agent.transport.quic import ConnectionClosed, QuicStream
 pytestmark = pytest.mark.slow
 
 RSS_LIMIT_MB = 150.0
-CONNECTIONS_PER_HOST = 64  # specs/wire.md "Limits"
+PER_HOST_IN_TEST = 8
 
 
 class RssSampler:
@@ -86,29 +87,26 @@ async def test_large_frames_on_many_streams_keep_rss_bounded(tmp_path: Path,
         agent.stop()
 
 
-async def test_connection_flood_from_one_source(tmp_path: Path, sim_root: Path) -> None:
+async def test_connection_flood_from_one_source(nursery: trio.Nursery, tmp_path: Path,
+                                               sim_root: Path) -> None:
     """One source opens attested client connections until refused: it gets at most
-    MAX_CONNECTIONS_PER_HOST, and a good client on another address is served."""
-    agent = AgentProcess(tmp_path, sim_root)
-    try:
-        sampler = RssSampler(agent)
-        opened = refused = 0
-        async with trio.open_nursery() as nursery:
-            ep = await attacker_endpoint(nursery)
-            ep.handshake_timeout = 2.0
-            with trio.fail_after(120):
-                for _ in range(CONNECTIONS_PER_HOST + 16):
-                    try:
-                        await attacker_session(ep, agent.address, sim_root)
-                        opened += 1
-                    except (ChannelFailed, ConnectionClosed):
-                        refused += 1
-                took = await good_client_served(agent.address, sim_root, tmp_path / "good.key")
-            nursery.cancel_scope.cancel()
-        assert opened == CONNECTIONS_PER_HOST
-        assert refused == 16
-        assert took < 5.0
-        assert agent.alive
-        assert sampler.stop() <= RSS_LIMIT_MB
-    finally:
-        agent.stop()
+    the per-source limit, and a good client on another address is served. (In
+    process, with the limit lowered to keep the test short: the rule, not the
+    number, is under test; the number is in specs/wire.md.)"""
+    agent = make_agent(tmp_path, sim_root, "a")
+    agent.endpoint.max_connections_per_host = PER_HOST_IN_TEST
+    addr = await nursery.start(agent.run)
+    ep = await attacker_endpoint(nursery)
+    ep.handshake_timeout = 0.5  # refused Initials are dropped: the dial times out
+    opened = refused = 0
+    with trio.fail_after(120):
+        for _ in range(PER_HOST_IN_TEST + 4):
+            try:
+                await attacker_session(ep, addr, sim_root)
+                opened += 1
+            except (ChannelFailed, ConnectionClosed):
+                refused += 1
+        took = await good_client_served(addr, sim_root, tmp_path / "good.key")
+    assert (opened, refused) == (PER_HOST_IN_TEST, 4)
+    assert agent.endpoint.counters["connections_refused"] >= 4
+    assert took < 5.0
