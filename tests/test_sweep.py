@@ -188,3 +188,10 @@ def test_progress_only_on_a_terminal(tmp_path, capsys, monkeypatch):
     assert main(["sweep", path, "--workers", "1"]) == 0
     err = capsys.readouterr().err
     assert "sweep 8/8 runs" in err and "ETA" in err
+
+
+def test_example_sweeps_are_valid():
+    examples = sorted((Path(__file__).parent.parent / "simulations" / "sweeps").glob("*.toml"))
+    assert examples
+    for path in examples:
+        assert load_sweep(str(path)).runs()
