@@ -100,9 +100,12 @@ def count_placement(outcome: str) -> None:
 # ------------------------------------------------------------------ gauges
 
 Source = Callable[[], dict[str, int]]
-_sources: weakref.WeakKeyDictionary[Any, dict[str, Source]] = weakref.WeakKeyDictionary()
+# Only weak references here: a stopped agent (tests build many in one process) must be
+# collectable. Its sources live on the agent itself (they refer back to it, which is a
+# plain cycle the garbage collector frees, not a global strong reference).
 _agents: weakref.WeakSet[Any] = weakref.WeakSet()
 _lock = threading.Lock()
+SOURCES_ATTR = "metric_sources"
 
 
 def add_source(agent: Any, name: str, source: Source) -> None:
@@ -111,7 +114,8 @@ def add_source(agent: Any, name: str, source: Source) -> None:
     The source runs on the scrape thread: it must only read (copy) state.
     """
     with _lock:
-        _sources.setdefault(agent, {})[name] = source
+        sources = agent.__dict__.setdefault(SOURCES_ATTR, {})
+        sources[name] = source
         _agents.add(agent)
 
 
@@ -137,7 +141,7 @@ class AgentCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with _lock:
             agents = list(_agents)
-            sources = {id(a): dict(_sources.get(a, {})) for a in agents}
+            sources = {id(a): dict(getattr(a, SOURCES_ATTR, {})) for a in agents}
         up = GaugeMetricFamily("keepmesh_up", "1 while the agent serves", labels=["agent"])
         peers = GaugeMetricFamily("keepmesh_attested_peers",
                                   "Agents with an attested, connected session", labels=["agent"])

@@ -40,6 +40,25 @@ def test_method_labels_are_bounded() -> None:
     assert metrics.method_label("x" * 60) == "other"  # a peer's made-up method: no new series
 
 
+def test_a_dropped_agent_is_not_kept_alive_by_metrics() -> None:
+    """Tests build many agents in one process: the registry must not pin them."""
+    import gc
+    import weakref
+
+    from keepmesh.agent import metrics
+
+    class FakeAgent:
+        address = ""
+
+    agent = FakeAgent()
+    service = {"agent": agent}  # a source refers back to its agent, as real services do
+    metrics.add_source(agent, "members", lambda: {"alive": len(service)})
+    ref = weakref.ref(agent)
+    del agent, service
+    gc.collect()
+    assert ref() is None
+
+
 def test_metrics_endpoint_refuses_a_bad_address(tmp_path: Path, sim_root: Path) -> None:
     from keepmesh.agent.cli import main
     assert main(["agent", "--tee", "sim", "--sim-root", str(sim_root), "--data-dir",
