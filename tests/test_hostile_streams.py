@@ -139,3 +139,27 @@ async def test_large_frame_refused_before_buffering(nursery: trio.Nursery, tmp_p
         assert expect in reply, reply[:200]
     assert agent.endpoint.budget.used < 4 << 20
     await good_client_served(addr, sim_root, tmp_path / "good.key")
+
+
+async def test_repeated_violations_ban_the_source_for_a_while(
+        nursery: trio.Nursery, tmp_path: Path, sim_root: Path) -> None:
+    from keepmesh.agent.transport.limits import BanList
+    from keepmesh.agent.transport.quic import ConnectionClosed
+    agent = make_agent(tmp_path, sim_root, "a")
+    agent.endpoint.bans = BanList(threshold=3, window_s=30, ban_s=2.0)  # shortened
+    addr = await nursery.start(agent.run)
+    ep = await attacker_endpoint(nursery)
+    ep.handshake_timeout = 0.5
+    for _ in range(3):  # a protocol violation on a validated path, three times
+        conn = await raw_connection(ep, addr)
+        conn.open_stream()
+        conn.open_stream().send(b"\0\0\0\1x")  # data on stream 4 first
+        with trio.fail_after(10):
+            await conn.closed.wait()
+    assert agent.endpoint.counters["bans"] == 1
+    with pytest.raises(ConnectionClosed):  # banned: its Initials are dropped
+        await raw_connection(ep, addr)
+    await good_client_served(addr, sim_root, tmp_path / "good.key")  # others unaffected
+    await trio.sleep(2.0)
+    conn = await raw_connection(ep, addr)  # the ban expired
+    conn.close()
