@@ -110,3 +110,23 @@ async def test_connection_flood_from_one_source(nursery: trio.Nursery, tmp_path:
     assert (opened, refused) == (PER_HOST_IN_TEST, 4)
     assert agent.endpoint.counters["connections_refused"] >= 4
     assert took < 5.0
+
+
+async def test_full_table_evicts_from_the_heaviest_source_only_for_a_real_client(
+        nursery: trio.Nursery, tmp_path: Path, sim_root: Path) -> None:
+    """Connections in total: when the table is full, a newcomer from a light source
+    gets in by closing the newest connection of the heaviest source; garbage
+    Initials never evict anyone."""
+    from hostile import Flooder
+    agent = make_agent(tmp_path, sim_root, "a")
+    agent.endpoint.max_connections = 6
+    addr = await nursery.start(agent.run)
+    ep = await attacker_endpoint(nursery)
+    held = [await attacker_session(ep, addr, sim_root) for _ in range(6)]
+    flooder = Flooder(addr, seconds=1.0, rate=200.0, mode="garbage")
+    await trio.to_thread.run_sync(flooder.wait)
+    assert not any(s.conn.closed.is_set() for s in held)  # garbage evicted nobody
+    await good_client_served(addr, sim_root, tmp_path / "good.key")
+    await trio.sleep(0.5)
+    assert sum(s.conn.closed.is_set() for s in held) == 1  # the attacker's newest went
+    assert held[-1].conn.closed.is_set()

@@ -238,6 +238,7 @@ class QuicPeerConnection:
         self.peer_identity: bytes | None = None
         self.budget = Budget(CONN_BUFFER_LIMIT, endpoint.budget)
         self.validated = False  # source address proven (Retry token or completed handshake)
+        self.created_at = trio.current_time()
         self.handshake_deadline: float | None = None
         self._holds_handshake_slot = False
         self._streams: dict[int, QuicStream] = {}
@@ -649,7 +650,7 @@ class QuicEndpoint:
         if self.bans.banned(host, now):
             self.counters["banned_drops"] += 1
             return
-        if not self._room_for_connection(host):
+        if not self._room_for_connection(host, evict=False):
             self.counters["connections_refused"] += 1
             self.failure_log.warning("refusing connection from %s: connection limit", host)
             return
@@ -687,6 +688,9 @@ class QuicEndpoint:
             self.counters["initials_ignored"] += 1
             self._garbage.hit(now)
             return
+        if not self._room_for_connection(host, evict=True):  # only a real one evicts
+            self.counters["connections_refused"] += 1
+            return
         conn = self._adopt(quic, addr, is_client=False)
         conn.validated = validated
         self._cids[header.destination_cid] = conn
@@ -718,10 +722,12 @@ class QuicEndpoint:
                                       original_destination_cid=header.destination_cid,
                                       retry_token=token), addr)
 
-    def _room_for_connection(self, host: str) -> bool:
+    def _room_for_connection(self, host: str, *, evict: bool) -> bool:
         """Per-source and total connection limits. When the table is full, a source
         holding many more connections than this one gives up its newest, so one
-        address (or a few) cannot lock everybody else out."""
+        address (or a few) cannot lock everybody else out. With `evict` False this
+        only says whether there is (or could be made) room: nobody is closed
+        before the newcomer's Initial proved to be a real ClientHello."""
         mine = self._per_host.get(host, 0)
         if mine >= self.max_connections_per_host:
             return False
@@ -733,7 +739,10 @@ class QuicEndpoint:
         victims = [c for c in self._conns if c.addr[0] == heavy[0] and not c.is_client]
         if not victims:
             return False
-        victims[-1].close(ERR_TOO_MANY, "too many connections from your address")
+        if not evict:
+            return True
+        newest = max(victims, key=lambda c: c.created_at)
+        newest.close(ERR_TOO_MANY, "too many connections from your address")
         return len(self._conns) < self.max_connections
 
     async def _handshake_watchdog(self, conn: QuicPeerConnection) -> None:
