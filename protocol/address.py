@@ -60,6 +60,14 @@ def _reason(text: str, why: str) -> ProtocolError:
     return ProtocolError(f"address {text[:80]!r}: {why}")
 
 
+def _ip_literal(text: str, host: str,
+                kind: type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address], why: str) -> str:
+    try:
+        return str(kind(host))
+    except ValueError:
+        raise _reason(text, why) from None
+
+
 def _host_name(text: str, host: str) -> str:
     if len(host) > MAX_HOST_NAME:
         raise _reason(text, f"host name longer than {MAX_HOST_NAME} characters")
@@ -94,11 +102,7 @@ def parse_address(text: str, *, listen: bool = False) -> PeerAddress:
         host, port = text[1:close], text[close + 2:]
         if "%" in host:
             raise _reason(text, "IPv6 zone ids are not dialable addresses")
-        try:
-            canon = str(ipaddress.IPv6Address(host))
-        except ValueError:
-            raise _reason(text, "not an IPv6 literal") from None
-        is_ip = True
+        canon, is_ip = _ip_literal(text, host, ipaddress.IPv6Address, "not an IPv6 literal"), True
     else:
         host, sep, port = text.rpartition(":")
         if not sep or not host:
@@ -106,10 +110,7 @@ def parse_address(text: str, *, listen: bool = False) -> PeerAddress:
         if ":" in host:
             raise _reason(text, "IPv6 literal must be written [ADDRESS]:PORT")
         if all(c in "0123456789." for c in host):
-            try:
-                canon = str(ipaddress.IPv4Address(host))
-            except ValueError:
-                raise _reason(text, "not a dotted-quad IPv4 literal") from None
+            canon = _ip_literal(text, host, ipaddress.IPv4Address, "not a dotted-quad IPv4 literal")
             is_ip = True
         else:
             canon = _host_name(text, host)
