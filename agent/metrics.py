@@ -63,6 +63,8 @@ for _direction in ("in", "out"):
     TRANSPORT_BYTES.labels(direction=_direction)
 for _outcome in ("moved", "fenced", "orphaned"):
     MIGRATIONS.labels(outcome=_outcome)
+for _outcome in ("placed", "failed", "timeout"):
+    PLACEMENTS.labels(outcome=_outcome)
 
 
 def method_label(method: str) -> str:
@@ -93,7 +95,7 @@ def count_migration(event: str) -> None:
 
 
 def count_placement(outcome: str) -> None:
-    """Placement (issue 4's `deploy` via any agent) calls this: placed, no_candidate, refused."""
+    """keeps.place outcomes (agent/placement_service.py): placed, failed, timeout."""
     PLACEMENTS.labels(outcome=outcome[:32]).inc()
 
 

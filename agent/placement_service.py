@@ -26,6 +26,7 @@ import random
 from typing import Any
 
 import trio
+from keepmesh.agent import metrics
 from keepmesh.agent.config import HostCapacity
 from keepmesh.agent.keeps.service import KeepService
 from keepmesh.agent.membership_service import MeshService
@@ -125,11 +126,14 @@ class PlacementService:
         finally:
             self._waiting.pop(request, None)
         if not box:
+            metrics.count_placement("timeout")
             raise ProtocolError("placement did not finish in time")
         result = box[0]
         if isinstance(result, PlacementFailed):
+            metrics.count_placement("failed")
             raise ProtocolError(result.reason)
         assert isinstance(result, PlacementDone)
+        metrics.count_placement("placed")
         return {"keep": keep_id,
                 "placements": [{"host": p.host, "host_id": p.host_id.hex(), "epoch": p.epoch,
                                 "lease": p.lease} for p in result.placements]}

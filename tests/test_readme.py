@@ -46,7 +46,7 @@ def test_readme_walkthrough_runs(tmp_path: Path) -> None:
         verify = next(r for c, r in by_cmd.items() if c.startswith("keepmesh attest verify"))
         assert "verified:     yes (sev-snp" in verify.stdout
         members = next(r for c, r in by_cmd.items() if c.startswith("keepmesh members"))
-        assert "zone=edge-1" in members.stdout and members.stdout.splitlines()[0].startswith("NAME")
+        assert "zone=edge-1" in members.stdout and "zone=edge-2" in members.stdout and members.stdout.splitlines()[0].startswith("NAME")
         keeps = next(r for c, r in by_cmd.items() if c.startswith("keepmesh keeps"))
         assert keeps.stdout.splitlines()[0].split()[:2] == ["KEEP", "NAME"]
         assert "trace_hash" in next(r for c, r in by_cmd.items()

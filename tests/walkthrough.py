@@ -139,9 +139,12 @@ class Walkthrough:
                                     env=self.env, start_new_session=True)
         self.agents.append(proc)
         deadline = time.monotonic() + 60
+        # An agent that joins is "up" for the reader once it says it joined (its
+        # membership line), as a user watching terminal 2 would wait for.
+        ready = "member " if " --join " in f" {cmd} " else "listening on"
         while time.monotonic() < deadline:
             text = err.read_text(errors="replace")
-            if "listening on" in text:
+            if ready in text:
                 result = Result(command, 0, "", text)
                 self.results.append(result)
                 return result
