@@ -146,9 +146,9 @@ def cmd_keeps(args: argparse.Namespace) -> int:
         if args.json:
             print_json({"agent": args.agent, "keeps": keeps})
             return 0
-        print_table(["KEEP", "NAME", "KIND", "STATE"],
-                    [[k.get("keep"), k.get("name"), k.get("kind"), k.get("state")]
-                     for k in keeps], empty="no keeps")
+        print_table(["KEEP", "NAME", "KIND", "STATE", "HOST"],
+                    [[k.get("keep"), k.get("name"), k.get("kind"), k.get("state"),
+                      k.get("host") or "-"] for k in keeps], empty="no keeps")
         return 0
 
     return int(run_call(args, go))
