@@ -22,10 +22,13 @@ from collections.abc import Callable
 from typing import Any
 
 from keepmesh.protocol.effects import (
+    KeepLocated,
     KeepStarted,
     KeepStopped,
     Output,
     Persist,
+    PlacementDone,
+    PlacementFailed,
     Send,
     StartKeep,
     StopKeep,
@@ -48,7 +51,8 @@ class SimDisk:
 class SimMeshDriver:
     """One simulated agent's I/O shell around its MeshNode."""
 
-    __slots__ = ("node", "disk", "keeps", "clock", "_sends")
+    __slots__ = ("node", "disk", "keeps", "clock", "observer", "counters", "migration",
+                 "_sends")
 
     def __init__(self, node: MeshNode, clock: Callable[[], float],
                  disk: SimDisk | None = None) -> None:
@@ -57,6 +61,13 @@ class SimMeshDriver:
         self.disk = disk if disk is not None else SimDisk()
         # (keep_id, epoch) -> memory_mb: the keeps this simulated host runs
         self.keeps: dict[tuple[str, int], int] = {}
+        # sees keep and placement outputs (the Simulation's bookkeeping and invariants)
+        self.observer: Callable[[SimMeshDriver, Output], None] | None = None
+        # placement messages sent ("place": negotiation, "where": location gossip),
+        # shared by every driver of a run so crashes do not lose counts
+        self.counters: dict[str, int] | None = None
+        # carries out migration's effects in the simulated world (True: it was one)
+        self.migration: Callable[[SimMeshDriver, object], bool] | None = None
         self._sends: list[Send] = []
 
     # ----------------------------------------------------------- engine face
@@ -81,14 +92,24 @@ class SimMeshDriver:
                 return None
             if isinstance(item, Send):
                 self._sends.append(item)
+                if self.counters is not None and item.data[3:9] == b"place.":
+                    key = "where" if item.data[3:14] == b"place.where" else "place"
+                    self.counters[key] = self.counters.get(key, 0) + 1
             elif isinstance(item, Persist):
                 self.disk.values[item.key] = item.value
             elif isinstance(item, StartKeep):
+                if self.observer is not None:
+                    self.observer(self, item)
                 self.keeps[(item.keep_id, item.epoch)] = item.memory_mb
                 node.complete(KeepStarted(item.keep_id, item.epoch), self.clock())
             elif isinstance(item, StopKeep):
                 self.keeps.pop((item.keep_id, item.epoch), None)
                 node.complete(KeepStopped(item.keep_id, item.epoch), self.clock())
+            elif isinstance(item, PlacementDone | PlacementFailed | KeepLocated):
+                if self.observer is not None:
+                    self.observer(self, item)
+            elif self.migration is not None and self.migration(self, item):
+                continue
             else:
                 return item
 

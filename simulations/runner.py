@@ -80,6 +80,8 @@ class MeshAdapter:
         self.gossip_nodes = self.config.gossip_nodes
         self.max_packet = self.config.max_packet
         self.clock: Callable[[], float] = lambda: 0.0  # set to the engine's clock
+        self.placement: Any = None  # PlacementStream: every node gets a PlacementMachine
+        self.migration: Any = None  # MigrationExperiment: evidence verdicts reach it too
 
     def new_identity(self, rng: random.Random) -> bytes:
         return rng.randbytes(32)
@@ -100,6 +102,13 @@ class MeshAdapter:
             labels=labels)
         node = MeshNode(self.config, record, signer, self.verifier, rng, now,
                         require_attestation=self.attestation)
+        if self.placement is not None:
+            from keepmesh.protocol.placement import PlacementConfig, PlacementMachine
+            # its own RNG, from the identity: membership's random stream stays as it was
+            node.add(PlacementMachine(node, random.Random(node_id),
+                                      memory_mb=self.placement.host_memory_mb,
+                                      max_keeps=self.placement.host_keeps,
+                                      config=PlacementConfig(commit_by_entry=True)))
         return SimMeshDriver(node, self.clock)
 
     def incarnation(self, proto: Any) -> int:
@@ -130,6 +139,8 @@ class MeshAdapter:
         """The simulated verifier's verdict, reported like the agent's."""
         from keepmesh.protocol.effects import AttestationVerdict
         proto.node.complete(AttestationVerdict(subject, trusted, None, reason), now)
+        if self.migration is not None:
+            self.migration.trust(proto, subject, trusted, now)
 
 
 def build_sites(topo: Topology, rng: random.Random) -> tuple[list[list[LinkSpec]],
@@ -231,6 +242,20 @@ class Simulation:
         self.engine.on_event = self._on_event
         if isinstance(self.adapter, MeshAdapter):
             self.adapter.clock = lambda: self.engine.now
+        self.placement: Any = None
+        if topo.placement is not None and isinstance(self.adapter, MeshAdapter):
+            from .placement_stream import PlacementExperiment
+            self.adapter.placement = topo.placement
+            # drawn after every other child RNG, so runs without [placement] are unchanged
+            self.placement = PlacementExperiment(self, topo.placement,
+                                                 random.Random(root.getrandbits(64)))
+        self.migration: Any = None
+        if topo.migration is not None and isinstance(self.adapter, MeshAdapter):
+            from .migration_experiment import MigrationExperiment
+            # drawn last, so runs without [migration] are unchanged
+            self.migration = MigrationExperiment(self, topo.migration,
+                                                 random.Random(root.getrandbits(64)))
+            self.adapter.migration = self.migration
         self.metrics = Metrics(topo.agents)
         self.tee_bad: list[bool] = []
         self.restarted_at: list[float] = []
@@ -274,6 +299,10 @@ class Simulation:
         self.started += 1
         if seeds:
             self.adapter.join(proto, seeds, now)
+        if self.placement is not None:
+            self.placement.attach(proto)
+        if self.migration is not None:
+            self.migration.attach(proto, node.idx, node.node_id, node.address, now)
         self.engine.restart(node, proto)
 
     def _count_agents(self) -> None:
@@ -292,6 +321,10 @@ class Simulation:
             self._schedule_joins(nodes)
         for ev in topo.events:
             self.engine.schedule(ev.at_s, apply_event, self, ev)
+        if self.placement is not None:
+            self.placement.setup()
+        if self.migration is not None:
+            self.migration.setup()
         probe_at = topo.update_at_s
         if probe_at is None:
             probe_at = min(topo.duration_s * 0.3,
@@ -331,6 +364,8 @@ class Simulation:
 
     def _sample(self) -> None:
         self.metrics.sample_view(self.engine.now, self.up_indices())
+        if self.placement is not None:
+            self.placement.sample()
 
     # ------------------------------------------------------ world queries
 
@@ -391,6 +426,10 @@ class Simulation:
             self.adapter.set_trust(node.proto, ev.node_id, trusted, now,
                                    "" if trusted else "simulated attestation failure")
         self.metrics.on_event(node.idx, subject, ev.kind, ev.incarnation, now, self)
+        if self.migration is not None and ev.kind in ("join", "alive", "update") and \
+                subject >= 0:
+            # the simulated verifier vouched for it: migration gets its verified evidence
+            self.migration.trust(node.proto, ev.node_id, not self.tee_bad[subject], now)
 
     def crash(self, idx: int) -> None:
         node = self.engine.nodes[idx]
@@ -401,6 +440,8 @@ class Simulation:
         self.up_count -= 1
         self.engine.crash(node)
         node.proto = None
+        if self.migration is not None:
+            self.migration.on_crash(idx, self.engine.now)
         self.metrics.crash(idx, self.engine.now)
         self.metrics.departed(idx)
 
@@ -538,6 +579,8 @@ class Simulation:
             "bootstrap": {"mode": topo.bootstrap, "window_s": self.join_window,
                           "seeds_per_join": topo.seeds},
             "metrics": metrics,
+            **({"placement": self.placement.summary()} if self.placement is not None else {}),
+            **({"migration": self.migration.summary()} if self.migration is not None else {}),
         }
 
 

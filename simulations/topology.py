@@ -80,6 +80,10 @@ class Topology:
     links: dict[tuple[str, str], LinkSpec]
     graph: dict[str, Any] | None
     events: list[EventSpec] = field(default_factory=list)
+    # [placement]: a deployment stream (simulations/placement_stream.py); None: membership only
+    placement: Any = None
+    # [migration]: keeps with standbys (simulations/migration_experiment.py); None: off
+    migration: Any = None
 
 
 class _Checker:
@@ -205,7 +209,8 @@ def load_topology(path: str | Path) -> Topology:
 
 def parse_topology(doc: dict[str, Any], p: str = "<topology>") -> Topology:
     c = _Checker(p)
-    c.keys(doc, "", {"mesh", "network", "group", "link", "graph", "event"})
+    c.keys(doc, "", {"mesh", "network", "group", "link", "graph", "event", "placement",
+                     "migration"})
     mesh = c.table(doc, "mesh", {"agents", "duration_s", "profile", "seeds", "attestation",
                                  "update_at_s", "sample_interval_s", "bootstrap"},
                    required=True)
@@ -312,11 +317,19 @@ def parse_topology(doc: dict[str, Any], p: str = "<topology>") -> Topology:
     for ei, ev in enumerate(raw_events):
         events.append(_parse_event(c, ev, ei, duration, agents, names))
     events.sort(key=lambda e: (e.at_s, e.index))
+    placement = None
+    if "placement" in doc:
+        from .placement_stream import parse_stream
+        placement = parse_stream(doc["placement"], p)
+    migration = None
+    if "migration" in doc:
+        from .migration_experiment import parse_migration_spec
+        migration = parse_migration_spec(doc["migration"], p)
     return Topology(path=p, agents=agents, duration_s=duration, profile=profile, seeds=seeds,
                     attestation=attestation, update_at_s=update_at, bootstrap=bootstrap,
                     sample_interval_s=sample,
                     default_link=default, groups=groups, links=links, graph=graph,
-                    events=events)
+                    events=events, placement=placement, migration=migration)
 
 
 def _parse_event(c: _Checker, ev: Any, ei: int, duration: float, agents: int,
