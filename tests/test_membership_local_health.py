@@ -91,3 +91,36 @@ def test_late_suspicion_expiry_is_deferred_once() -> None:
     assert m.state_of(c.id(target)) is MemberState.SUSPECT
     run_on_time(m, deadline + 1.0 + m.awareness.scale(LAN.probe_interval) + 0.01)
     assert m.state_of(c.id(target)) is MemberState.DEAD
+
+
+def test_deadline_moved_into_the_past_by_input_is_due_not_late() -> None:
+    """Confirmations can shorten a suspicion below its elapsed time: the deadline is
+    then due at once; that is not our process running late (no awareness penalty)."""
+    from keepmesh.protocol.membership import Gossip, Suspect
+    from keepmesh.protocol.membership.messages import accusation_signed_bytes
+    from keepmesh.protocol.wire import encode_payload
+
+    from tests.membership_cluster import address
+
+    c = Cluster(6)
+    m, target, t0 = start_probe(c)
+    run_on_time(m, t0 + LAN.probe_interval + 0.01)
+    assert m.state_of(c.id(target)) is MemberState.SUSPECT
+    susp = m._members[c.id(target)].suspicion
+    assert susp is not None and susp.deadline > susp.start + susp.lo
+    now = susp.start + susp.lo + 0.5  # past the minimum, before the current deadline
+    run_on_time(m, now)
+    late_before = m.stats.get("timers.late", 0)
+    inc = c.record(target).incarnation
+    for accuser in [i for i in range(1, 6) if i != target][:2]:
+        unsigned = Suspect(node=c.id(target), incarnation=inc, accuser=c.id(accuser),
+                           signature=b"")
+        item = encode_payload(Suspect(node=c.id(target), incarnation=inc, accuser=c.id(accuser),
+                                      signature=c.signers[accuser].sign(
+                                          accusation_signed_bytes(unsigned))))
+        m.receive(encode_payload(Gossip(sender=c.id(accuser), gossip=(item,))),
+                  address(accuser), now, src_id=c.id(accuser))
+    assert m.get_timer() == now  # due at once
+    m.handle_timer(now)
+    assert m.stats.get("timers.late", 0) == late_before
+    assert m.state_of(c.id(target)) is MemberState.DEAD

@@ -107,3 +107,23 @@ def test_coalesced_requesters_all_get_the_ack_and_nacks() -> None:
             for o in relay.datagrams_to_send()]
     nacks = {(dst, m.seq) for dst, m in msgs if isinstance(m, Nack)}
     assert nacks == {(address(1), 11), (address(3), 13)}
+
+
+def test_requester_arriving_after_the_nack_time_gets_its_own_probe_and_nack() -> None:
+    """A relay joined after its nack went out would leave the newcomer without a nack
+    (counted as missed: Lifeguard would slow a healthy prober)."""
+    c = Cluster(5)
+    relay = c.nodes[RELAY]
+    t_nack = 1.0 + 0.8 * c.config.probe_timeout
+    relay.receive(ping_req(c, 1, c.id(TARGET), address(TARGET), seq=11), address(1), 1.0,
+                  src_id=c.id(1))
+    relay.datagrams_to_send()
+    relay.handle_timer(t_nack)
+    relay.datagrams_to_send()
+    relay.receive(ping_req(c, 3, c.id(TARGET), address(TARGET), seq=13), address(3),
+                  t_nack + 0.01, src_id=c.id(3))
+    assert pings_toward(c, relay.datagrams_to_send(), address(TARGET)) == 1
+    relay.handle_timer(t_nack + 0.01 + 0.8 * c.config.probe_timeout)
+    msgs = [(o.dst, decode_swim(o.data, 1400, (Nack, Ack, Ping, PingReq)))
+            for o in relay.datagrams_to_send()]
+    assert (address(3), 13) in {(dst, m.seq) for dst, m in msgs if isinstance(m, Nack)}

@@ -152,10 +152,11 @@ class _Probe:
 class _Relay:
     """One outstanding ping toward `target`, answering every requester that asked."""
 
-    __slots__ = ("target", "requesters")
+    __slots__ = ("target", "requesters", "nacked")
 
     def __init__(self, target: NodeId) -> None:
         self.target = target
+        self.nacked = False  # its nack time passed: a later requester needs a relay of its own
         # (requester address, requester's seq, still owes a nack)
         self.requesters: list[tuple[Address, int, bool]] = []
 
@@ -628,7 +629,7 @@ class Membership:
             return
         seq = self._relay_by_target.get(target)
         relay = self._relays.get(seq) if seq is not None else None
-        if relay is not None:
+        if relay is not None and not relay.nacked:
             if (len(relay.requesters) < _MAX_REQUESTERS
                     and all(r[0] != src or r[1] != msg.seq for r in relay.requesters)):
                 relay.requesters.append((src, msg.seq, msg.nack))
@@ -655,6 +656,7 @@ class Membership:
         relay = self._relays.get(seq)
         if relay is None:
             return
+        relay.nacked = True
         for i, (requester, requester_seq, owes) in enumerate(relay.requesters):
             if owes:
                 relay.requesters[i] = (requester, requester_seq, False)
@@ -1271,8 +1273,11 @@ class Membership:
         return self._seq
 
     def _push_timer(self, at: float, kind: str, key: NodeId | int) -> None:
+        # A deadline that is already past when set (a confirmation shortening a
+        # suspicion below its elapsed time) is due now, not overdue: clamped, so the
+        # late-timer check (handle_timer) only sees lateness of the driver.
         self._heap_n += 1
-        heapq.heappush(self._heap, (at, self._heap_n, kind, key))
+        heapq.heappush(self._heap, (max(at, self._clock), self._heap_n, kind, key))
 
     def _count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n
