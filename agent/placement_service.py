@@ -84,8 +84,11 @@ class PlacementService:
                         "keeps.stop": self._rpc_stop})
 
     def _build(self, node: MeshNode) -> PlacementMachine:
+        # Real agents answer over RPC streams on a shared, possibly busy host: wider
+        # answer windows than the simulator's LAN defaults (a late answer is a refusal).
+        config = PlacementConfig(probe_timeout=3.0, reserve_timeout=5.0)
         self.machine = PlacementMachine(node, random.SystemRandom(), memory_mb=self.memory_mb,
-                                        max_keeps=self.max_keeps, config=PlacementConfig())
+                                        max_keeps=self.max_keeps, config=config)
         return self.machine
 
     def _on_output(self, item: Output) -> None:

@@ -80,7 +80,7 @@ class PlacementConfig:
     reserve_timeout: float = 2.0
     base_d: int = 2                # candidates probed per missing replica
     max_d: int = 16
-    max_rounds: int = 4
+    max_rounds: int = 6
     gossip_interval: float = 0.5
     gossip_fanout: int = 3
     retransmit_mult: int = 3       # each location change is sent mult * log2(N+1) times
@@ -301,7 +301,6 @@ class PlacementMachine:
         request.deadline = now + self.config.probe_timeout
         sends: list[tuple[MemberView, Message]] = []
         for view in sample:
-            request.tried.add(view.node_id)
             wire = self._wire_id(request)
             request.waiting[wire] = view.node_id
             sends.append((view, PlaceProbe(req=wire, keep=request.cmd.keep_id,
@@ -346,6 +345,7 @@ class PlacementMachine:
             # best = most free memory after placing (least loaded), then most slots
             request.bids.append((-bid.free_mb, -bid.free_slots, host))
         else:
+            request.tried.add(host)  # full: not asked again by this request
             self._note_outcome(refused=True)
         if not request.waiting:
             self._after_probe(request, now)
@@ -367,8 +367,10 @@ class PlacementMachine:
             self._after_reserve(request, now)
 
     def _refused(self, request: _Request, wire: int, reason: str, now: float) -> None:
-        if request.waiting.pop(wire, None) is None:
+        host = request.waiting.pop(wire, None)
+        if host is None:
             return
+        request.tried.add(host)
         self._note_outcome(refused=True)
         request.refusals.append(reason)
         if not request.waiting:
