@@ -127,3 +127,14 @@ def test_requester_arriving_after_the_nack_time_gets_its_own_probe_and_nack() ->
     msgs = [(o.dst, decode_swim(o.data, 1400, (Nack, Ack, Ping, PingReq)))
             for o in relay.datagrams_to_send()]
     assert (address(3), 13) in {(dst, m.seq) for dst, m in msgs if isinstance(m, Nack)}
+
+
+def test_join_dials_each_seed_once_by_canonical_form_and_skips_invalid_ones() -> None:
+    c = Cluster(2)
+    m = c.nodes[0]
+    m.datagrams_to_send()
+    m.join(["10.0.0.2:7946", "10.0.0.2:7946", "a" * 64 + ".x:1", "host:0", "LOCALHOST:9"],
+           5.0)
+    dsts = [o.dst for o in m.datagrams_to_send()]
+    assert sorted(dsts) == ["10.0.0.2:7946", "localhost:9"]
+    assert m.stats["seeds.invalid"] == 2

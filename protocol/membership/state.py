@@ -219,9 +219,17 @@ class Membership:
     # ================================================================ inputs
 
     def join(self, seeds: Sequence[Address], now: float) -> None:
-        """Contact seeds with a push-pull; retried while we know nobody."""
-        canon = [canonical_address(a) for a in seeds]  # ProtocolError on a bad seed
-        self._seeds = tuple(a for a in canon if a != self.record.address)[:64]
+        """Contact seeds with a push-pull; retried while we know nobody. Seeds are
+        canonicalised; one that is not a valid address is skipped (`seeds.invalid`,
+        last_error), never dialled: a bad flag must not stop the agent."""
+        canon: list[Address] = []
+        for a in seeds:
+            try:
+                canon.append(canonical_address(a))
+            except ProtocolError as err:
+                self._count("seeds.invalid")
+                self.last_error = err.reason
+        self._seeds = tuple(a for a in dict.fromkeys(canon) if a != self.record.address)[:64]
         self._contact_seeds(now)
 
     def leave(self, now: float) -> None:
