@@ -37,6 +37,17 @@ def _short(name: str) -> str:
     return name.removeprefix("keepmesh.") if name.startswith("keepmesh.") else name
 
 
+def _ours(record: logging.LogRecord) -> bool:
+    return record.name == "keepmesh" or record.name.startswith("keepmesh.")
+
+
+def level_of(record: logging.LogRecord) -> str:
+    """The level shown: a library's below-error records read as DEBUG (demoted)."""
+    if not _ours(record) and record.levelno < logging.ERROR:
+        return "DEBUG"
+    return record.levelname
+
+
 def event_of(record: logging.LogRecord) -> str:
     event = getattr(record, "event", None)
     if isinstance(event, str) and event:
@@ -50,7 +61,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
             "time": _iso(record.created),
-            "level": record.levelname.lower(),
+            "level": level_of(record).lower(),
             "event": event_of(record),
             "logger": record.name,
             "message": " ".join(record.getMessage().split()),
@@ -69,7 +80,7 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = (f"{_iso(record.created)} {record.levelname:<5} {_short(record.name)}: "
+        line = (f"{_iso(record.created)} {level_of(record):<5} {_short(record.name)}: "
                 f"{' '.join(record.getMessage().split())}")
         if record.exc_info and record.exc_info[0] is not None:
             line += f" ({record.exc_info[0].__name__}: {record.exc_info[1]})"
@@ -77,18 +88,18 @@ class TextFormatter(logging.Formatter):
 
 
 class DemoteLibraries(logging.Filter):
-    """Library records become debug; dropped unless `-v`."""
+    """Library records below ERROR are debug: shown (as DEBUG) only with `-v`.
+
+    The record itself is not changed: other handlers (pytest's, an embedding
+    application's) see it as the library logged it.
+    """
 
     def __init__(self, verbose: bool) -> None:
         super().__init__()
         self.verbose = verbose
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "keepmesh" or record.name.startswith("keepmesh."):
-            return True
-        if record.levelno < logging.ERROR:
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return self.verbose or record.levelno >= logging.ERROR
+        return _ours(record) or self.verbose or record.levelno >= logging.ERROR
 
 
 def setup(fmt: str = "text", verbose: bool = False, stream: TextIO | None = None) -> None:

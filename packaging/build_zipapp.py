@@ -39,9 +39,12 @@ def commit() -> str:
 def build(out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pkg = Path(tmp) / "keepmesh"
-        shutil.copytree(ROOT / "keepmesh", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+        # copyfile, not copy2: zip entries need mtimes after 1980, and build time is
+        # what a reader of the archive expects anyway.
+        shutil.copytree(ROOT / "keepmesh", pkg, ignore=shutil.ignore_patterns("__pycache__"),
+                        copy_function=shutil.copyfile)
         for name, folder in FOLDERS.items():
-            shutil.copytree(ROOT / folder, pkg / name,
+            shutil.copytree(ROOT / folder, pkg / name, copy_function=shutil.copyfile,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         (pkg / "_build_info.py").write_text(
             '"""Written by packaging/build_zipapp.py."""\n\n'

@@ -5,11 +5,25 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from agent_proc import AgentProc
 from keepmesh.agent import logs
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """logs.setup() configures the process; put pytest's logging back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    quic = logging.getLogger("quic").level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger("quic").setLevel(quic)
+    logging.captureWarnings(False)
 
 
 def capture(fmt: str, verbose: bool) -> io.StringIO:
@@ -42,6 +56,20 @@ def test_library_warnings_are_debug_and_hidden_without_v() -> None:
     buf = capture("text", True)
     logging.getLogger("quic").warning("[abc] packet from a stranger")
     assert "DEBUG quic: [abc] packet from a stranger" in buf.getvalue()
+
+
+def test_records_are_not_changed_for_other_handlers() -> None:
+    """Demotion is in our output only: another handler still sees a library's WARNING."""
+    seen: list[int] = []
+
+    class Spy(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.levelno)
+
+    capture("text", False)
+    logging.getLogger().addHandler(Spy())
+    logging.getLogger("some.library").warning("careful")
+    assert seen == [logging.WARNING]
 
 
 def test_unknown_format_is_refused() -> None:

@@ -69,6 +69,10 @@ def _one_line(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    if argv is not None and any("\x00" in a for a in argv):
+        # A real command line cannot carry NUL (C strings); a caller passing argv can.
+        print("keepmesh: an argument contains a NUL byte", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         code = args.func(args)

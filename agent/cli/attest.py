@@ -51,6 +51,8 @@ def _read(path: str | Path, what: str, limit: int) -> bytes:
         return p.read_bytes()
     except OSError as err:
         raise CommandError(f"cannot read {what} {str(p)[:200]}: {err.strerror or err}") from None
+    except ValueError:  # e.g. a NUL byte in the path (only possible in-process)
+        raise CommandError(f"cannot read {what}: not a usable path") from None
 
 
 def _read_tree(path: str, what: str) -> dict[str, bytes]:
