@@ -30,7 +30,7 @@ async def test_initial_flood_does_not_lock_out_good_clients(
         assert len(inbound) <= HANDSHAKES_PER_HOST + 2
         await trio.sleep(0.5)
     sent = await trio.to_thread.run_sync(flooder.wait)
-    assert sent > rate * 4  # the flood really ran
+    assert sent > 300  # the flood really ran (half-open ClientHellos are costly to make)
     await good_client_served(addr, sim_root, tmp_path / "good.key")
     c = getattr(agent.endpoint, "counters", {})
     # No state for them: answered with a stateless Retry (address validation under

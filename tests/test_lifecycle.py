@@ -5,10 +5,12 @@ once without a traceback."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,20 @@ from keepmesh.agent.client import open_client
 from keepmesh.agent.identity import read_private_key
 
 EXIT_BUDGET_S = 5.0
+
+
+@pytest.fixture(autouse=True)
+def keep_logging() -> Iterator[None]:
+    """`keepmesh agent` configures the root logger for its process; run in process
+    here, that must not outlive the test (pytest's own handlers included)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
 
 
 def one_line_failure(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
