@@ -71,6 +71,7 @@ MAX_QUEUED_PER_DIAL = 16
 # that judges their absence (specs/membership.md §6, late timers).
 INPUT_YIELDS = 3
 MAX_STREAM_BYTES = 4 * 1024 * 1024
+STREAM_RETRY_S = (0.1, 0.3, 1.0)
 STATE_FILE = "mesh.json"
 LEGACY_STATE_FILE = "membership.json"
 
@@ -235,10 +236,17 @@ class MeshService:
         return self.agent.session_to_address(out.dst)
 
     async def _send_stream(self, session: Session, data: bytes) -> None:
-        try:
-            await call(session, "swim.stream", {"data": data}, timeout=10)
-        except RpcError as err:
-            log.debug("stream to %s failed: %s", session.address, err)
+        """A reliable Send: retried while the peer is only busy (its call slots full, a
+        reset stream), given up when it answers that the message is wrong."""
+        for backoff in STREAM_RETRY_S:
+            try:
+                await call(session, "swim.stream", {"data": data}, timeout=10)
+                return
+            except RpcError as err:
+                log.debug("stream to %s failed: %s", session.address, err)
+                if err.code not in ("busy", "internal") or session.closed.is_set():
+                    return
+            await trio.sleep(backoff)
 
     def _dial(self, address: str, first: Send | None, subject: bytes | None = None) -> None:
         if address in self._dialing:

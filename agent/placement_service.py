@@ -28,6 +28,7 @@ from typing import Any
 import trio
 from keepmesh.agent import metrics
 from keepmesh.agent.config import HostCapacity
+from keepmesh.agent.keeps.runtime import is_terminal
 from keepmesh.agent.keeps.service import KeepService
 from keepmesh.agent.membership_service import MeshService
 from keepmesh.agent.node import Agent
@@ -62,6 +63,7 @@ log = logging.getLogger("keepmesh.placement")
 
 PLACE_TIMEOUT_S = 30.0
 FORWARD_TIMEOUT_S = 30.0
+RECONCILE_S = 2.0
 MIB = 1024 * 1024
 
 
@@ -82,6 +84,32 @@ class PlacementService:
         agent.register({"keeps.place": self._rpc_place, "keeps.deploy": self._rpc_deploy,
                         "keeps.list": self._rpc_list, "keeps.call": self._rpc_call,
                         "keeps.stop": self._rpc_stop})
+        agent.services.append(self._reconcile)
+
+    async def _reconcile(self, nursery: trio.Nursery) -> None:
+        """Report keeps that arrived or left without keeps.deploy/stop (restored at start,
+        moved by migration, exited) so the lease table keeps matching what runs here."""
+        while True:
+            await trio.sleep(RECONCILE_S)
+            node, machine = self.mesh.node, self.machine
+            if node is None or machine is None:
+                continue
+            local = {k: v for k, v in self.keeps.manager.keeps.items()
+                     if not is_terminal(str(v.status))}
+            now = trio.current_time()
+            for keep_id, keep in local.items():
+                if machine.leases.holds(keep_id) is None:
+                    d = keep.deployment
+                    try:
+                        node.command(Commit(0, keep_id, 1, d.owner_key,
+                                            max(1, -(-d.manifest.memory_limit // MIB))), now)
+                    except ProtocolError as err:
+                        log.warning("keep %s runs beyond this agent's capacity: %s",
+                                    keep_id[:16], err.reason)
+            for lease in list(machine.leases.leases.values()):
+                if lease.committed and lease.keep_id not in local:
+                    node.command(Release(lease.keep_id), now)
+            self.mesh.flush()
 
     def _build(self, node: MeshNode) -> PlacementMachine:
         # Real agents answer over RPC streams on a shared, possibly busy host: wider
@@ -148,16 +176,21 @@ class PlacementService:
         keep_id = deployment_id(d)
         node = self._node()
         memory_mb = max(1, -(-d.manifest.memory_limit // MIB))
-        # The lease is taken before anything runs; refusal is the one-line answer.
-        node.command(Commit(req.lease or 0, keep_id, 1, d.owner_key, memory_mb),
-                     trio.current_time())
-        self.mesh.flush()
+        assert self.machine is not None
+        held = self.machine.leases.holds(keep_id)
+        ours = held is None or not held.committed  # a redeploy keeps the running keep's lease
+        if ours:
+            # The lease is taken before anything runs; refusal is the one-line answer.
+            node.command(Commit(req.lease or 0, keep_id, 1, d.owner_key, memory_mb),
+                         trio.current_time())
+            self.mesh.flush()
         try:
             out: dict[str, Any] = await self._local["keeps.deploy"](ctx, body)
             return out
         except BaseException:
-            node.command(Release(keep_id), trio.current_time())
-            self.mesh.flush()
+            if ours:
+                node.command(Release(keep_id), trio.current_time())
+                self.mesh.flush()
             raise
 
     # ------------------------------------------------------------ routing
