@@ -367,3 +367,51 @@ def test_placement_is_signed_with_the_deployment_and_read_by_requirements() -> N
     assert enc(d)  # still encodes
     with pytest.raises(ProtocolError, match=r"placement\.spread"):
         parse_manifest_toml('name = "w"\n[placement]\nspread = 3\n')
+
+
+def test_hostile_placement_messages_are_dropped_and_counted() -> None:
+    from keepmesh.protocol.placement.messages import (
+        Location,
+        PlaceBid,
+        PlaceReserve,
+        PlaceWhere,
+    )
+    from keepmesh.protocol.wire import encode_payload
+    mesh = Mesh([{}, {}, {}])
+    a, b, c = mesh.addrs
+    place_a = mesh.places[a]
+    reserve = encode_payload(PlaceReserve(req=1, keep="k", memory_mb=1, ttl_ms=1000))
+    mesh.nodes[a].receive(reserve, b, None, 0.0)            # unauthenticated sender
+    assert place_a.stats["malformed"] == 1 and not place_a.leases.leases
+    mesh.nodes[a].receive(b"\x93\x01\xabplace.probe" + b"\x00" * 20000, b,
+                          mesh.nodes[b].node_id, 0.0)      # oversized / garbage
+    assert place_a.stats["malformed"] == 2
+    too_many = PlaceWhere.__new__(PlaceWhere)
+    loc = Location(keep="x", host_id=mesh.nodes[b].node_id, host=b, epoch=1,
+                   state="running", owner=b"")
+    object.__setattr__(too_many, "entries", (loc,) * 33)
+    mesh.nodes[a].receive(encode_payload(too_many), b, mesh.nodes[b].node_id, 0.0)
+    assert place_a.stats["malformed"] == 3 and not place_a.where("x")
+    # a reply from someone other than the member asked is ignored
+    mesh.deploy(a, 1, req(memory=64))
+    probes = [w for r in place_a._requests.values() for w in r.waiting]
+    assert probes
+    fake = encode_payload(PlaceBid(req=probes[0], free_mb=1 << 20, free_slots=99, ok=True))
+    asked = place_a._requests[1].waiting[probes[0]]
+    stranger = next(n for n in mesh.nodes.values() if n.node_id != asked
+                    and n.node_id != mesh.nodes[a].node_id)
+    mesh.nodes[a].receive(fake, stranger.address, stranger.node_id, 0.0)
+    assert place_a.stats.get("reply.unexpected", 0) == 1
+    mesh.run_until(2.0)
+    assert isinstance(mesh.result(a, 1), PlacementDone)
+
+
+def test_entry_bounds_concurrent_requests() -> None:
+    from keepmesh.protocol.placement.machine import MAX_REQUESTS
+    mesh = Mesh([{}, {}])
+    a = mesh.addrs[0]
+    for i in range(MAX_REQUESTS + 3):
+        mesh.nodes[a].command(Deploy(i, f"k{i}", b"", req(memory=1)), 0.0)
+    mesh.pump()
+    busy = [o for o in mesh.outputs[a] if isinstance(o, PlacementFailed) and "busy" in o.reason]
+    assert len(busy) == 3
