@@ -78,6 +78,7 @@ async def test_large_frames_on_many_streams_keep_rss_bounded(tmp_path: Path,
                     await good_client_served(agent.address, sim_root, tmp_path / "good.key")
             nursery.cancel_scope.cancel()
         peak = sampler.stop()
+        print(f"agent RSS: {base:.0f} MB at rest, {peak:.0f} MB peak under attack")
         assert agent.alive
         assert len(replies) == 12
         assert any(b"busy" in r or b"budget" in r for r in replies), replies
