@@ -95,8 +95,11 @@ def test_page_runs(tmp_path: Path, name: str, ports: tuple[str, ...]) -> None:
 def test_edge_install_builds_and_runs(tmp_path: Path) -> None:
     """`make dist` in a copy of the tree (tracked files; the shared venv linked in and
     left untouched: the copies keep mtimes older than its install stamp)."""
-    files = subprocess.run(["git", "-C", str(REPO), "ls-files"], capture_output=True,
-                           text=True, check=True).stdout.splitlines()
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files"], capture_output=True,
+                            text=True, check=False)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout: the copy is made from `git ls-files`")
+    files = listed.stdout.splitlines()
     tree = tmp_path / "tree"
     stamp = REPO / ".venv" / ".installed"
     if not stamp.exists():
