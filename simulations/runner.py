@@ -348,6 +348,8 @@ class Simulation:
             self._start(node, 0, [])
         protos = [node.proto for node in nodes]
         self.adapter.warm_start(protos, self.engine.now)
+        for node in nodes:  # learn() moved their deadlines: re-arm every timer
+            self.engine.pump(node)
 
     def _bootstrap_join(self, node: SimNode, k: int) -> None:
         nodes = self.engine.nodes
