@@ -9,7 +9,11 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[sim,test]'
+	@# setuptools >= 77 notes, as a warning, that every editable install of a package_dir
+	@# layout uses an import hook ("Editable installation. Please be careful with folders
+	@# ..."): information, not a problem with this project's metadata; only that note is
+	@# silenced, every other warning still shows.
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e '.[sim,test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
