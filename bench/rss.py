@@ -86,14 +86,21 @@ def main() -> int:
         key = tmp / "op.key"
         measured = AgentProcess(tmp / "measured", root)
         peers: list[AgentProcess] = []
+        failed = 0  # peer processes that did not start (counted, not retried)
         try:
             with cf.ThreadPoolExecutor(max_workers=4) as pool:
                 for k in sizes:
                     t0 = time.monotonic()
-                    new = range(len(peers), k)
-                    peers += list(pool.map(
-                        lambda i: AgentProcess(tmp / f"peer{i}", root, listen=peer_listen(i),
-                                               join=[measured.address]), new))
+                    def start(i: int) -> AgentProcess | None:
+                        try:
+                            return AgentProcess(tmp / f"peer{i}", root, listen=peer_listen(i),
+                                                join=[measured.address])
+                        except RuntimeError:  # did not start in time (it was killed)
+                            return None
+
+                    started = list(pool.map(start, range(len(peers) + failed, k)))
+                    peers += [p for p in started if p is not None]
+                    failed += sum(1 for p in started if p is None)
                     got = 0
                     while time.monotonic() - t0 < args.timeout:
                         got = live_sessions(measured.address, root, key)
@@ -107,7 +114,9 @@ def main() -> int:
                         samples.append(rss_kb(measured.proc.pid))
                         time.sleep(0.5)
                     after = live_sessions(measured.address, root, key)
-                    points.append({"peers": k, "live_sessions_before": got,
+                    points.append({"peers": k, "peer_processes": len(peers),
+                                   "peers_failed_to_start": failed,
+                                   "live_sessions_before": got,
                                    "live_sessions_after": after,
                                    "seconds_to_connect": round(connect_s, 1),
                                    "rss_mb": round(statistics.median(samples) / 1024, 1)})
