@@ -39,8 +39,10 @@ def test_checkpoints_flow_and_crash_recovers_latest() -> None:
     for _ in range(7):
         net.call(keep)
         net.run(1.0)
-    # checkpoint_s defaults to 5: at least one checkpoint acked by the standby
-    loc = net.nodes[3].engine.locations.get(keep)
+    # checkpoint_s defaults to 5: at least one checkpoint acked by the standby, which
+    # hears of it at once (others at the next periodic re-push)
+    standby = net.by_id(host.engine.running[keep].replication.ready()[0])
+    loc = standby.engine.locations.get(keep)
     assert loc is not None and loc.checkpoint_seq >= 1
     acked_value = host.counters[keep]
     net.call(keep)  # after the last checkpoint: may be lost on a crash

@@ -111,6 +111,13 @@ class _View:
         return self.evidence.get(node)
 
 
+def _material(learned: Learned) -> bool:
+    """A change others must hear about now: host, epoch, standbys or state."""
+    p, loc = learned.previous, learned.location
+    return p is None or (p.host, p.epoch, p.standbys, p.state) != \
+        (loc.host, loc.epoch, loc.standbys, loc.state)
+
+
 def policy_of(deployment: Deployment, default: Policy) -> Policy:
     """The deployment's signed policy (the agent's default when it carries none)."""
     if not deployment.policy:
@@ -311,7 +318,8 @@ class Migration:
                 # two sides of a healed split converge in one exchange.
                 self._out.append(Send(src, best))
             return learned
-        self._forward(loc, exclude=src)
+        if _material(learned):
+            self._forward(loc, exclude=src)  # checkpoint-only refreshes are not forwarded
         keep = loc.keep
         r = self.running.get(keep)
         if r is not None and loc.host != self.own_id:
@@ -338,14 +346,17 @@ class Migration:
                                     r.replication.seq))
         self._drain_note(r.keep, None, f"fenced by epoch {winner.epoch}")
 
-    def _announce(self, r: Running, now: float, state: str = "running") -> None:
+    def _announce(self, r: Running, now: float, state: str = "running", *,
+                  material: bool = True) -> None:
+        """Sign and spread this host's record. `material=False` (only the checkpoint
+        moved): to the standbys alone; the periodic re-push carries it further."""
         seq, at = r.replication.last_checkpoint()
         self._announce_raw(r.keep, r.owner, r.epoch, r.version, r.replication.ready(), seq,
-                           at, state, now)
+                           at, state, now, material=material)
 
     def _announce_raw(self, keep: str, owner: bytes, epoch: int, version: int,
                       standbys: tuple[bytes, ...], seq: int, at: float, state: str,
-                      now: float) -> None:
+                      now: float, *, material: bool = True) -> None:
         st = LocationStatement(keep=keep, owner=owner, host=self.own_id, address=self.address,
                                epoch=epoch,
                                version=version, standbys=standbys,
@@ -355,7 +366,8 @@ class Migration:
         self.locations.learn(loc)
         for n in standbys:  # the standbys must know, whatever the random fanout picks
             self._out.append(Send(n, loc))
-        self._forward(loc, exclude=None, skip=standbys)
+        if material:
+            self._forward(loc, exclude=None, skip=standbys)
 
     def _forward(self, loc: Location, exclude: NodeId | None,
                  skip: tuple[NodeId, ...] = ()) -> None:
@@ -410,7 +422,7 @@ class Migration:
             self._standbys_changed(r, now)
         elif r.replication.last_checkpoint()[0] != old_seq:
             r.version += 1
-            self._announce(r, now)
+            self._announce(r, now, material=False)
         if not ack.ok:
             self._reconcile(r, now)
         og = r.outgoing
@@ -662,7 +674,7 @@ class Migration:
     def get_timer(self) -> float | None:
         t = min(self._next_refresh, self._next_eval)
         for r in self.running.values():
-            t = min(t, r.replication.deadline())
+            t = min(t, r.replication.deadline(hold=r.outgoing is not None))
             if r.outgoing is not None:
                 d = r.outgoing.next_deadline()
                 if d is not None:

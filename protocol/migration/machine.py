@@ -77,6 +77,15 @@ class MigrationMachine:
         elif isinstance(event, MemberUntrusted):
             self.engine.member_evidence(node, None, now)
 
+    def sync_view(self, now: float) -> None:
+        """Read liveness of every member from the node's view once (after a warm start
+        that primed the member table without events)."""
+        for m in self.node.members():
+            if m.node_id != self.engine.own_id:
+                self._seen.add(m.node_id)
+                self.engine.member_state(m.node_id, m.liveness.value in ("alive", "suspect"),
+                                         now)
+
     def next_output(self) -> Output | None:
         while True:
             item = self.engine.next_output()

@@ -23,6 +23,7 @@ sender of the replicate) may feed a keep.
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -234,10 +235,17 @@ class Replication:
         """Failed candidates become eligible again (called once per checkpoint period)."""
         self.failed.clear()
 
-    def deadline(self) -> float:
+    def deadline(self, *, hold: bool = False) -> float:
+        """The next time this replication needs `handle_timer`. A checkpoint that waits
+        for an event (one still in flight or being taken, or `hold`: a hand-over is
+        under way) is not a deadline: reporting a past time would make drivers spin."""
         waits = [lk.waiting_since + self.ack_timeout_s for lk in self.links.values()
                  if lk.waiting_since is not None and lk.state is not LinkState.FAILED]
-        return min([self.next_checkpoint, *waits])
+        in_flight = any("checkpoint" in lk.outstanding for lk in self.links.values()
+                        if lk.state is LinkState.READY)
+        if not (hold or self.checkpoint_pending or in_flight):
+            waits.append(self.next_checkpoint)
+        return min(waits, default=math.inf)
 
 
 # ------------------------------------------------------------------ standby side
