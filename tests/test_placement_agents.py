@@ -45,7 +45,7 @@ def mesh(tmp_path: Path, sim_root: Path, owner: tuple[Path, bytes]
                           labels=dict(lab), capacity=HostCapacity(memory=256 << 20, keeps=4))
         started.append(AgentThread(build_agent(cfg)))
     common = ["--root", str(sim_root / "ark.pem"), "--json"]
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # every view has every member alive and trusted
         if all(_alive(a, common) == 3 for a in started):
             break
@@ -103,7 +103,7 @@ def test_deploy_lands_on_the_labelled_agent_and_is_reachable_from_anywhere(
     code, out, err = _run(capsys, ["call", keep, "inc", "--agent", a.address, *flags])
     assert code == 0, err
     # keeps from c lists it with its host, once the location has gossiped
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     row = None
     while time.monotonic() < deadline and row is None:
         code, out, err = _run(capsys, ["keeps", "--agent", c.address, "--json", *flags])
