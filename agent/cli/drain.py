@@ -78,6 +78,15 @@ async def with_locations(client: Any, keeps: list[dict[str, Any]]) -> list[dict[
         return keeps
     index = {w["keep"]: w for w in where
              if isinstance(w, dict) and isinstance(w.get("keep"), str)}
+    # One entry per keep: an agent may list a keep twice (its stopped local copy and
+    # the copy placement/migration says runs elsewhere); keep the running one.
+    unique: dict[str, dict[str, Any]] = {}
+    for k in keeps:
+        key = str(k.get("keep"))
+        if key not in unique or (k.get("state") == "running"
+                                 and unique[key].get("state") != "running"):
+            unique[key] = k
+    keeps = list(unique.values())
     out = []
     for k in keeps:
         w = index.pop(str(k.get("keep")), None)
