@@ -224,3 +224,16 @@ def test_idle_member_reports_no_gossip_deadline_until_something_is_queued():
     while k < 7.3:
         k += cfg.gossip_interval
     assert t is not None and t <= k and m._next_gossip == k
+
+
+def test_warm_start_leaves_every_engine_timer_on_the_protocols_next_deadline():
+    """learn() during the warm start moves each agent's push-pull deadline; the engine
+    must re-arm, or that push-pull fires whenever another timer happens to wake it."""
+    from keepmesh.simulations.runner import Simulation
+
+    sim = Simulation(_real_topology(agents=60, duration=10.0, bootstrap="warm"), 1)
+    sim.setup()
+    sim.engine.run(0.0)  # t = 0: the warm start
+    stale = [n.idx for n in sim.engine.nodes
+             if n.timer_at is None or abs(n.timer_at - max(n.proto.get_timer(), 1e-6)) > 1e-9]
+    assert stale == []
