@@ -200,9 +200,9 @@ class PlacementService:
         node = self.mesh.node
         if machine is None or node is None:
             return None
-        found = [loc for (k, host), loc in machine.locations.items()
-                 if loc.state == "running" and host != node.node_id
-                 and (k == keep or (len(keep) >= 8 and k.startswith(keep)))]
+        found = [loc for loc in machine.known()
+                 if loc.state == "running" and loc.host_id != node.node_id
+                 and (loc.keep == keep or (len(keep) >= 8 and loc.keep.startswith(keep)))]
         return found[0] if len({loc.keep for loc in found}) == 1 else None
 
     def _is_local(self, keep: str) -> bool:

@@ -239,6 +239,10 @@ def test_commit_by_owner_then_release() -> None:
     done = mesh.result(entry, 7)
     assert isinstance(done, PlacementDone)
     p = done.placements[0]
+    # the entry routes the owner's next command at once, without gossiping a claim
+    assert [loc.host_id for loc in mesh.places[entry].known() if loc.keep == "k7"] == \
+        [p.host_id]
+    assert not mesh.places[entry].where("k7")
     mesh.nodes[p.host].command(Commit(p.lease, "k7", 1, b"o" * 32), mesh.now)
     table = mesh.places[p.host].leases
     assert table.leases[p.lease].committed

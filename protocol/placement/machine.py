@@ -130,8 +130,10 @@ class PlacementMachine:
         self.rng = rng
         self.config = config or PlacementConfig()
         self.leases = LeaseTable(memory_mb, max_keeps)
-        # (keep, host id) -> where a replica runs or ran
+        # (keep, host id) -> where a replica runs or ran (hosts' statements, gossiped)
         self.locations: dict[tuple[str, bytes], Location] = {}
+        # what this entry placed recently, until the host's own statement arrives
+        self.placed: dict[tuple[str, bytes], Location] = {}
         self.refusal_rate = 0.0
         self.stats: dict[str, int] = {}
         self.last_error = ""
@@ -420,6 +422,14 @@ class PlacementMachine:
     def _done(self, request: _Request, now: float) -> None:
         self._finish(request)
         self._count("placement.done")
+        for p in request.placed:
+            # The entry routes the owner's next call at once; only the host's own
+            # statement is gossiped (this one is local and may be superseded).
+            if len(self.placed) >= MAX_REQUESTS:
+                self.placed.pop(next(iter(self.placed)))
+            self.placed[(request.cmd.keep_id, p.host_id)] = Location(
+                keep=request.cmd.keep_id, host_id=p.host_id, host=p.host, epoch=1,
+                state="running", owner=request.req.owner)
         placements = tuple(Placement(p.host_id, p.host, 1, p.lease) for p in request.placed)
         self._out.append(PlacementDone(request.cmd.request, request.cmd.keep_id, placements, now))
 
@@ -565,6 +575,12 @@ class PlacementMachine:
     def where(self, keep_id: str) -> list[Location]:
         """Every replica of `keep_id` this node has heard of (running or stopped)."""
         return [loc for (keep, _), loc in self.locations.items() if keep == keep_id]
+
+    def known(self) -> list[Location]:
+        """Hosts' statements, plus this entry's own recent placements not yet confirmed
+        (for routing the owner's next command; never gossiped)."""
+        extra = [loc for key, loc in self.placed.items() if key not in self.locations]
+        return list(self.locations.values()) + extra
 
     def _owner_of(self, keep_id: str) -> bytes:
         loc = self.locations.get((keep_id, self.node.node_id))
