@@ -27,9 +27,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/channel.py
 
+# mypy must see the folders under their import names (keepmesh.protocol, ...) or every
+# cross-package import is Any; .lint/ is a tree of links that gives it that view.
 lint: $(STAMP)
-	$(BIN)/ruff check protocol
-	$(BIN)/mypy protocol
+	$(BIN)/ruff check protocol agent simulations
+	rm -rf .lint && mkdir -p .lint/keepmesh && cp keepmesh/__init__.py .lint/keepmesh/
+	for d in protocol agent simulations; do ln -s ../../$$d .lint/keepmesh/$$d; done
+	cd .lint && ../$(BIN)/mypy --strict --config-file ../pyproject.toml -p keepmesh
 
 # dist/keepmesh-VERSION-py3-none-any.whl (pipx install it on an edge device; pip pulls
 # the dependencies' wheels for that platform) and dist/keepmesh.pyz (keepmesh alone,

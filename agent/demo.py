@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import trio
 from keepmesh.agent.cli import CommandError
@@ -22,7 +23,8 @@ AGENTS = 3
 TIMEOUT_S = 60.0
 
 
-async def _views(addresses: list[str], root: Path, key: Path) -> list[tuple[str, dict, list]]:
+async def _views(addresses: list[str], root: Path,
+                 key: Path) -> list[tuple[str, dict[str, Any], list[Any]]]:
     deadline = trio.current_time() + TIMEOUT_S
     while True:
         views = []

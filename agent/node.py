@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -162,7 +162,7 @@ class Agent:
         return ChannelConfig(role="agent", trust=self.trust, policy=self.policy,
                              chain_cache=self.chain_cache, collateral=self.collateral)
 
-    def register(self, methods: dict[str, Handler]) -> None:
+    def register(self, methods: Mapping[str, Handler]) -> None:
         self.methods.update(methods)
 
     # ------------------------------------------------------------- lifecycle

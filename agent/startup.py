@@ -165,8 +165,11 @@ def _build(cfg: AgentConfig, data_dir: Path) -> Agent:
     backend = make_backend(cfg)
     extra = []
     if backend.kind == "sim":
-        assert cfg.sim_root is not None or hasattr(backend, "root_dir")
-        root_dir = Path(getattr(backend, "root_dir", cfg.sim_root))
+        root_attr = getattr(backend, "root_dir", cfg.sim_root)
+        if root_attr is None:
+            raise StartupError("--tee sim needs --sim-root DIR (make one with "
+                               "`keepmesh sim init-root DIR`)")
+        root_dir = Path(root_attr)
         extra += load_roots([root_dir / "ark.pem"])
     try:
         extra += load_roots(cfg.roots)

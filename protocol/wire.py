@@ -216,7 +216,7 @@ class Message:
                 if getattr(self, name) is not None}
 
     @classmethod
-    def from_fields(cls: type[M], fields: dict[Any, Any], where: str = "") -> M:
+    def from_fields(cls: type[M], fields: object, where: str = "") -> M:
         if not isinstance(fields, dict):
             raise ProtocolError(f"{where or cls.TYPE or cls.__name__}: expected a record")
         schema = cls.SCHEMA

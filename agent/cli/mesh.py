@@ -69,8 +69,12 @@ def members(args: argparse.Namespace) -> int:
             return 0
         table = []
         for r in rows:
-            claims = r.get("claims") if isinstance(r.get("claims"), dict) else {}
-            raw_labels = r.get("labels") if isinstance(r.get("labels"), dict) else {}
+            claims = r.get("claims")
+            if not isinstance(claims, dict):
+                claims = {}
+            raw_labels = r.get("labels")
+            if not isinstance(raw_labels, dict):
+                raw_labels = {}
             labels = ",".join(f"{k}={v}" for k, v in sorted(raw_labels.items()))
             table.append([r.get("name"), r.get("address"), r.get("state"),
                           r.get("incarnation"), claims.get("tee"), labels or "-"])

@@ -125,7 +125,7 @@ def _default_name(path: Path) -> str:
 
 def load_workload(path: Path, policy_path: Path | None = None, *,
                   rng: random.Random | None = None,
-                  environ: Mapping[str, bytes] | None = None) -> Workload:
+                  environ: Mapping[bytes, bytes] | None = None) -> Workload:
     """Load a workload directory (with keepmesh.toml) or a single .wasm/.wat file.
 
     `[secrets]` and `[data]` are read here too (files relative to the
@@ -186,7 +186,7 @@ def load_workload(path: Path, policy_path: Path | None = None, *,
 
 
 def read_inputs(root: Path, sources: InputSources, source: str, rng: random.Random,
-                environ: Mapping[str, bytes] | None = None
+                environ: Mapping[bytes, bytes] | None = None
                 ) -> tuple[InputBundle, tuple[InputRef, ...], tuple[InputRef, ...]]:
     """Read every [secrets] file or variable and [data] file; one line naming the first
     that is missing or too big (never its value)."""

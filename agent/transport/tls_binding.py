@@ -41,8 +41,9 @@ class BoundQuicConnection(QuicConnection):
 
     def _update_traffic_key(self, direction: tls.Direction, epoch: tls.Epoch,
                             cipher_suite: tls.CipherSuite, secret: bytes) -> None:
-        if epoch == tls.Epoch.ONE_RTT and self._exporter_master is None:
-            self._exporter_master = self.tls.key_schedule.derive_secret(b"exp master")
+        schedule = self.tls.key_schedule
+        if epoch == tls.Epoch.ONE_RTT and self._exporter_master is None and schedule is not None:
+            self._exporter_master = schedule.derive_secret(b"exp master")
         super()._update_traffic_key(direction, epoch, cipher_suite, secret)
 
     def tls_exporter(self, label: bytes = CHANNEL_BINDING_LABEL, context: bytes = b"",
@@ -51,6 +52,8 @@ class BoundQuicConnection(QuicConnection):
         if self._exporter_master is None:
             raise ProtocolError("tls-exporter requested before the handshake completed")
         ks = self.tls.key_schedule
+        if ks is None:
+            raise ProtocolError("tls-exporter requested without a key schedule")
         algorithm = ks.algorithm
 
         def digest(data: bytes) -> bytes:
