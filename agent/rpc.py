@@ -44,6 +44,9 @@ CALL_TIMEOUT_S = 120.0
 # A request must arrive in full within this (a slow or stalled sender holds a call
 # slot and buffer only this long); 24 MiB at 4 MB/s still fits.
 REQUEST_READ_TIMEOUT_S = 10.0
+# A large admitted request gets longer, at this floor rate: a 16 MiB deploy over a slow edge
+# link must not fail at 10 s, while a slow sender still holds its reservation for a bounded time.
+MIN_REQUEST_RATE_BPS = 256 * 1024
 _LEN = struct.Struct(">I")
 _fail_log = RateLimitedLog(log)
 
@@ -172,6 +175,8 @@ async def _serve_stream(ctx: RpcContext, stream: QuicStream, methods: dict[str, 
 
 
 async def _serve_call(ctx: RpcContext, stream: QuicStream, methods: dict[str, Handler]) -> None:
+    read_scope = trio.CancelScope(deadline=trio.current_time() + REQUEST_READ_TIMEOUT_S)
+
     def admit(n: int, head: bytes) -> None:
         method = request_method_hint(head)
         if method is None:
@@ -183,16 +188,17 @@ async def _serve_call(ctx: RpcContext, stream: QuicStream, methods: dict[str, Ha
         if n > limit:
             raise _Refused(f"{method}: request of {n} bytes exceeds its limit {limit}",
                            "invalid")
+        read_scope.deadline += n / MIN_REQUEST_RATE_BPS
 
     reserved = 0
     try:
         try:
-            with trio.fail_after(REQUEST_READ_TIMEOUT_S):
+            request: RpcRequest | None = None
+            with read_scope:
                 request, reserved = await _read_frame(stream, RpcRequest, admit)
-        except trio.TooSlowError:
-            _refuse(stream, f"request not received within {REQUEST_READ_TIMEOUT_S:g} s",
-                    "invalid")
-            return
+            if request is None:
+                _refuse(stream, "request not received in time", "invalid")
+                return
         except _Refused as err:
             _refuse(stream, err.reason, err.code)
             return

@@ -120,7 +120,35 @@ async def test_slow_request_times_out(nursery: trio.Nursery, tmp_path: Path, sim
     stream.send(request_frame("agent.status")[:10])  # a few bytes, then nothing
     with trio.fail_after(5):
         reply = await stream.receive_some()
-    assert b"not received within" in reply
+    assert b"not received in time" in reply
+    await good_client_served(addr, sim_root, tmp_path / "good.key")
+
+
+async def test_large_admitted_request_gets_time_by_its_length(
+        nursery: trio.Nursery, tmp_path: Path, sim_root: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large body over a slow link is not cut at the base timeout (a 16 MiB deploy at
+    under 1.6 MiB/s was), but only for the time its declared length earns."""
+    monkeypatch.setattr(rpc, "REQUEST_READ_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(rpc, "MIN_REQUEST_RATE_BPS", 256 * 1024)  # 1 MiB earns 4 s
+    agent = make_agent(tmp_path, sim_root, "a")
+    addr = await nursery.start(agent.run)
+    ep = await attacker_endpoint(nursery)
+    session = await attacker_session(ep, addr, sim_root)
+    frame = request_frame("keeps.deploy", {"data": b"\0" * (1 << 20)})
+    slow = session.conn.open_stream()
+    slow.send(frame[:128 * 1024])
+    await trio.sleep(2.0)  # past the base timeout, within what the length earns
+    slow.send(frame[128 * 1024:], end=True)
+    with trio.fail_after(10):
+        reply = await slow.receive_some()
+    assert b"rpc.response" in reply and b"not received in time" not in reply, reply[:200]
+    assert b"exceeds its limit" not in reply, reply[:200]  # admitted, then judged
+    stalled = session.conn.open_stream()
+    stalled.send(frame[:128 * 1024])  # and then nothing: refused once the earned time is up
+    with trio.fail_after(10):
+        reply = await stalled.receive_some()
+    assert b"not received in time" in reply, reply[:200]
     await good_client_served(addr, sim_root, tmp_path / "good.key")
 
 
