@@ -33,6 +33,7 @@ from .effects import (
     AttestationVerdict,
     Command,
     Completion,
+    Drain,
     Join,
     Leave,
     MemberEvent,
@@ -153,6 +154,12 @@ class MeshNode:
             self.membership.leave(now)
         elif isinstance(cmd, UpdateLocal):
             self.membership.update_local(now, labels=cmd.labels)
+        elif isinstance(cmd, Drain):
+            # Every machine has a part in a drain (placement stops taking keeps, migration
+            # hands each over), so it is not "first taker wins" like the other commands.
+            taken = [m.command(cmd, now) for m in self.machines]
+            if not any(taken):
+                raise ProtocolError("no sub-machine handles Drain")
         else:
             for m in self.machines:
                 if m.command(cmd, now):

@@ -184,3 +184,14 @@ def test_testnet_drives_mesh_nodes_to_convergence() -> None:
     net.run_until(20.0)
     assert net.converged(expected)
     assert all(d.get("incarnation") == 0 for d in net.disk.values())
+
+
+def test_drain_reaches_every_sub_machine() -> None:
+    """Placement stops taking keeps and migration hands them over: a drain is everyone's,
+    unlike other commands (the first machine that takes one ends its routing)."""
+    node = make(1)
+    first, second = Recorder(), type("Other", (Recorder,), {"prefix": b"migrate."})()
+    node.add(first)
+    node.add(second)
+    node.command(Drain(), 0.0)
+    assert ("cmd", Drain()) in first.got and ("cmd", Drain()) in second.got
