@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from .errors import ProtocolError, VerificationError
 from .placement.spec import PlacementSpec, parse_placement_table
 from .secrets import (
+    BOX_OVERHEAD,
     MAX_DATA_FILES,
     MAX_INPUTS_CIPHERTEXT,
     MAX_SEALED_TOTAL,
@@ -45,7 +46,6 @@ MAX_POLICY_TEXT = 64 * 1024
 MAX_MESSAGE = 1024 * 1024
 """Largest message to/from a workload via keeps.call."""
 SEALED_KEY_LEN = 32 + 48  # SealedBox overhead (ephemeral pk 32 + MAC 16) + 32-byte key
-SECRETBOX_OVERHEAD = 24 + 16  # nonce + MAC
 MIN_MEMORY = 64 * 1024
 MAX_MEMORY = 4 * 1024 * 1024 * 1024
 DEFAULT_MEMORY = 64 * 1024 * 1024
@@ -146,7 +146,7 @@ class SealedPackage(Message):
     TYPE: ClassVar[str] = "keeps.sealed_package"
     SCHEMA: ClassVar[dict[str, Spec]] = {
         "sealed_key": b(exact=SEALED_KEY_LEN),
-        "ciphertext": b(MAX_PACKAGE + SECRETBOX_OVERHEAD),
+        "ciphertext": b(MAX_PACKAGE + BOX_OVERHEAD),
         # Secrets and data (SecretBox under the same key) and owner-signed rotations:
         # whoever reseals the key for a peer copies these verbatim, so they move with it.
         "inputs": b(MAX_INPUTS_CIPHERTEXT, optional=True),
