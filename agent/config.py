@@ -21,6 +21,11 @@ Example (keys are optional; flags win):
     [capacity]                      # offered to keeps (advertised; the lease table decides)
     memory = "2GiB"
     keeps = 16
+    [limits]                        # inbound QUIC admission (specs/wire.md "Limits")
+    connections = 512
+    connections_per_source = 64     # raise for many agents behind one address
+    handshakes = 128
+    handshakes_per_source = 16
 
 KEY_DOCS below is the reference for every key; docs/config.md is generated
 from it (`python -m keepmesh.agent.config`) and tests/test_docs.py checks
@@ -35,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keepmesh.agent.transport.limits import AdmissionLimits, LimitsError
 from keepmesh.protocol.errors import ProtocolError
 
 TEE_CHOICES = ("auto", "snp", "tdx", "sgx", "sim")
@@ -88,6 +94,7 @@ class AgentConfig:
     log_format: str = "text"
     discover: bool = False
     capacity: HostCapacity = field(default_factory=lambda: HostCapacity())
+    limits: AdmissionLimits = field(default_factory=lambda: AdmissionLimits())
 
 
 _KEYS: dict[str, type | tuple[type, ...]] = {
@@ -95,7 +102,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "data_dir": str, "roots": list, "policy": str, "collateral": str, "owners": list,
     "profile": str,
     "labels": dict, "metrics": str, "log_format": str, "discover": bool,
-    "capacity": dict,
+    "capacity": dict, "limits": dict,
 }
 
 # key -> (TOML type, default as written in the reference, flag, what it does).
@@ -126,6 +133,12 @@ KEY_DOCS: dict[str, tuple[str, str, str, str]] = {
     "capacity": ("table: memory (size), keeps (int)", "machine memory, 16 keeps",
                  "--memory, --max-keeps", "offered to keeps; advertised in the signed record, "
                  "enforced by this agent's lease table"),
+    "limits": ("table: connections, connections_per_source, handshakes, handshakes_per_source "
+               "(ints)", "512, 64, 128, 16", "--max-connections, --max-connections-per-source",
+               "inbound QUIC connections and handshakes in progress admitted in total and per "
+               "source IP (specs/wire.md Limits); connections ≤ 16384, handshakes ≤ 1024, per "
+               "source ≤ total; raise connections_per_source for many agents behind one "
+               "address (a local mesh of more than 64 agents on one loopback address)"),
 }
 # Paths are relative to the config file's directory.
 
@@ -193,6 +206,8 @@ def config_from_dict(data: dict[str, Any], source: str, base: Path = Path(".")) 
         cfg.labels = dict(data["labels"])
     if "capacity" in data:
         cfg.capacity = parse_capacity(data["capacity"], source)
+    if "limits" in data:
+        cfg.limits = parse_limits(data["limits"], source)
     return cfg
 
 
@@ -207,6 +222,16 @@ def parse_capacity(table: dict[str, Any], source: str) -> HostCapacity:
     if "keeps" in table:
         cap.keeps = parse_keeps(table["keeps"], f"{source}: capacity.keeps")
     return cap
+
+
+def parse_limits(table: dict[str, Any], source: str,
+                 base: AdmissionLimits | None = None) -> AdmissionLimits:
+    """[limits] connections / connections_per_source / handshakes / handshakes_per_source,
+    each an integer within its bound (AdmissionLimits), a per-source value at most its total."""
+    try:
+        return AdmissionLimits.from_table(table, source, base)
+    except LimitsError as err:
+        raise ProtocolError(str(err)) from None
 
 
 def parse_memory(value: object, where: str) -> int:

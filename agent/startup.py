@@ -16,7 +16,8 @@ from keepmesh.agent.config import AgentConfig
 from keepmesh.agent.identity import load_or_create
 from keepmesh.agent.node import Agent
 from keepmesh.agent.tee.base import TeeBackend, TeeUnavailable
-from keepmesh.agent.transport.quic import parse_address
+from keepmesh.agent.transport.limits import AdmissionLimits, LimitsError
+from keepmesh.agent.transport.quic import QuicEndpoint, parse_address
 from keepmesh.protocol.attestation.certs import TrustStore, fingerprint
 from keepmesh.protocol.attestation.collateral import (
     MAX_COLLATERAL_FILE,
@@ -187,6 +188,10 @@ def _build(cfg: AgentConfig, data_dir: Path) -> Agent:
     agent = Agent(identity=identity, backend=backend, trust=trust, policy=permissive,
                   listen=cfg.listen, advertise=cfg.advertise, join=cfg.join, data_dir=data_dir,
                   admin_keys=cfg.owners)
+    try:
+        apply_limits(agent.endpoint, cfg.limits)
+    except LimitsError as err:
+        raise StartupError(str(err)) from None
     if cfg.collateral is not None:
         agent.collateral = load_agent_collateral(cfg.collateral)
     try:
@@ -214,6 +219,15 @@ def _build(cfg: AgentConfig, data_dir: Path) -> Agent:
     except ProtocolError as err:
         raise StartupError(err.reason) from None
     return agent
+
+
+def apply_limits(endpoint: QuicEndpoint, limits: AdmissionLimits) -> None:
+    """The config's [limits] on the endpoint's admission rules (before it serves)."""
+    limits.check("limits")
+    endpoint.max_connections = limits.connections
+    endpoint.max_connections_per_host = limits.connections_per_source
+    endpoint.handshakes.limit = limits.handshakes
+    endpoint.max_handshakes_per_host = limits.handshakes_per_source
 
 
 def _attach_services(agent: Agent, cfg: AgentConfig) -> None:

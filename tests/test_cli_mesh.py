@@ -81,6 +81,15 @@ def test_client_verbs_fail_with_one_line(two_agents: list[AgentThread], tmp_path
     ('owners = ["abcd"]\n', "public key must be 32 bytes"),
     ('join = [1]\n', "list of strings"),
     ('not toml', "not valid TOML"),
+    ('limits = 3\n', "key 'limits' must be dict"),
+    ('[limits]\nbogus = 1\n', "unknown key 'limits.bogus'"),
+    ('[limits]\nconnections_per_source = 0\n',
+     "limits.connections_per_source: expected an integer in [1, 16384]"),
+    ('[limits]\nconnections_per_source = true\n', "expected an integer"),
+    ('[limits]\nhandshakes = 5000\n', "limits.handshakes: expected an integer in [1, 1024]"),
+    ('[limits]\nconnections = 100\nconnections_per_source = 200\n',
+     "limits.connections_per_source (200) exceeds limits.connections (100)"),
+    ('[limits]\nhandshakes_per_source = 200\n', "exceeds limits.handshakes (128)"),
 ])
 def test_agent_config_errors(tmp_path: Path, text: str, reason: str,
                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -97,3 +106,41 @@ def test_agent_refuses_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "--sim-root" in capsys.readouterr().err
     assert main(["agent", "--listen", "nonsense"]) == 1
     assert "HOST:PORT" in capsys.readouterr().err
+
+
+def test_limit_flags_and_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """[limits] from the file, --max-connections[-per-source] over it, with the same
+    bounds either way; good values reach the agent's endpoint."""
+    from keepmesh.agent.cli import build_parser
+    from keepmesh.agent.cli.agent import config_from_args
+    from keepmesh.agent.startup import apply_limits
+    from keepmesh.agent.transport.quic import QuicEndpoint
+    from keepmesh.agent.identity import Identity
+    conf = tmp_path / "agent.toml"
+    conf.write_text("[limits]\nconnections = 1000\nhandshakes_per_source = 32\n")
+
+    def cfg(*flags: str):  # type: ignore[no-untyped-def]
+        return config_from_args(build_parser().parse_args(["agent", "--config", str(conf),
+                                                           *flags]))
+
+    limits = cfg("--max-connections-per-source", "300").limits
+    assert (limits.connections, limits.connections_per_source, limits.handshakes,
+            limits.handshakes_per_source) == (1000, 300, 128, 32)
+    ep = QuicEndpoint(Identity.generate())
+    apply_limits(ep, limits)
+    assert (ep.max_connections, ep.max_connections_per_host, ep.handshakes.limit,
+            ep.max_handshakes_per_host) == (1000, 300, 128, 32)
+    assert cfg("--max-connections", "2000", "--max-connections-per-source",
+               "1500").limits.connections_per_source == 1500
+    for flags, reason in [
+        (["--max-connections-per-source", "1001"], "exceeds limits.connections (1000)"),
+        (["--max-connections", "10"], "limits.connections_per_source (64) exceeds"),
+        (["--max-connections-per-source", "abc"], "expected an integer in [1, 16384]"),
+        (["--max-connections", "99999"], "expected an integer in [1, 16384]"),
+        (["--max-connections-per-source", "-5"], "expected an integer"),
+    ]:
+        capsys.readouterr()
+        assert main(["agent", "--config", str(conf), *flags]) == 1, flags
+        err = capsys.readouterr().err.strip()
+        assert reason in err and len(err.splitlines()) == 1, (flags, err)
+        assert "--max-connections" in err, err

@@ -16,10 +16,12 @@ from hostile import (
     attacker_session,
     good_client_served,
     make_agent,
+    raw_connection,
     request_frame,
 )
 from keepmesh.agent.session import ChannelFailed
-from keepmesh.agent.transport.quic import ConnectionClosed, QuicStream
+from keepmesh.agent.transport.limits import AdmissionLimits
+from keepmesh.agent.transport.quic import ConnectionClosed, QuicEndpoint, QuicStream
 
 pytestmark = pytest.mark.slow
 
@@ -94,8 +96,8 @@ async def test_connection_flood_from_one_source(nursery: trio.Nursery, tmp_path:
     the per-source limit, and a good client on another address is served. (In
     process, with the limit lowered to keep the test short: the rule, not the
     number, is under test; the number is in specs/wire.md.)"""
-    agent = make_agent(tmp_path, sim_root, "a")
-    agent.endpoint.max_connections_per_host = PER_HOST_IN_TEST
+    agent = make_agent(tmp_path, sim_root, "a",
+                       limits=AdmissionLimits(connections_per_source=PER_HOST_IN_TEST))
     addr = await nursery.start(agent.run)
     ep = await attacker_endpoint(nursery)
     ep.handshake_timeout = 0.5  # refused Initials are dropped: the dial times out
@@ -111,6 +113,44 @@ async def test_connection_flood_from_one_source(nursery: trio.Nursery, tmp_path:
     assert (opened, refused) == (PER_HOST_IN_TEST, 4)
     assert agent.endpoint.counters["connections_refused"] >= 4
     assert took < 5.0
+
+
+async def open_raw(ep: QuicEndpoint, addr: str, n: int) -> tuple[int, int]:
+    """Open n TLS connections (no attested channel) one after another; (opened, refused)."""
+    opened = refused = 0
+    for _ in range(n):
+        try:
+            await raw_connection(ep, addr)
+            opened += 1
+        except ConnectionClosed:
+            refused += 1
+    return opened, refused
+
+
+async def test_per_source_limit_is_configuration(nursery: trio.Nursery, tmp_path: Path,
+                                                 sim_root: Path) -> None:
+    """The default admits 64 connections from one source and refuses the 65th; an
+    agent whose config raises `[limits] connections_per_source` (a local mesh of more
+    than 64 agents on one loopback address) admits more from that one source, and
+    still refuses past its own limit."""
+    from keepmesh.agent.config import load_config
+    from keepmesh.agent.startup import build_agent
+    default = make_agent(tmp_path, sim_root, "default")
+    conf = tmp_path / "raised.toml"
+    conf.write_text('listen = "127.0.0.1:0"\ntee = "sim"\n'
+                    f'sim_root = "{sim_root}"\ndata_dir = "{tmp_path / "raised"}"\n'
+                    "[limits]\nconnections_per_source = 70\n")
+    raised = build_agent(load_config(conf))
+    assert raised.endpoint.max_connections_per_host == 70
+    ep = await attacker_endpoint(nursery)
+    ep.handshake_timeout = 0.5  # a refused Initial is dropped: the dial times out
+    with trio.fail_after(180):
+        addr = await nursery.start(default.run)
+        assert await open_raw(ep, addr, 66) == (64, 2)
+        addr = await nursery.start(raised.run)
+        assert await open_raw(ep, addr, 72) == (70, 2)
+    assert default.endpoint.counters["connections_refused"] >= 2
+    assert raised.endpoint.counters["connections_refused"] >= 2
 
 
 async def test_full_table_evicts_from_the_heaviest_source_only_for_a_real_client(

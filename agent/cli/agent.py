@@ -42,6 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--memory", metavar="SIZE",
                    help="memory offered to keeps, e.g. 2GiB (default: the machine's)")
     p.add_argument("--max-keeps", metavar="N", help="keeps this agent runs at most (default 16)")
+    p.add_argument("--max-connections", metavar="N",
+                   help="inbound QUIC connections admitted in total (default 512, at most 16384)")
+    p.add_argument("--max-connections-per-source", metavar="N",
+                   help="inbound QUIC connections admitted per source IP (default 64); raise it "
+                        "for more than 64 agents behind one address, e.g. one loopback address")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="debug logs: channels, RPCs, membership events, library messages")
     p.set_defaults(func=run)
@@ -77,6 +82,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             cfg.discover = True
         cfg.owners = list(cfg.owners) + [parse_public_key(h, "--owner") for h in args.owner]
         _placement_flags(cfg, args)
+        _limit_flags(cfg, args)
         from keepmesh.agent.transport.quic import parse_address
         parse_address(cfg.listen)
         for seed in cfg.join:
@@ -99,6 +105,19 @@ def _placement_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
         cfg.capacity.memory = parse_memory(args.memory, "--memory")
     if getattr(args, "max_keeps", None) is not None:
         cfg.capacity.keeps = parse_keeps(args.max_keeps, "--max-keeps")
+
+
+def _limit_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
+    """--max-connections N, --max-connections-per-source N over the config's [limits]
+    (same bounds; a per-source limit above the total is refused, whichever set it)."""
+    from keepmesh.agent.config import parse_limits
+    flags = {"connections": ("--max-connections", getattr(args, "max_connections", None)),
+             "connections_per_source": ("--max-connections-per-source",
+                                        getattr(args, "max_connections_per_source", None))}
+    given = {key: value for key, (_, value) in flags.items() if value is not None}
+    if given:
+        names = " and ".join(flag for key, (flag, _) in flags.items() if key in given)
+        cfg.limits = parse_limits(given, names, base=cfg.limits)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,6 +12,80 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+# Inbound admission defaults (specs/wire.md "Limits"); an operator may change them
+# within the bounds below with the agent config's [limits] table (AdmissionLimits).
+MAX_CONNECTIONS = 512
+MAX_CONNECTIONS_PER_HOST = 64
+MAX_HANDSHAKES = 128
+MAX_HANDSHAKES_PER_HOST = 16
+# Upper bounds an operator can raise them to: every connection costs memory (about
+# 0.1-0.2 MB of session state) and every handshake in progress costs CPU, so even a
+# configured limit must stay a limit.
+CONNECTIONS_CEILING = 16384
+HANDSHAKES_CEILING = 1024
+
+
+class LimitsError(ValueError):
+    """A [limits] value is out of its bounds; str() is the one-line reason."""
+
+
+@dataclass
+class AdmissionLimits:
+    """How many inbound QUIC connections and handshakes this agent admits, in total
+    and per source IP address.
+
+    Why configurable: the per-source limit exists so that one address cannot take
+    every slot, but a local mesh of more than 64 agents on one loopback address (or
+    many agents behind one NAT) is one "source" by design, and would be refused
+    past the 64th. The totals stay bounded (CONNECTIONS_CEILING,
+    HANDSHAKES_CEILING) and a per-source limit can never exceed its total.
+    """
+
+    connections: int = MAX_CONNECTIONS
+    connections_per_source: int = MAX_CONNECTIONS_PER_HOST
+    handshakes: int = MAX_HANDSHAKES
+    handshakes_per_source: int = MAX_HANDSHAKES_PER_HOST
+
+    BOUNDS: ClassVar[dict[str, int]] = {
+        "connections": CONNECTIONS_CEILING, "connections_per_source": CONNECTIONS_CEILING,
+        "handshakes": HANDSHAKES_CEILING, "handshakes_per_source": HANDSHAKES_CEILING}
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any], where: str,
+                   base: AdmissionLimits | None = None) -> AdmissionLimits:
+        """Values from a TOML table (unknown keys, wrong types and out-of-range values
+        are refused with one line naming `where` and the key), over `base`."""
+        limits = AdmissionLimits(**vars(base)) if base is not None else AdmissionLimits()
+        for key, value in table.items():
+            ceiling = cls.BOUNDS.get(str(key))
+            if ceiling is None:
+                raise LimitsError(f"{where}: unknown key 'limits.{str(key)[:40]}'")
+            setattr(limits, key, bounded_int(value, f"{where}: limits.{key}", ceiling))
+        limits.check(where)
+        return limits
+
+    def check(self, where: str) -> None:
+        for key, ceiling in self.BOUNDS.items():
+            bounded_int(getattr(self, key), f"{where}: limits.{key}", ceiling)
+        if self.connections_per_source > self.connections:
+            raise LimitsError(f"{where}: limits.connections_per_source "
+                              f"({self.connections_per_source}) exceeds limits.connections "
+                              f"({self.connections})")
+        if self.handshakes_per_source > self.handshakes:
+            raise LimitsError(f"{where}: limits.handshakes_per_source "
+                              f"({self.handshakes_per_source}) exceeds limits.handshakes "
+                              f"({self.handshakes})")
+
+
+def bounded_int(value: object, where: str, ceiling: int) -> int:
+    """An integer in [1, ceiling] (a digit string is accepted, for flags); else LimitsError."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 9:
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= ceiling:
+        raise LimitsError(f"{where}: expected an integer in [1, {ceiling}]")
+    return value
 
 
 class Budget:

@@ -45,7 +45,16 @@ from aioquic.quic.packet import QuicHeader, QuicPacketType, encode_quic_retry, p
 from aioquic.quic.retry import QuicRetryTokenHandler
 from keepmesh.agent import metrics
 from keepmesh.agent.identity import Identity
-from keepmesh.agent.transport.limits import BanList, Budget, RateLimitedLog, RateWindow
+from keepmesh.agent.transport.limits import (  # admission defaults: [limits] in the config
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_HOST,
+    MAX_HANDSHAKES,
+    MAX_HANDSHAKES_PER_HOST,
+    BanList,
+    Budget,
+    RateLimitedLog,
+    RateWindow,
+)
 from keepmesh.agent.transport.tls_binding import BoundQuicConnection
 from keepmesh.protocol.address import parse_address as _parse_canonical
 from keepmesh.protocol.errors import ProtocolError
@@ -64,10 +73,6 @@ MAX_DATAGRAM_QUEUE = 256
 # Peer-opened streams waiting for a free call slot; beyond that they are reset.
 MAX_PENDING_STREAMS = 64
 MAX_TOMBSTONES = 256
-MAX_CONNECTIONS = 512
-MAX_CONNECTIONS_PER_HOST = 64
-MAX_HANDSHAKES = 128
-MAX_HANDSHAKES_PER_HOST = 16
 # Above this many handshakes in progress, or this many Initials in the last second
 # that turned out to hold no ClientHello, new Initials must prove their address
 # (Retry) before they cost anything more: processing one costs ~2 ms on a busy
@@ -502,6 +507,8 @@ class QuicEndpoint:
 
     def __init__(self, identity: Identity, *, max_connections: int = MAX_CONNECTIONS,
                  max_connections_per_host: int = MAX_CONNECTIONS_PER_HOST,
+                 max_handshakes: int = MAX_HANDSHAKES,
+                 max_handshakes_per_host: int = MAX_HANDSHAKES_PER_HOST,
                  idle_timeout: float = 60.0,
                  handshake_timeout: float = CLIENT_HANDSHAKE_TIMEOUT_S,
                  server_handshake_timeout: float = SERVER_HANDSHAKE_TIMEOUT_S,
@@ -510,12 +517,13 @@ class QuicEndpoint:
         self.identity = identity
         self.max_connections = max_connections
         self.max_connections_per_host = max_connections_per_host
+        self.max_handshakes_per_host = max_handshakes_per_host
         self.idle_timeout = idle_timeout
         self.handshake_timeout = handshake_timeout
         self.server_handshake_timeout = server_handshake_timeout
         self.retry_threshold = retry_threshold
         self.budget = Budget(buffer_limit)
-        self.handshakes = Budget(MAX_HANDSHAKES)
+        self.handshakes = Budget(max_handshakes)
         self.bans = BanList(BAN_THRESHOLD, BAN_WINDOW_S, BAN_S)
         self.sock: socket.socket | None = None
         self._cids: dict[bytes, QuicPeerConnection] = {}
@@ -655,7 +663,7 @@ class QuicEndpoint:
             self.failure_log.warning("refusing connection from %s: connection limit", host)
             return
         if not self.handshakes.fits(1) or \
-                self._handshakes_per_host.get(host, 0) >= MAX_HANDSHAKES_PER_HOST:
+                self._handshakes_per_host.get(host, 0) >= self.max_handshakes_per_host:
             self.counters["handshake_slots_full"] += 1
             self.failure_log.warning("refusing handshake from %s: handshake slots full", host)
             return
