@@ -4,14 +4,20 @@ What it does with each output of `MeshNode.next_effect()`:
 - `Send`: a QUIC DATAGRAM on the attested session to the member (dialled,
   and attested, on demand), or for `reliable` an RPC (`swim.stream`) on a
   stream. When `dst_id` is given, only a session authenticated as that
-  identity carries it.
+  identity carries it. `ordered` sends (migration's) go through one FIFO
+  lane per member (`migrate.msg` RPCs, one at a time), so a transfer's chunks
+  arrive in order and never hold up membership's own streams.
 - `RequestAttestation`: answer from the member's verified session evidence
   (its freshness bounds how long the verdict holds), or dial the member so
   the channel verifies fresh evidence against our policy; a channel we
   refused is a negative verdict, a network failure is no verdict at all.
 - `StartKeep` / `StopKeep`: handed to the keeps hook (agent/keeps).
 - `Persist`: written atomically to `mesh.json` in the data directory.
-- events: logged.
+- events: logged; every output also goes to the `on_output` hooks (placement's
+  and migration's services carry out their own effects there).
+
+`now` given to the node is wall-clock time (`MeshService.now`): migration
+appraises evidence ages against its `issued_at`, a wall-clock stamp.
 
 Inputs: datagrams read from every attested agent session (fed with the
 session's authenticated identity as `src_id`, so a member cannot speak for
@@ -60,6 +66,7 @@ from keepmesh.protocol.membership import (
     MemberView,
     make_record,
 )
+from keepmesh.protocol.migration.messages import MAX_CHUNK
 from keepmesh.protocol.node import PERSIST_INCARNATION, MeshNode, SubMachine
 
 log = logging.getLogger("keepmesh.membership")
@@ -72,6 +79,10 @@ MAX_QUEUED_PER_DIAL = 16
 INPUT_YIELDS = 3
 MAX_STREAM_BYTES = 4 * 1024 * 1024
 STREAM_RETRY_S = (0.1, 0.3, 1.0)
+ORDERED_METHOD = "migrate.msg"
+MAX_ORDERED_BYTES = MAX_CHUNK + 64 * 1024  # one migrate.* record (a transfer chunk + header)
+LANE_QUEUE = 4096          # ordered messages waiting for one member
+LANE_TIMEOUT_S = 10.0
 STATE_FILE = "mesh.json"
 LEGACY_STATE_FILE = "membership.json"
 
@@ -120,11 +131,25 @@ class MeshService:
         self._dial_failed_at: dict[str, float] = {}
         self._nursery: trio.Nursery | None = None
         self._state: dict[str, Any] = {}
+        self._lanes: dict[bytes, trio.MemorySendChannel[tuple[str, bytes]]] = {}
         agent.register({"members.list": self._rpc_members, "swim.stream": self._rpc_stream,
+                        ORDERED_METHOD: self._rpc_ordered,
                         "agent.join": self._rpc_join, "agent.leave": self._rpc_leave})
         agent.on_peer.append(self._on_peer)
         agent.services.append(self.run)
         agent.on_leave.append(self.leave)  # SIGINT/SIGTERM and agent.leave (Agent.leave)
+
+    @staticmethod
+    def now() -> float:
+        """The node's clock: wall-clock seconds (evidence `issued_at` is wall-clock)."""
+        return time.time()
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """Where services start the tasks that carry out the node's effects."""
+        if self._nursery is None:
+            raise ProtocolError("mesh not started")
+        return self._nursery
 
     @property
     def membership(self) -> Membership | None:
@@ -160,7 +185,7 @@ class MeshService:
     async def run(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         signer = Ed25519Signer(self.agent.identity.seed)
-        now = trio.current_time()
+        now = self.now()
         self._state = self._load_state()
         last = self._state.get(PERSIST_INCARNATION, 0)
         # A restarted member comes back with a higher incarnation than it ever used.
@@ -179,11 +204,12 @@ class MeshService:
         self.flush()
         while True:
             deadline = self.node.get_timer()
-            with trio.move_on_at(deadline if deadline is not None else trio.current_time() + 1):
+            wait = 1.0 if deadline is None else max(0.0, deadline - self.now())
+            with trio.move_on_after(wait):
                 await self._wake.park()
             for _ in range(INPUT_YIELDS):
                 await trio.lowlevel.checkpoint()
-            self.node.handle_timer(trio.current_time())
+            self.node.handle_timer(self.now())
             self.flush()
 
     def wake(self) -> None:
@@ -212,6 +238,9 @@ class MeshService:
 
     def _send(self, out: Send) -> None:
         if out.dst == self.agent.address:
+            return
+        if out.ordered and out.dst_id is not None:
+            self._enqueue(out.dst_id, out.dst, out.data)
             return
         session = self._session_for(out)
         if session is None:
@@ -248,6 +277,48 @@ class MeshService:
                     return
             await trio.sleep(backoff)
 
+    def send_ordered(self, node_id: bytes, address: str, data: bytes) -> None:
+        """Carry bytes a sub-machine's effect produced (a transfer's chunks) on the
+        member's ordered lane, behind whatever the node already queued there."""
+        self._enqueue(node_id, address, data)
+
+    def _enqueue(self, node_id: bytes, address: str, data: bytes) -> None:
+        lane = self._lanes.get(node_id)
+        if lane is None:
+            send, recv = trio.open_memory_channel[tuple[str, bytes]](LANE_QUEUE)
+            self._lanes[node_id] = lane = send
+            assert self._nursery is not None
+            self._nursery.start_soon(self._lane, node_id, recv)
+        try:
+            lane.send_nowait((address, data))
+        except trio.WouldBlock:
+            log.warning("ordered queue to %s full; message dropped", fingerprint(node_id))
+
+    async def _lane(self, node_id: bytes,
+                    recv: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
+        """One member's ordered messages, one RPC at a time. Best effort: a message that
+        cannot be delivered is dropped (the sub-machine's timeouts and resends cover it)."""
+        async for address, data in recv:
+            try:
+                session = await self.session_to(node_id, address)
+                if session is not None:
+                    await self._lane_send(session, data)
+            except (RpcError, ChannelFailed, ProtocolError) as err:
+                log.debug("ordered message to %s failed: %s", fingerprint(node_id), err)
+
+    async def _lane_send(self, session: Session, data: bytes) -> None:
+        await call(session, ORDERED_METHOD, {"data": data}, timeout=LANE_TIMEOUT_S)
+
+    async def session_to(self, node_id: bytes, address: str) -> Session | None:
+        """The attested session to `node_id` (dialled at `address` when there is none)."""
+        entry = self.agent.peers.get(node_id)
+        if entry is not None and entry.session is not None \
+                and not entry.session.closed.is_set():
+            return entry.session
+        view = self.node.member(node_id) if self.node is not None else None
+        session = await self.agent.connect(view.address if view is not None else address)
+        return session if session.peer.identity == node_id else None
+
     def _dial(self, address: str, first: Send | None, subject: bytes | None = None) -> None:
         if address in self._dialing:
             if first is not None and len(self._dialing[address]) < MAX_QUEUED_PER_DIAL:
@@ -272,7 +343,7 @@ class MeshService:
             if isinstance(err, ChannelFailed) and _rejected(err) and subject is not None \
                     and self.node is not None:
                 self.node.complete(AttestationVerdict(subject, False, reason=str(err)[:200]),
-                                   trio.current_time())
+                                   self.now())
                 self.flush()
             return
         queued = self._dialing.pop(address, [])
@@ -291,7 +362,7 @@ class MeshService:
         if hook is None:
             if isinstance(item, StartKeep) and self.node is not None:
                 self.node.complete(KeepFailed(item.keep_id, item.epoch,
-                                              "this agent runs no keeps"), trio.current_time())
+                                              "this agent runs no keeps"), self.now())
             return
         assert self._nursery is not None
         self._nursery.start_soon(hook, item)
@@ -333,7 +404,7 @@ class MeshService:
             max_age = self.agent.policy.max_evidence_age_s
             if issued is not None and max_age:
                 valid_for = max(0.0, issued + max_age - time.time())
-        node.complete(AttestationVerdict(entry.identity, True, valid_for), trio.current_time())
+        node.complete(AttestationVerdict(entry.identity, True, valid_for), self.now())
         self.flush()
 
     def feed(self, data: bytes, src: str, src_id: bytes) -> None:
@@ -343,7 +414,7 @@ class MeshService:
             return
         view = node.member(src_id)
         node.receive(data, view.address if view is not None else src, src_id,
-                     trio.current_time())
+                     self.now())
         self.flush()
 
     async def _read_datagrams(self, session: Session) -> None:
@@ -356,6 +427,19 @@ class MeshService:
             self.feed(data, session.address, src_id)
 
     # ------------------------------------------------------------ RPC
+    async def _rpc_ordered(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        """One ordered message from a peer agent's lane (migrate.* records)."""
+        if ctx.role != "agent":
+            raise ProtocolError(f"{ORDERED_METHOD}: agents only")
+        data = body.get("data")
+        if not isinstance(data, bytes) or len(data) > MAX_ORDERED_BYTES:
+            raise ProtocolError(f"{ORDERED_METHOD}: data must be bytes up to "
+                                f"{MAX_ORDERED_BYTES}")
+        if self.node is None:
+            raise ProtocolError("mesh not started")
+        self.feed(data, ctx.session.address, ctx.peer_key)
+        return {}
+
     async def _rpc_stream(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         if ctx.role != "agent":
             raise ProtocolError("swim.stream: agents only")
@@ -397,7 +481,7 @@ class MeshService:
             except ChannelFailed as err:
                 raise ProtocolError(f"cannot join {a}: {err}") from None
         if self.node is not None:
-            self.node.command(Join(tuple(joined)), trio.current_time())
+            self.node.command(Join(tuple(joined)), self.now())
             self.flush()
         return {"joined": joined}
 
@@ -415,7 +499,7 @@ class MeshService:
         node = self.node
         if node is None:
             return
-        node.command(Leave(), trio.current_time())
+        node.command(Leave(), self.now())
         self.flush()
         await trio.sleep(max(1.0, 5 * self.config.gossip_interval))
 

@@ -1,23 +1,23 @@
 """Migration's I/O shell in the agent: carries out protocol/migration's effects.
 
-The decisions (who takes over, when a copy is fenced, which standby is
-attested, when to checkpoint) are all in `keepmesh.protocol.migration`; this
-module only moves bytes and results:
+Migration runs inside the agent's one MeshNode (`MigrationMachine`, built by
+MeshService like placement's machine); MeshService pumps the node, delivers
+its sends (migrate.* records on one ordered lane per peer, `migrate.msg`)
+and hands every other output to this service, which only carries out the
+migration effects and reports results back with `MeshNode.complete`:
 
-- `migrate.*` messages travel as the `migrate.msg` RPC on attested agent
-  sessions, one ordered queue per peer (chunks of a transfer stay in order);
 - `AttestStandby`: the peer's fresh evidence (`migrate.attest` RPC, bound to
   the engine's nonce) is verified with this agent's verifier and handed back;
   the engine checks binding, freshness and the deployment's policy;
 - `SendReplicate`: the package re-sealed to the standby
-  (`KeepManager.sealed_for`) goes as a chunked transfer;
+  (`KeepManager.sealed_for`) goes as a chunked transfer on the peer's lane;
 - `TakeCheckpoint`/`StartFromCheckpoint`: `agent/keeps/checkpoint.py`;
 - what a standby receives is stored under `<data_dir>/migration/standby/`;
   a fenced copy's state is kept aside under `<data_dir>/migration/fenced/`.
 
-Until MeshNode composes migration (issue 10's seam) this service also pumps
-the engine itself: it reads liveness from the membership view and evidence
-from attested sessions, and notices keeps deployed or stopped here.
+Facts it reports (no decisions): this agent's own evidence, re-verified every
+OWN_EVIDENCE_S; peers' evidence verified by their attested sessions; keeps
+that started or ended here outside migration (owner deploy or stop, exit).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import random
-import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -38,107 +37,97 @@ from keepmesh.agent.identity import fingerprint
 from keepmesh.agent.keeps.checkpoint import CheckpointError, restore_keep, take_checkpoint
 from keepmesh.agent.keeps.service import KeepService
 from keepmesh.agent.keeps.store import atomic_write
+from keepmesh.agent.membership_service import MeshService
 from keepmesh.agent.node import Agent
 from keepmesh.agent.rpc import RpcContext, RpcError, call
 from keepmesh.agent.session import ChannelFailed
 from keepmesh.protocol.attestation.evidence import Evidence, verify_evidence_record
 from keepmesh.protocol.deployment import Deployment, SealedPackage, deployment_id
+from keepmesh.protocol.effects import Commit, Drain, Output, Release
 from keepmesh.protocol.errors import ProtocolError, VerificationError
 from keepmesh.protocol.membership import Ed25519Signer, Ed25519Verifier
 from keepmesh.protocol.migration import effects as fx
 from keepmesh.protocol.migration.engine import Migration
-from keepmesh.protocol.migration.messages import KEEP_ID_LEN, MAX_CHUNK, Replicate
+from keepmesh.protocol.migration.machine import MigrationMachine
+from keepmesh.protocol.migration.messages import KEEP_ID_LEN, Replicate
 from keepmesh.protocol.migration.transfer import split
 from keepmesh.protocol.migration.triggers import Attested
+from keepmesh.protocol.node import MeshNode
 from keepmesh.protocol.wire import decode_payload, encode_payload
 
 log = logging.getLogger("keepmesh.migration")
 
-MAX_MSG = MAX_CHUNK + 64 * 1024
 SEND_TIMEOUT_S = 10.0
-QUEUE_PER_PEER = 4096
 TICK_S = 0.5
 OWN_EVIDENCE_S = 2.0
 KEEP_CHECKPOINTS = 3
 MAX_EVENTS = 200
 STATUS_EVENTS = 50
 DRAIN_WAIT_S = 100.0  # below the RPC call timeout (120 s)
+MIB = 1024 * 1024
 
 
 class MigrationService:
-    def __init__(self, agent: Agent, keeps: KeepService, membership: Any) -> None:
+    def __init__(self, agent: Agent, keeps: KeepService, mesh: MeshService) -> None:
         self.agent = agent
         self.keeps = keeps
-        self.membership = membership  # MembershipService (its `.membership` view)
+        self.mesh = mesh
         self.root = agent.data_dir / "migration"
-        self.engine: Migration | None = None
+        self.machine: MigrationMachine | None = None
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
-        self._wake = trio.Event()
-        self._queues: dict[bytes, trio.MemorySendChannel[bytes]] = {}
         self._nursery: Any = None
         self._checkpoints: dict[str, dict[int, bytes]] = {}
         self._epochs: dict[str, int] = self._load_epochs()
-        self._known_live: dict[bytes, bool] = {}
         self._known_evidence: dict[bytes, tuple[bytes, int]] = {}
         self._ended: set[str] = set()   # keeps migration stopped here (not "lost")
         self._drains: list[tuple[trio.Event, list[fx.DrainFinished]]] = []
         self._next_own = 0.0
-        agent.register({"migrate.msg": self._rpc_msg, "migrate.attest": self._rpc_attest,
+        mesh.machine_factories.append(self._build)
+        mesh.on_output.append(self._on_output)
+        agent.register({"migrate.attest": self._rpc_attest,
                         "agent.drain": self._rpc_drain, "migrate.where": self._rpc_where})
         agent.services.append(self.run)
         agent.status_sources["events"] = self.status_events
 
-    # ================================================================ pump
+    @property
+    def engine(self) -> Migration | None:
+        return None if self.machine is None else self.machine.engine
+
+    def _build(self, node: MeshNode) -> MigrationMachine:
+        engine = Migration(Ed25519Signer(self.agent.identity.seed), Ed25519Verifier(),
+                           self.agent.address, random.SystemRandom(), self.mesh.now(),
+                           default_policy=self.agent.policy)
+        self.machine = MigrationMachine(node, engine)
+        return self.machine
+
+    # ================================================================ facts
 
     async def run(self, nursery: Any) -> None:
+        """Report facts the node cannot see itself: evidence and keeps started or ended
+        here outside migration. Decides nothing."""
         self._nursery = nursery
-        now = time.time()
-        self.engine = Migration(Ed25519Signer(self.agent.identity.seed), Ed25519Verifier(),
-                                self.agent.address, random.SystemRandom(), now,
-                                default_policy=self.agent.policy)
         while True:
-            now = time.time()
-            eng = self.engine
-            self._dispatch(eng)
-            self._sync(eng, now)
-            t = eng.get_timer()
-            if t is not None and t <= now:
-                eng.handle_timer(now)
-            self._dispatch(eng)
-            t = eng.get_timer()
-            delay = TICK_S if t is None else min(TICK_S, max(0.0, t - time.time()))
-            with trio.move_on_after(delay):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            if now >= self._next_own:
-                self._next_own = now + OWN_EVIDENCE_S
-                nursery.start_soon(self._own_evidence)
-
-    def _poke(self) -> None:
-        self._wake.set()
+            node = self.mesh.node
+            if node is not None and self.machine is not None:
+                now = self.mesh.now()
+                self._sync(node, now)
+                if now >= self._next_own:
+                    self._next_own = now + OWN_EVIDENCE_S
+                    nursery.start_soon(self._own_evidence)
+                self.mesh.flush()
+            await trio.sleep(TICK_S)
 
     def _complete(self, result: object) -> None:
-        """A result back into the engine; its outputs are carried out at once (before the
-        next view sync could misread a keep the engine just handed over)."""
-        if self.engine is not None:
-            self.engine.complete(result, time.time())
-            self._dispatch(self.engine)
-            self._poke()
+        """A result from a task back into the node; its outputs are carried out at once."""
+        node = self.mesh.node
+        if node is not None:
+            node.complete(result, self.mesh.now())
+            self.mesh.flush()
 
-    # ================================================================ view
-
-    def _sync(self, eng: Migration, now: float) -> None:
-        """Feed changes of the membership view, peer evidence and local keeps."""
-        view = getattr(self.membership, "membership", None)
-        if view is not None:
-            for m in view.members():
-                if m.node_id == eng.own_id:
-                    continue
-                live = m.liveness.value in ("alive", "suspect")
-                if self._known_live.get(m.node_id) != live:
-                    was = m.node_id in self._known_live
-                    self._known_live[m.node_id] = live
-                    eng.member_state(m.node_id, live, now, rejoined=was and live)
+    def _sync(self, node: MeshNode, now: float) -> None:
+        """Peers' verified session evidence and local keeps, into the node."""
+        eng = self.engine
+        assert eng is not None
         for ident, peer in list(self.agent.peers.items()):
             ev = peer.evidence
             session = peer.session
@@ -148,17 +137,17 @@ class MigrationService:
             stamp = (ev.report_data, issued)
             if self._known_evidence.get(ident) != stamp:
                 self._known_evidence[ident] = stamp
-                eng.member_evidence(ident, Attested(ev, float(issued)), now)
+                node.complete(fx.MemberEvidence(ident, Attested(ev, float(issued))), now)
         manager = self.keeps.manager
         for keep_id, keep in list(manager.keeps.items()):
             known = keep_id in eng.running or keep_id in eng.starting
             if not known and keep.kind == "service" and keep.status == "running" \
                     and keep_id not in self._ended:
-                eng.complete(fx.KeepHosted(keep.deployment, self._epochs.get(keep_id, 1)), now)
+                node.complete(fx.KeepHosted(keep.deployment, self._epochs.get(keep_id, 1)), now)
             elif known and keep_id in eng.running and keep.status != "running" \
                     and keep.status != "created":
                 self._ended.add(keep_id)
-                eng.complete(fx.KeepEnded(keep_id, lost=keep.status != "stopped"), now)
+                node.complete(fx.KeepEnded(keep_id, lost=keep.status != "stopped"), now)
 
     async def _own_evidence(self) -> None:
         """Re-verify our own evidence (a TCB change shows up within OWN_EVIDENCE_S)."""
@@ -176,18 +165,16 @@ class MigrationService:
 
     # ================================================================ effects
 
-    def _dispatch(self, eng: Migration) -> None:
-        while (out := eng.next_output()) is not None:
-            try:
-                self._do(out)
-            except (ProtocolError, OSError) as err:
-                log.warning("migration effect %s failed: %s", type(out).__name__, err)
+    def _on_output(self, out: Output) -> None:
+        """MeshService hands every node output here; migration's are carried out."""
+        try:
+            self._do(out)
+        except (ProtocolError, OSError) as err:
+            log.warning("migration effect %s failed: %s", type(out).__name__, err)
 
     def _do(self, out: object) -> None:
-        n = self._nursery
-        if isinstance(out, fx.Send):
-            self._send(out.to, encode_payload(out.message))
-        elif isinstance(out, fx.AttestStandby):
+        n = self.mesh.nursery
+        if isinstance(out, fx.AttestStandby):
             n.start_soon(self._attest_standby, out)
         elif isinstance(out, fx.SendReplicate):
             self._send_replicate(out)
@@ -196,7 +183,8 @@ class MigrationService:
         elif isinstance(out, fx.SendCheckpoint):
             blob = self._checkpoints.get(out.keep, {}).get(out.seq)
             if blob is not None:
-                for t in split(out.keep, out.epoch, "checkpoint", out.seq, time.time(), blob):
+                for t in split(out.keep, out.epoch, "checkpoint", out.seq, self.mesh.now(),
+                               blob):
                     self._send(out.node, encode_payload(t))
         elif isinstance(out, fx.StoreStandby):
             self._store_standby(out)
@@ -213,59 +201,22 @@ class MigrationService:
         elif isinstance(out, fx.StopKeep):
             self._ended.add(out.keep)
             n.start_soon(self._stop_keep, out)
-        else:
+        elif isinstance(out, fx.KeepMoved | fx.KeepFenced | fx.KeepOrphaned
+                        | fx.StandbyChanged | fx.DrainFinished):
             self._event(out)
 
-    # ------------------------------------------------------------ messaging
+    def _address(self, node: bytes) -> str:
+        view = self.mesh.node.member(node) if self.mesh.node is not None else None
+        if view is not None:
+            return view.address
+        if self.engine is not None:
+            for loc in self.engine.locations.hosted_by(node):
+                return loc.address
+        return ""
 
     def _send(self, node: bytes, data: bytes) -> None:
-        q = self._queues.get(node)
-        if q is None:
-            send, recv = trio.open_memory_channel[bytes](QUEUE_PER_PEER)
-            self._queues[node] = q = send
-            self._nursery.start_soon(self._sender, node, recv)
-        try:
-            q.send_nowait(data)
-        except trio.WouldBlock:
-            log.warning("migration queue to %s full; message dropped", fingerprint(node))
-
-    async def _session_to(self, node: bytes) -> Any:
-        peer = self.agent.peers.get(node)
-        if peer is not None and peer.session is not None and not peer.session.closed.is_set():
-            return peer.session
-        address = peer.address if peer is not None else None
-        view = getattr(self.membership, "membership", None)
-        if address is None and view is not None:
-            m = view.member(node)
-            address = m.address if m is not None else None
-        if address is None:
-            return None
-        session = await self.agent.connect(address)
-        return session if session.peer.identity == node else None
-
-    async def _sender(self, node: bytes, recv: trio.MemoryReceiveChannel[bytes]) -> None:
-        """One ordered stream of migrate.* messages to one peer (best effort: a message
-        that cannot be delivered is dropped; the engine's timeouts and retries cover it)."""
-        async for data in recv:
-            try:
-                session = await self._session_to(node)
-                if session is None:
-                    continue
-                await call(session, "migrate.msg", {"data": data}, timeout=SEND_TIMEOUT_S)
-            except (RpcError, ChannelFailed) as err:
-                log.debug("migrate.msg to %s failed: %s", fingerprint(node), err)
-
-    async def _rpc_msg(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
-        if ctx.role != "agent":
-            raise ProtocolError("migrate.msg: agents only")
-        data = body.get("data")
-        if not isinstance(data, bytes) or len(data) > MAX_MSG:
-            raise ProtocolError(f"migrate.msg: data must be bytes up to {MAX_MSG}")
-        if self.engine is not None:
-            self.engine.receive(data, ctx.peer_key, time.time())
-            self._dispatch(self.engine)
-            self._poke()
-        return {}
+        """Bytes a migration effect produced (transfer chunks), on the peer's ordered lane."""
+        self.mesh.send_ordered(node, self._address(node), data)
 
     # ------------------------------------------------------------ attestation
 
@@ -282,7 +233,7 @@ class MigrationService:
     async def _attest_standby(self, out: fx.AttestStandby) -> None:
         att: Attested | None = None
         try:
-            session = await self._session_to(out.node)
+            session = await self.mesh.session_to(out.node, self._address(out.node))
             if session is not None:
                 reply = await call(session, "migrate.attest", {"nonce": out.nonce},
                                    timeout=SEND_TIMEOUT_S)
@@ -323,7 +274,7 @@ class MigrationService:
             return
         epoch = self.engine.running[out.keep].epoch if self.engine and \
             out.keep in self.engine.running else 0
-        now = time.time()
+        now = self.mesh.now()
         try:
             blob = await trio.to_thread.run_sync(take_checkpoint, keep, out.seq, epoch, now)
         except (ProtocolError, OSError) as err:
@@ -372,6 +323,10 @@ class MigrationService:
                     raise ProtocolError(f"holding checkpoint {meta.get('seq')}, not {out.seq}")
                 blob = (d / "checkpoint.bin").read_bytes()
             manager = self.keeps.manager
+            if out.keep in manager.keeps:
+                # It ran here before and moved away (its copy stopped): it comes back as a
+                # new admission at the new epoch, not as the old copy's state.
+                manager.forget(out.keep)
             keep, _ = await trio.to_thread.run_sync(restore_keep, manager, dep, pkg, blob)
             await manager.start(keep)
             if keep.status != "running":
@@ -382,6 +337,7 @@ class MigrationService:
             self._ended.discard(out.keep)
             deployment = dep
             ok, reason = True, ""
+            self._commit(dep, out.epoch)
         except (OSError, ValueError, ProtocolError, CheckpointError) as err:
             ok, reason = False, str(err)[:200]
             log.warning("restore of keep %s failed: %s", out.keep, reason)
@@ -396,18 +352,42 @@ class MigrationService:
             # The losing copy's state is kept aside, not merged (specs/migration.md §3).
             try:
                 blob = await trio.to_thread.run_sync(take_checkpoint, keep, 0, out.epoch,
-                                                     time.time())
+                                                     self.mesh.now())
                 fenced = self.root / "fenced"
                 fenced.mkdir(parents=True, exist_ok=True, mode=0o700)
                 atomic_write(fenced / f"{out.keep}-e{out.epoch}.ckpt", blob)
             except (ProtocolError, OSError) as err:
                 log.warning("could not keep the fenced state of %s: %s", out.keep, err)
         await manager.stop(out.keep)
+        self._release(out.keep)
+
+    def _release(self, keep: str) -> None:
+        """The keep no longer runs here: placement's lease goes back now (not at its next
+        reconcile), so the capacity is free for the next placement."""
+        node = self.mesh.node
+        if node is not None:
+            node.command(Release(keep), self.mesh.now())
+            self.mesh.flush()
+
+    def _commit(self, dep: Deployment, epoch: int) -> None:
+        """A restored keep runs here: placement's lease table counts it (a keep that runs
+        beyond the capacity left is logged; it is already running)."""
+        node = self.mesh.node
+        if node is None:
+            return
+        mem = max(1, -(-dep.manifest.memory_limit // MIB))
+        try:
+            node.command(Commit(0, deployment_id(dep), epoch, dep.owner_key, mem),
+                         self.mesh.now())
+        except ProtocolError as err:
+            log.warning("restored keep %s runs beyond this agent's capacity: %s",
+                        deployment_id(dep)[:16], err.reason)
+        self.mesh.flush()
 
     # ------------------------------------------------------------ events
 
     def _event(self, ev: object) -> None:
-        now = time.time()
+        now = self.mesh.now()
         doc: dict[str, Any] = {"time": now, "event": type(ev).__name__}
         metrics.count_migration(type(ev).__name__)
         if isinstance(ev, fx.KeepMoved):
@@ -478,13 +458,13 @@ class MigrationService:
 
     async def _rpc_drain(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         """Hand every keep over; answer when done: moved [{keep, from, to, epoch}]."""
-        if self.engine is None:
+        node = self.mesh.node
+        if self.engine is None or node is None:
             raise ProtocolError("agent.drain: migration not running yet")
         done, box = trio.Event(), list[fx.DrainFinished]()
         self._drains.append((done, box))
-        self.engine.command(fx.DrainAll(), time.time())
-        self._dispatch(self.engine)
-        self._poke()
+        node.command(Drain(), self.mesh.now())  # placement stops taking keeps, too
+        self.mesh.flush()
         with trio.move_on_after(DRAIN_WAIT_S):
             await done.wait()
         if not box:
@@ -494,7 +474,7 @@ class MigrationService:
         me = self.agent.address
         moved = []
         for m in fin.moved:
-            loc = self.engine.locations.get(m.keep)
+            loc = self.engine.locations.get(m.keep) if self.engine is not None else None
             moved.append({"keep": m.keep, "from": me,
                           "to": loc.address if loc is not None and loc.host == m.to else None,
                           "to_id": m.to.hex(), "epoch": m.epoch})

@@ -96,12 +96,13 @@ class PlacementService:
                 continue
             local = {k: v for k, v in self.keeps.manager.keeps.items()
                      if not is_terminal(str(v.status))}
-            now = trio.current_time()
+            now = self.mesh.now()
             for keep_id, keep in local.items():
                 if machine.leases.holds(keep_id) is None:
                     d = keep.deployment
                     try:
-                        node.command(Commit(0, keep_id, 1, d.owner_key,
+                        node.command(Commit(0, keep_id, self._epoch(node, keep_id),
+                                            d.owner_key,
                                             max(1, -(-d.manifest.memory_limit // MIB))), now)
                     except ProtocolError as err:
                         log.warning("keep %s runs beyond this agent's capacity: %s",
@@ -110,6 +111,20 @@ class PlacementService:
                 if lease.committed and lease.keep_id not in local:
                     node.command(Release(lease.keep_id), now)
             self.mesh.flush()
+
+    @staticmethod
+    def _epoch(node: MeshNode, keep_id: str) -> int:
+        """The keep's epoch here: migration's (its fencing token) when it tracks the keep."""
+        from keepmesh.protocol.migration.machine import MigrationMachine
+        m = node.machine(MigrationMachine)
+        if isinstance(m, MigrationMachine):
+            r = m.engine.running.get(keep_id)
+            if r is not None:
+                return r.epoch
+            st = m.engine.starting.get(keep_id)
+            if st is not None:
+                return st.epoch
+        return 1
 
     def _build(self, node: MeshNode) -> PlacementMachine:
         # Real agents answer over RPC streams on a shared, possibly busy host: wider
@@ -150,7 +165,7 @@ class PlacementService:
         box: list[Output] = []
         self._waiting[request] = (done, box)
         try:
-            node.command(Deploy(request, keep_id, b"", req), trio.current_time())
+            node.command(Deploy(request, keep_id, b"", req), self.mesh.now())
             self.mesh.flush()
             with trio.move_on_after(PLACE_TIMEOUT_S):
                 await done.wait()
@@ -182,14 +197,14 @@ class PlacementService:
         if ours:
             # The lease is taken before anything runs; refusal is the one-line answer.
             node.command(Commit(req.lease or 0, keep_id, 1, d.owner_key, memory_mb),
-                         trio.current_time())
+                         self.mesh.now())
             self.mesh.flush()
         try:
             out: dict[str, Any] = await self._local["keeps.deploy"](ctx, body)
             return out
         except BaseException:
             if ours:
-                node.command(Release(keep_id), trio.current_time())
+                node.command(Release(keep_id), self.mesh.now())
                 self.mesh.flush()
             raise
 
@@ -252,7 +267,7 @@ class PlacementService:
                 result = {"keep": keep.keep_id, "state": status}
             else:
                 result = dict(await self._local["keeps.stop"](ctx, body))
-            self._node().command(Release(keep.keep_id), trio.current_time())
+            self._node().command(Release(keep.keep_id), self.mesh.now())
             self.mesh.flush()
             return result
         loc = self._remote(req.keep)

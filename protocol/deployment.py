@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from .errors import ProtocolError, VerificationError
+from .migration.settings import MigrationSpec, parse_migration, spec_of
 from .placement.spec import PlacementSpec, parse_placement_table
 from .secrets import (
     BOX_OVERHEAD,
@@ -73,6 +74,9 @@ class Manifest(Message):
         # [placement] (protocol/placement/spec.py); absent means one replica anywhere,
         # so deployments without it sign the same bytes as before.
         "placement": rec(PlacementSpec, optional=True),
+        # [migration] (protocol/migration/settings.py): standbys, checkpoint_s; absent
+        # means the defaults (1 standby, 5 s), signing the same bytes as before.
+        "migration": rec(MigrationSpec, optional=True),
     }
     name: str
     args: tuple[str, ...]
@@ -82,6 +86,7 @@ class Manifest(Message):
     timeout_ms: int
     stateful: bool
     placement: PlacementSpec | None = None
+    migration: MigrationSpec | None = None
 
     def validate(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -309,9 +314,10 @@ def check_package(d: Deployment, package: bytes) -> None:
 
 # ------------------------------------------------------------ keepmesh.toml
 
-# [secrets]/[data]: protocol.secrets.parse_inputs_toml; [placement]: protocol/placement/spec.py
+# [secrets]/[data]: protocol.secrets.parse_inputs_toml; [placement]: protocol/placement/spec.py;
+# [migration]: protocol/migration/settings.py
 _TOML_KEYS = {"name", "module", "args", "env", "resources", "policy",
-              "secrets", "data", "placement"}
+              "secrets", "data", "placement", "migration"}
 _RESOURCE_KEYS = {"memory", "memory_limit", "fuel", "timeout_ms", "stateful"}
 _UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "ki": 1024, "m": 1024 ** 2, "mib": 1024 ** 2,
           "mi": 1024 ** 2, "g": 1024 ** 3, "gib": 1024 ** 3, "gi": 1024 ** 3}
@@ -377,6 +383,8 @@ def parse_manifest_toml(text: str, source: str = "keepmesh.toml"
         fields["stateful"] = want(res["stateful"], bool, "resources.stateful")
     if "placement" in doc:
         fields["placement"] = parse_placement_table(doc["placement"], source).to_fields()
+    if "migration" in doc:
+        fields["migration"] = spec_of(parse_migration(doc["migration"], source)).to_fields()
     defaults = {"memory_limit": DEFAULT_MEMORY, "fuel": DEFAULT_FUEL,
                 "timeout_ms": DEFAULT_TIMEOUT_MS, "stateful": False}
     for k, v in defaults.items():

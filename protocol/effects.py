@@ -43,12 +43,17 @@ class Send:
     there (a seed). `reliable` asks for a stream (ordered, retransmitted,
     size up to the stream limit); otherwise one best-effort datagram.
     A driver must only deliver on a channel attested to `dst_id` when given.
+    `ordered` (with `reliable` and `dst_id`): deliver in the order sent relative to
+    every other ordered Send to the same member (migration's chunked transfers are
+    accepted only at the next expected offset); unordered reliable sends may overtake
+    each other and ordered ones.
     """
 
     dst: Address
     data: bytes
     reliable: bool
     dst_id: NodeId | None = None
+    ordered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,8 +41,10 @@ def evidence(node: bytes, *, microcode: int = 213, nonce: bytes = b"",
         claims={"vmpl": 0, "guest_svn": 0})
 
 
-def deployment(name: str, policy: str = BASE_POLICY, seed: int = 0) -> Deployment:
-    return make_deployment(manifest_for(name, stateful=True), b"\0asm" + name.encode(),
+def deployment(name: str, policy: str = BASE_POLICY, seed: int = 0,
+               migration: dict[str, Any] | None = None) -> Deployment:
+    extra = {} if migration is None else {"migration": migration}
+    return make_deployment(manifest_for(name, stateful=True, **extra), b"\0asm" + name.encode(),
                            policy, OWNER_SEED, 1000.0, random.Random(seed))
 
 
@@ -95,8 +97,9 @@ class Net:
 
     # ---------------------------------------------------------------- actions
 
-    def deploy(self, host: Node, name: str, policy: str = BASE_POLICY, epoch: int = 1) -> str:
-        d = deployment(name, policy)
+    def deploy(self, host: Node, name: str, policy: str = BASE_POLICY, epoch: int = 1,
+               migration: dict[str, Any] | None = None) -> str:
+        d = deployment(name, policy, migration=migration)
         keep = deployment_id(d)
         self.deployments[keep] = d
         host.counters[keep] = 0

@@ -219,6 +219,16 @@ class KeepManager:
         keep = self.get(keep_id)
         return await trio.to_thread.run_sync(self.run_stop, keep)
 
+    def forget(self, keep_id: str) -> None:
+        """Drop a stopped keep and its files so it can be admitted here again (a keep that
+        migration moved away returning to this host). Refuses a keep that still runs."""
+        with self._lock:
+            keep = self.keeps.get(keep_id)
+            if keep is not None and keep.status in ("running", "created"):
+                raise ProtocolError(f"keep {keep_id} still runs here")
+            self.keeps.pop(keep_id, None)
+            self.store.remove(keep_id)
+
     def get(self, keep_id: str) -> Keep:
         keep = self.keeps.get(keep_id)
         if keep is None and len(keep_id) >= 8:

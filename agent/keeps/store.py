@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,12 @@ class KeepStore:
 
     def exists(self, keep_id: str) -> bool:
         return (self._dir(keep_id) / "deployment.bin").exists()
+
+    def remove(self, keep_id: str) -> None:
+        """Delete a keep's files (migration moved it away; it may come back later)."""
+        d = self._dir(keep_id)
+        (d / "deployment.bin").unlink(missing_ok=True)  # first: no longer a complete install
+        shutil.rmtree(d, ignore_errors=True)
 
     def keep_ids(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir()

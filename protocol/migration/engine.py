@@ -53,7 +53,7 @@ from .messages import (
     Replicate,
     Transfer,
 )
-from .settings import MigrationSettings, parse_migration
+from .settings import MigrationSettings
 from .standby import Holdings, Replication
 from .triggers import Attested, Verdict, must_move, successor, trust_failure
 
@@ -127,11 +127,8 @@ def policy_of(deployment: Deployment, default: Policy) -> Policy:
 
 def settings_of(deployment: Deployment) -> MigrationSettings:
     """`[migration]` from the signed manifest (defaults when the manifest has none)."""
-    m = deployment.manifest
-    table = {k: v for k, v in (("standbys", getattr(m, "standbys", None)),
-                               ("checkpoint_s", getattr(m, "checkpoint_s", None)))
-             if v is not None}
-    return parse_migration(table or None, "manifest")
+    spec = deployment.manifest.migration
+    return MigrationSettings() if spec is None else spec.settings()
 
 
 class Migration:

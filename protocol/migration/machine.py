@@ -95,7 +95,7 @@ class MigrationMachine:
             if address is None:
                 self.unaddressed += 1
                 continue
-            return Send(address, encode_payload(item.message), True, item.to)
+            return Send(address, encode_payload(item.message), True, item.to, ordered=True)
 
     def _address(self, node: bytes) -> str | None:
         view = self.node.member(node)

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import ProtocolError
+from ..wire import Message, Spec, f, message, u
 from .messages import MAX_STANDBYS
 
 DEFAULT_STANDBYS = 1
@@ -37,6 +38,35 @@ class MigrationSettings:
         if not MIN_CHECKPOINT_S <= self.checkpoint_s <= MAX_CHECKPOINT_S:
             raise ProtocolError(f"field 'migration.checkpoint_s': {self.checkpoint_s} outside "
                                 f"[{MIN_CHECKPOINT_S}, {MAX_CHECKPOINT_S:g}]")
+
+
+@message
+class MigrationSpec(Message):
+    """`[migration]` as it travels inside the signed manifest (`Manifest.migration`).
+
+    Why signed: the number of standbys and the checkpoint period decide how much
+    state a crash can lose and how many hosts hold the key; a relay or a host
+    must not be able to lower them. Absent means the defaults, and a manifest
+    without it signs the same bytes as before the field existed.
+    """
+
+    TYPE: ClassVar[str] = ""
+    SCHEMA: ClassVar[dict[str, Spec]] = {
+        "standbys": u(8),
+        "checkpoint_s": f(MIN_CHECKPOINT_S, MAX_CHECKPOINT_S),
+    }
+    standbys: int
+    checkpoint_s: float
+
+    def validate(self) -> None:
+        self.settings()  # the bounds, one line naming the field
+
+    def settings(self) -> MigrationSettings:
+        return MigrationSettings(standbys=self.standbys, checkpoint_s=self.checkpoint_s)
+
+
+def spec_of(settings: MigrationSettings) -> MigrationSpec:
+    return MigrationSpec(standbys=settings.standbys, checkpoint_s=settings.checkpoint_s)
 
 
 def parse_migration(table: Any, source: str = "keepmesh.toml") -> MigrationSettings:
