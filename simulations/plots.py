@@ -100,7 +100,96 @@ def write_outputs(sim: Simulation, report: dict[str, Any], out_dir: str) -> list
     fig.savefig(os.path.join(out_dir, "membership_view.png"), dpi=110)
     plt.close(fig)
     files.append("membership_view.png")
+    if getattr(sim, "migration", None) is not None:
+        raw = sim.migration.raw()
+        with open(os.path.join(out_dir, "migration.json"), "w") as fh:
+            json.dump(raw, fh, indent=1, sort_keys=True)
+        files.append("migration.json")
+        files += write_migration_plots(raw, out_dir)
     return files
+
+
+def write_migration_plots(raw: dict[str, Any], out_dir: str) -> list[str]:
+    """Issue 11's figures from a run's migration.json (MigrationExperiment.raw()):
+    keeps down / duplicated over time, and each measure against its target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    summary = raw["summary"]
+    ref = summary["reference"]
+    # 1. keeps with no running copy / with two copies, over time, events marked
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    tl = raw["timeline"]
+    if tl:
+        ts = [p[0] for p in tl]
+        ax.step(ts, [p[1] for p in tl], where="post", label="keeps with no running copy")
+        ax.step(ts, [p[2] for p in tl], where="post", label="keeps running twice")
+    for t, label in raw["marks"]:
+        if label in ("partition", "heal") or label.startswith("crash"):
+            ax.axvline(t, color="red", lw=0.6, alpha=0.6)
+            ax.annotate(label, (t, ax.get_ylim()[1] * 0.95), rotation=90, fontsize=7,
+                        va="top", ha="right", color="red")
+    ax.set_xlabel("simulated seconds")
+    ax.set_ylabel(f"keeps (of {summary['keeps']})")
+    ax.set_title("Keeps down and duplicated over time")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "migration_timeline.png"), dpi=110)
+    plt.close(fig)
+
+    # 2. the three measures against their targets
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    rec = raw["recoveries"]
+    ax = axes[0]
+    det = sorted(r["first_dead_at"] - r["crashed_at"] for r in rec
+                 if r["first_dead_at"] is not None)
+    run = sorted(r["running_at"] - r["crashed_at"] for r in rec)
+    if run:
+        ax.step(det, [(i + 1) / len(det) for i in range(len(det))], where="post",
+                label="host declared dead (first member)")
+        ax.step(run, [(i + 1) / len(run) for i in range(len(run))], where="post",
+                label="keep running elsewhere")
+        bound = sorted(d + 2.0 for d in det)
+        ax.step(bound, [(i + 1) / len(bound) for i in range(len(bound))], where="post",
+                color="k", ls="--", lw=0.8, label="target: detection + 2 s")
+    ax.set_xlabel("seconds since the host's crash")
+    ax.set_ylabel(f"CDF over {len(run)} recovered keeps")
+    ax.set_title("Crash -> running elsewhere")
+    ax.legend(fontsize=7, loc="lower right")
+    ax = axes[1]
+    lost = [r["lost_state_s"] / r["checkpoint_s"] for r in rec]
+    if lost:
+        ax.hist(lost, bins=20, range=(0.0, max(1.2, max(lost) * 1.05)))
+    ax.axvline(1.0, color="k", ls="--", lw=0.8, label="target: one checkpoint interval")
+    ax.set_xlabel("state lost on the crash (checkpoint intervals)")
+    ax.set_ylabel("recovered keeps")
+    ax.set_title("State lost on a crash")
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    heals = [t for t, label in raw["marks"] if label == "heal"]
+    after = []
+    for d in raw["duplicates"]:
+        h = max((x for x in heals if x <= d["end"]), default=None)
+        if h is not None:
+            after.append(d["end"] - max(d["start"], h))
+    after.sort()
+    if after:
+        ax.step(after, [(i + 1) / len(after) for i in range(len(after))], where="post",
+                label="duplicate gone after the heal")
+    if ref.get("suspicion_min_s") is not None:
+        ax.axvline(ref["suspicion_min_s"], color="k", ls="--", lw=0.8,
+                   label=f"one suspicion timeout (min, {ref['suspicion_min_s']:.1f} s)")
+    ax.set_xlabel("seconds after the heal")
+    ax.set_ylabel(f"CDF over {len(after)} duplicated keeps")
+    ax.set_title("Duplicate lifetime after a heal")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "migration_targets.png"), dpi=110)
+    plt.close(fig)
+    return ["migration_timeline.png", "migration_targets.png"]
 
 
 SWEEP_PLOTS = ("dissemination_999_s", "detection_p50_s", "dead_everywhere_max_s",
