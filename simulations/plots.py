@@ -249,3 +249,61 @@ def write_sweep_outputs(doc: dict[str, Any], out_dir: str) -> list[str]:
             files.append(fname)
         plt.close(fig)
     return files
+
+
+def write_placement_plots(doc: dict[str, Any], out_dir: str) -> list[str]:
+    """Issue 10's figures from bench/placement.py's document: acceptance against offered
+    load for the protocol and the same run's greedy ideal, and messages per placement
+    against N (negotiation and location gossip, with the +-10% flatness band)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    files = []
+    by_load = doc.get("by_load") or {}
+    if by_load:
+        pts = sorted(by_load.values(), key=lambda p: p["offered_load"])
+        xs = [p["offered_load"] for p in pts]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.plot(xs, [p["acceptance_rate"] for p in pts], "o-", label="keepmesh placement")
+        ax.plot(xs, [p["ideal_acceptance_rate"] for p in pts], "s--",
+                label="centralised greedy best fit (same run)")
+        for x, p in zip(xs, pts, strict=True):
+            if p["acceptance_vs_ideal"] is not None:
+                ax.annotate(f"{p['acceptance_vs_ideal']:.3f}x", (x, p["acceptance_rate"]),
+                            textcoords="offset points", xytext=(0, -14), fontsize=7,
+                            ha="center")
+        ax.set_xlabel("offered load (memory demanded / offered)")
+        ax.set_ylabel("accepted / decided deployments")
+        ax.set_title(f"Placement acceptance vs the ideal, {pts[0]['agents']} agents "
+                     "(labels: accepted vs ideal's)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "placement_acceptance.png"), dpi=110)
+        plt.close(fig)
+        files.append("placement_acceptance.png")
+    scaling = doc.get("scaling")
+    if scaling:
+        ns = scaling["agents"]
+        msgs = [scaling["msgs_per_placement"][str(n)] for n in ns]
+        where = [scaling["where_msgs_per_placement"][str(n)] for n in ns]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.plot(ns, msgs, "o-", label="negotiation (probe ... committed)")
+        ax.fill_between(ns, [msgs[0] * 0.9] * len(ns), [msgs[0] * 1.1] * len(ns), alpha=0.15,
+                        label="smallest N +-10% (target band)")
+        ax.plot(ns, where, "s--", label="location gossip (place.where)")
+        ax.set_xscale("log")
+        ax.set_xlabel("agents (N)")
+        ax.set_ylabel("messages per placement")
+        ax.set_title(f"Messages per placement vs N (load {scaling['load']:g}, "
+                     f"{scaling['duration_s']:g} s, lifetime {scaling['lifetime_s']:g} s)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="upper left")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "placement_msgs_vs_n.png"), dpi=110)
+        plt.close(fig)
+        files.append("placement_msgs_vs_n.png")
+    return files
