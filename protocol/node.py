@@ -47,7 +47,7 @@ from .effects import (
     UpdateLocal,
 )
 from .errors import ProtocolError
-from .membership import Membership, MembershipConfig, MemberView, NodeRecord
+from .membership import MemberBase, Membership, MembershipConfig, MemberView, NodeRecord
 from .membership.signing import RecordSigner, RecordVerifier
 
 PERSIST_INCARNATION = "incarnation"
@@ -180,8 +180,10 @@ class MeshNode:
             if m.complete(result, now):
                 break
 
-    def learn(self, records: Iterable[NodeRecord], now: float, *, trusted: bool = False) -> int:
-        """Prime the member table (warm start, or peers persisted by the agent)."""
+    def learn(self, records: Iterable[NodeRecord] | MemberBase, now: float, *,
+              trusted: bool = False) -> int:
+        """Prime the member table (warm start: a shared MemberBase; peers persisted by
+        the agent)."""
         return self.membership.learn(records, now, trusted=trusted)
 
     # ================================================================ outputs

@@ -120,10 +120,12 @@ class MeshAdapter:
         proto.node.command(Join(tuple(seeds)), now)
 
     def warm_start(self, protos: list[Any], now: float) -> None:
-        """Every member learns every other's signed record, already attested."""
-        records = [p.node.record for p in protos]
+        """Every member learns every other's signed record, already attested: one
+        shared base view (each record verified once), adopted by every table."""
+        from keepmesh.protocol.membership import MemberBase
+        base = MemberBase.build([p.node.record for p in protos], self.verifier, now)
         for proto in protos:
-            proto.node.learn(records, now, trusted=True)
+            proto.node.learn(base, now, trusted=True)
 
     def leave(self, proto: Any, now: float) -> None:
         from keepmesh.protocol.effects import Leave

@@ -32,7 +32,7 @@ from keepmesh.protocol.effects import (
     RequestAttestation,
     Send,
 )
-from keepmesh.protocol.membership import MembershipConfig, NodeId
+from keepmesh.protocol.membership import MemberBase, MembershipConfig, NodeId
 from keepmesh.protocol.membership.records import Capacity, Claims, make_record
 from keepmesh.protocol.membership.signing import CachingVerifier
 from keepmesh.protocol.membership.state import Membership
@@ -118,9 +118,10 @@ class TestNet:
         cluster that has been running: every table primed with learn()."""
         for i in range(n):
             self.add(i)
-        records = [node.record for node in self.nodes.values()]
+        base = MemberBase.build([node.record for node in self.nodes.values()],
+                                self.verifier, self.now)
         for mesh in self.mesh.values():
-            mesh.learn(records, self.now, trusted=True)
+            mesh.learn(base, self.now, trusted=True)
         for addr in self.nodes:
             self.kick(addr)
 

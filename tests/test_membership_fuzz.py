@@ -18,7 +18,7 @@ from keepmesh.protocol.membership import (
     Suspect,
     make_record,
 )
-from keepmesh.protocol.membership.messages import accusation_signed_bytes
+from keepmesh.protocol.membership.messages import Sync, accusation_signed_bytes
 from keepmesh.protocol.wire import encode_payload
 from keepmesh.simulations.keyring import SimulationKeyring
 
@@ -43,6 +43,10 @@ def valid_packets() -> list[bytes]:
         encode_payload(Gossip(sender=PEER.node_id, gossip=(alive, sus))),
         encode_payload(PushPull.build(PEER.node_id, True, False, False,
                                       [PushPullEntry(PEER_RECORD.encoded, "alive", 3, None)])),
+        encode_payload(PushPull.build(PEER.node_id, False, False, False,
+                                      [PushPullEntry(PEER_RECORD.encoded, "alive", 3, None)],
+                                      buckets=(1 << 64) - 1)),
+        encode_payload(Sync(sender=PEER.node_id, digest=bytes(range(256)) * 2)),
     ]
 
 
@@ -56,7 +60,7 @@ def test_random_bytes_dropped(data: bytes) -> None:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.integers(0, 2), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)),
+@given(st.integers(0, 4), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)),
                                    min_size=1, max_size=6),
        st.integers(0, 50))
 def test_mutated_valid_packets_never_raise(which: int, flips: list[tuple[int, int]],

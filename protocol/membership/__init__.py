@@ -40,13 +40,14 @@ from .signing import (
     RecordSigner,
     RecordVerifier,
 )
-from .state import MemberEvent, Membership, MemberState, MemberView, Outgoing, Trust
+from .state import MemberEvent, Membership, MemberView, Outgoing
 from .suspicion import Suspicion, remaining_suspicion_time
+from .table import MemberBase, MemberState, Trust
 
 __all__ = [
     "Ack", "Address", "Alive", "Awareness", "BroadcastQueue", "CachingVerifier", "Capacity",
     "Claims", "Dead", "Ed25519Signer", "Ed25519Verifier", "Gossip", "Leave",
-    "MAX_RECORD_BYTES", "MemberEvent", "MemberState", "MemberView", "Membership",
+    "MAX_RECORD_BYTES", "MemberBase", "MemberEvent", "MemberState", "MemberView", "Membership",
     "MembershipConfig", "NO_CAPACITY", "NO_CLAIMS", "Nack", "NodeId", "NodeRecord", "Outgoing",
     "Ping", "PingReq", "PushPull", "PushPullEntry", "RecordSigner", "RecordVerifier",
     "Suspect", "Suspicion",

@@ -199,6 +199,7 @@ class PushPull(Message):
         "states": b(max_len=MAX_PUSH_PULL_ENTRIES),
         "incarnations": seq(u(63), max_len=MAX_PUSH_PULL_ENTRIES),
         "leave_sigs": seq(b(max_len=MAX_SIGNATURE), max_len=MAX_PUSH_PULL_ENTRIES),
+        "buckets": u(64, optional=True),
     }
     sender: bytes
     join: bool
@@ -208,8 +209,11 @@ class PushPull(Message):
     states: bytes
     incarnations: tuple[int, ...]
     leave_sigs: tuple[bytes, ...]
+    buckets: int | None = None  # digest buckets this (partial) state covers; None: all
 
     def validate(self) -> None:
+        if self.buckets == 0:
+            raise ProtocolError("push_pull: empty bucket mask")
         n = len(self.records)
         if not len(self.states) == len(self.incarnations) == len(self.leave_sigs) == n:
             raise ProtocolError("push_pull: entry lists differ in length")
@@ -222,17 +226,38 @@ class PushPull(Message):
 
     @classmethod
     def build(cls, sender: bytes, join: bool, reply: bool, more: bool,
-              entries: list[PushPullEntry]) -> PushPull:
+              entries: list[PushPullEntry], buckets: int | None = None) -> PushPull:
         return cls(sender=sender, join=join, reply=reply, more=more,
                    records=tuple(e.record for e in entries),
                    states=bytes(STATE_CODES[e.state] for e in entries),
                    incarnations=tuple(e.incarnation for e in entries),
-                   leave_sigs=tuple(e.leave_sig or b"" for e in entries))
+                   leave_sigs=tuple(e.leave_sig or b"" for e in entries), buckets=buckets)
 
     def entries(self) -> list[PushPullEntry]:
         return [PushPullEntry(r, STATE_NAMES[c], inc, sig or None)
                 for r, c, inc, sig in zip(self.records, self.states, self.incarnations,
                                           self.leave_sigs, strict=True)]
+
+
+SYNC_BUCKETS = 64
+SYNC_DIGEST_BYTES = 8 * SYNC_BUCKETS
+
+
+@message
+class Sync(Message):
+    """Anti-entropy, first step: a digest of the sender's full state in 64 bucket sums.
+
+    The receiver answers with a push_pull of only the buckets whose sums differ
+    from its own (nothing when none do), and the sender replies with the same
+    buckets: what the receiver provably already holds is never sent
+    (specs/membership.md §3).
+    """
+
+    TYPE: ClassVar[str] = "swim.sync"
+    SCHEMA: ClassVar[dict[str, Spec]] = {"sender": _id,
+                                         "digest": b(exact=SYNC_DIGEST_BYTES)}
+    sender: bytes
+    digest: bytes
 
 
 PRIMARY = (Ping, Ack, Nack, PingReq, Gossip)

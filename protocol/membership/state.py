@@ -15,7 +15,6 @@ is the reference.
 
 from __future__ import annotations
 
-import enum
 import heapq
 import math
 import random
@@ -43,6 +42,7 @@ from .messages import (
     PushPull,
     PushPullEntry,
     Suspect,
+    Sync,
     accusation_signed_bytes,
     decode_gossip_item,
     decode_swim,
@@ -60,6 +60,19 @@ from .records import (
 )
 from .signing import Address, NodeId, RecordSigner, RecordVerifier
 from .suspicion import Suspicion
+from .table import (
+    MemberBase,
+    MemberState,
+    MemberTable,
+    ProbeOrder,
+    Trust,
+    _Member,
+    bucket_of,
+    differing_buckets,
+    entry_hash,
+    pack_digest,
+    unpack_digest,
+)
 
 _GOSSIP_ITEM_MAX = MAX_RECORD_BYTES + 64
 _ITEM_OVERHEAD = 3      # msgpack bin8/bin16 header per piggybacked item
@@ -67,21 +80,6 @@ _LIST_GROWTH = 3        # fixarray -> array16 header when items are added
 _MAX_RELAYS = 1024      # outstanding ping-req relays we serve at once
 _MAX_REQUESTERS = 8     # ping-reqs for one target folded into one outstanding relay ping
 _NACK_FRACTION = 0.8    # of probe_timeout, when a relay gives up and nacks
-
-
-class MemberState(enum.Enum):
-    ALIVE = "alive"
-    SUSPECT = "suspect"
-    DEAD = "dead"
-    LEFT = "left"
-    UNTRUSTED = "untrusted"
-
-
-class Trust(enum.Enum):
-    PENDING = "pending"   # learned, "attest" emitted, no verdict yet
-    TRUSTED = "trusted"
-    FAILED = "failed"     # set_trust(False) or penalised: its messages are dropped
-    EXPIRED = "expired"   # `until` passed: excluded until attested again
 
 
 @dataclass(frozen=True)
@@ -113,25 +111,6 @@ class MemberView:
     trust: Trust
     liveness: MemberState   # alive/suspect/dead/left regardless of trust
     record: NodeRecord
-
-
-class _Member:
-    """Per-member state kept small: the record is shared (interned), the rest scalars."""
-
-    __slots__ = ("record", "state", "since", "trust", "trust_until", "suspicion",
-                 "leave_sig", "joined", "in_probe", "penalised")
-
-    def __init__(self, record: NodeRecord, trust: Trust, now: float) -> None:
-        self.record = record
-        self.state = MemberState.ALIVE
-        self.since = now
-        self.trust = trust
-        self.trust_until: float | None = None
-        self.suspicion: Suspicion | None = None
-        self.leave_sig: bytes | None = None
-        self.joined = False
-        self.in_probe = False
-        self.penalised = False  # FAILED because it was banned (restored to EXPIRED at expiry)
 
 
 class _Probe:
@@ -183,10 +162,9 @@ class Membership:
         self.awareness = Awareness(config.awareness_max_multiplier)
         self.stats: dict[str, int] = {}
         self.last_error = ""
-        self._members: dict[NodeId, _Member] = {}
+        self._members = MemberTable()
         self._n_live = 0
-        self._probe_order: list[NodeId] = []
-        self._probe_idx = 0
+        self._probe_order = ProbeOrder()
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
         self._relay_by_target: dict[NodeId, int] = {}
@@ -347,6 +325,11 @@ class Membership:
         m = self._members.get(node_id)
         if m is None:
             return
+        if (trusted and m.trust is Trust.TRUSTED and until is None and m.trust_until is None
+                and not m.penalised) or (not trusted and m.trust is Trust.FAILED):
+            return  # nothing changes (and a shared base entry stays shared)
+        m = self._members.own(node_id)
+        assert m is not None
         if trusted:
             was = m.trust
             if was is Trust.PENDING:
@@ -381,11 +364,26 @@ class Membership:
         self._republish(r.incarnation + 1, claims or r.claims, capacity or r.capacity,
                         r.labels if labels is None else labels)
 
-    def learn(self, records: Iterable[NodeRecord], now: float, *, trusted: bool = False) -> int:
+    def learn(self, records: Iterable[NodeRecord] | MemberBase, now: float, *,
+              trusted: bool = False) -> int:
         """Prime the table without gossip or per-member events (simulator warm start,
         peers persisted by the agent). Signatures are still checked; with
         trusted=False and require_attestation each new member emits "attest" as usual.
-        Returns how many members were added."""
+        A `MemberBase` (its records verified once when it was built) is adopted
+        as is by an empty table when its members need no attestation: O(1) and
+        no per-member copy. Returns how many members were added."""
+        if isinstance(records, MemberBase):
+            base = records
+            if (len(self._members) == 0 and base.since == now
+                    and (trusted or not self.require_attestation)
+                    and len(base) <= self.config.max_members):
+                self._members.adopt(base, self.node_id)
+                added = len(self._members)
+                self._n_live += added
+                self._probe_order.set_base(base.ids, self.rng)
+                self._primed(added, now)
+                return added
+            records = [m.record for m in base.members]
         added = 0
         for record in records:
             nid = record.node_id
@@ -403,26 +401,26 @@ class Membership:
                 continue
             record = intern_record(record)
             m = _Member(record, Trust.TRUSTED if ok else Trust.PENDING, now)
-            self._members[nid] = m
+            self._members.add(nid, m)
             self._n_live += 1
             added += 1
             if ok:
                 m.joined = True
-                m.in_probe = True
-                self._probe_order.append(nid)
+                self._insert_probe(nid, m)
             else:
                 self._n_pending += 1
                 self._push_timer(now + self.config.attest_timeout, "pending", nid)
                 self._emit("attest", m, now)
-        self.rng.shuffle(self._probe_order)
-        self._probe_idx = 0
+        self._primed(added, now)
+        return added
+
+    def _primed(self, added: int, now: float) -> None:
         if added and self._next_push_pull is not None:
             # A primed table is already in sync: spread the first anti-entropy round over
             # the interval for this size, not the unscaled one (else N full-state
             # exchanges would all land in the first 30 s).
             self._next_push_pull = now + self.rng.uniform(
                 0.0, self.config.push_pull_scaled(self._n_live + 1))
-        return added
 
     # =============================================================== outputs
 
@@ -488,8 +486,8 @@ class Membership:
         if self._penalties.banned(src_id if src_id is not None else src, now):
             self._count("dropped.banned")
             return
-        msg = decode_swim(data, self.config.max_stream_message, (*PRIMARY, PushPull))
-        if not isinstance(msg, PushPull) and len(data) > self.config.max_packet:
+        msg = decode_swim(data, self.config.max_stream_message, (*PRIMARY, PushPull, Sync))
+        if not isinstance(msg, (PushPull, Sync)) and len(data) > self.config.max_packet:
             raise ProtocolError(f"datagram of {len(data)} bytes exceeds {self.config.max_packet}")
         self._count("recv." + msg.TYPE)
         sender: NodeId = msg.sender  # type: ignore[attr-defined]
@@ -509,6 +507,9 @@ class Membership:
         penalty_key: bytes | str = src_id if src_id is not None else src
         if isinstance(msg, PushPull):
             self._on_push_pull(msg, src, now, penalty_key)
+            return
+        if isinstance(msg, Sync):
+            self._on_sync(msg, src)
             return
         if isinstance(msg, Ping):
             # Gossip first: if it accuses us, the ack carries our current record, so
@@ -678,18 +679,44 @@ class Membership:
         if relay is not None and self._relay_by_target.get(relay.target) == seq:
             del self._relay_by_target[relay.target]
 
+    def _on_sync(self, msg: Sync, src: Address) -> None:
+        """A peer's digest: answer with the buckets where our state differs, if any."""
+        self._joined_cluster = True
+        mask = differing_buckets(self._digest_sums(), unpack_digest(msg.digest))
+        if not mask:
+            self._count("sync.in_sync")
+            return
+        self._count("sync.buckets", mask.bit_count())
+        self._send_push_pull(src, join=False, reply=False, buckets=mask)
+
+    def _digest_sums(self) -> list[int]:
+        """Bucket sums over exactly the entries a full push-pull from us carries."""
+        sums = self._members.digest_sums()
+        k = bucket_of(self.node_id)
+        own = entry_hash(self.record.encoded, "left" if self._leaving else "alive")
+        sums[k] = (sums[k] + own) & 0xFFFFFFFFFFFFFFFF
+        return sums
+
+    def digest(self) -> bytes:
+        """Our push-pull digest as sent in swim.sync (specs/membership.md §3)."""
+        return pack_digest(self._digest_sums())
+
     def _on_push_pull(self, msg: PushPull, src: Address, now: float,
                       penalty_key: bytes | str) -> None:
         self._joined_cluster = True
         accuser = self._members.get(msg.sender)
         may_accuse = (accuser is not None and accuser.trust is Trust.TRUSTED
                       and accuser.state in _LIVE and not self._unfounded.banned(msg.sender, now))
+        mask = msg.buckets
         for entry in msg.entries():
             if self._penalties.banned(penalty_key, now):
                 self._count("dropped.banned")
                 return  # banned half-way through: ignore the rest
             record = self._decode_record(entry.record, now, penalty_key)
             if record is None:
+                continue
+            if mask is not None and not mask >> bucket_of(record.node_id) & 1:
+                self._count("rejected.bucket")  # not what this partial state covers
                 continue
             if not self._alive(record, now, penalty_key):
                 continue
@@ -704,7 +731,7 @@ class Membership:
                 self._leave(Leave(node=nid, incarnation=entry.incarnation,
                                   signature=entry.leave_sig), now, penalty_key)
         if not msg.reply and not msg.more:
-            self._send_push_pull(src, join=False, reply=True)
+            self._send_push_pull(src, join=False, reply=True, buckets=mask)
 
     # ================================================== state transitions
 
@@ -759,7 +786,7 @@ class Membership:
                 self._count("dropped.pending_full")
                 return True
             m = _Member(record, trust, now)
-            self._members[nid] = m
+            self._members.add(nid, m)
             self._n_live += 1
             if trust is Trust.TRUSTED:
                 m.joined = True
@@ -771,6 +798,8 @@ class Membership:
                 self._emit("attest", m, now)
             self._queue.queue(nid, encode_payload(Alive(record=record.encoded)))
             return True
+        m = self._members.own(nid)
+        assert m is not None
         old = m.record
         was = m.state
         if was is MemberState.SUSPECT and m.suspicion is not None:
@@ -833,6 +862,8 @@ class Membership:
             return
         if m.state is not MemberState.ALIVE:
             return
+        m = self._members.own(nid)
+        assert m is not None
         m.state = MemberState.SUSPECT
         m.since = now
         n = self._n_live + 1
@@ -892,6 +923,8 @@ class Membership:
     def _dead(self, nid: NodeId, m: _Member, now: float) -> None:
         """Our own suspicion expired: only this member's view changes. The signed Dead
         we gossip is one more accusation to others (a confirmation), not a verdict."""
+        owned = self._members.own(nid)
+        assert owned is m  # a suspect's entry is already this table's own
         self._n_live -= 1
         m.state = MemberState.DEAD
         m.since = now
@@ -917,6 +950,8 @@ class Membership:
         if not self.verifier.verify(nid, data, msg.signature):
             self._reject_forgery(penalty_key, now)
             return
+        m = self._members.own(nid)
+        assert m is not None
         if m.state in _LIVE:
             self._n_live -= 1
         m.state = MemberState.LEFT
@@ -972,6 +1007,8 @@ class Membership:
             self._push_timer(until, "unban", key)
             m = self._members.get(key)
             if m is not None and m.trust is not Trust.FAILED:
+                m = self._members.own(key)
+                assert m is not None
                 if m.trust is Trust.PENDING:
                     self._n_pending -= 1
                 m.trust = Trust.FAILED
@@ -986,6 +1023,8 @@ class Membership:
             return
         m = self._members.get(key)
         if m is not None and m.trust is Trust.FAILED and m.penalised:
+            m = self._members.own(key)
+            assert m is not None
             m.penalised = False
             m.trust = Trust.EXPIRED
             self._emit("attest", m, now)
@@ -1018,13 +1057,15 @@ class Membership:
             self._n_pending -= 1
         if m.state in _LIVE:
             self._n_live -= 1
-        del self._members[nid]
+        self._members.remove(nid)
 
     def _trust_timeout(self, nid: NodeId, now: float) -> None:
         m = self._members.get(nid)
         if (m is None or m.trust is not Trust.TRUSTED or m.trust_until is None
                 or now < m.trust_until):
             return
+        m = self._members.own(nid)
+        assert m is not None
         m.trust = Trust.EXPIRED
         m.trust_until = None
         self._emit("untrusted", m, now, "evidence expired")
@@ -1039,44 +1080,44 @@ class Membership:
     # ========================================================== probing
 
     def _insert_probe(self, nid: NodeId, m: _Member) -> None:
-        """memberlist: new members go to a random position so they are probed soon."""
+        """memberlist: new members go to a random position so they are probed soon.
+        Base identities are always candidates (ProbeOrder): nothing to insert."""
+        if self._members.in_base(nid):
+            return
         m.in_probe = True
-        order = self._probe_order
-        order.insert(self.rng.randint(0, len(order)), nid)
+        self._probe_order.insert(nid, self.rng)
 
     def _probeable(self, m: _Member | None) -> bool:
         return m is not None and m.state in _LIVE and m.trust is Trust.TRUSTED
 
     def _next_target(self) -> NodeId | None:
+        """Next probeable member of this round; at its end, a new round (at most one)."""
         order = self._probe_order
-        for _ in range(len(order) + 1):
-            if self._probe_idx >= len(order):
-                self._reset_probe_order()
-                order = self._probe_order
-                if not order:
-                    return None
-            nid = order[self._probe_idx]
-            self._probe_idx += 1
-            if self._probeable(self._members.get(nid)):
-                return nid
+        for _ in range(2):
+            nid = order.next()
+            while nid is not None:
+                if self._probeable(self._members.get(nid)):
+                    return nid
+                nid = order.next()
+            self._reset_probe_order()
+            if not len(order):
+                return None
         return None
 
     def _reset_probe_order(self) -> None:
-        """End of a round: drop members no longer worth probing, reshuffle."""
-        kept: list[NodeId] = []
-        seen: set[NodeId] = set()
-        for nid in self._probe_order:
-            m = self._members.get(nid)
-            if m is None or nid in seen:
-                continue
+        """End of a round: drop members no longer worth probing, draw a new permutation."""
+        members = self._members
+
+        def keep(nid: NodeId) -> bool:
+            m = members.get(nid)
+            if m is None:
+                return False
             if m.state in _LIVE and m.trust is not Trust.FAILED:
-                kept.append(nid)
-                seen.add(nid)
-            else:
-                m.in_probe = False
-        self.rng.shuffle(kept)
-        self._probe_order = kept
-        self._probe_idx = 0
+                return True
+            m.in_probe = False  # a member that is not in the base: this table's own entry
+            return False
+
+        self._probe_order.new_round(self.rng, keep)
 
     def _start_probe(self, now: float) -> None:
         cfg = self.config
@@ -1142,12 +1183,12 @@ class Membership:
                         now: float = 0.0) -> list[NodeId]:
         """memberlist kRandomNodes: up to k distinct probeable members, O(k) expected."""
         order = self._probe_order
-        if k <= 0 or not order:
+        if k <= 0 or not len(order):
             return []
         chosen: list[NodeId] = []
         dead_cutoff = now - self.config.gossip_to_the_dead_time
         for _ in range(3 * len(order) if len(order) < 3 * k else 6 * k):
-            nid = order[self.rng.randrange(len(order))]
+            nid = order.at(self.rng.randrange(len(order)))
             if nid == exclude or nid in chosen:
                 continue
             m = self._members.get(nid)
@@ -1192,10 +1233,14 @@ class Membership:
                        Gossip(sender=self.node_id, gossip=()), require_gossip=True)
 
     def _periodic_push_pull(self, now: float) -> None:
+        """Anti-entropy with one random live member: our digest first (swim.sync); it
+        sends back only the buckets that differ and we answer with ours."""
         peers = self._random_members(1, exclude=None, include_dead=False)
         if peers:
-            self._send_push_pull(self._members[peers[0]].record.address, join=False,
-                                 reply=False)
+            data = encode_payload(Sync(sender=self.node_id, digest=self.digest()))
+            self._outbox.append(Outgoing(self._members[peers[0]].record.address, data, True))
+            self._count("sent." + Sync.TYPE)
+            self._count("sent.bytes", len(data))
         self._reconnect(now)
 
     def _reconnect(self, now: float) -> None:
@@ -1219,14 +1264,19 @@ class Membership:
             self._send_push_pull(addr, join=True, reply=False)
         self._join_retry_at = now + self.config.join_retry_interval if self._seeds else None
 
-    def _send_push_pull(self, dst: Address, join: bool, reply: bool) -> None:
-        """Our full signed state, split into chunks no larger than max_stream_message."""
+    def _send_push_pull(self, dst: Address, join: bool, reply: bool,
+                        buckets: int | None = None) -> None:
+        """Our full signed state (or the digest `buckets` of it), split into chunks no
+        larger than max_stream_message."""
         entries: list[PushPullEntry] = []
         self_state = "left" if self._leaving else "alive"
-        entries.append(PushPullEntry(record=self.record.encoded, state=self_state,
-                                     incarnation=self.record.incarnation,
-                                     leave_sig=self._leave_sig if self._leaving else None))
-        for m in self._members.values():
+        if buckets is None or buckets >> bucket_of(self.node_id) & 1:
+            entries.append(PushPullEntry(record=self.record.encoded, state=self_state,
+                                         incarnation=self.record.incarnation,
+                                         leave_sig=self._leave_sig if self._leaving else None))
+        members = (self._members.values() if buckets is None
+                   else (m for _, m in self._members.bucket_items(buckets)))
+        for m in members:
             if m.trust is Trust.FAILED:
                 continue  # do not spread what we ourselves reject
             entries.append(PushPullEntry(record=m.record.encoded, state=m.state.value,
@@ -1245,7 +1295,7 @@ class Membership:
             size += cost
         chunks.append(chunk)
         for i, part in enumerate(chunks):
-            msg = PushPull.build(self.node_id, join, reply, i < len(chunks) - 1, part)
+            msg = PushPull.build(self.node_id, join, reply, i < len(chunks) - 1, part, buckets)
             data = encode_payload(msg)
             self._outbox.append(Outgoing(dst, data, True))
             self._count("sent." + msg.TYPE)

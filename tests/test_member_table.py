@@ -1,0 +1,217 @@
+"""Member tables (protocol/membership/table.py): a shared base view with per-member
+copy-on-write, the incremental push-pull digest, swim.sync, and the probe order."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from keepmesh.protocol.membership import (
+    Ed25519Signer,
+    Ed25519Verifier,
+    MemberBase,
+    Membership,
+    MemberState,
+    PushPull,
+    PushPullEntry,
+    Trust,
+    make_record,
+)
+from keepmesh.protocol.membership.messages import Sync, decode_swim
+from keepmesh.protocol.membership.table import (
+    DIGEST_BUCKETS,
+    ProbeOrder,
+    bucket_of,
+    entry_hash,
+    pack_digest,
+)
+from keepmesh.protocol.wire import encode_payload
+
+from tests.membership_cluster import LAN, Cluster, address
+
+
+def base_cluster(n: int, seed: int = 1) -> tuple[list[Membership], MemberBase]:
+    """n members whose tables all adopt one MemberBase (the simulator's warm start)."""
+    signers = [Ed25519Signer(bytes([i + 1]) * 32) for i in range(n)]
+    verifier = Ed25519Verifier()
+    nodes = [Membership(LAN, make_record(s, address(i), 1), s, verifier,
+                        random.Random(seed * 1000 + i), 0.0) for i, s in enumerate(signers)]
+    base = MemberBase.build([m.record for m in nodes], verifier, 0.0)
+    for m in nodes:
+        assert m.learn(base, 0.0, trusted=True) == n - 1
+    return nodes, base
+
+
+def scratch_digest(m: Membership) -> bytes:
+    """The digest recomputed from nothing: the entries a full push-pull from m carries."""
+    m._send_push_pull("203.0.113.9:1", join=False, reply=True)
+    sums = [0] * DIGEST_BUCKETS
+    for out in m.datagrams_to_send():
+        msg = decode_swim(out.data, LAN.max_stream_message, (PushPull,))
+        assert isinstance(msg, PushPull)
+        for e in msg.entries():
+            rec = decode_swim(e.record, 1024, None)  # type: ignore[arg-type]
+            k = bucket_of(rec.node_id)  # type: ignore[attr-defined]
+            sums[k] = (sums[k] + entry_hash(e.record, e.state)) % (1 << 64)
+    return pack_digest(sums)
+
+
+def test_base_is_shared_and_copy_on_write() -> None:
+    nodes, base = base_cluster(6)
+    a, b = nodes[0], nodes[1]
+    assert a.num_known() == 6 and a.node_id not in a._members and len(a._members) == 5
+    assert a._members.overlay_size() == 1          # only its own tombstone
+    target = nodes[2].node_id
+    assert a._members[target] is b._members[target]  # one shared entry
+    a._suspect(target, nodes[2].record.incarnation, a.node_id, 1.0, None)
+    assert a.state_of(target) is MemberState.SUSPECT
+    assert b.state_of(target) is MemberState.ALIVE   # b's view and the base unchanged
+    assert base.members[base.index[target]].state is MemberState.ALIVE
+    assert a._members.overlay_size() == 2
+    a.set_trust(nodes[3].node_id, False, 1.0)
+    assert a.member(nodes[3].node_id).trust is Trust.FAILED  # type: ignore[union-attr]
+    assert b.member(nodes[3].node_id).trust is Trust.TRUSTED  # type: ignore[union-attr]
+
+
+def test_base_build_verifies_each_record() -> None:
+    good = Ed25519Signer(b"\x01" * 32)
+    bad = Ed25519Signer(b"\x02" * 32)
+    forged = dataclasses.replace(make_record(bad, address(1), 1), incarnation=2)
+    base = MemberBase.build([make_record(good, address(0), 1), forged], Ed25519Verifier(), 0.0)
+    assert list(base.ids) == [good.node_id]
+
+
+def test_learn_base_falls_back_when_it_cannot_adopt() -> None:
+    nodes, base = base_cluster(4)
+    s = Ed25519Signer(b"\x09" * 32)
+    m = Membership(LAN, make_record(s, address(9), 1), s, Ed25519Verifier(), random.Random(9),
+                   0.0)
+    # attestation required and not trusted: every member is learned pending, with "attest"
+    assert m.learn(base, 0.0, trusted=False) == 4
+    kinds = [e.kind for e in iter(m.next_event, None)]
+    assert kinds == ["attest"] * 4 and m._members.base is None
+    # a table that is not empty learns the base record by record
+    assert nodes[0].learn(base, 0.0, trusted=True) == 0
+
+
+def test_digest_is_incremental_and_equals_a_recomputation() -> None:
+    nodes, _ = base_cluster(8)
+    c = Cluster(8)  # the same identities, learned record by record (no base)
+    for i in (0, 5):
+        assert nodes[i].digest() == scratch_digest(nodes[i])
+    # identical knowledge, different table layouts: identical digests
+    assert nodes[0].digest() == c.nodes[0].digest()
+    # churn: suspicion, a newer record, trust failure, leave, forget
+    m = nodes[0]
+    m._suspect(nodes[1].node_id, 1, m.node_id, 1.0, None)
+    assert m.digest() == scratch_digest(m)
+    nodes[2].update_local(1.0, labels={"x": "1"})
+    nodes[2].datagrams_to_send()
+    m._alive(nodes[2].record, 2.0, "x")
+    m.set_trust(nodes[3].node_id, False, 2.0)
+    nodes[4].leave(2.0)
+    m.receive(encode_payload(PushPull.build(
+        nodes[4].node_id, False, True, False,
+        [PushPullEntry(nodes[4].record.encoded, "left", 1, nodes[4]._leave_sig)])),
+        address(4), 2.0, src_id=nodes[4].node_id)
+    assert m.state_of(nodes[4].node_id) is MemberState.LEFT
+    assert m.digest() == scratch_digest(m)
+    m._forget(nodes[4].node_id, m._members[nodes[4].node_id])
+    m.leave(3.0)
+    assert m.digest() == scratch_digest(m)
+
+
+def test_sync_in_sync_sends_nothing() -> None:
+    nodes, _ = base_cluster(5)
+    a, b = nodes[0], nodes[1]
+    b.receive(encode_payload(Sync(sender=a.node_id, digest=a.digest())), address(0), 1.0,
+              src_id=a.node_id)
+    assert b.datagrams_to_send() == [] and b.stats["sync.in_sync"] == 1
+
+
+def test_sync_exchanges_only_differing_buckets_and_converges() -> None:
+    n = 40
+    nodes, _ = base_cluster(n)
+    a, b = nodes[0], nodes[1]
+    # b has a newer record of member 7 that a lacks
+    nodes[7].update_local(1.0, labels={"v": "2"})
+    nodes[7].datagrams_to_send()
+    b._alive(nodes[7].record, 1.0, "x")
+    b.datagrams_to_send()
+    b.receive(encode_payload(Sync(sender=a.node_id, digest=a.digest())), address(0), 2.0,
+              src_id=a.node_id)
+    out = b.datagrams_to_send()
+    assert len(out) == 1 and out[0].reliable and out[0].dst == address(0)
+    msg = decode_swim(out[0].data, LAN.max_stream_message, (PushPull,))
+    assert isinstance(msg, PushPull) and msg.buckets == 1 << bucket_of(nodes[7].node_id)
+    assert 0 < len(msg.records) < n // 4       # one bucket, not the whole table
+    a.receive(out[0].data, address(1), 2.0, src_id=b.node_id)
+    assert a.member(nodes[7].node_id).incarnation == 2  # type: ignore[union-attr]
+    reply = a.datagrams_to_send()
+    replies = [o for o in reply if o.reliable]
+    assert len(replies) == 1
+    r = decode_swim(replies[0].data, LAN.max_stream_message, (PushPull,))
+    assert isinstance(r, PushPull) and r.reply and r.buckets == msg.buckets
+    b.receive(replies[0].data, address(0), 2.0, src_id=a.node_id)
+    assert a.digest() == b.digest()
+
+
+def test_hostile_sync_and_partial_push_pull_are_refused() -> None:
+    nodes, _ = base_cluster(4)
+    a, b = nodes[0], nodes[1]
+    bad = encode_payload(Sync(sender=a.node_id, digest=a.digest()))[:-1] + b"\x00\x00"
+    b.receive(bad, address(0), 1.0, src_id=a.node_id)
+    assert b.stats["malformed"] == 1 and b.datagrams_to_send() == []
+    entries = [PushPullEntry(nodes[2].record.encoded, "dead", 1, None)]
+    zero = PushPull.build(a.node_id, False, True, False, entries, buckets=1)
+    b.receive(encode_payload(dataclasses.replace(zero, buckets=0)), address(0), 1.0,
+              src_id=a.node_id)
+    assert b.stats["malformed"] == 2
+    # an entry outside the buckets the message covers is ignored, not applied
+    other = ((1 << 64) - 1) ^ (1 << bucket_of(nodes[2].node_id))
+    b.receive(encode_payload(PushPull.build(a.node_id, False, True, False, entries, other)),
+              address(0), 1.0, src_id=a.node_id)
+    assert b.stats["rejected.bucket"] == 1
+    assert b.state_of(nodes[2].node_id) is MemberState.ALIVE
+    # the same entry inside its bucket is applied (a's own accusation: a suspicion)
+    b.receive(encode_payload(PushPull.build(a.node_id, False, True, False, entries,
+                                            1 << bucket_of(nodes[2].node_id))),
+              address(0), 1.0, src_id=a.node_id)
+    assert b.state_of(nodes[2].node_id) is MemberState.SUSPECT
+
+
+def test_periodic_anti_entropy_uses_sync() -> None:
+    c = Cluster(3)
+    c.run(LAN.push_pull_interval * 2 + 1)
+    sent = sum(m.stats.get("sent.swim.sync", 0) for m in c.nodes)
+    assert sent >= 3
+    assert sum(m.stats.get("sync.in_sync", 0) for m in c.nodes) == sent  # nothing differed
+
+
+def test_probe_order_visits_each_candidate_once_per_round() -> None:
+    rng = random.Random(3)
+    order = ProbeOrder()
+    ids = [bytes([i]) * 32 for i in range(7)]
+    order.set_base(ids, rng)
+    for _ in range(5):
+        seen = []
+        while (nid := order.next()) is not None:
+            seen.append(nid)
+        assert sorted(seen) == sorted(ids)
+        order.new_round(rng, lambda _nid: True)
+    # a member added mid-round is probed in that round, and is a candidate afterwards
+    order.next()
+    order.insert(b"\xee" * 32, rng)
+    rest = []
+    while (nid := order.next()) is not None:
+        rest.append(nid)
+    assert b"\xee" * 32 in rest and len(rest) == 7
+    order.new_round(rng, lambda nid: nid != ids[0])  # base entries are never pruned
+    assert len(order) == 8
+
+
+def test_small_cluster_probes_everyone() -> None:
+    c = Cluster(3)
+    c.run(10.0)
+    assert all(m.stats.get("probes", 0) >= 8 for m in c.nodes)
+    assert all(m.num_alive() == 3 for m in c.nodes)
