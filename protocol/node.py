@@ -49,6 +49,7 @@ from .effects import (
 from .errors import ProtocolError
 from .membership import MemberBase, Membership, MembershipConfig, MemberView, NodeRecord
 from .membership.signing import RecordSigner, RecordVerifier
+from .wire import Message
 
 PERSIST_INCARNATION = "incarnation"
 
@@ -127,9 +128,11 @@ class MeshNode:
 
     # ================================================================ inputs
 
-    def receive(self, data: bytes, src: Address, src_id: NodeId | None, now: float) -> None:
+    def receive(self, data: bytes, src: Address, src_id: NodeId | None, now: float,
+                decoded: Message | None = None) -> None:
         """One datagram or stream message from `src` (authenticated as `src_id` when the
-        channel is attested). Never raises on bad input."""
+        channel is attested). Never raises on bad input. `decoded`: simulator object mode
+        only, the membership message equal to decoding `data` (see Membership.receive)."""
         if self.machines:
             at = wire_type_at(data)
             if at >= 0:
@@ -137,7 +140,7 @@ class MeshNode:
                     if data.startswith(m.prefix, at):
                         m.receive(data, src, src_id, now)
                         return
-        self.membership.receive(data, src, now, src_id)
+        self.membership.receive(data, src, now, src_id, decoded)
 
     def handle_timer(self, now: float) -> None:
         self.membership.handle_timer(now)

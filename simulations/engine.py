@@ -4,7 +4,7 @@ Why a plain heap and not trio's MockClock: NOTES-platform.md measured ~30k
 messages per wall second at 20k agents with trio tasks; a heapq loop calling
 the state machines directly removes the scheduler from the hot path.
 
-Determinism: the heap holds tuples ``(time, seq, kind, a, b, c)`` where `seq`
+Determinism: the heap holds tuples ``(time, seq, kind, a, b, c, d)`` where `seq`
 is a global counter, so ties are broken by insertion order and the tuple
 comparison never reaches the payload. All randomness comes from RNGs derived
 from the one seeded `random.Random` the caller hands in. A BLAKE2b trace hash
@@ -15,6 +15,13 @@ A protocol object must offer the sans-IO face of keepmesh.protocol.membership:
 ``receive(data, src, now)``, ``handle_timer(now)``, ``get_timer()``,
 ``datagrams_to_send()`` (objects with dst, data, reliable) and
 ``next_event()``.
+
+Object mode (`Engine(object_mode=True)`): a protocol object may also expose a
+``handover`` dict (id of each sent bytes object -> the decoded message equal to
+decoding those bytes) and accept ``receive(..., decoded)``; the engine then hands
+the receiver that object together with the bytes, so it skips decoding. The bytes
+are still produced, routed, sized and hashed exactly as in byte mode, so the
+trace hash is the same (a CI test runs both and compares).
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ class SimNode:
     """One simulated agent: its protocol object plus what the engine needs to drive it."""
 
     __slots__ = ("idx", "address", "proto", "up", "paused_until", "pending", "timer_at",
-                 "timer_gen", "node_id", "group", "crashed_at", "left")
+                 "timer_gen", "node_id", "group", "crashed_at", "left", "handover")
 
     def __init__(self, idx: int, address: str, proto: Any, node_id: bytes, group: int) -> None:
         self.idx = idx
@@ -54,10 +61,12 @@ class SimNode:
         self.up = True
         self.left = False
         self.paused_until = -1.0
-        self.pending: list[tuple[int, bytes]] | None = None
+        self.pending: list[tuple[int, bytes, Any]] | None = None
         self.timer_at: float | None = None
         self.timer_gen = 0
         self.crashed_at: float | None = None
+        # object mode: the protocol's {id(sent bytes): decoded message}, else None
+        self.handover: dict[int, Any] | None = None
 
 
 EventHook = Callable[[SimNode, Any, float], None]
@@ -69,9 +78,10 @@ class Engine:
     Counters prove message conservation: sent = delivered + dropped + in flight.
     """
 
-    def __init__(self, network: Network) -> None:
+    def __init__(self, network: Network, object_mode: bool = False) -> None:
         self.network = network
-        self.heap: list[tuple[float, int, int, Any, Any, Any]] = []
+        self.object_mode = object_mode
+        self.heap: list[tuple[float, int, int, Any, Any, Any, Any]] = []
         self.seq = 0
         self.now = 0.0
         self.nodes: list[SimNode] = []
@@ -87,6 +97,8 @@ class Engine:
         self.sent_reliable = 0
         self.steps = 0          # events that did something (see run())
         self.stale_timers = 0   # superseded timer entries popped and skipped
+        self.idle_timers = 0    # timer firings after which the protocol had nothing to do
+        self.handed_over = 0    # deliveries that carried the decoded object (object mode)
         self.protocol_errors = 0
 
     # ------------------------------------------------------------- setup
@@ -104,31 +116,45 @@ class Engine:
     def schedule(self, at: float, fn: Callable[..., None], *args: Any) -> None:
         """Run fn(*args) at virtual time `at` (a fault, a measurement, a join)."""
         self.seq += 1
-        heapq.heappush(self.heap, (at, self.seq, ACTION, fn, args, None))
+        heapq.heappush(self.heap, (at, self.seq, ACTION, fn, args, None, None))
 
     # ----------------------------------------------------------- driving
 
-    def pump(self, node: SimNode) -> None:
-        """Collect what a protocol object wants after an input: events, sends, its timer."""
+    def pump(self, node: SimNode) -> int:
+        """Collect what a protocol object wants after an input: events, sends, its timer.
+
+        Returns how many events and sends it collected (0: the input changed nothing
+        the world can see). Sending never calls back into the protocol, so only an
+        event (whose hook may answer with an input, e.g. set_trust) warrants another
+        pass; a pass that found no event ends the pump.
+        """
         proto = node.proto
         now = self.now
         on_event = self.on_event
         trace = self.trace.update
+        pack = _TRACE_EV.pack
+        code = _KIND_CODE.get
+        did = 0
         for _ in range(1000):
             ev = proto.next_event()
             got = ev is not None
             while ev is not None:
-                trace(_TRACE_EV.pack(now, node.idx, _KIND_CODE.get(ev.kind, 0)) + ev.node_id[:8])
+                did += 1
+                trace(pack(now, node.idx, code(ev.kind, 0)) + ev.node_id[:8])
                 on_event(node, ev, now)
                 if proto is not node.proto or not node.up:
-                    return
+                    return did
                 ev = proto.next_event()
             outs = proto.datagrams_to_send()
-            for out in outs:
-                self._send(node, out.dst, out.data, out.reliable)
-            if not got and not outs:
+            if outs:
+                did += len(outs)
+                send = self._send
+                for out in outs:
+                    send(node, out.dst, out.data, out.reliable)
+            if not got:
                 break
         self._arm_timer(node)
+        return did
 
     def _arm_timer(self, node: SimNode) -> None:
         t = node.proto.get_timer()
@@ -142,7 +168,7 @@ class Engine:
         node.timer_at = t
         node.timer_gen += 1
         self.seq += 1
-        heapq.heappush(self.heap, (t, self.seq, TIMER, node, node.timer_gen, None))
+        heapq.heappush(self.heap, (t, self.seq, TIMER, node, node.timer_gen, None, None))
 
     def _send(self, node: SimNode, dst: str, data: bytes, reliable: bool) -> None:
         n = len(data)
@@ -150,6 +176,9 @@ class Engine:
         self.bytes_sent += n
         if reliable:
             self.sent_reliable += 1
+        # object mode: take the decoded twin of these bytes (if the protocol left one)
+        handover = node.handover
+        obj = handover.pop(id(data), None) if handover else None
         now = self.now
         di = self.by_address.get(dst)
         if di is None:
@@ -161,16 +190,20 @@ class Engine:
             return
         self.in_flight += 1
         self.seq += 1
-        heapq.heappush(self.heap, (t, self.seq, DELIVER, di, node.idx, data))
+        heapq.heappush(self.heap, (t, self.seq, DELIVER, di, node.idx, data, obj))
 
     def _drop(self, src: int, dst: int, n: int, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         self.trace.update(_TRACE_MSG.pack(self.now, 1, src, dst, n))
 
-    def deliver_now(self, node: SimNode, src_idx: int, data: bytes) -> None:
+    def deliver_now(self, node: SimNode, src_idx: int, data: bytes, obj: Any = None) -> None:
         src = self.nodes[src_idx]
         try:
-            node.proto.receive(data, src.address, self.now, src.node_id)
+            if obj is None:
+                node.proto.receive(data, src.address, self.now, src.node_id)
+            else:
+                self.handed_over += 1
+                node.proto.receive(data, src.address, self.now, src.node_id, obj)
         except Exception:  # the protocol must not raise on bad input; count it if it does
             self.protocol_errors += 1
         self.pump(node)
@@ -181,16 +214,18 @@ class Engine:
         nodes = self.nodes
         trace = self.trace.update
         pack = _TRACE_MSG.pack
+        deliver = self.deliver_now
+        pump = self.pump
         next_progress = 0.0
         step = until / 1000.0 if until > 0 else 1.0
         attach = getattr(progress, "attach", None)
         if attach is not None:  # a progress reporter may read counters (events/s)
             attach(self)
         while heap and heap[0][0] <= until:
-            t, _seq, kind, a, b, c = pop(heap)
+            t, _seq, kind, a, b, c, d = pop(heap)
             self.now = t
-            self.steps += 1
             if kind == DELIVER:
+                self.steps += 1
                 self.in_flight -= 1
                 node = nodes[a]
                 if not node.up:
@@ -200,17 +235,17 @@ class Engine:
                 self.delivered += 1
                 trace(pack(t, 0, b, a, len(c)))
                 if node.pending is not None:
-                    node.pending.append((b, c))
+                    node.pending.append((b, c, d))
                     continue
-                self.deliver_now(node, b, c)
+                deliver(node, b, c, d)
             elif kind == TIMER:
                 node = a
                 if b != node.timer_gen or not node.up:
                     # A re-armed timer leaves its old entry in the heap (no decrease-key);
                     # popping it is bookkeeping, not an event.
-                    self.steps -= 1
                     self.stale_timers += 1
                     continue
+                self.steps += 1
                 node.timer_at = None
                 if node.pending is not None:
                     continue  # paused: resume() fires the timer
@@ -218,10 +253,13 @@ class Engine:
                     node.proto.handle_timer(t)
                 except Exception:
                     self.protocol_errors += 1
-                self.pump(node)
+                if not pump(node):
+                    self.idle_timers += 1
             elif kind == RESUME:
+                self.steps += 1
                 self._resume(a)
             else:
+                self.steps += 1
                 a(*b)
             if progress is not None and t >= next_progress:
                 progress(t)
@@ -235,11 +273,13 @@ class Engine:
         node.up = False
         node.crashed_at = self.now
         node.pending = None
+        node.handover = None
         node.timer_at = None
         node.timer_gen += 1
 
     def restart(self, node: SimNode, proto: Any) -> None:
         node.proto = proto
+        node.handover = getattr(proto, "handover", None) if self.object_mode else None
         node.up = True
         node.left = False
         node.crashed_at = None
@@ -257,17 +297,21 @@ class Engine:
         if until > node.paused_until:
             node.paused_until = until
             self.seq += 1
-            heapq.heappush(self.heap, (until, self.seq, RESUME, node, None, None))
+            heapq.heappush(self.heap, (until, self.seq, RESUME, node, None, None, None))
 
     def _resume(self, node: SimNode) -> None:
         if node.pending is None or self.now < node.paused_until or not node.up:
             return
         queued = node.pending
         node.pending = None
-        for src_idx, data in queued:
+        for src_idx, data, obj in queued:
             src = self.nodes[src_idx]
             try:
-                node.proto.receive(data, src.address, self.now, src.node_id)
+                if obj is None:
+                    node.proto.receive(data, src.address, self.now, src.node_id)
+                else:
+                    self.handed_over += 1
+                    node.proto.receive(data, src.address, self.now, src.node_id, obj)
             except Exception:
                 self.protocol_errors += 1
         t = node.proto.get_timer()

@@ -14,6 +14,12 @@ its own tests). This wraps one MeshNode behind that face:
 
 Ordering is MeshNode's (see protocol/node.py), so membership-only runs keep
 the trace hashes they had before the seam.
+
+Object mode (`object_mode=True`): the driver switches on Membership's
+`handover` table (id of each sent bytes object -> the message equal to decoding
+them) and exposes it to the engine as `handover`; a delivery that carries such
+an object passes it to `MeshNode.receive(..., decoded)`, which skips decoding.
+The bytes are still built, sized and delivered as in byte mode.
 """
 
 from __future__ import annotations
@@ -52,11 +58,15 @@ class SimMeshDriver:
     """One simulated agent's I/O shell around its MeshNode."""
 
     __slots__ = ("node", "disk", "keeps", "clock", "observer", "counters", "migration",
-                 "_sends")
+                 "_sends", "handover")
 
     def __init__(self, node: MeshNode, clock: Callable[[], float],
-                 disk: SimDisk | None = None) -> None:
+                 disk: SimDisk | None = None, object_mode: bool = False) -> None:
         self.node = node
+        # object mode: the engine pops each send's decoded twin from this table
+        self.handover: dict[int, Any] | None = None
+        if object_mode:
+            self.handover = node.membership.handover = {}
         self.clock = clock  # the engine's virtual now
         self.disk = disk if disk is not None else SimDisk()
         # (keep_id, epoch) -> memory_mb: the keeps this simulated host runs
@@ -72,8 +82,12 @@ class SimMeshDriver:
 
     # ----------------------------------------------------------- engine face
 
-    def receive(self, data: bytes, src: str, now: float, src_id: bytes | None = None) -> None:
-        self.node.receive(data, src, src_id, now)
+    def receive(self, data: bytes, src: str, now: float, src_id: bytes | None = None,
+                decoded: Any = None) -> None:
+        if decoded is None:
+            self.node.receive(data, src, src_id, now)
+        else:
+            self.node.receive(data, src, src_id, now, decoded)
 
     def handle_timer(self, now: float) -> None:
         self.node.handle_timer(now)

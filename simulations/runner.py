@@ -25,6 +25,10 @@ from .network import LinkSpec, Network
 from .topology import Topology
 
 SIM_MEASUREMENT = "5eed" * 16
+# "object": simulated agents hand each other the decoded message along with its bytes
+# (no re-decoding; sizes, routing and the trace hash are those of the bytes);
+# "bytes": every receiver decodes the bytes, as the agent does. Same trace hash (tested).
+MODES = ("object", "bytes")
 SIM_TCB = "sim-1"
 
 
@@ -64,7 +68,8 @@ class MeshAdapter:
     version is MAC-checked once per process instead of once per member.
     """
 
-    def __init__(self, profile: str, attestation: bool, master: bytes) -> None:
+    def __init__(self, profile: str, attestation: bool, master: bytes,
+                 object_mode: bool = False) -> None:
         from keepmesh.protocol.membership import MembershipConfig
         from keepmesh.protocol.membership.signing import CachingVerifier
 
@@ -72,6 +77,7 @@ class MeshAdapter:
 
         self.config = MembershipConfig.profile(profile)
         self.attestation = attestation
+        self.object_mode = object_mode  # hand decoded messages over with the bytes
         self.keyring = SimulationKeyring(master)
         self.verifier = CachingVerifier(self.keyring.verifier())
         self.probe_interval = self.config.probe_interval
@@ -109,7 +115,7 @@ class MeshAdapter:
                                       memory_mb=self.placement.host_memory_mb,
                                       max_keeps=self.placement.host_keeps,
                                       config=PlacementConfig(commit_by_entry=True)))
-        return SimMeshDriver(node, self.clock)
+        return SimMeshDriver(node, self.clock, object_mode=self.object_mode)
 
     def incarnation(self, proto: Any) -> int:
         """The incarnation the agent persisted (what a restart reads back)."""
@@ -225,9 +231,12 @@ class Simulation:
     """One run: world state, fault actions, and the glue between engine, protocol and metrics."""
 
     def __init__(self, topo: Topology, seed: int,
-                 adapter: ProtocolAdapter | None = None) -> None:
+                 adapter: ProtocolAdapter | None = None, mode: str = "object") -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}")
         self.topology = topo
         self.seed = seed
+        self.mode = mode
         root = random.Random(seed)
         self.net_rng = random.Random(root.getrandbits(64))
         self.fault_rng = random.Random(root.getrandbits(64))
@@ -236,11 +245,11 @@ class Simulation:
         self.site_rng = random.Random(root.getrandbits(64))
         master = root.randbytes(32)
         self.adapter: ProtocolAdapter = adapter or MeshAdapter(
-            topo.profile, topo.attestation, master)
+            topo.profile, topo.attestation, master, object_mode=mode == "object")
         matrix, self.site_labels, self.site_names, self.assign = build_sites(topo, self.site_rng)
         self.site_by_name = {nm: i for i, nm in enumerate(self.site_names)}
         self.network = Network(matrix, self.net_rng, self.adapter.max_packet)
-        self.engine = Engine(self.network)
+        self.engine = Engine(self.network, object_mode=mode == "object")
         self.engine.on_event = self._on_event
         if isinstance(self.adapter, MeshAdapter):
             self.adapter.clock = lambda: self.engine.now
@@ -574,8 +583,12 @@ class Simulation:
             "agents_up_at_end": self.up_count,
             "simulated_s": topo.duration_s,
             "wall_s": wall,
+            "mode": self.mode,
             "events": eng.steps,
             "events_per_s": eng.steps / wall if wall > 0 else None,
+            "stale_timers": eng.stale_timers,
+            "idle_timers": eng.idle_timers,
+            "handed_over": eng.handed_over,
             "messages": eng.conservation(),
             "dropped_by_reason": dict(sorted(eng.dropped.items())),
             "bytes_sent": eng.bytes_sent,
@@ -589,7 +602,8 @@ class Simulation:
 
 
 def simulate(topo: Topology, seed: int, adapter: ProtocolAdapter | None = None,
-             progress: Callable[[float], None] | None = None) -> tuple[dict[str, Any], Simulation]:
-    sim = Simulation(topo, seed, adapter)
+             progress: Callable[[float], None] | None = None,
+             mode: str = "object") -> tuple[dict[str, Any], Simulation]:
+    sim = Simulation(topo, seed, adapter, mode)
     sim.setup()
     return sim.run(progress), sim

@@ -121,6 +121,14 @@ def test_cli_json_shape(tmp_path, capsys):
     assert out.err == ""  # no progress bar when stderr is not a TTY
     assert main(["simulate", path, "--seed", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["trace_hash"] == doc["trace_hash"]
+    for key in ("mode", "stale_timers", "idle_timers", "handed_over"):
+        assert key in doc
+    assert doc["mode"] == "object" and doc["handed_over"] > 0
+    # byte mode (every receiver decodes) reproduces the object-mode trace
+    assert main(["simulate", path, "--seed", "4", "--json", "--mode", "bytes"]) == 0
+    byt = json.loads(capsys.readouterr().out)
+    assert byt["mode"] == "bytes" and byt["handed_over"] == 0
+    assert byt["trace_hash"] == doc["trace_hash"]
 
 
 def test_cli_no_crash_gives_null_metrics(tmp_path, capsys):

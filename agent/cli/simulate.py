@@ -1,4 +1,5 @@
-"""`keepmesh simulate TOPOLOGY.toml [--seed N] [--set KEY=VALUE ...] [--out DIR] [--json]`.
+"""`keepmesh simulate TOPOLOGY.toml [--seed N] [--set KEY=VALUE ...] [--mode object|bytes]
+[--out DIR] [--json]`.
 
 Runs the deterministic simulator (keepmesh.simulations) on a topology file.
 It imports keepmesh.protocol only (no sockets, no trio), and matplotlib only
@@ -29,6 +30,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sweep parameter (loss, latency_ms, jitter_ms, agents, "
                    "load, duration_s): replays one point of `keepmesh sweep`")
+    p.add_argument("--mode", choices=("object", "bytes"), default="object",
+                   help="object (default): simulated agents hand each other the decoded "
+                   "message with its bytes; bytes: every receiver decodes the bytes. "
+                   "Same trace hash either way")
     p.set_defaults(func=run)
 
 
@@ -55,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(f"--out {out_dir}: {err.strerror or err}") from None
     progress = SimProgress(topo.duration_s) if progress_enabled(args.json) else None
     try:
-        report, sim = simulate(topo, args.seed, progress=progress)
+        report, sim = simulate(topo, args.seed, progress=progress, mode=args.mode)
     except Exception as err:  # a protocol bug must not produce a traceback wall
         raise CommandError(f"simulation failed: {type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''}") from None

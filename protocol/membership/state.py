@@ -15,6 +15,7 @@ is the reference.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import random
@@ -173,6 +174,9 @@ class Membership:
         self._heap_n = 0
         self._queue = BroadcastQueue(config.max_broadcasts)
         self._outbox: list[Outgoing] = []
+        # Simulator object mode only (None in the agent): id(sent bytes) -> the message
+        # equal to decoding them, handed to the receiving simulated member with the bytes.
+        self.handover: dict[int, Message] | None = None
         self._events: deque[MemberEvent] = deque()
         self._penalties = Penalties(config.penalty_threshold, config.penalty_decay_s,
                                     config.ban_s)
@@ -231,14 +235,17 @@ class Membership:
         """How much gossip is still queued (the agent may wait for 0 before exiting after leave)."""
         return len(self._queue)
 
-    def receive(self, data: bytes, src: Address, now: float, src_id: NodeId | None = None) -> None:
+    def receive(self, data: bytes, src: Address, now: float, src_id: NodeId | None = None,
+                decoded: Message | None = None) -> None:
         """Feed one datagram or stream message. Never raises on bad input: it is
-        counted (stats["malformed"], last_error) and dropped."""
+        counted (stats["malformed"], last_error) and dropped. `decoded` (simulator object
+        mode only) is the message equal to decoding `data`, so decoding is skipped; every
+        other check runs on it and on len(data) as usual."""
         self._count("recv.bytes", len(data))
         self._clock = max(self._clock, now)
         self._catch_up_gossip(now)
         try:
-            self._receive(data, src, now, src_id)
+            self._receive(data, src, now, src_id, decoded)
         except ProtocolError as err:
             self._count("malformed")
             self.last_error = err.reason
@@ -482,11 +489,13 @@ class Membership:
 
     # ======================================================= receive paths
 
-    def _receive(self, data: bytes, src: Address, now: float, src_id: NodeId | None) -> None:
+    def _receive(self, data: bytes, src: Address, now: float, src_id: NodeId | None,
+                 decoded: Message | None = None) -> None:
         if self._penalties.banned(src_id if src_id is not None else src, now):
             self._count("dropped.banned")
             return
-        msg = decode_swim(data, self.config.max_stream_message, (*PRIMARY, PushPull, Sync))
+        msg = decoded if decoded is not None else decode_swim(
+            data, self.config.max_stream_message, (*PRIMARY, PushPull, Sync))
         if not isinstance(msg, (PushPull, Sync)) and len(data) > self.config.max_packet:
             raise ProtocolError(f"datagram of {len(data)} bytes exceeds {self.config.max_packet}")
         self._count("recv." + msg.TYPE)
@@ -1237,8 +1246,11 @@ class Membership:
         sends back only the buckets that differ and we answer with ours."""
         peers = self._random_members(1, exclude=None, include_dead=False)
         if peers:
-            data = encode_payload(Sync(sender=self.node_id, digest=self.digest()))
+            sync = Sync(sender=self.node_id, digest=self.digest())
+            data = encode_payload(sync)
             self._outbox.append(Outgoing(self._members[peers[0]].record.address, data, True))
+            if self.handover is not None:
+                self.handover[id(data)] = sync
             self._count("sent." + Sync.TYPE)
             self._count("sent.bytes", len(data))
         self._reconnect(now)
@@ -1298,6 +1310,8 @@ class Membership:
             msg = PushPull.build(self.node_id, join, reply, i < len(chunks) - 1, part, buckets)
             data = encode_payload(msg)
             self._outbox.append(Outgoing(dst, data, True))
+            if self.handover is not None:
+                self.handover[id(data)] = msg
             self._count("sent." + msg.TYPE)
             self._count("sent.bytes", len(data))
 
@@ -1319,6 +1333,9 @@ class Membership:
             items.pop()
             data = with_gossip(encoded, items)
         self._outbox.append(Outgoing(dst, data, False))
+        if self.handover is not None:  # the object equal to decoding `data`
+            self.handover[id(data)] = dataclasses.replace(
+                msg, gossip=tuple(items)) if items else msg  # type: ignore[type-var]
         self._count("sent." + msg.TYPE)
         self._count("sent.bytes", len(data))
         if items:
