@@ -32,6 +32,7 @@ for a while.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -87,6 +88,13 @@ BAN_THRESHOLD = 20
 BAN_WINDOW_S = 30.0
 BAN_S = 60.0
 RECV_BATCH = 64
+# Largest UDP payload we send to a peer on a loopback address. aioquic does no path-MTU
+# discovery, so elsewhere it keeps QUIC's safe 1200 bytes; a loopback path's MTU is the
+# loopback interface's (65536 on Linux, 16384 on macOS) and nothing between can be
+# smaller. aioquic is CPU-bound per packet (specs/wire.md "Datagram size"): 16,000-byte
+# packets move bulk data ~7x faster than 1200-byte ones. Below aioquic's 2-byte packet
+# length field (16383) and macOS's loopback MTU minus IPv6/UDP headers (16336).
+LOOPBACK_DATAGRAM_SIZE = 16000
 # Scheduling rounds a flush waits so that tasks woken by the same packet (stream
 # reader -> RPC dispatcher -> handler) can add their reply to it.
 FLUSH_YIELDS = 3
@@ -119,6 +127,17 @@ def parse_address(text: str) -> tuple[str, int]:
     addresses come here too; addresses from the network (records) never carry it."""
     addr = _parse_canonical(text, listen=True)
     return addr.host, addr.port
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback: the path never leaves this host."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 class QuicStream:
@@ -546,12 +565,14 @@ class QuicEndpoint:
         }
         self.failure_log = RateLimitedLog(log)
 
-    def _configuration(self, is_client: bool) -> QuicConfiguration:
+    def _configuration(self, is_client: bool, peer: tuple[str, int]) -> QuicConfiguration:
         import ssl
         cfg = QuicConfiguration(
             is_client=is_client, alpn_protocols=[ALPN], idle_timeout=self.idle_timeout,
             max_datagram_frame_size=65536, verify_mode=ssl.CERT_NONE,
         )
+        if is_loopback(peer[0]):
+            cfg.max_datagram_size = LOOPBACK_DATAGRAM_SIZE
         cfg.certificate = self.identity.certificate
         cfg.private_key = self.identity.private_key
         return cfg
@@ -684,7 +705,7 @@ class QuicEndpoint:
                 self._garbage.rate(now) >= GARBAGE_INITIALS_PER_S:
             self._send_retry(header, addr, now)
             return
-        quic = BoundQuicConnection(configuration=self._configuration(False),
+        quic = BoundQuicConnection(configuration=self._configuration(False, addr),
                                    original_destination_connection_id=odcid,
                                    retry_source_connection_id=retry_scid)
         try:
@@ -834,7 +855,7 @@ class QuicEndpoint:
         addr: tuple[str, int] = infos[0][4][:2]  # type: ignore[assignment]
         if self.sock is not None and self.sock.family == socket.AF_INET and ":" in addr[0]:
             raise ConnectionClosed(f"cannot reach IPv6 address {addr[0]} from an IPv4 socket")
-        quic = BoundQuicConnection(configuration=self._configuration(True))
+        quic = BoundQuicConnection(configuration=self._configuration(True, addr))
         conn = self._adopt(quic, addr, is_client=True)
         quic.connect(addr, now=trio.current_time())
         conn.transmit()
