@@ -155,10 +155,14 @@ def write_migration_plots(raw: dict[str, Any], out_dir: str) -> list[str]:
         bound = sorted(d + 2.0 for d in det)
         ax.step(bound, [(i + 1) / len(bound) for i in range(len(bound))], where="post",
                 color="k", ls="--", lw=0.8, label="target: detection + 2 s")
+    else:
+        ax.annotate("no keep lost its host", (0.5, 0.5), xycoords="axes fraction",
+                    ha="center")
     ax.set_xlabel("seconds since the host's crash")
     ax.set_ylabel(f"CDF over {len(run)} recovered keeps")
     ax.set_title("Crash -> running elsewhere")
-    ax.legend(fontsize=7, loc="lower right")
+    if run:
+        ax.legend(fontsize=7, loc="lower right")
     ax = axes[1]
     lost = [r["lost_state_s"] / r["checkpoint_s"] for r in rec]
     if lost:

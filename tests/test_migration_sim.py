@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 from keepmesh.simulations.runner import simulate
 from keepmesh.simulations.topology import TopologyError, parse_topology
@@ -77,7 +80,7 @@ heal = true
 """
 
 
-def test_partition_then_heal_leaves_exactly_one_copy() -> None:
+def test_partition_then_heal_leaves_exactly_one_copy(tmp_path: Any) -> None:
     """Both sides run a copy during the split (the minority keeps its host's, the other
     side's standby promotes); after the heal the copies converge to one, within one
     suspicion timeout, and the migration block's numbers agree with the world's."""
@@ -111,6 +114,16 @@ def test_partition_then_heal_leaves_exactly_one_copy() -> None:
         for mm in machines.values():
             loc = mm.engine.locations.get(keep)
             assert loc is not None and loc.host == host_id and loc.state == "running"
+    # the per-event data behind the block and its plots agree with it
+    from keepmesh.simulations.plots import write_outputs
+    files = write_outputs(sim, report, str(tmp_path))
+    assert {"migration.json", "migration_timeline.png", "migration_targets.png"} <= set(files)
+    raw = json.loads((tmp_path / "migration.json").read_text())
+    assert raw["summary"] == json.loads(json.dumps(m))
+    assert len(raw["duplicates"]) == m["duplicate_s"]["count"]
+    assert max(d["end"] - d["start"] for d in raw["duplicates"]) == pytest.approx(
+        m["duplicate_s"]["max"], abs=1e-3)
+    assert max(p[2] for p in raw["timeline"]) >= 1 and raw["timeline"][-1][1:] == [0, 0]
 
 
 def test_migration_table_is_validated() -> None:

@@ -3,6 +3,8 @@ a deployment stream, the greedy ideal in the same run, invariants at every step.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from keepmesh.simulations.runner import simulate
 from keepmesh.simulations.topology import TopologyError, parse_topology
@@ -69,3 +71,44 @@ def test_stream_validation_names_the_key(bad: str, key: str) -> None:
     doc = "\n".join(lines) + "\n" + bad + "\n"
     with pytest.raises(TopologyError, match=key.replace(".", r"\.")):
         parse_topology(tomllib.loads(doc), "t.toml")
+
+
+def _bench() -> Any:
+    """bench/placement.py as a module (bench/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "bench" / "placement.py"
+    spec = importlib.util.spec_from_file_location("bench_placement", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_sizes_share_the_per_host_conditions_and_plots(tmp_path: Any) -> None:
+    """The N sweep changes only N: same offered load per host, lifetime, duration and no
+    crash, so the arrival rate (and the placements) grow in proportion to N."""
+    from keepmesh.simulations.plots import write_placement_plots
+    bench = _bench()
+    runs = [bench.run(agents=n, load=0.8, duration=4.0, seed=1, lifetime=1.0, start=1.0,
+                      crashes=False) for n in (12, 24)]
+    small, big = runs
+    assert small["crash_events"] == big["crash_events"] == 0
+    assert small["lifetime_s"] == big["lifetime_s"] == 1.0
+    assert big["arrival_rate_per_s"] == pytest.approx(2 * small["arrival_rate_per_s"])
+    for r in runs:
+        decided = r["accepted"] + r["rejected"]
+        assert decided > 20 and r["protocol_errors"] == 0
+        assert r["acceptance_rate"] == pytest.approx(r["accepted"] / decided)
+        assert 6 <= r["msgs_per_placement"] < 30
+    fit = bench.log_fit([2.0, 4.0, 8.0], [5.0, 7.0, 9.0])  # y = 3 + 2 log2 x
+    assert fit == {"intercept": 3.0, "per_log2_n": 2.0, "r2": 1.0}
+    doc = {"by_load": {"0.8": small},
+           "scaling": {"agents": [12, 24], "load": 0.8, "duration_s": 4.0, "lifetime_s": 1.0,
+                       "msgs_per_placement": {"12": small["msgs_per_placement"],
+                                              "24": big["msgs_per_placement"]},
+                       "where_msgs_per_placement": {"12": small["where_msgs_per_placement"],
+                                                    "24": big["where_msgs_per_placement"]}}}
+    files = write_placement_plots(doc, str(tmp_path))
+    assert files == ["placement_acceptance.png", "placement_msgs_vs_n.png"]
+    assert all((tmp_path / f).stat().st_size > 0 for f in files)
