@@ -1,21 +1,23 @@
-"""Datagram size of the QUIC transport (agent/transport/quic.py): peers on a loopback
-address get LOOPBACK_DATAGRAM_SIZE (aioquic is CPU-bound per packet), every other peer
-keeps QUIC's safe 1200 bytes (aioquic does no path-MTU discovery)."""
+"""Datagram size of the QUIC transport (agent/transport/quic.py): the MTU of the kernel's
+route to the peer minus IP/UDP headers, within [1200, MAX_DATAGRAM_SIZE] (aioquic is
+CPU-bound per packet and does no path-MTU discovery); 1200 when the MTU is unknown."""
 
 from __future__ import annotations
 
 import os
-import socket
+import sys
 
 import pytest
 import trio
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
 from keepmesh.agent.identity import Identity
 from keepmesh.agent.transport.quic import (
-    LOOPBACK_DATAGRAM_SIZE,
+    MAX_DATAGRAM_SIZE,
     QuicEndpoint,
     QuicPeerConnection,
+    datagram_size,
     is_loopback,
+    route_mtu,
 )
 
 
@@ -27,15 +29,20 @@ def test_is_loopback_both_ways() -> None:
         assert not is_loopback(host), host
 
 
-def _local_non_loopback() -> str | None:
-    """An address of this host that is not loopback (no packet is sent)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.123", 9))
-            host: str = s.getsockname()[0]
-        except OSError:
-            return None
-    return None if is_loopback(host) or host == "0.0.0.0" else host
+def test_datagram_size_follows_the_route_mtu() -> None:
+    assert datagram_size("192.0.2.9", 1500) == 1472  # Ethernet, IPv4
+    assert datagram_size("fd00::9", 1500) == 1452  # IPv6 header is 20 bytes longer
+    assert datagram_size("127.0.0.1", 65536) == MAX_DATAGRAM_SIZE  # capped
+    assert datagram_size("192.0.2.9", 1220) == SMALLEST_MAX_DATAGRAM_SIZE  # never below 1200
+    assert datagram_size("192.0.2.9", None) == SMALLEST_MAX_DATAGRAM_SIZE  # unknown: safe
+    assert datagram_size("127.0.0.1", None) == MAX_DATAGRAM_SIZE  # loopback MTU >= 16384
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="IP_MTU is Linux's")
+def test_route_mtu_from_the_kernel() -> None:
+    mtu = route_mtu("127.0.0.1")
+    assert mtu is not None and mtu >= 16384  # lo: 65536 (65535 for IPv4)
+    assert route_mtu("localhost") is None and route_mtu("not an address") is None
 
 
 async def _transfer(nursery: trio.Nursery, bind: str, dial: str,
@@ -83,14 +90,15 @@ async def _transfer(nursery: trio.Nursery, bind: str, dial: str,
 async def test_loopback_peers_use_large_datagrams(nursery: trio.Nursery) -> None:
     client, server, n = await _transfer(nursery, "127.0.0.1", "127.0.0.1", 2 << 20)
     assert n == 2 << 20
-    assert SMALLEST_MAX_DATAGRAM_SIZE < client <= LOOPBACK_DATAGRAM_SIZE
-    assert server <= LOOPBACK_DATAGRAM_SIZE
+    assert SMALLEST_MAX_DATAGRAM_SIZE < client <= MAX_DATAGRAM_SIZE
+    assert server <= MAX_DATAGRAM_SIZE
 
 
-async def test_other_peers_keep_1200_byte_datagrams(nursery: trio.Nursery) -> None:
-    host = _local_non_loopback()
-    if host is None:
-        pytest.skip("this host has no non-loopback IPv4 address to dial")
-    client, server, n = await _transfer(nursery, "0.0.0.0", host, 256 * 1024)
+async def test_unknown_route_mtu_keeps_1200_byte_datagrams(
+        nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> None:
+    from keepmesh.agent.transport import quic
+    monkeypatch.setattr(quic, "route_mtu", lambda host: None)
+    monkeypatch.setattr(quic, "is_loopback", lambda host: False)  # as if a remote peer
+    client, server, n = await _transfer(nursery, "127.0.0.1", "127.0.0.1", 256 * 1024)
     assert n == 256 * 1024
     assert client <= SMALLEST_MAX_DATAGRAM_SIZE and server <= SMALLEST_MAX_DATAGRAM_SIZE

@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable
 import trio
 from aioquic._buffer import Buffer
 from aioquic.quic import events
-from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.packet import QuicHeader, QuicPacketType, encode_quic_retry, pull_quic_header
 from aioquic.quic.retry import QuicRetryTokenHandler
 from keepmesh.agent import metrics
@@ -88,13 +88,13 @@ BAN_THRESHOLD = 20
 BAN_WINDOW_S = 30.0
 BAN_S = 60.0
 RECV_BATCH = 64
-# Largest UDP payload we send to a peer on a loopback address. aioquic does no path-MTU
-# discovery, so elsewhere it keeps QUIC's safe 1200 bytes; a loopback path's MTU is the
-# loopback interface's (65536 on Linux, 16384 on macOS) and nothing between can be
-# smaller. aioquic is CPU-bound per packet (specs/wire.md "Datagram size"): 16,000-byte
-# packets move bulk data ~7x faster than 1200-byte ones. Below aioquic's 2-byte packet
-# length field (16383) and macOS's loopback MTU minus IPv6/UDP headers (16336).
-LOOPBACK_DATAGRAM_SIZE = 16000
+# Largest UDP payload we ever send (specs/wire.md "Datagram size"): a peer's datagram size
+# is the MTU of the kernel's route to it minus IP/UDP headers, within [1200, this]. aioquic
+# is CPU-bound per packet, so on loopback (MTU 65536) 16,000-byte packets move bulk data
+# ~7x faster than 1200-byte ones. Below aioquic's 2-byte packet length field (16383) and
+# macOS's loopback MTU minus IPv6/UDP headers (16336).
+MAX_DATAGRAM_SIZE = 16000
+_IP_MTU, _IPV6_MTU = 14, 24  # Linux getsockopt names (not exported by the socket module)
 # Scheduling rounds a flush waits so that tasks woken by the same packet (stream
 # reader -> RPC dispatcher -> handler) can add their reply to it.
 FLUSH_YIELDS = 3
@@ -127,6 +127,38 @@ def parse_address(text: str) -> tuple[str, int]:
     addresses come here too; addresses from the network (records) never carry it."""
     addr = _parse_canonical(text, listen=True)
     return addr.host, addr.port
+
+
+def route_mtu(host: str) -> int | None:
+    """The MTU the kernel uses for packets to `host` (the interface its route leaves by, or
+    a smaller path MTU the kernel learned), read from a connected probe socket: nothing
+    is sent. None where the OS does not tell (not Linux) or `host` is not an IP literal."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    v6 = ip.version == 6
+    try:
+        with socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            mtu = s.getsockopt(socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP,
+                               _IPV6_MTU if v6 else _IP_MTU)
+    except OSError:
+        return None
+    return int(mtu) if mtu > 0 else None
+
+
+def datagram_size(host: str, mtu: int | None) -> int:
+    """Largest UDP payload to send to `host` whose route MTU is `mtu` (None: unknown).
+
+    aioquic does no path-MTU discovery, so the route's MTU stands in for the path's: exact
+    on loopback and for peers on the same link; a routed path with a smaller MTU further
+    on relies on the kernel's ICMP-driven path MTU (specs/wire.md). Unknown: 1200 (QUIC's
+    minimum), or MAX_DATAGRAM_SIZE for a loopback address (its MTU is at least 16384)."""
+    if mtu is None:
+        return MAX_DATAGRAM_SIZE if is_loopback(host) else SMALLEST_MAX_DATAGRAM_SIZE
+    headers = 48 if ":" in host else 28  # IPv6 or IPv4 header + UDP header
+    return max(SMALLEST_MAX_DATAGRAM_SIZE, min(MAX_DATAGRAM_SIZE, mtu - headers))
 
 
 def is_loopback(host: str) -> bool:
@@ -571,8 +603,7 @@ class QuicEndpoint:
             is_client=is_client, alpn_protocols=[ALPN], idle_timeout=self.idle_timeout,
             max_datagram_frame_size=65536, verify_mode=ssl.CERT_NONE,
         )
-        if is_loopback(peer[0]):
-            cfg.max_datagram_size = LOOPBACK_DATAGRAM_SIZE
+        cfg.max_datagram_size = datagram_size(peer[0], route_mtu(peer[0]))
         cfg.certificate = self.identity.certificate
         cfg.private_key = self.identity.private_key
         return cfg
