@@ -29,7 +29,9 @@ is (offered load x host memory / mean size) x N x duration / lifetime, so the
 conditions per host stay those of the load experiment while each size costs
 O(N) placements. Each size runs in its own process (memory is returned).
 `--out DIR` also writes bench.json and the placement plots
-(simulations/plots.py `write_placement_plots`).
+(simulations/plots.py `write_placement_plots`), and keeps every finished
+configuration under DIR/runs/: a rerun with the same --out reuses them (a run
+is a pure function of its configuration and seed), so sizes can be added later.
 """
 
 from __future__ import annotations
@@ -105,14 +107,29 @@ def log_fit(xs: list[float], ys: list[float]) -> dict[str, float] | None:
             "r2": round(1.0 - ss_res / ss_tot, 4) if ss_tot > 0 else 1.0}
 
 
-def child(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one configuration in a fresh process (a 3,000-agent mesh takes GBs)."""
-    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
+def child(spec: dict[str, Any], cache: Path | None) -> dict[str, Any]:
+    """Run one configuration in a fresh process (a 3,000-agent mesh takes GBs).
+
+    With `cache` (DIR/runs under --out), a configuration already finished there is
+    read back instead of run again: a run is a pure function of its configuration
+    (its trace hash shows it), so an interrupted bench resumes where it stopped.
+    """
+    key = json.dumps(spec, sort_keys=True)
+    name = "_".join(f"{k}-{spec[k]}" for k in sorted(spec)) + ".json"
+    if cache is not None and (cache / name).is_file():
+        cached: dict[str, Any] = json.loads((cache / name).read_text())
+        if cached.get("config") == key:
+            return cached
+    proc = subprocess.run([sys.executable, __file__, "--one", key],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
         raise SystemExit(f"bench/placement.py: {spec} failed: {tail}")
     out: dict[str, Any] = json.loads(proc.stdout)
+    out["config"] = key
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / name).write_text(json.dumps(out, sort_keys=True))
     return out
 
 
@@ -137,13 +154,15 @@ def main(argv: list[str] | None = None) -> int:
             not all(0 < x <= 10 for x in [*args.loads, args.scale_load]):
         ap.error("sizes must be >= 2 agents, durations and lifetimes > 0 (scale > 1 s), "
                  "loads in (0, 10]")
+    cache = Path(args.out) / "runs" if args.out else None
     by_load = {f"{load:g}": child({"agents": args.load_agents, "load": load,
-                                   "duration": args.duration, "seed": args.seed})
+                                   "duration": args.duration, "seed": args.seed}, cache)
                for load in args.loads}
     sizes = sorted(set(args.agents))
     by_n = {str(n): child({"agents": n, "load": args.scale_load,
                            "duration": args.scale_duration, "seed": args.seed,
-                           "lifetime": args.scale_lifetime, "start": 1.0, "crashes": False})
+                           "lifetime": args.scale_lifetime, "start": 1.0, "crashes": False},
+                          cache)
             for n in sizes}
     doc: dict[str, Any] = {
         "benchmark": "placement", "topology": TOPOLOGY.name, "seed": args.seed,
