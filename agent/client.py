@@ -51,6 +51,9 @@ def load_roots(paths: Sequence[Path]) -> list[Any]:
     return certs
 
 
+STALE_EPOCH_RETRY_S = (0.5, 1.0, 2.0)  # a keep moving between hosts (specs/wire.md)
+
+
 def client_policy(roots: Sequence[Any]) -> Policy:
     """Default: hardware evidence under vendor roots, or sim evidence under the given roots."""
     fps = tuple(fingerprint(c) for c in roots)
@@ -70,6 +73,8 @@ def explain_rpc_error(err: RpcError, body: dict[str, Any]) -> str:
         return f"{err}; pass the owner's --key"
     if err.code == "unknown_method":
         return f"{err}: the agent does not offer this (an older version? see `keepmesh status`)"
+    if err.code == "stale_epoch":
+        return f"{err}; the keep is moving between hosts, try again"
     if err.code == "busy":
         return f"{err}; the agent is busy or unreachable, try again"
     return str(err)
@@ -133,10 +138,15 @@ class AgentClient:
 
     async def call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
         assert self.session is not None
-        try:
-            return await call(self.session, method, body)
-        except RpcError as err:
-            raise CommandError(explain_rpc_error(err, body)) from None
+        for backoff in (*STALE_EPOCH_RETRY_S, None):
+            try:
+                return await call(self.session, method, body)
+            except RpcError as err:
+                if err.code == "stale_epoch" and backoff is not None:
+                    await trio.sleep(backoff)  # the keep is moving: nothing was served
+                    continue
+                raise CommandError(explain_rpc_error(err, body)) from None
+        raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
         if self.session is not None:
@@ -145,10 +155,24 @@ class AgentClient:
         await self._done.wait()
 
 
+def client_channel_config(root_certs: Sequence[Any], *, policy: Policy | None = None,
+                          fresh: bool = False, collateral: object | None = None) -> ChannelConfig:
+    """How a client appraises an agent: vendor roots plus `root_certs`, the given policy
+    (else client_policy), and collateral (`--collateral`) applied in the channel exactly
+    as an agent applies its configured collateral: Intel TCB info / QE identity decide
+    tcb_status, CRLs revoke chain certificates, stale collateral fails. Without it an
+    SGX/TDX agent's status is "unknown", which the default policy refuses (fail closed)."""
+    return ChannelConfig(role="client", trust=TrustStore(list(root_certs)),
+                         policy=policy or client_policy(root_certs), demand_fresh=fresh,
+                         expect_peer_role="agent", collateral=collateral)
+
+
 async def open_client(address: str, *, roots: Sequence[Path] = (), key_path: Path | None = None,
                       policy: Policy | None = None, fresh: bool = False,
-                      timeout: float = CONNECT_TIMEOUT_S) -> AgentClient:
-    """Connect to the agent at `address` and verify it; raises CommandError with a reason."""
+                      timeout: float = CONNECT_TIMEOUT_S,
+                      collateral: object | None = None) -> AgentClient:
+    """Connect to the agent at `address` and verify it; raises CommandError with a reason.
+    `collateral` is a loaded `Collateral` (client_channel_config says how it is used)."""
     try:
         host, port = parse_address(address)
         identity = load_or_create(Path(key_path) if key_path else operator_key_path(),
@@ -156,15 +180,12 @@ async def open_client(address: str, *, roots: Sequence[Path] = (), key_path: Pat
     except ProtocolError as err:
         raise CommandError(err.reason) from None
     root_certs = load_roots(roots)
-    trust = TrustStore(root_certs)
+    config = client_channel_config(root_certs, policy=policy, fresh=fresh, collateral=collateral)
     client = AgentClient(identity)
     await client._start()
     try:
         with trio.move_on_after(timeout) as scope:
             conn = await client.endpoint.connect(host, port)
-            config = ChannelConfig(role="client", trust=trust,
-                                   policy=policy or client_policy(root_certs),
-                                   demand_fresh=fresh, expect_peer_role="agent")
             client.session = await establish(conn, identity=identity, attester=None,
                                              config=config, cache=EvidenceCache(),
                                              rng=random.SystemRandom())

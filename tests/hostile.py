@@ -1,6 +1,6 @@
 """Helpers for the hostile-peer tests: an attacker speaking from its own loopback
-address, a good client that must keep being served, and an agent in its own
-process whose RSS can be measured.
+address, a good client that must keep being served, and floods. (An agent in its
+own process, whose RSS can be measured, is agent_proc.AgentProc.)
 
 Linux routes all of 127.0.0.0/8 to loopback, so the attacker binds 127.0.0.2 and
 the per-source limits can tell it apart from the good client on 127.0.0.1.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import subprocess
 import sys
 import time
@@ -89,63 +88,6 @@ async def good_client_served(address: str, root: Path, key: Path,
             await client.aclose()
     assert isinstance(reply.get("peers"), list)
     return time.monotonic() - t0
-
-
-class AgentProcess:
-    """`keepmesh agent` in its own process (so its RSS is its own)."""
-
-    def __init__(self, tmp: Path, root: Path, name: str = "victim",
-                 extra: list[str] | None = None) -> None:
-        self.stderr_path = tmp / f"{name}.err"
-        self._err = open(self.stderr_path, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "keepmesh.agent.cli", "agent", "--tee", "sim",
-             "--sim-root", str(root), "--data-dir", str(tmp / name),
-             "--listen", "127.0.0.1:0", *(extra or [])],
-            stdout=subprocess.DEVNULL, stderr=self._err, env=env)
-        self.address = self._wait_address()
-
-    def _wait_address(self, timeout: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.stderr_path.read_text(errors="replace")
-            m = re.search(r"listening on (127\.0\.0\.1:\d+)", text)
-            if m:
-                return m.group(1)
-            if self.proc.poll() is not None:
-                raise AssertionError(f"agent exited at start-up: {text[-2000:]}")
-            time.sleep(0.1)
-        raise AssertionError("agent did not start")
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def rss_mb(self) -> float:
-        """Resident set size in MB (0 once the process is gone)."""
-        try:
-            text = Path(f"/proc/{self.proc.pid}/status").read_text()
-        except OSError:
-            return 0.0
-        for line in text.splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0  # a zombie has no VmRSS line
-
-    def log(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._err.close()
-        return self.proc.returncode
 
 
 # ------------------------------------------------------------ Initial floods

@@ -27,8 +27,8 @@ def test_announces_on_the_listening_interface() -> None:
 def test_two_agents_find_each_other(tmp_path: Path, sim_root: Path) -> None:
     from zeroconf import IPVersion, ServiceInfo, Zeroconf
 
-    a = AgentProc(tmp_path, "a", sim_root, "--discover")
-    b = AgentProc(tmp_path, "b", sim_root, "--discover")
+    a = AgentProc(tmp_path / "a", sim_root, "--discover")
+    b = AgentProc(tmp_path / "b", sim_root, "--discover")
     fake = Zeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
     try:
         a.wait_for("announcing")

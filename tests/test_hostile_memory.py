@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from agent_proc import AgentProc
 from hostile import (
-    AgentProcess,
     attacker_endpoint,
     attacker_session,
     good_client_served,
@@ -30,7 +30,7 @@ PER_HOST_IN_TEST = 8
 
 
 class RssSampler:
-    def __init__(self, agent: AgentProcess) -> None:
+    def __init__(self, agent: AgentProc) -> None:
         self.agent = agent
         self.peak = 0.0
         self._stop = threading.Event()
@@ -50,7 +50,7 @@ class RssSampler:
 
 async def test_large_frames_on_many_streams_keep_rss_bounded(tmp_path: Path,
                                                             sim_root: Path) -> None:
-    agent = AgentProcess(tmp_path, sim_root)
+    agent = AgentProc(tmp_path / "victim", sim_root)
     try:
         base = agent.rss_mb()
         sampler = RssSampler(agent)

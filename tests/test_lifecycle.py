@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 import trio
+from agent_proc import AgentProc
 from cryptography.hazmat.primitives import serialization
-from hostile import AgentProcess, make_agent
+from hostile import make_agent
 from keepmesh.agent.cli import main
 from keepmesh.agent.client import open_client
 from keepmesh.agent.identity import read_private_key
@@ -115,13 +116,7 @@ async def wait_state(address: str, root: Path, key: Path, node_id: str, want: st
             await trio.sleep(0.3)
 
 
-def node_id_of(agent: AgentProcess, tmp: Path, name: str) -> str:
-    key = read_private_key(tmp / name / "identity.key")
-    return key.public_key().public_bytes(serialization.Encoding.Raw,
-                                         serialization.PublicFormat.Raw).hex()
-
-
-async def wait_exit(agent: AgentProcess, budget: float = EXIT_BUDGET_S) -> tuple[int, float]:
+async def wait_exit(agent: AgentProc, budget: float = EXIT_BUDGET_S) -> tuple[int, float]:
     t0 = time.monotonic()
     while agent.proc.poll() is None and time.monotonic() - t0 < budget + 5:
         await trio.sleep(0.05)
@@ -133,12 +128,12 @@ async def wait_exit(agent: AgentProcess, budget: float = EXIT_BUDGET_S) -> tuple
 async def test_signals_gossip_a_leave_and_exit_zero(tmp_path: Path, sim_root: Path) -> None:
     """SIGTERM to one member, SIGINT to another: both exit 0 within the budget and
     the remaining member lists both as "left" (a leave, not a failure)."""
-    a = AgentProcess(tmp_path, sim_root, "a")
-    others = {name: AgentProcess(tmp_path, sim_root, name, ["--join", a.address])
+    a = AgentProc(tmp_path / "a", sim_root)
+    others = {name: AgentProc(tmp_path / name, sim_root, join=[a.address])
               for name in ("b", "c")}
     key = tmp_path / "op.key"
     try:
-        ids = {name: node_id_of(p, tmp_path, name) for name, p in others.items()}
+        ids = {name: p.node_id() for name, p in others.items()}
         for node_id in ids.values():
             await wait_state(a.address, sim_root, key, node_id, "alive")
         for name, sig in (("b", signal.SIGTERM), ("c", signal.SIGINT)):
@@ -156,7 +151,7 @@ async def test_signals_gossip_a_leave_and_exit_zero(tmp_path: Path, sim_root: Pa
 
 @pytest.mark.slow
 async def test_second_interrupt_exits_at_once(tmp_path: Path, sim_root: Path) -> None:
-    a = AgentProcess(tmp_path, sim_root, "a")
+    a = AgentProc(tmp_path / "a", sim_root)
     try:
         a.proc.send_signal(signal.SIGINT)  # starts a leave (at least a second of gossip)
         await trio.sleep(0.05)
@@ -175,7 +170,7 @@ async def test_leave_verb_stops_the_process(tmp_path: Path, sim_root: Path,
     assert main(["keygen", str(owner)]) == 0
     pub = read_private_key(owner).public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
-    a = AgentProcess(tmp_path, sim_root, "a", ["--owner", pub])
+    a = AgentProc(tmp_path / "a", sim_root, "--owner", pub)
     try:
         code = await trio.to_thread.run_sync(
             main, ["leave", "--agent", a.address, "--key", str(owner),
@@ -185,3 +180,38 @@ async def test_leave_verb_stops_the_process(tmp_path: Path, sim_root: Path,
         assert code == 0 and took < EXIT_BUDGET_S, (code, took)
     finally:
         a.stop()
+
+
+@pytest.mark.slow
+async def test_sigterm_before_ready_exits_zero_with_one_line(tmp_path: Path,
+                                                             sim_root: Path) -> None:
+    """A supervisor stopping an agent that is still starting gets exit 0 and one line,
+    as after it was ready (it was: killed by the default handler, exit 143). Two
+    moments: while the command starts (its SIGTERM handler is installed, arguments
+    not yet parsed or the agent not yet built) and while the agent is being built
+    (the data dir's identity key exists, "listening on" not yet logged)."""
+    moments = {
+        "starting": lambda p: p.catches(signal.SIGTERM),
+        "building": lambda p: (tmp_path / p.name / "identity.key").exists(),
+    }
+    for moment, reached in moments.items():
+        for attempt in range(3):  # a fast machine may be ready before the signal lands
+            p = AgentProc(tmp_path / f"{moment}{attempt}", sim_root, ready=False)
+            try:
+                deadline = time.monotonic() + 60
+                while not reached(p) and p.alive and time.monotonic() < deadline:
+                    await trio.sleep(0.005)
+                p.send(signal.SIGTERM)
+                code = await trio.to_thread.run_sync(p.wait_exit, EXIT_BUDGET_S + 5)
+            finally:
+                p.stop()
+            log = p.log()
+            if "listening on" in log:
+                continue  # ready first: that is the other test's case
+            assert code == 0, (moment, code, log[-1500:])
+            stops = [line for line in log.splitlines() if "stopped by SIGTERM" in line]
+            assert len(stops) == 1 and "before it was ready" in stops[0], (moment, log)
+            assert "Traceback" not in log
+            break
+        else:
+            pytest.fail(f"{moment}: the agent was always ready before SIGTERM landed")

@@ -82,8 +82,8 @@ def test_real_agent_json_logs(tmp_path: Path, sim_root: Path) -> None:
     from walkthrough import free_port
 
     dead = f"127.0.0.1:{free_port()}"  # a seed nobody answers on
-    a = AgentProc(tmp_path, "a", sim_root, "--log-format", "json")
-    b = AgentProc(tmp_path, "b", sim_root, "--join", a.address, dead, "-v")
+    a = AgentProc(tmp_path / "a", sim_root, "--log-format", "json")
+    b = AgentProc(tmp_path / "b", sim_root, "--join", a.address, dead, "-v")
     try:
         a.wait_for('"event": "member.join"')
         b.wait_for("rpc swim.stream")  # -v shows protocol events (RPCs served)

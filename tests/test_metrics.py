@@ -68,11 +68,11 @@ def test_metrics_endpoint_refuses_a_bad_address(tmp_path: Path, sim_root: Path) 
 @pytest.mark.slow
 def test_scrape_a_real_agent(tmp_path: Path, sim_root: Path) -> None:
     mport = free_port()
-    a = AgentProc(tmp_path, "a", sim_root, "--metrics", f"127.0.0.1:{mport}")
+    a = AgentProc(tmp_path / "a", sim_root, "--metrics", f"127.0.0.1:{mport}")
     b = None
     try:
         a.wait_for("listening on")
-        b = AgentProc(tmp_path, "b", sim_root, "--join", a.address)
+        b = AgentProc(tmp_path / "b", sim_root, "--join", a.address)
         a.wait_for("member ")  # b joined a's membership
         status, body, ctype = scrape(f"http://127.0.0.1:{mport}/healthz")
         assert status == 200 and ctype == "application/json"

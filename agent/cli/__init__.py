@@ -14,14 +14,40 @@ import argparse
 import importlib
 import os
 import pkgutil
+import signal
 import sys
-from typing import NoReturn
+import threading
+from types import FrameType
+from typing import Any, NoReturn
 
 from keepmesh import __version__
 
 
 class CommandError(Exception):
     """A command failed for a reason the user can act on (printed as one line)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived while the command was starting (imports, argument parsing).
+
+    A BaseException like KeyboardInterrupt, so nothing on the way catches it.
+    Why: Python's default SIGTERM kills the process with no message (exit 143);
+    an agent stopped by its supervisor before it was ready should exit like one
+    stopped after (0, one line). Client verbs get the default back once their
+    arguments are parsed; `keepmesh agent` then takes SIGTERM over itself.
+    """
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def _catch_sigterm() -> Any:
+    """Raise Terminated on SIGTERM from now on; returns the handler it replaced
+    (None when not on the main thread, where signal handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 class Parser(argparse.ArgumentParser):
@@ -68,12 +94,33 @@ def _one_line(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    previous = _catch_sigterm()
+    try:
+        return _main(argv, previous)
+    except Terminated:  # before the verb took over SIGTERM
+        if not _is_agent(sys.argv[1:] if argv is None else argv):
+            return 128 + signal.SIGTERM  # a client stopped before it did anything
+        print("keepmesh agent: stopped by SIGTERM before it was ready", file=sys.stderr)
+        return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _is_agent(argv: list[str]) -> bool:
+    """Whether this command line runs `keepmesh agent` (the verb is the first word)."""
+    return bool(argv) and argv[0] == "agent"
+
+
+def _main(argv: list[str] | None, previous: Any) -> int:
     parser = build_parser()
     if argv is not None and any("\x00" in a for a in argv):
         # A real command line cannot carry NUL (C strings); a caller passing argv can.
         print("keepmesh: an argument contains a NUL byte", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    if previous is not None and args.command != "agent":
+        signal.signal(signal.SIGTERM, previous)  # client verbs: SIGTERM ends them as usual
     try:
         code = args.func(args)
     except CommandError as err:
@@ -93,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     return int(code or 0)
 
 
-__all__ = ["CommandError", "Parser", "build_parser", "main", "__version__"]
+__all__ = ["CommandError", "Parser", "Terminated", "build_parser", "main", "__version__"]
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ import trio
 from keepmesh.agent.cli import CommandError
 from keepmesh.agent.cli._output import print_json
 
-__all__ = ["add_client_flags", "check_list", "int_in", "print_json", "run_call"]
+__all__ = ["add_client_flags", "check_list", "client_options", "int_in", "print_json",
+           "run_call"]
 
 DEFAULT_AGENT = "127.0.0.1:7400"
 
@@ -25,7 +26,30 @@ def add_client_flags(p: argparse.ArgumentParser) -> None:
                    help="extra trusted root for the agent's evidence, e.g. a sim root's ark.pem")
     p.add_argument("--key", type=Path, metavar="FILE",
                    help="operator/owner key (default: created under ~/.config/keepmesh)")
+    p.add_argument("--collateral", type=Path, metavar="FILE",
+                   help="Intel TCB info, QE identity and CRLs (a file or a directory of them) "
+                        "applied to the agent's evidence, as the agent's `collateral` key; "
+                        "needed to accept real SGX/TDX agents (their TCB status is otherwise "
+                        "unknown, which the default policy refuses)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def client_options(args: argparse.Namespace) -> dict[str, Any]:
+    """open_client's keyword arguments from the shared flags (--root, --key, --collateral);
+    collateral is read once per command and applied to every agent it connects to. An
+    unreadable or invalid --collateral fails the command (never silently ignored)."""
+    path = getattr(args, "collateral", None)
+    loaded = getattr(args, "_collateral_loaded", None)
+    if path is not None and loaded is None:
+        from keepmesh.agent.startup import StartupError, load_agent_collateral
+        try:
+            loaded = load_agent_collateral(Path(path))
+        except StartupError as err:
+            raise CommandError(f"--collateral: {err}") from None
+        except ValueError:  # e.g. a NUL byte in the path (only possible in-process)
+            raise CommandError("--collateral: not a usable path") from None
+        args._collateral_loaded = loaded
+    return {"roots": args.root, "key_path": args.key, "collateral": loaded}
 
 
 def run_call(args: argparse.Namespace, fn: Callable[[Any], Awaitable[int]], *,
@@ -34,9 +58,10 @@ def run_call(args: argparse.Namespace, fn: Callable[[Any], Awaitable[int]], *,
     from keepmesh.agent.client import open_client
     from keepmesh.protocol.errors import ProtocolError
 
+    options = client_options(args)
+
     async def main() -> int:
-        client = await open_client(args.agent, roots=args.root, key_path=args.key,
-                                   policy=policy, fresh=fresh)
+        client = await open_client(args.agent, policy=policy, fresh=fresh, **options)
         try:
             return await fn(client)
         finally:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 
 import trio
@@ -127,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     Second signal: exit at once (130), one line, no traceback. Every start-up
     failure is one line on stderr and exit 1 (CommandError).
     """
+    early = EarlyStop.install()
     from keepmesh.agent import logs
     cfg = config_from_args(args)
     logs.setup(cfg.log_format, args.verbose)
@@ -135,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
         agent = build_agent(cfg)
     except StartupError as err:
         raise CommandError(str(err)) from None
+    if early.signalled:
+        agent.close()
+        return early.stopped()
     if agent.backend.kind == "sim":
         log.warning("tee sim is INSECURE: anyone holding the sim root can forge this agent's "
                     "evidence; for development only", extra={"event": "agent.insecure_tee"})
@@ -162,6 +167,9 @@ def run(args: argparse.Namespace) -> int:
                 stopped.set()
 
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            if early.signalled:  # between build_agent and here: nothing runs yet
+                agent.close()
+                return
             async with trio.open_nursery() as nursery:
                 address = await nursery.start(run_agent)
                 log.info("agent %s listening on %s (tee %s via %s)",
@@ -191,7 +199,35 @@ def run(args: argparse.Namespace) -> int:
         return 130
     except Exception as err:
         raise CommandError(_one_line(err)) from None
-    return 0
+    return early.stopped() if early.signalled and not agent.leaving else 0
+
+
+class EarlyStop:
+    """SIGTERM while the agent is being built: remembered, acted on once it is built.
+
+    Why not raise from the handler (as during argument parsing): building writes the
+    identity key and keep storage, and an exception at an arbitrary bytecode could
+    leave a half-written file. Building takes a few seconds at most; then the agent
+    exits 0 with one line instead of starting, like a SIGTERM after it was ready.
+    Once trio runs, its signal receiver takes SIGTERM over (and gives this back).
+    """
+
+    def __init__(self) -> None:
+        self.signalled = False
+
+    @classmethod
+    def install(cls) -> EarlyStop:
+        early = cls()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, early._handle)
+        return early
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signalled = True
+
+    def stopped(self) -> int:
+        log.warning("stopped by SIGTERM before it was ready", extra={"event": "agent.stopped"})
+        return 0
 
 
 def _one_line(err: BaseException) -> str:

@@ -37,12 +37,14 @@ def deploy_placed(args: argparse.Namespace, workload: Any, deployment: Any, poli
     """Place through `args.agent`, attest every host with `policy`, then ship to each.
 
     Returns (keep summary from the first host, placements [{host, host_id, epoch}])."""
+    from keepmesh.agent.cli._client_args import client_options
     from keepmesh.agent.client import AgentClient, open_client
     from keepmesh.agent.keeps.sealing import seal_package
     from keepmesh.protocol.secrets import deployment_key_for
+    options = client_options(args)
 
     async def main() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        entry = await open_client(args.agent, roots=args.root, key_path=args.key)
+        entry = await open_client(args.agent, **options)
         try:
             resp = await entry.call("keeps.place", {"deployment": deployment.to_fields()})
         finally:
@@ -51,8 +53,7 @@ def deploy_placed(args: argparse.Namespace, workload: Any, deployment: Any, poli
         hosts: list[AgentClient] = []
         try:
             for row in rows:  # attest all before shipping to any
-                client = await open_client(row["host"], roots=args.root, key_path=args.key,
-                                           policy=policy, fresh=True)
+                client = await open_client(row["host"], policy=policy, fresh=True, **options)
                 hosts.append(client)
                 if client.peer_key.hex() != row["host_id"]:
                     raise CommandError(f"agent at {row['host']} is not the host placement "

@@ -140,7 +140,8 @@ async def _at_host(client: Any, args: argparse.Namespace) -> tuple[dict[str, Any
     host, host_id = located.get("host"), located.get("host_id")
     if not host or not host_id or host_id == agent_id(client):
         return _find_keep(keeps, str(located["keep"])), client
-    other = await open_client(str(host), roots=args.root, key_path=args.key)
+    from keepmesh.agent.cli._client_args import client_options
+    other = await open_client(str(host), **client_options(args))
     try:
         if agent_id(other) != host_id:
             raise CommandError(f"agent at {host} is not the keep's host {host_id[:16]}")
