@@ -4,6 +4,7 @@ copy-on-write, the incremental push-pull digest, swim.sync, and the probe order.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import random
 
 from keepmesh.protocol.membership import (
@@ -215,3 +216,35 @@ def test_small_cluster_probes_everyone() -> None:
     c.run(10.0)
     assert all(m.stats.get("probes", 0) >= 8 for m in c.nodes)
     assert all(m.num_alive() == 3 for m in c.nodes)
+
+
+def test_reconnect_reaches_members_declared_dead() -> None:
+    c = Cluster(4)
+    c.run(60.0, down={3})
+    assert c.nodes[0].state_of(c.id(3)) is MemberState.DEAD
+    assert list(c.nodes[0]._dead_ids) == [c.id(3)]
+    c.run(60.0 + 2 * LAN.push_pull_interval, down={3}, start=60.0)
+    assert c.nodes[0].stats.get("reconnect", 0) >= 1
+    # the member comes back: it is no longer a reconnect candidate
+    c.nodes[0]._alive(make_record(c.signers[3], address(3), 5), 200.0, "x")
+    c.nodes[0]._reconnect(200.0)
+    assert not c.nodes[0]._dead_ids
+
+
+def test_cancelled_one_shot_timers_are_not_deadlines() -> None:
+    c = Cluster(3)
+    m = c.nodes[0]
+    m._next_probe = m._next_gossip = 1e9
+    m._next_push_pull = None
+    m._heap.clear()
+    m._push_timer(5.0, "relay", 424242)            # relay already answered (not held)
+    m._push_timer(6.0, "suspect", c.id(1))         # member is not suspected
+    m._push_timer(7.0, "trust", c.id(2))           # other kinds are kept as they are
+    assert m.get_timer() == 7.0 and len(m._heap) == 1
+    m._suspect(c.id(1), 1, m.node_id, 8.0, None)
+    deadline = m._members[c.id(1)].suspicion.deadline  # type: ignore[union-attr]
+    m._push_timer(deadline - 1.0, "suspect", c.id(1))  # stale: the suspicion ends later
+    assert m.get_timer() == 7.0
+    m._heap = [e for e in m._heap if e[2] != "trust"]
+    heapq.heapify(m._heap)
+    assert m.get_timer() == deadline
