@@ -142,6 +142,7 @@ class _Relay:
 
 
 _LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
+_SENT = {cls.TYPE: "sent." + cls.TYPE for cls in (*PRIMARY, PushPull, Sync)}
 
 
 class Membership:
@@ -167,6 +168,8 @@ class Membership:
         self._n_live = 0
         self._probe_order = ProbeOrder()
         self._dead_ids: dict[NodeId, None] = {}  # members we declared dead (reconnect)
+        self._limit_n = 0   # n for which _limit is the gossip retransmit limit
+        self._limit = 0
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
         self._relay_by_target: dict[NodeId, int] = {}
@@ -1356,12 +1359,16 @@ class Membership:
         """Encode a primary message and fill the rest of the packet with piggybacked gossip."""
         limit = self.config.max_packet
         encoded = encode_payload(msg)
-        base = len(encoded) + _LIST_GROWTH
-        budget = limit - base - sum(len(x) + _ITEM_OVERHEAD for x in extra)
+        budget = limit - len(encoded) - _LIST_GROWTH
         items = list(extra)
-        if budget > _ITEM_OVERHEAD:
-            items.extend(self._queue.take(budget, _ITEM_OVERHEAD,
-                                          self.config.retransmit_limit(self._n_live + 1)))
+        for x in extra:
+            budget -= len(x) + _ITEM_OVERHEAD
+        if budget > _ITEM_OVERHEAD and len(self._queue):
+            n = self._n_live + 1
+            if n != self._limit_n:  # retransmit limit (a log10) for this size, cached
+                self._limit_n = n
+                self._limit = self.config.retransmit_limit(n)
+            items.extend(self._queue.take(budget, _ITEM_OVERHEAD, self._limit))
         if require_gossip and not items:
             return
         data = with_gossip(encoded, items)  # one encoding per send (exact same bytes)
@@ -1372,10 +1379,12 @@ class Membership:
         if self.handover is not None:  # the object equal to decoding `data`
             self.handover[id(data)] = dataclasses.replace(
                 msg, gossip=tuple(items)) if items else msg  # type: ignore[type-var]
-        self._count("sent." + msg.TYPE)
-        self._count("sent.bytes", len(data))
+        stats = self.stats
+        key = _SENT[msg.TYPE]
+        stats[key] = stats.get(key, 0) + 1
+        stats["sent.bytes"] = stats.get("sent.bytes", 0) + len(data)
         if items:
-            self._count("sent.gossip_items", len(items))
+            stats["sent.gossip_items"] = stats.get("sent.gossip_items", 0) + len(items)
 
     # ============================================================ helpers
 

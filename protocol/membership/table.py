@@ -127,11 +127,12 @@ class MemberBase:
     default members must never be mutated: tables copy one before changing it.
     """
 
-    __slots__ = ("ids", "index", "members", "since", "sums", "buckets")
+    __slots__ = ("ids", "index", "by_id", "members", "since", "sums", "buckets")
 
     def __init__(self) -> None:
         self.ids: list[NodeId] = []
         self.index: dict[NodeId, int] = {}
+        self.by_id: dict[NodeId, _Member] = {}
         self.members: list[_Member] = []
         self.since = 0.0
         self.sums = [0] * DIGEST_BUCKETS
@@ -155,6 +156,7 @@ class MemberBase:
             m.in_probe = True
             i = len(base.ids)
             base.index[nid] = i
+            base.by_id[nid] = m
             base.ids.append(nid)
             base.members.append(m)
             k = bucket_of(nid)
@@ -177,10 +179,11 @@ class MemberTable:
     `remove`, which also mark the entry for the digest update.
     """
 
-    __slots__ = ("_base", "_over", "_len", "_dirty", "_sums")
+    __slots__ = ("_base", "_by_id", "_over", "_len", "_dirty", "_sums")
 
     def __init__(self) -> None:
         self._base: MemberBase | None = None
+        self._by_id: dict[NodeId, _Member] = {}  # the base's entries by identity (shared)
         self._over: dict[NodeId, _Member | None] = {}   # None: a base entry dropped here
         self._len = 0
         self._dirty: dict[NodeId, int] = {}  # entry -> its hash at the last digest
@@ -194,6 +197,7 @@ class MemberTable:
         """Start from `base` (the table must be empty); `exclude` (ourselves) is dropped."""
         assert self._len == 0 and not self._over
         self._base = base
+        self._by_id = base.by_id
         self._len = len(base)
         self._sums = list(base.sums)
         if exclude in base.index:
@@ -206,11 +210,7 @@ class MemberTable:
         m = self._over.get(nid, _MISSING)
         if m is not _MISSING:
             return m  # type: ignore[return-value]
-        base = self._base
-        if base is None:
-            return None
-        i = base.index.get(nid)
-        return None if i is None else base.members[i]
+        return self._by_id.get(nid)
 
     def __getitem__(self, nid: NodeId) -> _Member:
         m = self.get(nid)
