@@ -248,3 +248,22 @@ def test_cancelled_one_shot_timers_are_not_deadlines() -> None:
     m._heap = [e for e in m._heap if e[2] != "trust"]
     heapq.heapify(m._heap)
     assert m.get_timer() == deadline
+
+
+def test_pending_digest_changes_stay_bounded() -> None:
+    from keepmesh.protocol.membership import table
+
+    nodes, _ = base_cluster(3)
+    m = nodes[0]
+    before = m.digest()
+    others = [Ed25519Signer(bytes([0x40 + i]) * 32) for i in range(12)]
+    old, table._MAX_DIRTY = table._MAX_DIRTY, 4
+    try:
+        for i, s in enumerate(others):  # churn without any digest being asked for
+            m._alive(make_record(s, f"10.1.0.{i + 1}:7946", 1), 1.0, "x")
+            assert len(m._members._dirty) <= 4
+        for s in others:
+            m._forget(s.node_id, m._members[s.node_id])
+    finally:
+        table._MAX_DIRTY = old
+    assert m.digest() == before == scratch_digest(m)

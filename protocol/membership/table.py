@@ -169,6 +169,7 @@ class MemberBase:
 
 
 _MISSING = object()
+_MAX_DIRTY = 4096  # entries changed since the last digest, before they are folded in
 
 
 class MemberTable:
@@ -237,17 +238,26 @@ class MemberTable:
                 return None
             assert base is not None
             shared = base.members[i]
-            self._dirty.setdefault(nid, shared.entry_hash())
+            if nid not in self._dirty:
+                self._mark(nid, shared.entry_hash())
             m = over[nid] = shared.copy()
             return m
         assert isinstance(m, _Member)
         if nid not in self._dirty:
-            self._dirty[nid] = m.entry_hash()
+            self._mark(nid, m.entry_hash())
         return m
+
+    def _mark(self, nid: NodeId, old_hash: int) -> None:
+        """Remember an entry's hash before its first change since the last digest.
+        Bounded: past _MAX_DIRTY the pending changes are folded in first (else a
+        member that never syncs would keep one per member ever touched)."""
+        if len(self._dirty) >= _MAX_DIRTY:
+            self.digest_sums()
+        self._dirty[nid] = old_hash
 
     def add(self, nid: NodeId, m: _Member) -> None:
         if nid not in self._dirty:
-            self._dirty[nid] = 0
+            self._mark(nid, 0)
         self._over[nid] = m
         self._len += 1
 
@@ -256,7 +266,7 @@ class MemberTable:
         if m is None:
             return
         if nid not in self._dirty:
-            self._dirty[nid] = m.entry_hash()
+            self._mark(nid, m.entry_hash())
         if self.in_base(nid):
             self._over[nid] = None
         else:
