@@ -168,9 +168,20 @@ class Bench:
             raise RuntimeError(f"members not all alive: {self.last_view}") from None
 
 
-async def bulk_baseline(b: Bench, size: int, rounds: int = 3) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc): on a shared machine the
+    CPU a drain costs is steadier than its wall time."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def bulk_baseline(b: Bench, size: int, rounds: int = 3) -> tuple[float, float]:
     """Median seconds for one RPC of `size` bytes over an attested agent session to a
-    sink agent process (bench/bulk.py's server): the wire, channel and RPC framing alone."""
+    sink agent process (bench/bulk.py's server): the wire, channel and RPC framing alone;
+    and the median CPU seconds both ends spent on it."""
     from bulk import SINK, _start  # bench/bulk.py
     from keepmesh.agent.config import AgentConfig
     from keepmesh.agent.rpc import call
@@ -181,22 +192,24 @@ async def bulk_baseline(b: Bench, size: int, rounds: int = 3) -> float:
         agent = build_agent(AgentConfig(listen="127.0.0.1:0", tee="sim", sim_root=b.root,
                                         data_dir=b.tmp / "bulk-client"))
         payload = os.urandom(size)
-        times = []
+        times, cpus = [], []
         async with trio.open_nursery() as nursery:
             await nursery.start(agent.run)
             session = await agent.connect(address)
             await call(session, SINK, {"data": payload}, timeout=120.0)  # warm up
             for _ in range(rounds):
+                c0, s0 = time.process_time(), cpu_seconds(proc.pid)
                 t0 = time.perf_counter()
                 got = await call(session, SINK, {"data": payload}, timeout=120.0)
                 times.append(time.perf_counter() - t0)
+                cpus.append(time.process_time() - c0 + cpu_seconds(proc.pid) - s0)
                 if got.get("n") != size:
                     raise RuntimeError(f"bulk baseline: sink read {got.get('n')} of {size}")
             nursery.cancel_scope.cancel()
     finally:
         proc.terminate()
         proc.wait(10)
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(cpus)
 
 
 async def bench_drain(b: Bench, state_mib: int) -> dict[str, Any]:
@@ -219,7 +232,7 @@ async def bench_drain(b: Bench, state_mib: int) -> dict[str, Any]:
         return w and w["standbys"] and w["last_checkpoint"]["seq"] >= 1
     await b.wait(ready, 60, "a standby holding a checkpoint")
     state_bytes = values * 65536
-    bulk_s = await bulk_baseline(b, state_bytes)
+    bulk_s, bulk_cpu_s = await bulk_baseline(b, state_bytes)
     # the same bytes as keeps.call messages of one transfer chunk each (the keep ignores them)
     c = await b.client(host)
     junk = b"n" + bytes(MAX_CHUNK - 1)
@@ -230,16 +243,28 @@ async def bench_drain(b: Bench, state_mib: int) -> dict[str, Any]:
     chunked_s = time.perf_counter() - t0
     await c.aclose()
 
+    # Clients to every agent are connected before the clock starts (a client's own
+    # handshake is not the drain's), and the drain starts just after a periodic checkpoint
+    # was acknowledged, so no checkpoint is being shipped when it begins (one that is
+    # delays the final one by the batch on the wire; see specs/migration.md §11).
+    clients = {p.address: await b.client(p) for p in b.procs}
+    old = clients[host.address]
+    seen = (await b.where(host, keep) or {})["last_checkpoint"]["seq"]
+
+    async def next_checkpoint() -> Any:
+        w = await b.where(host, keep)
+        return w and w["last_checkpoint"]["seq"] > seen
+    await b.wait(next_checkpoint, 60, "the next periodic checkpoint")
     load = os.getloadavg()[0]
+    cpu0 = {p.address: cpu_seconds(p.proc.pid) for p in b.procs}
     t0 = time.perf_counter()
-    reply = await b.call(host, "agent.drain", {})
+    reply = await old.call("agent.drain", {})
     reply_s = time.perf_counter() - t0
     if len(reply["moved"]) != 1:
         raise RuntimeError(f"drain did not move the keep: {reply}")
     [moved] = reply["moved"]
     new_host = next(p for p in b.procs if p.address == moved["to"])
-    new = await b.client(new_host)
-    old = await b.client(host)
+    new = clients[new_host.address]
     intact = stopped = False
     answered_s = stopped_s = None
     try:
@@ -256,8 +281,9 @@ async def bench_drain(b: Bench, state_mib: int) -> dict[str, Any]:
                            and r.get("state") == "running" for r in rows):
                     stopped, stopped_s = True, time.perf_counter() - t0
     finally:
-        await new.aclose()
-        await old.aclose()
+        cpu = {p.address: round(cpu_seconds(p.proc.pid) - cpu0[p.address], 3) for p in b.procs}
+        for c in clients.values():
+            await c.aclose()
     if answered_s is None or stopped_s is None:
         raise RuntimeError("drain: the keep did not answer at its new host, or the old copy "
                            "did not stop, within 60 s")
@@ -265,12 +291,17 @@ async def bench_drain(b: Bench, state_mib: int) -> dict[str, Any]:
     return {"state_bytes": state_bytes, "drain_s": round(drain_s, 3),
             "drain_reply_s": round(reply_s, 3), "answered_at_new_host_s": round(answered_s, 3),
             "old_copy_stopped_s": round(stopped_s, 3),
-            "bulk_transfer_s": round(bulk_s, 3),
+            "bulk_transfer_s": round(bulk_s, 3), "bulk_transfer_cpu_s": round(bulk_cpu_s, 3),
             "ratio_vs_bulk_transfer": round(drain_s / bulk_s, 2),
             "chunked_transfer_s": round(chunked_s, 3),
             "ratio_vs_chunked_transfer": round(drain_s / chunked_s, 2),
             "target_s": 1.0, "state_intact": intact, "old_copy_stopped": stopped,
-            "epoch": moved["epoch"], "loadavg_1m_at_drain": round(load, 2)}
+            "epoch": moved["epoch"], "loadavg_1m_at_drain": round(load, 2),
+            "cpu_s_during_drain": {"old_host": cpu[host.address],
+                                   "new_host": cpu[new_host.address],
+                                   "others": round(sum(v for a, v in cpu.items()
+                                                       if a not in (host.address,
+                                                                    new_host.address)), 3)}}
 
 
 async def bench_crash(b: Bench, host: Any, watcher: Any, calls_s: float) -> dict[str, Any]:
