@@ -43,7 +43,7 @@ from keepmesh.agent.rpc import RpcContext, RpcError, call
 from keepmesh.agent.session import ChannelFailed
 from keepmesh.protocol.attestation.evidence import Evidence, verify_evidence_record
 from keepmesh.protocol.deployment import Deployment, SealedPackage, deployment_id
-from keepmesh.protocol.effects import Commit, Drain, Output, Release
+from keepmesh.protocol.effects import Drain, Output, Release
 from keepmesh.protocol.errors import ProtocolError, VerificationError
 from keepmesh.protocol.membership import Ed25519Signer, Ed25519Verifier
 from keepmesh.protocol.migration import effects as fx
@@ -337,7 +337,6 @@ class MigrationService:
             self._ended.discard(out.keep)
             deployment = dep
             ok, reason = True, ""
-            self._commit(dep, out.epoch)
         except (OSError, ValueError, ProtocolError, CheckpointError) as err:
             ok, reason = False, str(err)[:200]
             log.warning("restore of keep %s failed: %s", out.keep, reason)
@@ -368,21 +367,6 @@ class MigrationService:
         if node is not None:
             node.command(Release(keep), self.mesh.now())
             self.mesh.flush()
-
-    def _commit(self, dep: Deployment, epoch: int) -> None:
-        """A restored keep runs here: placement's lease table counts it (a keep that runs
-        beyond the capacity left is logged; it is already running)."""
-        node = self.mesh.node
-        if node is None:
-            return
-        mem = max(1, -(-dep.manifest.memory_limit // MIB))
-        try:
-            node.command(Commit(0, deployment_id(dep), epoch, dep.owner_key, mem),
-                         self.mesh.now())
-        except ProtocolError as err:
-            log.warning("restored keep %s runs beyond this agent's capacity: %s",
-                        deployment_id(dep)[:16], err.reason)
-        self.mesh.flush()
 
     # ------------------------------------------------------------ events
 

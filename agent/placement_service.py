@@ -12,10 +12,19 @@ and route keep commands to wherever a keep runs. Decides nothing itself.
   keep starts, so this agent's lease table is the only authority on its
   capacity; a keep that fails to start gives its lease back.
 - `keeps.list`, `keeps.call`, `keeps.stop`: local keeps as before; keeps
-  elsewhere are found in the gossiped location table and the command is
+  elsewhere are found in the node's location view and the command is
   forwarded to their host over the attested agent session (the host checks
   the owner named by the forwarding agent: attested agents run the measured
   image and vouch for the client they authenticated).
+
+One location view: for a keep migration tracks, its signed record (host,
+epoch, standbys) is the answer, and placement's own statements about that
+keep are not consulted; placement's gossiped statements answer for the rest
+(replicated keeps, keeps not yet reported by their host). A call carries
+the keep's epoch and the signed record proving it; the host's migration
+machine decides whether its copy may serve it (`Migration.admit`), and a
+stale epoch comes back as `stale_epoch`, which the forwarding agent retries
+after re-resolving (then the client does).
 """
 
 from __future__ import annotations
@@ -50,6 +59,10 @@ from keepmesh.protocol.effects import (
     Release,
 )
 from keepmesh.protocol.errors import ProtocolError
+from keepmesh.protocol.migration.engine import Migration
+from keepmesh.protocol.migration.location import StaleEpoch
+from keepmesh.protocol.migration.machine import MigrationMachine
+from keepmesh.protocol.migration.messages import Location as SignedLocation
 from keepmesh.protocol.node import MeshNode
 from keepmesh.protocol.placement import (
     PlacementConfig,
@@ -58,11 +71,13 @@ from keepmesh.protocol.placement import (
 )
 from keepmesh.protocol.placement.messages import Location
 from keepmesh.protocol.rpc import RpcDenied, RpcNotFound
+from keepmesh.protocol.wire import encode_payload
 
 log = logging.getLogger("keepmesh.placement")
 
 PLACE_TIMEOUT_S = 30.0
 FORWARD_TIMEOUT_S = 30.0
+STALE_RETRY_S = (0.3, 0.6, 1.2)  # re-resolve a moving keep before telling the client
 RECONCILE_S = 2.0
 MIB = 1024 * 1024
 
@@ -112,10 +127,14 @@ class PlacementService:
                     node.command(Release(lease.keep_id), now)
             self.mesh.flush()
 
+    def _migration(self) -> Migration | None:
+        node = self.mesh.node
+        m = None if node is None else node.machine(MigrationMachine)
+        return m.engine if isinstance(m, MigrationMachine) else None
+
     @staticmethod
     def _epoch(node: MeshNode, keep_id: str) -> int:
         """The keep's epoch here: migration's (its fencing token) when it tracks the keep."""
-        from keepmesh.protocol.migration.machine import MigrationMachine
         m = node.machine(MigrationMachine)
         if isinstance(m, MigrationMachine):
             r = m.engine.running.get(keep_id)
@@ -209,13 +228,30 @@ class PlacementService:
             raise
 
     # ------------------------------------------------------------ routing
+    def known(self) -> list[Location]:
+        """The one location view: migration's signed record for every keep it tracks
+        (placement's statements about those keeps are superseded), placement's for the
+        rest."""
+        machine = self.machine
+        eng = self._migration()
+        signed = {} if eng is None else {loc.keep: loc for loc in eng.locations}
+        rows = [Location(keep=s.keep, host_id=s.host, host=s.address, epoch=s.epoch,
+                         state="running" if s.state == "running" else "stopped",
+                         owner=s.owner) for s in signed.values()]
+        if machine is not None:
+            rows.extend(loc for loc in machine.known() if loc.keep not in signed)
+        return rows
+
+    def _signed(self, keep: str) -> SignedLocation | None:
+        eng = self._migration()
+        return None if eng is None else eng.locations.get(keep)
+
     def _remote(self, keep: str) -> Location | None:
         """The running replica of `keep` (id or unique prefix) on another host, if known."""
-        machine = self.machine
         node = self.mesh.node
-        if machine is None or node is None:
+        if node is None:
             return None
-        found = [loc for loc in machine.known()
+        found = [loc for loc in self.known()
                  if loc.state == "running" and loc.host_id != node.node_id
                  and (loc.keep == keep or (len(keep) >= 8 and loc.keep.startswith(keep)))]
         return found[0] if len({loc.keep for loc in found}) == 1 else None
@@ -242,18 +278,78 @@ class PlacementService:
             out: dict[str, Any] = await call(session, method, body, timeout=FORWARD_TIMEOUT_S)
             return out
         except RpcError as err:
+            if err.code == "stale_epoch":
+                raise StaleEpoch(str(err)) from None
+            if err.code == "not_found":
+                raise RpcNotFound(str(err)) from None
             raise ProtocolError(str(err)) from None
+
+    def _admit(self, ctx: RpcContext, keep_id: str, body: dict[str, Any]) -> None:
+        """Migration decides whether this host's copy may serve a message at the body's
+        epoch (raises StaleEpoch / ProtocolError); its outputs (a fenced copy, our newer
+        record for a stale forwarder) are carried out at once."""
+        eng = self._migration()
+        if eng is None:
+            return
+        epoch, location = body.get("epoch"), body.get("location")
+        src = ctx.peer_key if ctx.role == "agent" else None
+        try:
+            eng.admit(keep_id, epoch if isinstance(epoch, int) else None,
+                      location if isinstance(location, bytes) else None, self.mesh.now(), src)
+        finally:
+            self.mesh.flush()
+
+    def _full_id(self, keep: str) -> str | None:
+        try:
+            return self.keeps.manager.get(keep).keep_id
+        except (ProtocolError, KeyError):
+            pass
+        ids = {loc.keep for loc in self.known()
+               if loc.keep == keep or (len(keep) >= 8 and loc.keep.startswith(keep))}
+        return ids.pop() if len(ids) == 1 else None
+
+    async def _forward_moving(self, ctx: RpcContext, keep_id: str, method: str,
+                              body: dict[str, Any]) -> dict[str, Any]:
+        """Forward to wherever the keep runs now, with its epoch and signed record; a
+        `stale_epoch` answer (it moved again meanwhile) is retried after re-resolving."""
+        for backoff in (*STALE_RETRY_S, None):
+            loc = self._remote(keep_id)
+            node = self.mesh.node
+            if loc is None or node is None:
+                raise StaleEpoch(f"keep {keep_id} is moving: no running copy known")
+            if loc.owner and loc.owner != ctx.peer_key and not self._sees_all(ctx):
+                raise RpcNotFound(f"no keep {keep_id[:64]!r} on this agent")
+            fwd = dict(body, keep=loc.keep)
+            signed = self._signed(loc.keep)
+            if signed is not None and signed.host == loc.host_id:
+                fwd.update(epoch=signed.epoch, location=encode_payload(signed))
+            try:
+                return await self._forward(loc, method, fwd)
+            except StaleEpoch:
+                if backoff is None:
+                    raise
+                await trio.sleep(backoff)
+        raise AssertionError("unreachable")
 
     async def _rpc_call(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         keep = body.get("keep")
-        if isinstance(keep, str) and not self._is_local(keep):
-            loc = self._remote(keep)
-            if loc is not None and ctx.role != "agent":  # one hop at most
-                if loc.owner and loc.owner != ctx.peer_key and not self._sees_all(ctx):
-                    raise RpcNotFound(f"no keep {keep[:64]!r} on this agent")
-                return await self._forward(loc, "keeps.call", body)
+        keep_id = self._full_id(keep) if isinstance(keep, str) else None
+        if keep_id is not None:
+            try:
+                self._admit(ctx, keep_id, body)
+            except StaleEpoch:
+                if ctx.role == "agent":  # one hop at most: the forwarder re-resolves
+                    raise
+                return await self._forward_moving(ctx, keep_id, "keeps.call", body)
+            if not self._is_local(keep_id) or self._stopped_here(keep_id):
+                if ctx.role != "agent" and self._remote(keep_id) is not None:
+                    return await self._forward_moving(ctx, keep_id, "keeps.call", body)
         out: dict[str, Any] = await self._local["keeps.call"](ctx, body)
         return out
+
+    def _stopped_here(self, keep_id: str) -> bool:
+        keep = self.keeps.manager.keeps.get(keep_id)
+        return keep is not None and is_terminal(str(keep.status))
 
     async def _rpc_stop(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         body = dict(body)
@@ -286,13 +382,13 @@ class PlacementService:
             if node is not None:
                 row.setdefault("host", node.address)
                 row.setdefault("host_id", node.node_id.hex())
-                row.setdefault("epoch", 1)
+                row.setdefault("epoch", self._epoch(node, str(row.get("keep", ""))))
             rows.append(row)
             seen.add((row.get("keep", ""), row.get("host_id", "")))
         machine = self.machine
         everything = self._sees_all(ctx) or ctx.role == "agent"
         if machine is not None:
-            for loc in machine.locations.values():
+            for loc in self.known():
                 if loc.state != "running" or (loc.keep, loc.host_id.hex()) in seen:
                     continue
                 if not everything and loc.owner != ctx.peer_key:

@@ -214,9 +214,15 @@ class CallRequest(Message):
     SCHEMA: ClassVar[dict[str, Spec]] = {
         "keep": s(64),
         "message": b(MAX_MESSAGE),
+        # The keep's epoch as the sender knows it, and the signed migrate.location that
+        # proves it (specs/migration.md §3): a copy at another epoch does not serve it.
+        "epoch": u(63, optional=True),
+        "location": b(4096, optional=True),
     }
     keep: str
     message: bytes
+    epoch: int | None = None
+    location: bytes | None = None
 
 
 @message

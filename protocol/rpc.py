@@ -20,7 +20,8 @@ METHOD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
 # Why an error code beside the text: a client must act on *what kind* of
 # failure it got (ask for another key, retry, report a bug) without parsing
 # prose, which changes between versions. specs/wire.md lists them.
-ERROR_CODES = ("invalid", "not_found", "forbidden", "unknown_method", "internal", "busy")
+ERROR_CODES = ("invalid", "not_found", "forbidden", "unknown_method", "internal", "busy",
+               "stale_epoch")
 
 
 class RpcDenied(ProtocolError):

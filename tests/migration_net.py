@@ -42,8 +42,10 @@ def evidence(node: bytes, *, microcode: int = 213, nonce: bytes = b"",
 
 
 def deployment(name: str, policy: str = BASE_POLICY, seed: int = 0,
-               migration: dict[str, Any] | None = None) -> Deployment:
-    extra = {} if migration is None else {"migration": migration}
+               migration: dict[str, Any] | None = None, **manifest: Any) -> Deployment:
+    extra = dict(manifest)
+    if migration is not None:
+        extra["migration"] = migration
     return make_deployment(manifest_for(name, stateful=True, **extra), b"\0asm" + name.encode(),
                            policy, OWNER_SEED, 1000.0, random.Random(seed))
 

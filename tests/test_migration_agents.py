@@ -10,10 +10,6 @@ says the keep runs.
 from __future__ import annotations
 
 import json
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +17,7 @@ from typing import Any
 
 import pytest
 import trio
+from agent_proc import AgentProc
 from keepmesh.agent.cli import main
 from keepmesh.agent.client import open_client
 from test_keeps_e2e import owner_key
@@ -31,63 +28,27 @@ POLICY = 'allow_sim = true\nallowed_tee = ["sim"]\n'
 STRICT = POLICY + "[snp]\nmin_tcb = { microcode = 210 }\n"
 
 
-class AgentProcess:
-    """One `keepmesh agent` child on a port chosen here (no log parsing needed)."""
-
-    def __init__(self, data_dir: Path, root: Path, *, join: list[str] | None = None,
-                 extra: list[str] | None = None) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.address = f"127.0.0.1:{port}"
-        self.data_dir = data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "keepmesh.agent.cli", "agent", "--tee", "sim",
-               "--sim-root", str(root), "--data-dir", str(data_dir), "--listen", self.address]
-        for seed in join or []:
-            cmd += ["--join", seed]
-        self.log_path = data_dir.with_name(data_dir.name + ".log")
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd + (extra or []), stdout=subprocess.DEVNULL,
-                                     stderr=self._log)
-
-    def kill(self) -> None:
-        """kill -9: no leave, no goodbye."""
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
-
-
 class Mesh:
     def __init__(self, tmp: Path, root: Path, n: int) -> None:
         self.tmp, self.root = tmp, root
         self.key, pub = owner_key(tmp)
-        extra = ["--owner", pub]
-        self.procs = [AgentProcess(tmp / "a0", root, extra=extra)]
+        self.owner = pub
+        self.procs = [AgentProc(tmp / "a0", root, "--owner", pub)]
         for i in range(1, n):
-            self.procs.append(AgentProcess(tmp / f"a{i}", root, join=[self.procs[0].address],
-                                           extra=extra))
+            self.procs.append(AgentProc(tmp / f"a{i}", root, "--owner", pub,
+                                        join=[self.procs[0].address]))
         for p in self.procs:
             wait_for(lambda p=p: self._up(p), 60, f"agent {p.address} to answer")
 
-    def _up(self, p: AgentProcess) -> bool:
-        assert p.proc.poll() is None, p.log_path.read_text()[-2000:]
+    def _up(self, p: AgentProc) -> bool:
+        assert p.alive, p.log()[-2000:]  # AgentProc, or the partition test's NsAgent
         try:
             self.rpc(p, "agent.status")
         except Exception:
             return False
         return True
 
-    def flags(self, p: AgentProcess) -> list[str]:
+    def flags(self, p: AgentProc) -> list[str]:
         return ["--agent", p.address, "--key", str(self.key), "--root",
                 str(self.root / "ark.pem")]
 
@@ -97,7 +58,7 @@ class Mesh:
         got = capsys.readouterr()
         return rc, got.out, got.err
 
-    def rpc(self, p: AgentProcess, method: str) -> dict[str, Any]:
+    def rpc(self, p: AgentProc, method: str) -> dict[str, Any]:
         async def go() -> dict[str, Any]:
             client = await open_client(p.address, roots=[self.root / "ark.pem"],
                                        key_path=self.key)
@@ -107,13 +68,13 @@ class Mesh:
                 await client.aclose()
         return trio.run(go)
 
-    def where(self, p: AgentProcess, keep: str) -> dict[str, Any] | None:
+    def where(self, p: AgentProc, keep: str) -> dict[str, Any] | None:
         for k in self.rpc(p, "migrate.where")["keeps"]:
             if k["keep"] == keep:
                 return dict(k)
         return None
 
-    def deploy(self, capsys: pytest.CaptureFixture[str], at: AgentProcess,
+    def deploy(self, capsys: pytest.CaptureFixture[str], at: AgentProc,
                policy: str) -> str:
         pol = self.tmp / f"policy-{time.monotonic_ns()}.toml"
         pol.write_text(policy)
@@ -122,13 +83,13 @@ class Mesh:
         assert rc == 0, err
         return str(json.loads(out)["keep"])
 
-    def call(self, capsys: pytest.CaptureFixture[str], at: AgentProcess, keep: str,
+    def call(self, capsys: pytest.CaptureFixture[str], at: AgentProc, keep: str,
              msg: str) -> str:
         rc, out, err = self.cli(capsys, "call", keep, msg, *self.flags(at))
         assert rc == 0, err
         return out.strip()
 
-    def by_address(self, address: str) -> AgentProcess:
+    def by_address(self, address: str) -> AgentProc:
         return next(p for p in self.procs if p.address == address)
 
 
@@ -150,7 +111,7 @@ def mesh3(tmp_path: Path, sim_root: Path) -> Iterator[Mesh]:
         p.stop()
 
 
-def _ready(m: Mesh, viewer: AgentProcess, keep: str, host: AgentProcess,
+def _ready(m: Mesh, viewer: AgentProc, keep: str, host: AgentProc,
            checkpoint: bool = False) -> dict[str, Any] | None:
     w = m.where(viewer, keep)
     if w is None or w["host"] != host.address or not w["standbys"]:
@@ -191,7 +152,7 @@ def test_counter_survives_kill_9_of_its_host(mesh3: Mesh,
     events = json.loads(out)["events"]
     assert any(e["event"] == "KeepMoved" and e["trigger"] == "dead" and e["keep"] == keep
                for e in events)
-    assert "moved to" in new_host.log_path.read_text()
+    assert "moved to" in new_host.log()
     print(f"crash -> running elsewhere: {took:.1f} s")
 
 
@@ -214,8 +175,11 @@ def test_drain_moves_every_keep_with_no_loss(mesh3: Mesh,
         assert x["from"] == host.address and x["to"] != host.address and x["epoch"] == 2
     values = {x["keep"]: m.call(capsys, m.by_address(x["to"]), x["keep"], "get") for x in moved}
     assert values == {keeps[0]: "3", keeps[1]: "3"}          # nothing lost
-    rc, _, err = m.cli(capsys, "call", keeps[0], "get", *m.flags(host))
-    assert rc != 0                                           # never answered by the old copy
+    # Through the old host the call reaches the new copy (it carries epoch 2 and its
+    # signed record); the old copy never answers again.
+    assert m.call(capsys, host, keeps[0], "inc") == "4"
+    assert m.call(capsys, m.by_address([x for x in moved if x["keep"] == keeps[0]][0]["to"]),
+                  keeps[0], "get") == "4"
 
 
 def test_tcb_below_one_policy_moves_only_that_keep(mesh3: Mesh, tmp_path: Path,
@@ -236,3 +200,37 @@ def test_tcb_below_one_policy_moves_only_that_keep(mesh3: Mesh, tmp_path: Path,
     w = m.where(m.procs[2], loose)
     assert w is not None and w["host"] == host.address and w["epoch"] == 1
     assert m.call(capsys, host, loose, "get") == "1"
+
+
+@pytest.fixture
+def mesh2(tmp_path: Path, sim_root: Path) -> Iterator[Mesh]:
+    m = Mesh(tmp_path, sim_root, 2)
+    yield m
+    for p in m.procs:
+        p.stop()
+
+
+def test_a_keep_returns_to_a_host_that_once_ran_it(mesh2: Mesh,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    m = mesh2
+    a, b = m.procs
+    keep = m.deploy(capsys, a, POLICY)
+    m.call(capsys, a, keep, "inc")
+    wait_for(lambda: _ready(m, a, keep, a, checkpoint=True), 30, "a standby on b")
+    a.kill()
+    wait_for(lambda: (x := m.where(b, keep)) and x["host"] == b.address
+             and x["epoch"] == 2 and x, 60, "the keep running on b")
+    m.call(capsys, b, keep, "inc")
+    # a comes back with its stopped epoch-1 copy on disk (fenced at once if it restarts
+    # it), becomes b's standby ...
+    again = AgentProc(a.data_dir, m.root, "--owner", m.owner, listen=a.address,
+                      join=[b.address])
+    m.procs[0] = again
+    wait_for(lambda: _ready(m, b, keep, b), 60, "the restarted agent as b's standby")
+    # ... and takes the keep back at epoch 3 with every write when b is drained
+    rc, out, err = m.cli(capsys, "drain", "--json", *m.flags(b))
+    assert rc == 0, err
+    assert [(x["to"], x["epoch"]) for x in json.loads(out)["moved"]] == [(again.address, 3)]
+    assert m.call(capsys, again, keep, "get") == "2"
+    w = m.where(b, keep)
+    assert w is not None and w["host"] == again.address and w["epoch"] == 3

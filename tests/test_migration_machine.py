@@ -32,6 +32,7 @@ from keepmesh.protocol.migration.messages import Replicate
 from keepmesh.protocol.migration.transfer import split
 from keepmesh.protocol.migration.triggers import Attested
 from keepmesh.protocol.node import MeshNode
+from keepmesh.protocol.placement import PlacementMachine
 from keepmesh.protocol.wire import encode_payload
 from migration_net import BASE_POLICY, deployment, evidence
 
@@ -50,7 +51,13 @@ class Host:
 
 
 class MeshSim:
-    def __init__(self, n: int, seed: int = 1) -> None:
+    """`placement`: every node also runs a PlacementMachine (standbys chosen and held
+    by placement); `labels[i]`, `lease_mb[i]`: node i's advertised labels and the
+    memory its lease table really offers (advertised: 1024 MiB)."""
+
+    def __init__(self, n: int, seed: int = 1, *, placement: bool = False,
+                 labels: list[dict[str, str]] | None = None,
+                 lease_mb: list[int] | None = None) -> None:
         self.rng = random.Random(seed)
         self.now = 0.0
         self.heap: list[tuple[float, int, str, str, bytes, bytes]] = []
@@ -62,9 +69,14 @@ class MeshSim:
             signer = Ed25519Signer(hashlib.sha256(f"mesh{i}".encode()).digest())
             addr = f"10.1.0.{i + 1}:7946"
             record = make_record(signer, addr, 1, Claims("sim", "ab", "1"),
-                                 Capacity(1024, 1000, 1024, 1000), {})
+                                 Capacity(1024, 1000, 1024, 1000),
+                                 labels[i] if labels else {})
             node = MeshNode(LAN, record, signer, Ed25519Verifier(),
                             random.Random(self.rng.getrandbits(64)), 0.0)
+            if placement:
+                node.add(PlacementMachine(node, random.Random(i),
+                                          memory_mb=lease_mb[i] if lease_mb else 1024,
+                                          max_keeps=16))
             eng = Migration(signer, Ed25519Verifier(), addr,
                             random.Random(self.rng.getrandbits(64)), 0.0, default_policy=policy)
             machine = MigrationMachine(node, eng)

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..attestation.policy import Policy, load_policy
 from ..deployment import Deployment, verify_deployment
@@ -41,7 +42,14 @@ from .effects import (
     StartFromCheckpoint,
     StopKeep,
 )
-from .location import Learned, LocationTable, sign_location, verify_location
+from .location import (
+    Learned,
+    LocationTable,
+    StaleEpoch,
+    decode_location,
+    sign_location,
+    verify_location,
+)
 from .messages import (
     MIGRATE_MESSAGES,
     Ack,
@@ -72,6 +80,30 @@ START_TIMEOUT_S = 30.0
 Output = Effect | Event
 
 
+class StandbyPlacement(Protocol):
+    """Placement's part in standbys (protocol/migration/machine.py wires the node's
+    PlacementMachine in). Without it any live member satisfying the policy may be a
+    standby and no capacity is held for it."""
+
+    def hosts_for(self, deployment: Deployment, now: float) -> Collection[NodeId]:
+        """Members placement would place this deployment on: alive, claims meeting the
+        signed policy, labels, advertised room."""
+        ...
+
+    def hold(self, keep: str, deployment: Deployment, now: float) -> str | None:
+        """Reserve (or renew) this host's capacity for a standby of `keep`: None when
+        held, else the one-line reason the lease table refused."""
+        ...
+
+    def release(self, keep: str, now: float) -> None:
+        """The standby role ended here: give an uncommitted hold back."""
+        ...
+
+    def promote(self, keep: str, epoch: int, deployment: Deployment, now: float) -> None:
+        """The keep now runs here at `epoch`: its hold becomes the running keep's lease."""
+        ...
+
+
 @dataclass
 class Running:
     """A keep this agent runs."""
@@ -84,6 +116,7 @@ class Running:
     owner: bytes
     version: int = 0
     outgoing: Outgoing | None = None
+    deployment: Deployment | None = None
 
 
 @dataclass
@@ -161,6 +194,8 @@ class Migration:
         self._next_eval = now + EVAL_S
         self.dropped = 0
         self.last_drop = ""
+        self.placement: StandbyPlacement | None = None
+        self._holds: dict[str, tuple[NodeId, int]] = {}  # keep -> (host, epoch) held for
 
     # ============================================================ views
 
@@ -214,13 +249,19 @@ class Migration:
         """A keep now runs here (placed here, or restored by `keep_started`)."""
         from ..deployment import deployment_id
         keep = deployment_id(deployment)
+        spec = deployment.manifest.placement
+        if spec is not None and spec.replicas > 1:
+            # Replicas are copies by design, placed by placement: one location record per
+            # keep would fence all but one of them. Not migrated (specs/migration.md §12).
+            return keep
         cur = self.running.get(keep)
         if cur is not None and cur.epoch >= epoch:
             return keep  # already known (a repeated notice)
         policy = policy_of(deployment, self.default_policy)
         settings = settings_of(deployment)
         rep = Replication(keep, epoch, self.own_id, policy, settings, now, seq=seq)
-        self.running[keep] = Running(keep, epoch, policy, settings, rep, deployment.owner_key)
+        self.running[keep] = Running(keep, epoch, policy, settings, rep, deployment.owner_key,
+                                     deployment=deployment)
         self._policies[keep] = policy
         self._announce(self.running[keep], now)
         best = self.locations.get(keep)
@@ -283,7 +324,7 @@ class Migration:
             assert isinstance(loc, Location)
             self.learn(loc, now, src=src)
         elif isinstance(msg, Replicate):
-            self._emit(self.holdings.on_replicate(src, msg, self.locations))
+            self._on_replicate(src, msg, now)
         elif isinstance(msg, Transfer):
             self._emit(self.holdings.on_transfer(src, msg, self.locations))
         elif isinstance(msg, Ack):
@@ -292,6 +333,88 @@ class Migration:
             self._on_handover(src, msg, now)
         elif isinstance(msg, HandoverDone):
             self._on_handover_done(src, msg, now)
+
+    def admit(self, keep: str, epoch: int | None, location: bytes | None, now: float,
+              src: NodeId | None = None) -> int | None:
+        """May a message addressed to `keep` at `epoch` (keeps.call, keeps.stop) be served
+        by this member's copy? The epoch served, or None when migration does not track the
+        keep here or anywhere (the caller serves it as before). Raises StaleEpoch when
+        another epoch or host is current, ProtocolError on an unproven or bad claim.
+
+        `location` is the sender's signed record for the keep (an encoded
+        migrate.location): it is learned first, so a message from a newer epoch
+        fences this copy on arrival (the rule of §3) and is refused. A claimed
+        epoch above this copy's without a record proving it is refused and fences
+        nothing: an unsigned number from a client cannot stop a keep.
+        `src`, an attested member, is sent our newer record when its epoch is stale.
+        """
+        if location is not None:
+            try:
+                self.learn(decode_location(location, self.verifier), now)
+            except VerificationError as err:
+                raise ProtocolError(f"keeps: location record refused: {err.reason}") from None
+        r = self.running.get(keep)
+        best = self.locations.get(keep)
+        if r is None:
+            if best is None or best.state != "running":
+                return None
+            if src is not None:
+                self._out.append(Send(src, best))
+            raise StaleEpoch(f"keep {keep} runs at epoch {best.epoch} on another host")
+        if r.outgoing is not None and r.outgoing.step is Step.DONE:
+            raise StaleEpoch(f"keep {keep} moved at epoch {r.epoch + 1}")
+        if epoch is None or epoch == r.epoch:
+            return r.epoch
+        if epoch < r.epoch:
+            if src is not None and best is not None:
+                self._out.append(Send(src, best))
+            raise StaleEpoch(f"keep {keep}: epoch {epoch} is stale, it runs at {r.epoch}")
+        raise ProtocolError(f"keep {keep}: epoch {epoch} above the running copy's "
+                            f"{r.epoch} and no location record proves it")
+
+    def _on_replicate(self, src: NodeId, msg: Replicate, now: float) -> None:
+        out = self.holdings.on_replicate(src, msg, self.locations)
+        h = self.holdings.held.get(msg.keep)
+        accepted = h is not None and h.host == src and h.epoch == msg.epoch and any(
+            isinstance(o, Send) and isinstance(o.message, Ack) and o.message.ok for o in out)
+        if accepted and self.placement is not None:
+            why = self._hold(msg.keep, now)
+            if why is not None:
+                self.holdings.drop(msg.keep)
+                out = [Send(src, Ack(keep=msg.keep, epoch=msg.epoch, kind="replicate", seq=0,
+                                     ok=False, reason=f"no room for a standby: {why}"[:200]))]
+            else:
+                self._holds[msg.keep] = (src, msg.epoch)
+        self._emit(out)
+
+    def _hold(self, keep: str, now: float) -> str | None:
+        """Reserve or renew this host's lease for a standby of `keep` (placement)."""
+        h = self.holdings.held.get(keep)
+        if self.placement is None or h is None:
+            return None
+        try:
+            d = decode_payload(h.deployment, 256 * 1024, (Deployment,))
+            assert isinstance(d, Deployment)
+            verify_deployment(d, [d.owner_key])
+        except (ProtocolError, VerificationError) as err:
+            return f"deployment refused: {err.reason}"
+        return self.placement.hold(keep, d, now)
+
+    def _renew_holds(self, now: float) -> None:
+        """Standby holds live as long as the keep's host still counts on us; a hold whose
+        keep moved on without us (or that placement refuses to renew) is given back."""
+        if self.placement is None:
+            return
+        for keep, (host, epoch) in list(self._holds.items()):
+            best = self.locations.get(keep)
+            h = self.holdings.held.get(keep)
+            gone = h is None or (h.host, h.epoch) != (host, epoch) or (
+                best is not None and best.host != self.own_id
+                and (best.epoch > epoch or best.host != host or best.state == "stopped"))
+            if gone or self._hold(keep, now) is not None:
+                del self._holds[keep]
+                if keep not in self.running and keep not in self.starting:
+                    self.placement.release(keep, now)
 
     def check_epoch(self, keep: str, epoch: int) -> Fenced | None:
         """For any message addressed to `keep` at `epoch`: None to serve it, or the
@@ -389,6 +512,11 @@ class Migration:
     def _reconcile(self, r: Running, now: float) -> None:
         before = r.replication.ready()
         candidates = [n for n, live in self.view.live.items() if live]
+        if self.placement is not None and r.deployment is not None:
+            # Placement names who could run this deployment (policy claims, labels,
+            # room); the HRW ranking then picks among them, so successors stay predictable.
+            allowed = set(self.placement.hosts_for(r.deployment, now))
+            candidates = [n for n in candidates if n in allowed]
         self._emit(r.replication.reconcile(self.view, candidates, now, self.rng))
         if r.replication.ready() != before:
             self._standbys_changed(r, now)
@@ -565,6 +693,9 @@ class Migration:
             return
         self.keep_running(deployment, epoch, now, seq=st.seq)
         self.holdings.drop(keep)
+        self._holds.pop(keep, None)
+        if self.placement is not None:
+            self.placement.promote(keep, epoch, deployment, now)
         self._out.append(KeepMoved(keep, st.from_host, self.own_id, epoch, st.trigger))
         if st.reply_to is not None:
             self._out.append(Send(st.reply_to, HandoverDone(keep=keep, epoch=epoch, ok=True,
@@ -708,6 +839,7 @@ class Migration:
         if now >= self._next_refresh:
             self._next_refresh = now + REFRESH_S
             self._push_own(now)
+            self._renew_holds(now)
         if now >= self._next_eval:
             self._next_eval = now + EVAL_S
             self._evaluate(now)

@@ -32,6 +32,16 @@ from ..wire import decode_payload, encode_payload
 from .messages import Location, LocationStatement
 from .successor import hrw_score
 
+
+class StaleEpoch(ProtocolError):
+    """A message addressed to a keep at an epoch that is not the one running here
+    (RPC code `stale_epoch`): the keep moved (or this copy was fenced). The sender
+    re-resolves where the keep runs (`migrate.where`, or the location it is sent)
+    and retries there; nothing was served."""
+
+    code = "stale_epoch"
+
+
 MAX_KEEPS_TRACKED = 100_000
 """Bound on the location table (a hostile member cannot grow it without limit)."""
 

@@ -11,7 +11,11 @@ node's membership view (or the address a location record gives).
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
+from ..deployment import Deployment
 from ..effects import (
+    Commit,
     Drain,
     MemberAlive,
     MemberDead,
@@ -25,13 +29,75 @@ from ..effects import (
     Send,
     TimerKind,
 )
+from ..errors import ProtocolError
+from ..membership import MemberState
 from ..node import MeshNode
+from ..placement.leases import Refused
+from ..placement.machine import PlacementMachine
+from ..placement.requirements import requirements_for
 from ..wire import encode_payload
 from . import effects as fx
-from .engine import Migration
+from .engine import REFRESH_S, Migration
 
 _LIVE = (MemberJoined, MemberAlive, MemberUpdated, MemberSuspected)
 _GONE = (MemberDead, MemberLeft)
+STANDBY_HOLD_S = 3 * REFRESH_S
+"""A standby's capacity hold outlives two missed renewals (renewed every REFRESH_S)."""
+
+
+class PlacementLink:
+    """Standbys chosen and held by placement (engine.StandbyPlacement).
+
+    Why: a standby is a promise to run the keep, so it is chosen among the hosts
+    placement would pick for the deployment (alive, claims meeting the signed
+    policy, labels, advertised room) and the standby's own lease table, the only
+    authority on its capacity, holds room for it: a reservation renewed while it
+    stays a standby, committed when it takes over, released when it stops being one.
+    A standby whose table has no room refuses the replicate and the host moves on.
+    """
+
+    def __init__(self, node: MeshNode, placement: PlacementMachine) -> None:
+        self.node = node
+        self.placement = placement
+
+    def hosts_for(self, deployment: Deployment, now: float) -> Collection[bytes]:
+        req = requirements_for(deployment)
+        return {v.node_id for v in self.node.members()
+                if v.state is MemberState.ALIVE and req.claims_ok(v) and req.labels_ok(v)
+                and req.room_ok(v)}
+
+    def hold(self, keep: str, deployment: Deployment, now: float) -> str | None:
+        leases = self.placement.leases
+        held = leases.holds(keep)
+        if held is not None:
+            if not held.committed:
+                held.expires_at = now + STANDBY_HOLD_S
+            return None
+        memory_mb = requirements_for(deployment).memory_mb
+        try:
+            leases.reserve(keep, memory_mb, now, STANDBY_HOLD_S)
+        except Refused as err:
+            return err.reason
+        return None
+
+    def release(self, keep: str, now: float) -> None:
+        held = self.placement.leases.holds(keep)
+        if held is not None and not held.committed:
+            self.placement.leases.release(held.lease_id)
+
+    def promote(self, keep: str, epoch: int, deployment: Deployment, now: float) -> None:
+        held = self.placement.leases.holds(keep)
+        if held is not None and held.committed:
+            return
+        memory_mb = requirements_for(deployment).memory_mb
+        try:
+            # through placement's command, so its location statement is made as for any
+            # committed keep; lease 0 reserves now when the hold expired meanwhile
+            live = held is not None and held.expires_at is not None and held.expires_at > now
+            self.placement.command(Commit(held.lease_id if live and held else 0, keep,
+                                          epoch, deployment.owner_key, memory_mb), now)
+        except ProtocolError:
+            pass  # runs beyond this host's free capacity: the keep runs, counted nowhere
 
 
 class MigrationMachine:
@@ -43,8 +109,17 @@ class MigrationMachine:
     def __init__(self, node: MeshNode, engine: Migration) -> None:
         self.node = node
         self.engine = engine
+        placement = node.machine(PlacementMachine)
+        if isinstance(placement, PlacementMachine) and engine.placement is None:
+            engine.placement = PlacementLink(node, placement)
+            placement.located_elsewhere = self._tracked
         self._seen: set[bytes] = set()
         self.unaddressed = 0  # sends to a member whose address nobody knows (dropped)
+
+    def _tracked(self, keep: str) -> bool:
+        """Migration spreads this keep's location (signed, with epoch and standbys)."""
+        return self.engine.locations.get(keep) is not None or keep in self.engine.running \
+            or keep in self.engine.starting
 
     def receive(self, data: bytes, src: str, src_id: bytes | None, now: float) -> None:
         self.engine.receive(data, src_id, now)

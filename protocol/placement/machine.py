@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -142,6 +143,9 @@ class PlacementMachine:
         self._out: deque[Output] = deque()
         self._gossip: list[_Rumour] = []
         self._next_gossip: float | None = None
+        # keep id -> True when another machine (migration) spreads that keep's location
+        # in its own signed records: placement keeps its statement local, not gossiped
+        self.located_elsewhere: Callable[[str], bool] | None = None
 
     # ============================================================ SubMachine face
 
@@ -609,6 +613,8 @@ class PlacementMachine:
             return
         self.locations[key] = loc
         self._out.append(KeepLocated(loc.keep, loc.host_id, loc.host, loc.epoch, loc.state, now))
+        if self.located_elsewhere is not None and self.located_elsewhere(loc.keep):
+            return  # one location system: the signed record carries it
         n = max(1, self.node.membership.num_known())
         sends = self.config.retransmit_mult * max(1, math.ceil(math.log2(n + 1)))
         self._gossip = [g for g in self._gossip
