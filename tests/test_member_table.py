@@ -225,6 +225,13 @@ def test_reconnect_reaches_members_declared_dead() -> None:
     assert list(c.nodes[0]._dead_ids) == [c.id(3)]
     c.run(60.0 + 2 * LAN.push_pull_interval, down={3}, start=60.0)
     assert c.nodes[0].stats.get("reconnect", 0) >= 1
+    c.nodes[0].datagrams_to_send()
+    c.nodes[0]._reconnect(200.0)  # only the buckets holding the target and us travel
+    (out,) = c.nodes[0].datagrams_to_send()
+    msg = decode_swim(out.data, LAN.max_stream_message, (PushPull,))
+    assert isinstance(msg, PushPull) and out.dst == address(3) and not msg.reply
+    assert msg.buckets == 1 << bucket_of(c.id(0)) | 1 << bucket_of(c.id(3))
+    assert msg.states[msg.records.index(c.record(3).encoded)] == 2  # "dead": it will refute
     # the member comes back: it is no longer a reconnect candidate
     c.nodes[0]._alive(make_record(c.signers[3], address(3), 5), 200.0, "x")
     c.nodes[0]._reconnect(200.0)

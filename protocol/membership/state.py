@@ -1297,6 +1297,9 @@ class Membership:
         the dead). If it is in fact alive, hearing itself declared dead makes it
         refute with a higher incarnation, and its reply does the same for us, so
         the halves merge. Members that left or failed attestation are not retried.
+        Only the digest buckets holding it and us travel (a partial push-pull, §3):
+        that is all the exchange needs, and a full state to every crashed member,
+        every interval, from every member cost O(N) each.
         """
         dead = []
         for nid in list(self._dead_ids):  # O(dead), not O(table): pruned as we go
@@ -1308,7 +1311,9 @@ class Membership:
         if dead:
             target = dead[self.rng.randrange(len(dead))]
             self._count("reconnect")
-            self._send_push_pull(target.record.address, join=False, reply=False)
+            mask = 1 << bucket_of(self.node_id) | 1 << bucket_of(target.record.node_id)
+            self._send_push_pull(target.record.address, join=False, reply=False,
+                                 buckets=mask)
 
     def _contact_seeds(self, now: float) -> None:
         for addr in self._seeds:
