@@ -100,6 +100,27 @@ class MigrationService:
         self.machine = MigrationMachine(node, engine)
         return self.machine
 
+    # ================================================================ epochs
+
+    def keep_epoch(self, keep: str) -> tuple[int, bytes] | None:
+        """The keep's current epoch and the signed record proving it, if migration knows."""
+        loc = self.engine.locations.get(keep) if self.engine is not None else None
+        if loc is None or loc.state != "running":
+            return None
+        return loc.epoch, encode_payload(loc)
+
+    def admit(self, keep: str, epoch: int | None, location: bytes | None,
+              src: bytes | None) -> None:
+        """May this host's copy serve a message addressed to `keep` at `epoch`?
+        (Migration.admit decides; raises StaleEpoch / ProtocolError.)"""
+        eng = self.engine
+        if eng is None:
+            return
+        try:
+            eng.admit(keep, epoch, location, self.mesh.now(), src)
+        finally:
+            self.mesh.flush()
+
     # ================================================================ facts
 
     async def run(self, nursery: Any) -> None:

@@ -192,6 +192,7 @@ def _build(cfg: AgentConfig, data_dir: Path) -> Agent:
         apply_limits(agent.endpoint, cfg.limits)
     except LimitsError as err:
         raise StartupError(str(err)) from None
+    agent.endpoint.vouched_datagram_size = cfg.transport.max_datagram_size
     if cfg.collateral is not None:
         agent.collateral = load_agent_collateral(cfg.collateral)
     try:
@@ -247,12 +248,12 @@ def _attach_services(agent: Agent, cfg: AgentConfig) -> None:
     metrics.add_source(agent, "keeps", lambda: metrics.counts_by(  # "failed: why" -> "failed"
         list(service.manager.keeps.values()), lambda k: str(k.status).split(":")[0]))
     agent.register(service.methods())
-    from keepmesh.agent.workload_router import WorkloadRouter
-    WorkloadRouter(agent, service)
     from keepmesh.agent.placement_service import PlacementService
     PlacementService(agent, members, service, cfg.capacity, memory_bytes)
     from keepmesh.agent.migration_service import MigrationService
-    MigrationService(agent, service, members)
+    migration = MigrationService(agent, service, members)
+    from keepmesh.agent.workload_router import WorkloadRouter
+    WorkloadRouter(agent, service, epochs=migration)
 
     async def run_keeps(nursery: object) -> None:
         await service.start()

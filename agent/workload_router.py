@@ -8,13 +8,19 @@ was found. When the workload moves (placement, migration) the cached location
 stops answering and the next message asks everyone again, so senders never
 need to know hosts. Delivery is best-effort, like a datagram: the inbox is
 bounded and a full queue drops.
+
+Epochs (specs/migration.md §3): with `epochs` (the agent's MigrationService) a
+delivery carries the target's epoch and signed location record as this agent
+knows them, and the receiving host delivers only if migration admits them
+for its copy (a stale epoch answers `stale_epoch` and the sender tries the
+next agent; a record proving a newer epoch fences the copy it reaches).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from keepmesh.agent.keeps.hostapi import MAX_HOST_MESSAGE
@@ -26,13 +32,24 @@ from keepmesh.protocol.errors import ProtocolError
 log = logging.getLogger("keepmesh.keeps.router")
 
 QUEUE_LIMIT = 1024
+
+
+class KeepEpochs(Protocol):
+    """What the router needs from migration (agent/migration_service.py)."""
+
+    def keep_epoch(self, keep: str) -> tuple[int, bytes] | None: ...
+
+    def admit(self, keep: str, epoch: int | None, location: bytes | None,
+              src: bytes | None) -> None: ...
+
 WORKLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class WorkloadRouter:
-    def __init__(self, agent: Agent, service: Any) -> None:
+    def __init__(self, agent: Agent, service: Any, epochs: KeepEpochs | None = None) -> None:
         self.agent = agent
         self.service = service
+        self.epochs = epochs
         self._send, self._recv = trio.open_memory_channel[tuple[str, str, bytes]](QUEUE_LIMIT)
         self._token: trio.lowlevel.TrioToken | None = None
         self._where: dict[str, bytes] = {}  # workload id -> identity of the agent running it
@@ -65,7 +82,10 @@ class WorkloadRouter:
                 if p.session is not None and not p.session.closed.is_set()]
 
     async def _forward(self, sender: str, target: str, message: bytes) -> bool:
-        body = {"sender": sender, "target": target, "message": message}
+        body: dict[str, Any] = {"sender": sender, "target": target, "message": message}
+        known = self.epochs.keep_epoch(target) if self.epochs is not None else None
+        if known is not None:
+            body["epoch"], body["location"] = known
         sessions = self._sessions()
         cached = self._where.get(target)
         sessions.sort(key=lambda s: s.peer.identity != cached)  # the cached location first
@@ -89,6 +109,14 @@ class WorkloadRouter:
             raise ProtocolError("keeps.deliver: sender and target must be workload ids")
         if not isinstance(message, bytes) or len(message) > MAX_HOST_MESSAGE:
             raise ProtocolError(f"keeps.deliver: message must be bytes up to {MAX_HOST_MESSAGE}")
+        epoch, location = body.get("epoch"), body.get("location")
+        if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool)
+                                  or not 0 <= epoch < 1 << 63):
+            raise ProtocolError("keeps.deliver: epoch must be an unsigned 63-bit int")
+        if location is not None and (not isinstance(location, bytes) or len(location) > 4096):
+            raise ProtocolError("keeps.deliver: location must be bytes up to 4096")
+        if self.epochs is not None:
+            self.epochs.admit(target, epoch, location, ctx.peer_key)  # StaleEpoch: not here
         keep = self.service.manager.keeps.get(target)
         # Never forward again from here: a message travels at most one hop.
         return {"delivered": bool(keep is not None and keep.ctx.deliver(message))}

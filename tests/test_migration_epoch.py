@@ -147,3 +147,56 @@ def test_replicated_keeps_are_not_fenced_by_migration() -> None:
     assert len(net.running(keep)) == 2
     assert not any(isinstance(o, fx.StopKeep) for n in net.nodes for o in n.stopped)
     assert net.nodes[0].engine.locations.get(keep) is None
+
+
+class _Ctx:
+    def __init__(self, deliveries: list[bytes]) -> None:
+        self.deliveries = deliveries
+
+    def deliver(self, message: bytes) -> bool:
+        self.deliveries.append(message)
+        return True
+
+
+class _Epochs:
+    """MigrationService's face for the router, over a bare engine."""
+
+    def __init__(self, node: Node, now: float) -> None:
+        self.node, self.now = node, now
+
+    def keep_epoch(self, keep: str) -> tuple[int, bytes] | None:
+        loc = self.node.engine.locations.get(keep)
+        return None if loc is None else (loc.epoch, encode_payload(loc))
+
+    def admit(self, keep: str, epoch: int | None, location: bytes | None,
+              src: bytes | None) -> None:
+        self.node.engine.admit(keep, epoch, location, self.now, src)
+
+
+async def test_keep_to_keep_delivery_carries_and_checks_the_epoch() -> None:
+    from types import SimpleNamespace
+
+    from keepmesh.agent.workload_router import WorkloadRouter
+    net, keep, host, standby = _split()
+    delivered: list[bytes] = []
+    manager = SimpleNamespace(keeps={keep: SimpleNamespace(ctx=_Ctx(delivered))}, outbound=None)
+    agent = SimpleNamespace(register=lambda methods: None, services=[], peers={})
+    router = WorkloadRouter(agent, SimpleNamespace(manager=manager),  # type: ignore[arg-type]
+                            epochs=_Epochs(host, net.now))
+    ctx = SimpleNamespace(role="agent", peer_key=standby.id)
+    body = {"sender": "a" * 32, "target": keep, "message": b"hi"}
+    # the host's own copy at its epoch: delivered
+    assert (await router._rpc_deliver(ctx, dict(body, epoch=1)))["delivered"]  # type: ignore[arg-type]
+    # a delivery proving epoch 2 fences the host's epoch-1 copy and is not delivered there
+    with pytest.raises(StaleEpoch):
+        await router._rpc_deliver(ctx, dict(body, epoch=2,  # type: ignore[arg-type]
+                                            location=_record(standby, keep)))
+    assert delivered == [b"hi"] and keep not in host.engine.running
+    for bad in ({"epoch": -1}, {"epoch": True}, {"location": b"x" * 4097}):
+        with pytest.raises(ProtocolError):
+            await router._rpc_deliver(ctx, dict(body, **bad))  # type: ignore[arg-type]
+    # the sender side attaches what it knows
+    router_at_standby = WorkloadRouter(agent, SimpleNamespace(manager=manager),  # type: ignore[arg-type]
+                                       epochs=_Epochs(standby, net.now))
+    assert router_at_standby.epochs is not None
+    assert router_at_standby.epochs.keep_epoch(keep) == (2, _record(standby, keep))
