@@ -26,6 +26,8 @@ Example (keys are optional; flags win):
     connections_per_source = 64     # raise for many agents behind one address
     handshakes = 128
     handshakes_per_source = 16
+    [transport]                     # QUIC datagram size (specs/wire.md "Datagram size")
+    max_datagram_size = 1472        # only if every path between your agents carries it
 
 KEY_DOCS below is the reference for every key; docs/config.md is generated
 from it (`python -m keepmesh.agent.config`) and tests/test_docs.py checks
@@ -40,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keepmesh.agent.transport.limits import AdmissionLimits, LimitsError
+from keepmesh.agent.transport.limits import AdmissionLimits, LimitsError, TransportSettings
 from keepmesh.protocol.errors import ProtocolError
 
 TEE_CHOICES = ("auto", "snp", "tdx", "sgx", "sim")
@@ -95,6 +97,7 @@ class AgentConfig:
     discover: bool = False
     capacity: HostCapacity = field(default_factory=lambda: HostCapacity())
     limits: AdmissionLimits = field(default_factory=lambda: AdmissionLimits())
+    transport: TransportSettings = field(default_factory=lambda: TransportSettings())
 
 
 _KEYS: dict[str, type | tuple[type, ...]] = {
@@ -102,7 +105,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "data_dir": str, "roots": list, "policy": str, "collateral": str, "owners": list,
     "profile": str,
     "labels": dict, "metrics": str, "log_format": str, "discover": bool,
-    "capacity": dict, "limits": dict,
+    "capacity": dict, "limits": dict, "transport": dict,
 }
 
 # key -> (TOML type, default as written in the reference, flag, what it does).
@@ -139,6 +142,12 @@ KEY_DOCS: dict[str, tuple[str, str, str, str]] = {
                "source IP (specs/wire.md Limits); connections ≤ 16384, handshakes ≤ 1024, per "
                "source ≤ total; raise connections_per_source for many agents behind one "
                "address (a local mesh of more than 64 agents on one loopback address)"),
+    "transport": ("table: max_datagram_size (int)", "none (1200)", "",
+                  "UDP payload size for QUIC to peers not on loopback, in [1200, 16000], capped "
+                  "by the first hop's MTU; set it only if every path between your agents "
+                  "carries it (e.g. 1472 on a 1500-MTU LAN): aioquic does no path-MTU "
+                  "discovery and larger packets move bulk data faster (specs/wire.md "
+                  "Datagram size). Loopback peers always get up to 16000"),
 }
 # Paths are relative to the config file's directory.
 
@@ -208,6 +217,11 @@ def config_from_dict(data: dict[str, Any], source: str, base: Path = Path(".")) 
         cfg.capacity = parse_capacity(data["capacity"], source)
     if "limits" in data:
         cfg.limits = parse_limits(data["limits"], source)
+    if "transport" in data:
+        try:
+            cfg.transport = TransportSettings.from_table(data["transport"], source)
+        except LimitsError as err:
+            raise ProtocolError(str(err)) from None
     return cfg
 
 

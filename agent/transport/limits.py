@@ -79,6 +79,39 @@ class AdmissionLimits:
                               f"({self.handshakes})")
 
 
+# QUIC's minimum datagram size (RFC 9000 §14) and the largest keepmesh sends (below
+# aioquic's 2-byte packet length field and macOS's 16,384-byte loopback MTU).
+MIN_DATAGRAM_SIZE = 1200
+MAX_DATAGRAM_SIZE = 16000
+
+
+@dataclass
+class TransportSettings:
+    """[transport] max_datagram_size: the UDP payload size an operator vouches for on
+    the paths between its agents (a known LAN, e.g. 1472 on 1500-byte Ethernet).
+
+    Why an operator's word: aioquic does no path-MTU discovery, so a size above QUIC's
+    1200 is safe only where the whole path is known to carry it; a router further on
+    with a smaller MTU would drop the packets and stall the connection. Unset: 1200 to
+    every peer that is not on a loopback address (specs/wire.md "Datagram size").
+    """
+
+    max_datagram_size: int | None = None
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any], where: str) -> TransportSettings:
+        settings = TransportSettings()
+        for key, value in table.items():
+            if key != "max_datagram_size":
+                raise LimitsError(f"{where}: unknown key 'transport.{str(key)[:40]}'")
+            if not isinstance(value, int) or isinstance(value, bool) or \
+                    not MIN_DATAGRAM_SIZE <= value <= MAX_DATAGRAM_SIZE:
+                raise LimitsError(f"{where}: transport.max_datagram_size: expected an integer "
+                                  f"in [{MIN_DATAGRAM_SIZE}, {MAX_DATAGRAM_SIZE}]")
+            settings.max_datagram_size = value
+        return settings
+
+
 def bounded_int(value: object, where: str, ceiling: int) -> int:
     """An integer in [1, ceiling] (a digit string is accepted, for flags); else LimitsError."""
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 9:

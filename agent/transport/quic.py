@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable
 import trio
 from aioquic._buffer import Buffer
 from aioquic.quic import events
-from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import QuicHeader, QuicPacketType, encode_quic_retry, pull_quic_header
 from aioquic.quic.retry import QuicRetryTokenHandler
 from keepmesh.agent import metrics
@@ -49,8 +49,10 @@ from keepmesh.agent.identity import Identity
 from keepmesh.agent.transport.limits import (  # admission defaults: [limits] in the config
     MAX_CONNECTIONS,
     MAX_CONNECTIONS_PER_HOST,
+    MAX_DATAGRAM_SIZE,
     MAX_HANDSHAKES,
     MAX_HANDSHAKES_PER_HOST,
+    MIN_DATAGRAM_SIZE,
     BanList,
     Budget,
     RateLimitedLog,
@@ -88,12 +90,6 @@ BAN_THRESHOLD = 20
 BAN_WINDOW_S = 30.0
 BAN_S = 60.0
 RECV_BATCH = 64
-# Largest UDP payload we ever send (specs/wire.md "Datagram size"): a peer's datagram size
-# is the MTU of the kernel's route to it minus IP/UDP headers, within [1200, this]. aioquic
-# is CPU-bound per packet, so on loopback (MTU 65536) 16,000-byte packets move bulk data
-# ~7x faster than 1200-byte ones. Below aioquic's 2-byte packet length field (16383) and
-# macOS's loopback MTU minus IPv6/UDP headers (16336).
-MAX_DATAGRAM_SIZE = 16000
 _IP_MTU, _IPV6_MTU = 14, 24  # Linux getsockopt names (not exported by the socket module)
 # Scheduling rounds a flush waits so that tasks woken by the same packet (stream
 # reader -> RPC dispatcher -> handler) can add their reply to it.
@@ -148,17 +144,24 @@ def route_mtu(host: str) -> int | None:
     return int(mtu) if mtu > 0 else None
 
 
-def datagram_size(host: str, mtu: int | None) -> int:
-    """Largest UDP payload to send to `host` whose route MTU is `mtu` (None: unknown).
+def datagram_size(host: str, mtu: int | None, vouched: int | None = None) -> int:
+    """Largest UDP payload to send to `host`, whose route MTU is `mtu` (None: unknown).
 
-    aioquic does no path-MTU discovery, so the route's MTU stands in for the path's: exact
-    on loopback and for peers on the same link; a routed path with a smaller MTU further
-    on relies on the kernel's ICMP-driven path MTU (specs/wire.md). Unknown: 1200 (QUIC's
-    minimum), or MAX_DATAGRAM_SIZE for a loopback address (its MTU is at least 16384)."""
-    if mtu is None:
-        return MAX_DATAGRAM_SIZE if is_loopback(host) else SMALLEST_MAX_DATAGRAM_SIZE
+    aioquic does no path-MTU discovery and costs CPU per packet (specs/wire.md "Datagram
+    size"). A loopback path never leaves the host, so its MTU is known: up to
+    MAX_DATAGRAM_SIZE. Any other path may have a smaller MTU past the first hop, so it
+    gets QUIC's 1200 unless the operator vouches for a size on its network
+    ([transport] max_datagram_size); that is still capped by the first hop's MTU."""
     headers = 48 if ":" in host else 28  # IPv6 or IPv4 header + UDP header
-    return max(SMALLEST_MAX_DATAGRAM_SIZE, min(MAX_DATAGRAM_SIZE, mtu - headers))
+    if is_loopback(host):
+        size = MAX_DATAGRAM_SIZE
+    elif vouched is not None:
+        size = min(vouched, MAX_DATAGRAM_SIZE)
+    else:
+        return MIN_DATAGRAM_SIZE
+    if mtu is not None:
+        size = min(size, mtu - headers)
+    return max(MIN_DATAGRAM_SIZE, size)
 
 
 def is_loopback(host: str) -> bool:
@@ -596,6 +599,9 @@ class QuicEndpoint:
             "accept_errors": 0,
         }
         self.failure_log = RateLimitedLog(log)
+        # [transport] max_datagram_size: the size the operator vouches for on paths that
+        # are not loopback (None: 1200 to them; see datagram_size).
+        self.vouched_datagram_size: int | None = None
 
     def _configuration(self, is_client: bool, peer: tuple[str, int]) -> QuicConfiguration:
         import ssl
@@ -603,7 +609,8 @@ class QuicEndpoint:
             is_client=is_client, alpn_protocols=[ALPN], idle_timeout=self.idle_timeout,
             max_datagram_frame_size=65536, verify_mode=ssl.CERT_NONE,
         )
-        cfg.max_datagram_size = datagram_size(peer[0], route_mtu(peer[0]))
+        cfg.max_datagram_size = datagram_size(peer[0], route_mtu(peer[0]),
+                                              self.vouched_datagram_size)
         cfg.certificate = self.identity.certificate
         cfg.private_key = self.identity.private_key
         return cfg
