@@ -200,3 +200,26 @@ async def test_keep_to_keep_delivery_carries_and_checks_the_epoch() -> None:
                                        epochs=_Epochs(standby, net.now))
     assert router_at_standby.epochs is not None
     assert router_at_standby.epochs.keep_epoch(keep) == (2, _record(standby, keep))
+
+
+def test_replicating_to_a_member_still_running_an_older_copy_fences_it_first() -> None:
+    net, keep, host, standby = _split()
+    # The old host, cut off, still runs epoch 1; the partition heals only between the new
+    # host and it, and the new host's next standby pick is the old host.
+    assert host.engine.running[keep].epoch == 1
+    r = standby.engine.running[keep]
+    r.replication.links.clear()
+    net.groups.clear()
+    for a in net.nodes:
+        for b in net.nodes:
+            if a is not b and b is not host and a is not host:
+                continue
+            if a is not b:
+                a.engine.member_state(b.id, True, net.now)
+    standby.engine.standby_attested(keep, host.id, b"n" * 32, None, net.now)  # not asked
+    standby.engine._reconcile(r, net.now)
+    net.pump()
+    net.run(3.0)
+    assert keep not in host.engine.running           # fenced before it became a standby
+    assert any(s.reason == "fenced" and s.epoch == 1 for s in host.stopped)
+    assert [n.name for n in net.running(keep)] == [standby.name]

@@ -531,7 +531,13 @@ class Migration:
         r = self.running.get(keep)
         if r is None:
             return
-        self._emit(r.replication.attested(node, nonce, att, now))
+        out = r.replication.attested(node, nonce, att, now)
+        own = self.locations.get(keep)
+        if out and own is not None and own.host == self.own_id:
+            # The signed record first (same ordered lane): a standby still running an
+            # older copy of the keep is fenced by it before it stores the replica.
+            self._out.append(Send(node, own))
+        self._emit(out)
         if r.replication.links.get(node) is None or \
                 r.replication.links[node].state.value == "failed":
             self._reconcile(r, now)
