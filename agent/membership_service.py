@@ -83,6 +83,13 @@ ORDERED_METHOD = "migrate.msg"
 MAX_ORDERED_BYTES = MAX_CHUNK + 64 * 1024  # one migrate.* record (a transfer chunk + header)
 LANE_QUEUE = 4096          # ordered messages waiting for one member
 LANE_TIMEOUT_S = 10.0
+# Messages already queued for one member leave together as one `migrate.batch` call (a
+# checkpoint's chunks: one request streamed over one QUIC stream instead of a round trip
+# per 768 KiB chunk), up to these bounds; the receiver buffers a batch whole (reserved
+# from its connection's and the agent's buffer budgets like any large request).
+BATCH_METHOD = "migrate.batch"
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+MAX_BATCH_ITEMS = 64
 STATE_FILE = "mesh.json"
 LEGACY_STATE_FILE = "membership.json"
 
@@ -133,7 +140,7 @@ class MeshService:
         self._state: dict[str, Any] = {}
         self._lanes: dict[bytes, trio.MemorySendChannel[tuple[str, bytes]]] = {}
         agent.register({"members.list": self._rpc_members, "swim.stream": self._rpc_stream,
-                        ORDERED_METHOD: self._rpc_ordered,
+                        ORDERED_METHOD: self._rpc_ordered, BATCH_METHOD: self._rpc_batch,
                         "agent.join": self._rpc_join, "agent.leave": self._rpc_leave})
         agent.on_peer.append(self._on_peer)
         agent.services.append(self.run)
@@ -296,18 +303,40 @@ class MeshService:
 
     async def _lane(self, node_id: bytes,
                     recv: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
-        """One member's ordered messages, one RPC at a time. Best effort: a message that
-        cannot be delivered is dropped (the sub-machine's timeouts and resends cover it)."""
-        async for address, data in recv:
+        """One member's ordered messages, one RPC at a time: what is already queued behind
+        the first goes with it as one batch. Best effort: a message that cannot be
+        delivered is dropped (the sub-machine's timeouts and resends cover it)."""
+        carry: tuple[str, bytes] | None = None
+        while True:
+            if carry is None:
+                try:
+                    carry = await recv.receive()
+                except trio.EndOfChannel:
+                    return
+            address, first = carry
+            batch, size, carry = [first], len(first), None
+            while len(batch) < MAX_BATCH_ITEMS:
+                try:
+                    item = recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                if size + len(item[1]) > MAX_BATCH_BYTES:
+                    carry = item
+                    break
+                batch.append(item[1])
+                size += len(item[1])
             try:
                 session = await self.session_to(node_id, address)
                 if session is not None:
-                    await self._lane_send(session, data)
+                    await self._lane_send(session, batch)
             except (RpcError, ChannelFailed, ProtocolError) as err:
                 log.debug("ordered message to %s failed: %s", fingerprint(node_id), err)
 
-    async def _lane_send(self, session: Session, data: bytes) -> None:
-        await call(session, ORDERED_METHOD, {"data": data}, timeout=LANE_TIMEOUT_S)
+    async def _lane_send(self, session: Session, batch: list[bytes]) -> None:
+        if len(batch) == 1:
+            await call(session, ORDERED_METHOD, {"data": batch[0]}, timeout=LANE_TIMEOUT_S)
+        else:
+            await call(session, BATCH_METHOD, {"data": batch}, timeout=LANE_TIMEOUT_S)
 
     async def session_to(self, node_id: bytes, address: str) -> Session | None:
         """The attested session to `node_id` (dialled at `address` when there is none)."""
@@ -438,6 +467,24 @@ class MeshService:
         if self.node is None:
             raise ProtocolError("mesh not started")
         self.feed(data, ctx.session.address, ctx.peer_key)
+        return {}
+
+    async def _rpc_batch(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        """Several ordered messages from a peer agent's lane, fed in their order; the
+        whole batch is checked before any of it is fed."""
+        if ctx.role != "agent":
+            raise ProtocolError(f"{BATCH_METHOD}: agents only")
+        data = body.get("data")
+        if not isinstance(data, list) or not 1 <= len(data) <= MAX_BATCH_ITEMS \
+                or not all(isinstance(d, bytes) and len(d) <= MAX_ORDERED_BYTES for d in data) \
+                or sum(len(d) for d in data) > MAX_BATCH_BYTES:
+            raise ProtocolError(f"{BATCH_METHOD}: data must be 1..{MAX_BATCH_ITEMS} byte "
+                                f"strings of up to {MAX_ORDERED_BYTES}, "
+                                f"{MAX_BATCH_BYTES} in all")
+        if self.node is None:
+            raise ProtocolError("mesh not started")
+        for item in data:
+            self.feed(item, ctx.session.address, ctx.peer_key)
         return {}
 
     async def _rpc_stream(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
