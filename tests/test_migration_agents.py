@@ -103,12 +103,16 @@ def wait_for(pred: Any, timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def mesh3(tmp_path: Path, sim_root: Path) -> Iterator[Mesh]:
-    m = Mesh(tmp_path, sim_root, 3)
+def _mesh(tmp_path: Path, sim_root: Path, n: int) -> Iterator[Mesh]:
+    m = Mesh(tmp_path, sim_root, n)
     yield m
     for p in m.procs:
         p.stop()
+
+
+@pytest.fixture
+def mesh3(tmp_path: Path, sim_root: Path) -> Iterator[Mesh]:
+    yield from _mesh(tmp_path, sim_root, 3)
 
 
 def _ready(m: Mesh, viewer: AgentProc, keep: str, host: AgentProc,
@@ -204,10 +208,7 @@ def test_tcb_below_one_policy_moves_only_that_keep(mesh3: Mesh, tmp_path: Path,
 
 @pytest.fixture
 def mesh2(tmp_path: Path, sim_root: Path) -> Iterator[Mesh]:
-    m = Mesh(tmp_path, sim_root, 2)
-    yield m
-    for p in m.procs:
-        p.stop()
+    yield from _mesh(tmp_path, sim_root, 2)
 
 
 def test_a_keep_returns_to_a_host_that_once_ran_it(mesh2: Mesh,
