@@ -63,3 +63,17 @@ def test_interleaved_object_is_refused_and_newer_start_replaces() -> None:
     r.feed(b"s", b[1])
     done = r.feed(b"s", b[2])
     assert done is not None and done.seq == 2
+
+
+def test_chunk_past_the_declared_total_is_refused() -> None:
+    data = b"a" * 100
+    [first, second] = split(KEEP, 1, "checkpoint", 1, 0.0, data, chunk_size=60)
+    r = Reassembler()
+    assert r.feed(b"s", first) is None
+    longer = Transfer(**{**second.__dict__, "chunk": b"a" * 41})  # 101 bytes, total says 100
+    with pytest.raises(ProtocolError, match="past the object's total"):
+        r.feed(b"s", longer)
+    assert r.held == 0
+    assert r.feed(b"s", first) is None  # the object can start over
+    done = r.feed(b"s", second)
+    assert done is not None and done.data == data and r.held == 0

@@ -47,8 +47,13 @@ class Complete:
 
 @dataclass
 class _Partial:
+    """An object being reassembled: its chunks as they came (joined once at the end,
+    never regrown: a growing buffer re-copies what it holds) and their running digest."""
+
     head: Transfer
-    buf: bytearray
+    chunks: list[bytes]
+    digest: hashlib._Hash
+    received: int = 0
 
 
 class Reassembler:
@@ -66,7 +71,7 @@ class Reassembler:
         if t.offset == 0:
             if p is not None:
                 self._drop(key)
-            p = _Partial(t, bytearray())
+            p = _Partial(t, [], hashlib.sha256())
             if self._held + t.total > self.max_inflight:
                 raise ProtocolError("migrate.transfer: too many bytes in flight")
             self._partial[key] = p
@@ -78,18 +83,22 @@ class Reassembler:
             if (t.epoch, t.seq, t.total, t.digest) != (h.epoch, h.seq, h.total, h.digest):
                 self._drop(key)
                 raise ProtocolError("migrate.transfer: chunk of another object interleaved")
-        if t.offset != len(p.buf):
+        if t.offset != p.received:
             self._drop(key)
-            raise ProtocolError(f"migrate.transfer: offset {t.offset}, expected {len(p.buf)}")
-        p.buf += t.chunk
-        if len(p.buf) < p.head.total:
+            raise ProtocolError(f"migrate.transfer: offset {t.offset}, expected {p.received}")
+        if p.received + len(t.chunk) > p.head.total:
+            self._drop(key)
+            raise ProtocolError("migrate.transfer: chunk runs past the object's total")
+        p.chunks.append(t.chunk)
+        p.digest.update(t.chunk)
+        p.received += len(t.chunk)
+        if p.received < p.head.total:
             return None
         self._drop(key)
-        data = bytes(p.buf)
-        if hashlib.sha256(data).digest() != p.head.digest:
+        if p.digest.digest() != p.head.digest:
             raise ProtocolError("migrate.transfer: digest mismatch")
         h = p.head
-        return Complete(h.keep, h.epoch, h.kind, h.seq, h.taken_at, data)
+        return Complete(h.keep, h.epoch, h.kind, h.seq, h.taken_at, b"".join(p.chunks))
 
     def _drop(self, key: tuple[bytes, str, str]) -> None:
         p = self._partial.pop(key, None)
