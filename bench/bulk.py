@@ -12,7 +12,9 @@ attested session (msgpack body, length-prefixed frame, buffer-budget
 reservation). Rounds alternate between the two so background noise hits both.
 
 Prints one JSON document: median seconds and MiB/s per path and the ratio
-attested / raw (throughput), the baseline being the raw stream of this run.
+attested / raw (throughput), the baseline being the raw stream of this run,
+with the datagram size loopback connections use (specs/wire.md "Datagram
+size") and the load average (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -192,10 +194,13 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     p.kill()
     from keepmesh.agent import rpc
+    from keepmesh.agent.transport.quic import datagram_size, route_mtu
 
     doc = {"benchmark": "bulk", "baseline": "raw_aioquic_stream (same run, separate process)",
            **out, "server_request_read_timeout_s": SERVER_READ_TIMEOUT_S,
            "agent_default_request_read_timeout_s": rpc.REQUEST_READ_TIMEOUT_S,
+           "loopback_datagram_bytes": datagram_size("127.0.0.1", route_mtu("127.0.0.1")),
+           "loadavg_1m_5m_15m": [round(x, 2) for x in os.getloadavg()],
            "cpu_count": os.cpu_count()}
     print(json.dumps(doc, indent=2))
     return 0
