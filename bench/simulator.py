@@ -2,22 +2,31 @@
 
 One command, one JSON document on stdout:
 
-    .venv/bin/python bench/simulator.py [--agents 250 500 1000 2000] [--duration 60] [--seed 1]
+    .venv/bin/python bench/simulator.py [--agents 250 500 1000 2000] [--duration 60]
+        [--big 10000 --big-duration 600] [--seed 1] [--log FILE]
 
 Each size runs in its own process (so peak RSS belongs to that size alone) on
 the REAL membership protocol: lan profile, warm bootstrap, 2 ms +- 1 ms links
-with 1% loss, 0.2% of agents crashing half way. What is reported per size:
+with 1% loss, 0.2% of agents (at least one) crashing half way, object mode
+(decoded messages handed over with their bytes). What is reported per size:
 
-* `warm_start_cpu_s`: building the agents and the O(N^2) warm start (every
-  agent learns every record) -- reported on its own, not mixed into the run;
-* `run_cpu_s`: the simulated `duration` after the warm start (process CPU time);
-* `rss_after_warm_start_mb`, `peak_rss_mb`, `bytes_per_member_entry`;
-* events, messages, the trace hash of the run.
+* `warm_start_cpu_s`: building the agents and the warm start (every agent
+  learns every record) -- reported on its own, not mixed into the run;
+* `run_cpu_s` / `run_wall_s`: the simulated `duration` after the warm start
+  (process CPU time; wall time on this shared machine);
+* `rss_after_warm_start_mb`, `peak_rss_mb`, `kb_per_agent_at_peak`;
+* events, stale and idle timers, messages, the protocol's figures
+  (first detection, dead everywhere, dissemination, false positives) and the
+  trace hash of the run.
 
-The fit is least squares on log-log over the measured sizes: exponent b of
-cost = a * N^b for run CPU per simulated second and for warm-start memory.
-Ratios are against the smallest size measured in the same invocation. No
-figure is computed for a size that was not run.
+Baseline (measured in the same invocation): the smallest size. Ratios per
+size are against it. `mode_check`: the baseline size is run again in byte mode
+(every receiver decodes); its trace hash must equal the object-mode hash and
+its CPU gives the object-mode speed-up. The fit is least squares on log-log
+over the sizes run with `--duration`: cost = a * N^b. `--big N` adds one run
+of N agents for `--big-duration` simulated seconds (e.g. the 10,000 x 600 s
+target) to the document, measured, never extrapolated; `--log FILE` appends a
+progress line per simulated minute of every child (simulated time, CPU, RSS).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -40,47 +50,72 @@ def _rss_kb() -> int:
     return 0
 
 
-def one(agents: int, duration: float, seed: int) -> dict[str, Any]:
-    """Measure one size in this process (called in a child by main())."""
-    from keepmesh.simulations.runner import Simulation
-    from keepmesh.simulations.topology import parse_topology
-
-    doc = {
+def _topology_doc(agents: int, duration: float) -> dict[str, Any]:
+    return {
         "mesh": {"agents": agents, "duration_s": duration, "profile": "lan",
                  "bootstrap": "warm"},
         "network": {"latency_ms": 2, "jitter_ms": 1, "loss": 0.01},
         "event": [{"at_s": duration / 2, "crash": max(1, round(agents * 0.002))}],
     }
-    topo = parse_topology(doc, f"<bench {agents}>")
+
+
+def one(agents: int, duration: float, seed: int, mode: str, log: str | None) -> dict[str, Any]:
+    """Measure one size in this process (called in a child by main())."""
+    from keepmesh.simulations.runner import Simulation
+    from keepmesh.simulations.topology import parse_topology
+
+    topo = parse_topology(_topology_doc(agents, duration), f"<bench {agents}>")
     rss0 = _rss_kb()
     c0, w0 = time.process_time(), time.perf_counter()
-    sim = Simulation(topo, seed)
+    sim = Simulation(topo, seed, mode=mode)
     sim.setup()
     sim.engine.run(0.0)  # t = 0: every agent starts and learns every other (warm start)
     c1, w1 = time.process_time(), time.perf_counter()
     rss1 = _rss_kb()
-    rep = sim.run()
+    progress = None
+    if log is not None:
+        next_line = [60.0]
+
+        def progress(t: float) -> None:
+            if t >= next_line[0]:
+                next_line[0] += 60.0
+                with open(log, "a") as fh:
+                    fh.write(f"N={agents} mode={mode} t={t:.0f}/{duration:g}s "
+                             f"cpu={time.process_time() - c1:.0f}s "
+                             f"wall={time.perf_counter() - w1:.0f}s "
+                             f"events={sim.engine.steps} rss={_rss_kb() // 1024}MB\n")
+    rep = sim.run(progress)
     c2, w2 = time.process_time(), time.perf_counter()
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    entries = agents * (agents - 1)
     run_cpu = c2 - c1
+    m = rep["metrics"]
+    det = m["detection_s"] or {}
+    dead = m["dead_everywhere_s"] or {}
     return {
-        "agents": agents, "simulated_s": duration,
+        "agents": agents, "simulated_s": duration, "mode": mode,
         "warm_start_cpu_s": round(c1 - c0, 3), "warm_start_wall_s": round(w1 - w0, 3),
         "run_cpu_s": round(run_cpu, 3), "run_wall_s": round(w2 - w1, 3),
         "run_cpu_us_per_agent_s": round(run_cpu / (agents * duration) * 1e6, 2),
         "rss_before_mb": round(rss0 / 1024, 1),
         "rss_after_warm_start_mb": round(rss1 / 1024, 1),
         "peak_rss_mb": round(peak_kb / 1024, 1),
-        "bytes_per_member_entry": round((rss1 - rss0) * 1024 / entries, 1) if entries else None,
-        "bytes_per_agent_after_warm_start": round((rss1 - rss0) * 1024 / agents),
+        "kb_per_agent_at_peak": round((peak_kb - rss0) / agents, 1),
         "events": rep["events"],
         "events_per_cpu_s": round(rep["events"] / run_cpu) if run_cpu > 0 else None,
+        "cpu_us_per_event": round(run_cpu / rep["events"] * 1e6, 2) if rep["events"] else None,
+        "stale_timers": rep["stale_timers"],
+        "idle_timers": rep["idle_timers"],
+        "handed_over": rep["handed_over"],
         "messages": rep["messages"]["sent"],
-        "msgs_per_agent_s": round(rep["metrics"]["msgs_per_agent_s"], 2),
-        "detection_p50_s": (rep["metrics"]["detection_s"] or {}).get("p50"),
-        "dissemination_999_s": rep["metrics"]["dissemination_999_s"],
-        "false_positives": rep["metrics"]["false_positives"],
+        "msgs_per_agent_s": round(m["msgs_per_agent_s"], 2),
+        "bytes_per_agent_s": round(m["bytes_per_agent_s"], 1),
+        "detection_p50_s": det.get("p50"),
+        "detection_p99_s": det.get("p99"),
+        "crashes_detected": det.get("detected"),
+        "dead_everywhere_max_s": dead.get("max"),
+        "dissemination_999_s": m["dissemination_999_s"],
+        "false_positives": m["false_positives"],
+        "protocol_errors": rep["protocol_errors"],
         "trace_hash": rep["trace_hash"],
     }
 
@@ -103,58 +138,109 @@ def power_fit(xs: list[float], ys: list[float]) -> dict[str, float] | None:
             "r2": round(1.0 - ss_res / ss_tot, 4) if ss_tot > 0 else 1.0}
 
 
+def _child(n: int, duration: float, seed: int, mode: str, log: str | None) -> dict[str, Any]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--one", str(n), "--duration",
+           str(duration), "--seed", str(seed), "--mode", mode]
+    if log is not None:
+        cmd += ["--log", log]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        raise RuntimeError(f"size {n} ({mode}) failed: {tail}")
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def _ratios(r: dict[str, Any], base: dict[str, Any]) -> dict[str, float]:
+    return {
+        "agents": round(r["agents"] / base["agents"], 3),
+        "run_cpu_per_agent_s": round(r["run_cpu_us_per_agent_s"]
+                                     / base["run_cpu_us_per_agent_s"], 3),
+        "cpu_per_event": round(r["cpu_us_per_event"] / base["cpu_us_per_event"], 3),
+        "events_per_agent_s": round((r["events"] / (r["agents"] * r["simulated_s"]))
+                                    / (base["events"] / (base["agents"] * base["simulated_s"])),
+                                    3),
+        "warm_start_cpu": round(r["warm_start_cpu_s"] / max(base["warm_start_cpu_s"], 1e-9), 3),
+        "peak_kb_per_agent": round(r["kb_per_agent_at_peak"]
+                                   / max(base["kb_per_agent_at_peak"], 1e-9), 3),
+    }
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--agents", type=int, nargs="+", default=[250, 500, 1000, 2000])
     ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--big", type=int, help="also run this many agents for --big-duration")
+    ap.add_argument("--big-duration", type=float, default=600.0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--log", help="append progress lines of every child here")
+    ap.add_argument("--mode", choices=("object", "bytes"), default="object",
+                    help=argparse.SUPPRESS)  # child only
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child: measure one size
     args = ap.parse_args()
     if args.one is not None:
-        json.dump(one(args.one, args.duration, args.seed), sys.stdout)
+        json.dump(one(args.one, args.duration, args.seed, args.mode, args.log), sys.stdout)
         return 0
     sizes = sorted(set(args.agents))
-    if any(n < 2 for n in sizes) or args.duration <= 0:
-        ap.error("sizes must be >= 2 agents and duration > 0")
-    runs = []
-    for n in sizes:
-        proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--duration",
-                               str(args.duration), "--seed", str(args.seed)],
-                              capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-            print(f"bench/simulator.py: size {n} failed: {tail}", file=sys.stderr)
-            return 1
-        runs.append(json.loads(proc.stdout))
-    base = runs[0]
+    if any(n < 2 for n in sizes) or args.duration <= 0 or args.big_duration <= 0:
+        ap.error("sizes must be >= 2 agents and durations > 0")
+    if args.big is not None and args.big < 2:
+        ap.error("--big must be >= 2 agents")
+    wall0 = time.perf_counter()
+    try:
+        runs = [_child(n, args.duration, args.seed, "object", args.log) for n in sizes]
+        base = runs[0]
+        byte_base = _child(base["agents"], args.duration, args.seed, "bytes", args.log)
+        big = (_child(args.big, args.big_duration, args.seed, "object", args.log)
+               if args.big is not None else None)
+    except RuntimeError as err:
+        print(f"bench/simulator.py: {err}", file=sys.stderr)
+        return 1
     for r in runs:
-        r["ratio_vs_baseline"] = {
-            "agents": round(r["agents"] / base["agents"], 3),
-            "run_cpu_per_agent_s": round(r["run_cpu_us_per_agent_s"]
-                                         / base["run_cpu_us_per_agent_s"], 3),
-            "warm_start_cpu": round(r["warm_start_cpu_s"] / max(base["warm_start_cpu_s"], 1e-9),
-                                    3),
-            "memory_after_warm_start": round(
-                (r["rss_after_warm_start_mb"] - r["rss_before_mb"])
-                / max(base["rss_after_warm_start_mb"] - base["rss_before_mb"], 1e-9), 3),
+        r["ratio_vs_baseline"] = _ratios(r, base)
+    if big is not None:
+        big["ratio_vs_baseline"] = _ratios(big, base)
+        big["target"] = {"wall_s_max": 600.0, "peak_rss_mb_max": 2048.0,
+                         "kb_per_agent_max": 200.0}
+        big["meets_target"] = {
+            # one process, one core: wall on a shared machine, so CPU time is given too
+            "wall": big["warm_start_wall_s"] + big["run_wall_s"] <= 600.0,
+            "cpu": big["warm_start_cpu_s"] + big["run_cpu_s"] <= 600.0,
+            "peak_rss": big["peak_rss_mb"] <= 2048.0,
+            "kb_per_agent": big["kb_per_agent_at_peak"] <= 200.0,
         }
     ns = [float(r["agents"]) for r in runs]
     out = {
-        "benchmark": "simulator", "profile": "lan", "bootstrap": "warm",
-        "network": "2 ms +- 1 ms, 1% loss; 0.2% of agents crash at duration/2",
+        "benchmark": "simulator", "profile": "lan", "bootstrap": "warm", "mode": "object",
+        "network": "2 ms +- 1 ms, 1% loss; 0.2% of agents (>= 1) crash at duration/2",
         "duration_s": args.duration, "seed": args.seed, "baseline_agents": base["agents"],
-        "fit": {  # cost = coefficient * N^exponent over the sizes measured above
+        "load_average_at_end": list(os.getloadavg()),
+        "bench_wall_s": round(time.perf_counter() - wall0, 1),
+        "mode_check": {
+            "agents": base["agents"],
+            "object_trace_hash": base["trace_hash"],
+            "bytes_trace_hash": byte_base["trace_hash"],
+            "same_trace_hash": base["trace_hash"] == byte_base["trace_hash"],
+            "object_run_cpu_s": base["run_cpu_s"],
+            "bytes_run_cpu_s": byte_base["run_cpu_s"],
+            "object_cpu_vs_bytes": round(base["run_cpu_s"] / max(byte_base["run_cpu_s"], 1e-9),
+                                         3),
+        },
+        "fit": {  # cost = coefficient * N^exponent over the --duration sizes above
             "run_cpu_s": power_fit(ns, [r["run_cpu_s"] for r in runs]),
+            "cpu_us_per_event": power_fit(ns, [r["cpu_us_per_event"] for r in runs]),
+            "events": power_fit(ns, [float(r["events"]) for r in runs]),
             "warm_start_cpu_s": power_fit(ns, [r["warm_start_cpu_s"] for r in runs]),
             "memory_after_warm_start_mb": power_fit(
                 ns, [r["rss_after_warm_start_mb"] - r["rss_before_mb"] for r in runs]),
             "peak_rss_mb": power_fit(ns, [r["peak_rss_mb"] for r in runs]),
         },
         "runs": runs,
+        "big": big,
     }
     json.dump(out, sys.stdout, indent=2)
     sys.stdout.write("\n")
-    return 0
+    return 0 if out["mode_check"]["same_trace_hash"] else 1
 
 
 if __name__ == "__main__":
