@@ -16,8 +16,10 @@ class AgentProcess:
     """One `keepmesh agent` child process; its stderr goes to `log_path`."""
 
     def __init__(self, data_dir: Path, sim_root: Path, *, listen: str = "127.0.0.1:0",
-                 join: list[str] | None = None, extra: list[str] | None = None) -> None:
+                 join: list[str] | None = None, extra: list[str] | None = None,
+                 start_timeout: float = START_TIMEOUT_S) -> None:
         self.data_dir = data_dir
+        self.start_timeout = start_timeout
         cmd = [sys.executable, "-m", "keepmesh.agent.cli", "agent", "--tee", "sim",
                "--sim-root", str(sim_root), "--data-dir", str(data_dir), "--listen", listen]
         for seed in join or []:
@@ -33,7 +35,7 @@ class AgentProcess:
 
     def _read_address(self) -> str:
         assert self.proc.stderr is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             line = self.proc.stderr.readline()
             if not line:
