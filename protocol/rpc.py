@@ -84,6 +84,8 @@ METHOD_BODY_LIMITS: dict[str, int] = {
     "keeps.logs": SMALL_BODY, "keeps.stop": SMALL_BODY,
     "keeps.call": MESSAGE_BODY, "keeps.deliver": MESSAGE_BODY,
     "swim.stream": 4 * 1024 * 1024 + 64 * 1024,
+    # agents' ordered lane (specs/migration.md §10): one record, or a batch of <= 8 MiB
+    "migrate.msg": 896 * 1024, "migrate.batch": 8 * 1024 * 1024 + 64 * 1024,
 }
 # The request envelope around the body: [1, "rpc.request", {"method": m, "body": bin32}].
 ENVELOPE = 128

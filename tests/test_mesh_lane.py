@@ -58,6 +58,17 @@ def _record(monkeypatch: pytest.MonkeyPatch, svc: MeshService) -> list[bytes]:
     return got
 
 
+def test_lane_bounds_fit_the_rpc_admission_limits() -> None:
+    """A frame is refused before it is buffered when it exceeds its method's body limit:
+    the lane's largest legitimate message and batch must fit, and not much more."""
+    from keepmesh.protocol.rpc import body_limit, pack_body
+    one = pack_body({"data": b"x" * ms.MAX_ORDERED_BYTES})
+    assert len(one) <= body_limit(ms.ORDERED_METHOD) <= 2 * ms.MAX_ORDERED_BYTES
+    per_item = ms.MAX_BATCH_BYTES // ms.MAX_BATCH_ITEMS
+    full = pack_body({"data": [b"x" * per_item] * ms.MAX_BATCH_ITEMS})
+    assert len(full) <= body_limit(ms.BATCH_METHOD) <= ms.MAX_BATCH_BYTES + 128 * 1024
+
+
 @pytest.mark.slow
 async def test_queued_messages_leave_as_few_batches_in_order(
         nursery: trio.Nursery, tmp_path: Path, sim_root: Path,
