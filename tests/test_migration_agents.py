@@ -10,6 +10,7 @@ says the keep runs.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,11 +76,19 @@ class Mesh:
         return None
 
     def deploy(self, capsys: pytest.CaptureFixture[str], at: AgentProc,
-               policy: str) -> str:
-        pol = self.tmp / f"policy-{time.monotonic_ns()}.toml"
+               policy: str, migration: str = "") -> str:
+        """Deploy the counter; `migration` is a `[migration]` table body for its toml."""
+        tag = time.monotonic_ns()
+        pol = self.tmp / f"policy-{tag}.toml"
         pol.write_text(policy)
-        rc, out, err = self.cli(capsys, "deploy", str(COUNTER), "--policy", str(pol), "--json",
-                                *self.flags(at))
+        workload = COUNTER
+        if migration:
+            workload = self.tmp / f"counter-{tag}"
+            shutil.copytree(COUNTER, workload)
+            toml = workload / "keepmesh.toml"
+            toml.write_text(toml.read_text() + "\n[migration]\n" + migration + "\n")
+        rc, out, err = self.cli(capsys, "deploy", str(workload), "--policy", str(pol),
+                                "--json", *self.flags(at))
         assert rc == 0, err
         return str(json.loads(out)["keep"])
 
@@ -129,11 +138,14 @@ def test_counter_survives_kill_9_of_its_host(mesh3: Mesh,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     m = mesh3
     host, other = m.procs[0], m.procs[1]
-    keep = m.deploy(capsys, host, POLICY)
+    # the signed [migration] table is used: both other agents are standbys, 1 s period
+    keep = m.deploy(capsys, host, POLICY, migration="standbys = 2\ncheckpoint_s = 1")
     for _ in range(3):
         m.call(capsys, host, keep, "inc")
-    w = wait_for(lambda: _ready(m, other, keep, host, checkpoint=True), 30,
-                 "a standby and an acknowledged checkpoint")
+    written = time.time()  # the host's clock (same machine): a checkpoint after the writes
+    w = wait_for(lambda: (x := _ready(m, other, keep, host, checkpoint=True))
+                 and len(x["standbys"]) == 2 and x["last_checkpoint"]["at"] > written and x,
+                 30, "two standbys and a checkpoint acknowledged after the writes")
     assert w["epoch"] == 1
     killed_at = time.monotonic()
     host.kill()
