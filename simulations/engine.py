@@ -153,6 +153,12 @@ class Engine:
                     send(node, out.dst, out.data, out.reliable)
             if not got:
                 break
+        handover = node.handover
+        if handover:
+            # Every send collected above popped its own entry; one left now belongs to
+            # bytes that never reached the network. Keys are ids, valid only while those
+            # bytes live: drop it, so a later object at the same address cannot match.
+            handover.clear()
         self._arm_timer(node)
         return did
 
