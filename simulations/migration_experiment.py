@@ -29,8 +29,9 @@ in the run, never from settings:
 - `moved` (keeps that started on a new host, any trigger; `moved_by_trigger`),
   `recovered` (a keep whose last running copy went down with its host and
   that runs again), `lost` (keeps with no running copy at the end;
-  `lost_orphaned`: the engine reported it `KeepOrphaned` (host and every
-  standby gone), `lost_unrecovered`: not reported, still waiting),
+  `lost_orphaned`: its host and every standby of the newest record any live
+  agent holds are down, so nobody can restart it; `lost_unrecovered`: the
+  others, a live standby exists but has not taken over),
   `copies_at_end` (keeps with 0 / 1 / more running copies), `fenced`;
 - `recovery_s` (host crash -> running elsewhere, per keep) against
   `detection_s` (the same crashes: crash -> the first member declaring the
@@ -158,7 +159,6 @@ class KeepTrack:
     crashed_host: int = -1
     crash_value: float = 0.0
     dup_since: float | None = None
-    orphaned: bool = False                                     # KeepOrphaned seen (open)
 
 
 class ObservedMigrationMachine(MigrationMachine):
@@ -356,11 +356,7 @@ class MigrationExperiment:
                     self.moved_by_trigger.get(item.trigger, 0) + 1
         elif isinstance(item, fx.KeepFenced):
             self.fenced += 1
-        elif isinstance(item, fx.KeepOrphaned):
-            track = self.keeps.get(item.keep)
-            if track is not None and not track.copies:
-                track.orphaned = True
-        elif isinstance(item, fx.StandbyChanged | fx.DrainFinished):
+        elif isinstance(item, fx.KeepOrphaned | fx.StandbyChanged | fx.DrainFinished):
             pass
         else:
             return False
@@ -385,7 +381,6 @@ class MigrationExperiment:
         if seq:
             self.checkpoints.setdefault((idx, item.keep), {})[seq] = _F64.pack(value)
         track.copies[idx] = Copy(value, now)
-        track.orphaned = False
         if track.crashed_at is not None:
             crash = self.sim.metrics.crashes.get(track.crashed_host)
             self.recoveries.append(Recovery(
@@ -410,7 +405,8 @@ class MigrationExperiment:
                 open_dups += 1
             n = len(track.copies)
             copies_at_end["0" if n == 0 else "1" if n == 1 else "2+"] += 1
-        lost = [t for t in self.keeps.values() if not t.copies]
+        lost = [k for k, t in self.keeps.items() if not t.copies]
+        orphaned = sum(1 for k in lost if self._orphaned(k))
         heals = sorted(t for t, label in self.sim.metrics.marks if label == "heal")
         after_heal = []
         for start, end in intervals:
@@ -432,8 +428,8 @@ class MigrationExperiment:
             "keeps": len(self.keeps), "moved": self.moved,
             "moved_by_trigger": dict(sorted(self.moved_by_trigger.items())),
             "recovered": self.recovered,
-            "lost": len(lost), "lost_orphaned": sum(1 for t in lost if t.orphaned),
-            "lost_unrecovered": sum(1 for t in lost if not t.orphaned),
+            "lost": len(lost), "lost_orphaned": orphaned,
+            "lost_unrecovered": len(lost) - orphaned,
             "copies_at_end": copies_at_end,
             "fenced": self.fenced,
             "recovery_s": _quantiles([r.running_at - r.crashed_at for r in self.recoveries]),
@@ -454,6 +450,25 @@ class MigrationExperiment:
                                     if cfg is not None and sus_min is not None else None),
                 "heals_at_s": heals},
         }
+
+    def _orphaned(self, keep: str) -> bool:
+        """World truth for a keep with no copy: the host and every standby named by the
+        newest record any live agent holds are down (k = 1: a stated limit), so nobody
+        can restart it. Not taken from KeepOrphaned: only a live holder reports that."""
+        best = None
+        for node in self.sim.engine.nodes:
+            if not node.up or node.proto is None:
+                continue
+            mm = node.proto.node.machine(MigrationMachine)
+            loc = mm.engine.locations.get(keep) if isinstance(mm, MigrationMachine) else None
+            if loc is not None and (best is None or (loc.epoch, loc.version) >
+                                    (best.epoch, best.version)):
+                best = loc
+        if best is None:
+            return True
+        by_id = self.sim.engine.by_id
+        return all(not self.sim.up(by_id[n]) for n in (best.host, *best.standbys)
+                   if n in by_id)
 
     def raw(self) -> dict[str, Any]:
         """Per-event data behind the summary (for plots: simulations/plots.py)."""
