@@ -274,3 +274,18 @@ def test_pending_digest_changes_stay_bounded() -> None:
     finally:
         table._MAX_DIRTY = old
     assert m.digest() == before == scratch_digest(m)
+
+
+def test_sync_claiming_another_sender_is_refused_and_penalised() -> None:
+    nodes, _ = base_cluster(4)
+    a, b, c = nodes[0], nodes[1], nodes[2]
+    # a speaks for c on its own authenticated channel: refused, a penalised, no answer
+    b.receive(encode_payload(Sync(sender=c.node_id, digest=bytes(512))), address(0), 1.0,
+              src_id=a.node_id)
+    assert b.stats["rejected.sender"] == 1 and b.penalties(a.node_id) == 1
+    assert b.datagrams_to_send() == []
+    # the same digest from c itself is answered (every bucket differs from zeros)
+    b.receive(encode_payload(Sync(sender=c.node_id, digest=bytes(512))), address(2), 1.0,
+              src_id=c.node_id)
+    (out,) = b.datagrams_to_send()
+    assert out.dst == address(2) and out.reliable
