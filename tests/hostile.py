@@ -56,8 +56,10 @@ async def raw_connection(ep: QuicEndpoint, address: str) -> QuicPeerConnection:
     return await ep.connect(host, port)
 
 
-async def attacker_session(ep: QuicEndpoint, address: str, root: Path) -> Session:
-    """An attested *client* session: any key can have one (clients need no TEE)."""
+async def attacker_session(ep: QuicEndpoint, address: str, root: Path,
+                           cache: EvidenceCache | None = None) -> Session:
+    """An attested *client* session: any key can have one (clients need no TEE).
+    Passing one `cache` to many calls verifies the agent's evidence once."""
     from keepmesh.agent.client import load_roots
     roots = load_roots([root / "ark.pem"])
     from keepmesh.protocol.attestation.certs import fingerprint
@@ -67,7 +69,8 @@ async def attacker_session(ep: QuicEndpoint, address: str, root: Path) -> Sessio
                            expect_peer_role="agent")
     conn = await raw_connection(ep, address)
     return await establish(conn, identity=ep.identity, attester=None, config=config,
-                           cache=EvidenceCache(), rng=random.Random(1))
+                           cache=cache if cache is not None else EvidenceCache(),
+                           rng=random.Random(1))
 
 
 def request_frame(method: str, body: dict[str, Any] | None = None) -> bytes:

@@ -16,12 +16,12 @@ from hostile import (
     attacker_session,
     good_client_served,
     make_agent,
-    raw_connection,
     request_frame,
 )
 from keepmesh.agent.session import ChannelFailed
 from keepmesh.agent.transport.limits import AdmissionLimits
 from keepmesh.agent.transport.quic import ConnectionClosed, QuicEndpoint, QuicStream
+from keepmesh.protocol.channel import EvidenceCache
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +100,8 @@ async def test_connection_flood_from_one_source(nursery: trio.Nursery, tmp_path:
                        limits=AdmissionLimits(connections_per_source=PER_HOST_IN_TEST))
     addr = await nursery.start(agent.run)
     ep = await attacker_endpoint(nursery)
-    ep.handshake_timeout = 0.5  # refused Initials are dropped: the dial times out
+    ep.handshake_timeout = 3.0  # refused Initials are dropped: the dial times out (a real
+    # handshake on a loaded 2-core machine can take over 0.5 s: it must not count as refused)
     opened = refused = 0
     with trio.fail_after(120):
         for _ in range(PER_HOST_IN_TEST + 4):
@@ -115,14 +116,20 @@ async def test_connection_flood_from_one_source(nursery: trio.Nursery, tmp_path:
     assert took < 5.0
 
 
-async def open_raw(ep: QuicEndpoint, addr: str, n: int) -> tuple[int, int]:
-    """Open n TLS connections (no attested channel) one after another; (opened, refused)."""
+IDLE_SAFE_S = 45.0  # well inside the 60 s QUIC idle timeout of a held, idle session
+
+
+async def open_sessions(ep: QuicEndpoint, addr: str, root: Path, n: int) -> tuple[int, int]:
+    """Open n attested client sessions one after another, all held open (an unattested
+    connection would be closed by the agent after its channel timeout and free its
+    slot); (opened, refused)."""
     opened = refused = 0
+    cache = EvidenceCache()
     for _ in range(n):
         try:
-            await raw_connection(ep, addr)
+            await attacker_session(ep, addr, root, cache)
             opened += 1
-        except ConnectionClosed:
+        except (ChannelFailed, ConnectionClosed):
             refused += 1
     return opened, refused
 
@@ -143,12 +150,16 @@ async def test_per_source_limit_is_configuration(nursery: trio.Nursery, tmp_path
     raised = build_agent(load_config(conf))
     assert raised.endpoint.max_connections_per_host == 70
     ep = await attacker_endpoint(nursery)
-    ep.handshake_timeout = 0.5  # a refused Initial is dropped: the dial times out
-    with trio.fail_after(180):
-        addr = await nursery.start(default.run)
-        assert await open_raw(ep, addr, 66) == (64, 2)
-        addr = await nursery.start(raised.run)
-        assert await open_raw(ep, addr, 72) == (70, 2)
+    ep.handshake_timeout = 3.0  # a refused Initial is dropped: the dial times out
+    with trio.fail_after(300):
+        for agent, n, want in ((default, 66, (64, 2)), (raised, 72, (70, 2))):
+            addr = await nursery.start(agent.run)
+            t0 = trio.current_time()
+            got = await open_sessions(ep, addr, sim_root, n)
+            if trio.current_time() - t0 > IDLE_SAFE_S:
+                pytest.skip("machine too loaded: opening the sessions outlasted the QUIC idle "
+                            "timeout, so the first ones were closed and freed their slots")
+            assert got == want
     assert default.endpoint.counters["connections_refused"] >= 2
     assert raised.endpoint.counters["connections_refused"] >= 2
 
