@@ -113,9 +113,9 @@ def test_limit_flags_and_config(tmp_path: Path, capsys: pytest.CaptureFixture[st
     bounds either way; good values reach the agent's endpoint."""
     from keepmesh.agent.cli import build_parser
     from keepmesh.agent.cli.agent import config_from_args
+    from keepmesh.agent.identity import Identity
     from keepmesh.agent.startup import apply_limits
     from keepmesh.agent.transport.quic import QuicEndpoint
-    from keepmesh.agent.identity import Identity
     conf = tmp_path / "agent.toml"
     conf.write_text("[limits]\nconnections = 1000\nhandshakes_per_source = 32\n")
 
