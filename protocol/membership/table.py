@@ -14,18 +14,20 @@ The table also keeps the push-pull digest (specs/membership.md §3 "Sync")
 incrementally: 64 bucket sums over the entries a full push-pull would carry,
 updated lazily from the entries touched since the last read.
 
-The probe order (`ProbeOrder`) is a per-round pseudo-random permutation drawn
-as two integers (affine map over the candidate positions), not a shuffled
-list: O(1) memory and O(1) work per round over the base identities, with a
-short list only for members that are not in the base.
+The probe order (`ProbeOrder`) is a per-round shuffle of candidate positions
+held as a 4-byte array (4 bytes per member per table, no per-member objects),
+with a short list only for members that are not in the base. An affine map
+(two integers per round, O(1) memory) was tried and measurably slowed
+detection: at 300 agents with 10% crashed in waves, the worst first suspicion
+rose from 6.5-11.4 s to 11.8-19.6 s over three seeds (a shuffle: 7.7-13.0 s).
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
-import math
 import random
+from array import array
 from collections.abc import Iterable, Iterator
 from enum import Enum
 
@@ -340,21 +342,20 @@ class ProbeOrder:
 
     Candidates are the base identities (positions 0..B-1, always present; ones
     not worth probing are skipped when drawn) followed by `extra`, members not
-    in the base. A round is the affine permutation pos -> (a*pos + c) mod M
-    with gcd(a, M) = 1 over the M candidates at its start: two draws per round,
-    no list to shuffle. A member added during a round is inserted at a random
+    in the base. A round is a uniform shuffle (memberlist's shuffleNodes) of the
+    M candidate positions at its start, held in an array of 4-byte positions.
+    A member added during a round is inserted at a random
     point of what is left of it (memberlist inserts new members at a random
     position, so they are probed soon), and joins the candidates of the next.
     """
 
-    __slots__ = ("_base", "_extra", "_m", "_a", "_c", "_pos", "_fresh", "_fresh_n")
+    __slots__ = ("_base", "_extra", "_m", "_perm", "_pos", "_fresh", "_fresh_n")
 
     def __init__(self) -> None:
         self._base: list[NodeId] = []
         self._extra: list[NodeId] = []
         self._m = 0
-        self._a = 1
-        self._c = 0
+        self._perm = array("I")
         self._pos = 0
         self._fresh: list[tuple[int, int, NodeId]] = []   # (yield at pos, order, id)
         self._fresh_n = 0
@@ -388,7 +389,7 @@ class ProbeOrder:
             return None
         p = self._pos
         self._pos += 1
-        return self.at((self._a * p + self._c) % self._m)
+        return self.at(self._perm[p])
 
     def new_round(self, rng: random.Random, keep: object) -> None:
         """Prune `extra` to the members `keep(nid)` accepts, and draw the next permutation."""
@@ -404,11 +405,7 @@ class ProbeOrder:
         m = len(self._base) + len(kept)
         self._m = m
         self._pos = 0
-        if m <= 1:
-            self._a, self._c = 1, 0
-            return
-        a = rng.randrange(1, m)
-        while math.gcd(a, m) != 1:
-            a = rng.randrange(1, m)
-        self._a = a
-        self._c = rng.randrange(m)
+        perm = self._perm
+        if len(perm) != m:
+            perm = self._perm = array("I", range(m))
+        rng.shuffle(perm)
