@@ -50,7 +50,7 @@ from keepmesh.simulations.runner import simulate
 from keepmesh.simulations.topology import GroupSpec, load_topology
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from simulator import power_fit  # noqa: E402  (bench/simulator.py: the same fit)
+from simulator import line_fit, power_fit  # noqa: E402  (bench/simulator.py: the same fit)
 
 TOPOLOGY = Path(__file__).resolve().parent.parent / "simulations/topologies/placement.toml"
 
@@ -91,20 +91,11 @@ def run(agents: int, load: float, duration: float, seed: int, lifetime: float | 
 
 def log_fit(xs: list[float], ys: list[float]) -> dict[str, float] | None:
     """Least-squares y = a + c log2 x (the location gossip's retransmission law)."""
-    pts = [(math.log2(x), y) for x, y in zip(xs, ys, strict=True) if x > 0]
-    if len(pts) < 2:
+    fit = line_fit([(math.log2(x), y) for x, y in zip(xs, ys, strict=True) if x > 0])
+    if fit is None:
         return None
-    mx = sum(p[0] for p in pts) / len(pts)
-    my = sum(p[1] for p in pts) / len(pts)
-    sxx = sum((p[0] - mx) ** 2 for p in pts)
-    if sxx == 0:
-        return None
-    c = sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
-    a = my - c * mx
-    ss_res = sum((p[1] - (a + c * p[0])) ** 2 for p in pts)
-    ss_tot = sum((p[1] - my) ** 2 for p in pts)
-    return {"intercept": round(a, 3), "per_log2_n": round(c, 3),
-            "r2": round(1.0 - ss_res / ss_tot, 4) if ss_tot > 0 else 1.0}
+    a, c, r2 = fit
+    return {"intercept": round(a, 3), "per_log2_n": round(c, 3), "r2": round(r2, 4)}
 
 
 def child(spec: dict[str, Any], cache: Path | None) -> dict[str, Any]:

@@ -120,9 +120,8 @@ def one(agents: int, duration: float, seed: int, mode: str, log: str | None) -> 
     }
 
 
-def power_fit(xs: list[float], ys: list[float]) -> dict[str, float] | None:
-    """Least-squares fit of log y = log a + b log x; None with fewer than two points."""
-    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys, strict=True) if x > 0 and y > 0]
+def line_fit(pts: list[tuple[float, float]]) -> tuple[float, float, float] | None:
+    """Least-squares y = a + b x: (a, b, r2), or None with fewer than two distinct x."""
     if len(pts) < 2:
         return None
     mx = sum(p[0] for p in pts) / len(pts)
@@ -134,8 +133,17 @@ def power_fit(xs: list[float], ys: list[float]) -> dict[str, float] | None:
     a = my - b * mx
     ss_res = sum((p[1] - (a + b * p[0])) ** 2 for p in pts)
     ss_tot = sum((p[1] - my) ** 2 for p in pts)
-    return {"exponent": round(b, 3), "coefficient": math.exp(a),
-            "r2": round(1.0 - ss_res / ss_tot, 4) if ss_tot > 0 else 1.0}
+    return a, b, (1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0)
+
+
+def power_fit(xs: list[float], ys: list[float]) -> dict[str, float] | None:
+    """Least-squares fit of log y = log a + b log x; None with fewer than two points."""
+    fit = line_fit([(math.log(x), math.log(y))
+                    for x, y in zip(xs, ys, strict=True) if x > 0 and y > 0])
+    if fit is None:
+        return None
+    a, b, r2 = fit
+    return {"exponent": round(b, 3), "coefficient": math.exp(a), "r2": round(r2, 4)}
 
 
 def _child(n: int, duration: float, seed: int, mode: str, log: str | None) -> dict[str, Any]:
