@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-
 from keepmesh.agent.identity import Identity
 from keepmesh.agent.tee.sim import SimTee, read_sim_root
 from keepmesh.protocol.attestation.certs import TrustStore, fingerprint
@@ -326,27 +325,13 @@ def test_protocol_violations_fail(tmp_path: Path, sim_root: Path, bad: str) -> N
 
 
 def _crl_by_sim_ask(root: Path, serials: list[int]) -> object:
-    """A CRL signed by the sim ASK (as AMD's KDS CRL is signed by the ASK)."""
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import padding
+    """Collateral holding a CRL signed by the sim ASK (as AMD's KDS CRL is) and the ASK."""
     from keepmesh.protocol.attestation.certs import load_certificates
-    ask = load_certificates((root / "ask.pem").read_bytes())[0]
-    key = serialization.load_pem_private_key((root / "ask.key").read_bytes(), password=None)
-    now = dt.datetime.now(dt.UTC)
-    builder = (x509.CertificateRevocationListBuilder().issuer_name(ask.subject)
-               .last_update(now - dt.timedelta(hours=1)).next_update(now + dt.timedelta(days=7)))
-    for serial in serials:
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(serial)
-            .revocation_date(now - dt.timedelta(hours=1)).build())
-    crl = builder.sign(key, hashes.SHA384(),  # type: ignore[arg-type]
-                       rsa_padding=padding.PSS(mgf=padding.MGF1(hashes.SHA384()),
-                                               salt_length=48))
     from keepmesh.protocol.attestation.collateral import Collateral
-    return Collateral(crls=(crl,), certs=(ask,))
+
+    from tests.sim_crl import sim_ask_crl
+    ask = load_certificates((root / "ask.pem").read_bytes())[0]
+    return Collateral(crls=(sim_ask_crl(root, serials),), certs=(ask,))
 
 
 def test_channel_applies_configured_collateral(tmp_path: Path, sim_root: Path) -> None:

@@ -84,26 +84,14 @@ def test_bad_collateral_stops_the_command(tmp_path: Path) -> None:
 
 def crl_dir(tmp: Path, root: Path, name: str, serials: list[int]) -> Path:
     """A directory with a CRL signed by the sim ASK (as AMD's KDS CRL is) and the ASK."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import padding
-    ask_pem = (root / "ask.pem").read_bytes()
-    ask = x509.load_pem_x509_certificate(ask_pem)
-    key = serialization.load_pem_private_key((root / "ask.key").read_bytes(), password=None)
-    now = dt.datetime.now(dt.UTC)
-    builder = (x509.CertificateRevocationListBuilder().issuer_name(ask.subject)
-               .last_update(now - dt.timedelta(hours=1)).next_update(now + dt.timedelta(days=7)))
-    for serial in serials:
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(serial)
-            .revocation_date(now - dt.timedelta(hours=1)).build())
-    crl = builder.sign(key, hashes.SHA384(),  # type: ignore[arg-type]
-                       rsa_padding=padding.PSS(mgf=padding.MGF1(hashes.SHA384()),
-                                               salt_length=48))
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.sim_crl import sim_ask_crl
     out = tmp / name
     out.mkdir()
-    (out / "ask.pem").write_bytes(ask_pem)
-    (out / "kds.crl").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    (out / "ask.pem").write_bytes((root / "ask.pem").read_bytes())
+    (out / "kds.crl").write_bytes(
+        sim_ask_crl(root, serials).public_bytes(serialization.Encoding.PEM))
     return out
 
 
