@@ -194,14 +194,17 @@ class MeshNode:
     def next_effect(self) -> Output | None:
         """The next effect to carry out or event to observe; None when idle."""
         out = self._out
-        while True:
+        if out:
+            return out.popleft()
+        while self._refill():
             if out:
                 return out.popleft()
-            if not self._refill():
-                return None
+        return None
 
     def get_timer(self) -> float | None:
         t = self.membership.get_timer()
+        if not self.machines:
+            return t
         for m in self.machines:
             mt = m.get_timer()
             if mt is not None and (t is None or mt < t):
@@ -242,13 +245,17 @@ class MeshNode:
         sends = ms.datagrams_to_send()
         if sends:
             ids = self._ids_at
-            self._out.extend(Send(o.dst, o.data, o.reliable, ids.get(o.dst)) for o in sends)
+            out = self._out
+            for o in sends:
+                out.append(Send(o.dst, o.data, o.reliable, ids.get(o.dst)))
             return True
         for m in self.machines:
             item = m.next_output()
             if item is not None:
                 self._out.append(item)
                 return True
+        if ms.record.incarnation == self._persisted_incarnation:
+            return False
         return self._check_incarnation()
 
     def _check_incarnation(self) -> bool:

@@ -210,10 +210,23 @@ class Message:
 
     TYPE: ClassVar[str] = ""
     SCHEMA: ClassVar[dict[str, Spec]] = {}
+    # Set by @message: the field names, in SCHEMA order, when no field needs `Spec.dump`
+    # to convert it (no nested records or maps); None otherwise. See _wire_fields.
+    _PLAIN: ClassVar[tuple[str, ...] | None] = None
 
     def to_fields(self) -> dict[str, Any]:
         return {name: spec.dump(getattr(self, name)) for name, spec in self.SCHEMA.items()
                 if getattr(self, name) is not None}
+
+    def _wire_fields(self) -> dict[str, Any]:
+        """to_fields for encoding. Why: every datagram is encoded here, and for a message
+        of scalars and scalar lists the per-field dump is the identity (a tuple packs as
+        the same msgpack array as the list dump would make), so it is skipped."""
+        plain = self._PLAIN
+        if plain is None:
+            return self.to_fields()
+        values = self.__dict__
+        return {name: v for name in plain if (v := values[name]) is not None}
 
     @classmethod
     def from_fields(cls: type[M], fields: object, where: str = "") -> M:
@@ -246,6 +259,11 @@ def message(cls: type[M]) -> type[M]:
     fields = {fld.name for fld in dataclasses.fields(dc)}  # type: ignore[arg-type]
     if fields != set(dc.SCHEMA):
         raise TypeError(f"{dc.__name__}: SCHEMA {sorted(dc.SCHEMA)} != fields {sorted(fields)}")
+    nested = ("message", "list", "map")
+    dc._PLAIN = None if any(
+        spec.kind in ("message", "map")
+        or (spec.kind == "list" and spec.item is not None and spec.item.kind in nested)
+        for spec in dc.SCHEMA.values()) else tuple(dc.SCHEMA)
     if dc.TYPE:
         if dc.TYPE in _REGISTRY and _REGISTRY[dc.TYPE] is not dc:
             raise TypeError(f"duplicate message type {dc.TYPE!r}")
@@ -259,7 +277,8 @@ def message(cls: type[M]) -> type[M]:
 def encode_payload(msg: Message) -> bytes:
     if not msg.TYPE:
         raise TypeError(f"{type(msg).__name__} has no wire TYPE")
-    out: bytes = msgpack.packb([PROTOCOL_VERSION, msg.TYPE, msg.to_fields()], use_bin_type=True)
+    out: bytes = msgpack.packb([PROTOCOL_VERSION, msg.TYPE, msg._wire_fields()],
+                               use_bin_type=True)
     return out
 
 

@@ -58,7 +58,7 @@ class SimMeshDriver:
     """One simulated agent's I/O shell around its MeshNode."""
 
     __slots__ = ("node", "disk", "keeps", "clock", "observer", "counters", "migration",
-                 "_sends", "handover")
+                 "_sends", "handover", "handle_timer", "get_timer")
 
     def __init__(self, node: MeshNode, clock: Callable[[], float],
                  disk: SimDisk | None = None, object_mode: bool = False) -> None:
@@ -79,6 +79,9 @@ class SimMeshDriver:
         # carries out migration's effects in the simulated world (True: it was one)
         self.migration: Callable[[SimMeshDriver, object], bool] | None = None
         self._sends: list[Send] = []
+        # The engine calls these once per event: the node's own methods, not wrappers.
+        self.handle_timer: Callable[[float], None] = node.handle_timer
+        self.get_timer: Callable[[], float | None] = node.get_timer
 
     # ----------------------------------------------------------- engine face
 
@@ -88,13 +91,6 @@ class SimMeshDriver:
             self.node.receive(data, src, src_id, now)
         else:
             self.node.receive(data, src, src_id, now, decoded)
-
-    def handle_timer(self, now: float) -> None:
-        self.node.handle_timer(now)
-
-    def get_timer(self) -> float | None:
-        t: float | None = self.node.get_timer()
-        return t
 
     def next_event(self) -> Any:
         """The next event (or attestation request) for the engine's hook; effects that

@@ -120,3 +120,23 @@ def test_fuzz_mutated_valid_frames(noise: bytes, pos: int) -> None:
     except ProtocolError:
         return
     assert isinstance(msg, Message)
+
+
+def test_plain_messages_encode_exactly_as_their_fields() -> None:
+    """The encoder skips Spec.dump for messages of scalars (Message._PLAIN): the bytes
+    must equal encoding to_fields() for every registered type, with and without
+    optional fields."""
+    from keepmesh.protocol.membership.messages import Ack, Ping, PushPull
+
+    cases = [Ping(seq=7, sender=b"s" * 32, target=b"t" * 32, gossip=(b"g1", b"g2")),
+             Ack(seq=1, sender=b"s" * 32, gossip=()),
+             PushPull(sender=b"s" * 32, join=False, reply=True, more=False, records=(b"r",),
+                      states=b"\x00", incarnations=(3,), leave_sigs=(b"",)),
+             PushPull(sender=b"s" * 32, join=False, reply=True, more=False, records=(b"r",),
+                      states=b"\x00", incarnations=(3,), leave_sigs=(b"",), buckets=5),
+             RpcRequest(method="m", body=b"x")]
+    for msg in cases:
+        full = msgpack.packb([PROTOCOL_VERSION, msg.TYPE, msg.to_fields()], use_bin_type=True)
+        assert encode_payload(msg) == full
+        assert decode_payload(full) == msg
+    assert Ping._PLAIN is not None and ChannelProof._PLAIN is None  # nested: dumped

@@ -43,6 +43,10 @@ class Penalties:
         self.ban_s = ban_s
         self.max_keys = max_keys
         self._table: OrderedDict[bytes | str, _Entry] = OrderedDict()
+        # No key is banned at or after this time (the latest ban's end ever set). Why:
+        # every received message and gossip item asks `banned`; with no ban running the
+        # answer needs no lookup.
+        self.no_bans_from = 0.0
 
     def __len__(self) -> int:
         return len(self._table)
@@ -68,10 +72,13 @@ class Penalties:
             entry.bans += 1
             entry.banned_until = now + self.ban_s * 2 ** min(entry.bans - 1, MAX_BAN_DOUBLINGS)
             entry.score = 0.0
+            self.no_bans_from = max(self.no_bans_from, entry.banned_until)
             return entry.banned_until
         return None
 
     def banned(self, key: bytes | str, now: float) -> bool:
+        if now >= self.no_bans_from:
+            return False
         entry = self._table.get(key)
         return (entry is not None and entry.banned_until is not None
                 and now < entry.banned_until)

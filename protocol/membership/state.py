@@ -15,13 +15,13 @@ is the reference.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import math
 import random
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..address import canonical_address
 from ..errors import ProtocolError
@@ -45,6 +45,7 @@ from .messages import (
     Suspect,
     Sync,
     accusation_signed_bytes,
+    carrying,
     decode_gossip_item,
     decode_swim,
     with_gossip,
@@ -92,8 +93,10 @@ class MemberEvent:
     reason: str = ""
 
 
-@dataclass(frozen=True)
-class Outgoing:
+class Outgoing(NamedTuple):
+    """One message to send. A tuple, not a frozen dataclass: one is built per datagram
+    and a frozen dataclass's constructor cost three times as much."""
+
     dst: Address
     data: bytes
     reliable: bool
@@ -143,6 +146,7 @@ class _Relay:
 
 _LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
 _SENT = {cls.TYPE: "sent." + cls.TYPE for cls in (*PRIMARY, PushPull, Sync)}
+_RECV = {cls.TYPE: "recv." + cls.TYPE for cls in (*PRIMARY, PushPull, Sync)}
 
 
 class Membership:
@@ -245,9 +249,12 @@ class Membership:
         counted (stats["malformed"], last_error) and dropped. `decoded` (simulator object
         mode only) is the message equal to decoding `data`, so decoding is skipped; every
         other check runs on it and on len(data) as usual."""
-        self._count("recv.bytes", len(data))
-        self._clock = max(self._clock, now)
-        self._catch_up_gossip(now)
+        stats = self.stats
+        stats["recv.bytes"] = stats.get("recv.bytes", 0) + len(data)
+        if now > self._clock:
+            self._clock = now
+        if now > self._next_gossip:
+            self._catch_up_gossip(now)
         try:
             self._receive(data, src, now, src_id, decoded)
         except ProtocolError as err:
@@ -439,7 +446,7 @@ class Membership:
         """The next deadline, or None. The gossip tick counts only while something is
         queued (see _catch_up_gossip): a tick with nothing to send does no work, and
         neither do one-shot timers whose work was cancelled (_drop_cancelled)."""
-        t = self._next_gossip if len(self._queue) else math.inf
+        t = self._next_gossip if self._queue else math.inf
         if not self._leaving and self._next_probe < t:
             t = self._next_probe
         probe = self._probe
@@ -524,14 +531,18 @@ class Membership:
 
     def _receive(self, data: bytes, src: Address, now: float, src_id: NodeId | None,
                  decoded: Message | None = None) -> None:
-        if self._penalties.banned(src_id if src_id is not None else src, now):
+        penalties = self._penalties
+        if now < penalties.no_bans_from and penalties.banned(
+                src_id if src_id is not None else src, now):
             self._count("dropped.banned")
             return
         msg = decoded if decoded is not None else decode_swim(
             data, self.config.max_stream_message, (*PRIMARY, PushPull, Sync))
         if not isinstance(msg, (PushPull, Sync)) and len(data) > self.config.max_packet:
             raise ProtocolError(f"datagram of {len(data)} bytes exceeds {self.config.max_packet}")
-        self._count("recv." + msg.TYPE)
+        stats = self.stats
+        key = _RECV[msg.TYPE]
+        stats[key] = stats.get(key, 0) + 1
         sender: NodeId = msg.sender  # type: ignore[attr-defined]
         if src_id is not None and sender != src_id:
             self._count("rejected.sender")
@@ -543,7 +554,7 @@ class Membership:
         if known is not None and known.trust is Trust.FAILED:
             self._count("dropped.untrusted")
             return
-        if self._penalties.banned(sender, now):
+        if now < penalties.no_bans_from and penalties.banned(sender, now):
             self._count("dropped.banned")
             return
         penalty_key: bytes | str = src_id if src_id is not None else src
@@ -569,8 +580,9 @@ class Membership:
         self._on_gossip(msg.gossip, now, penalty_key)  # type: ignore[attr-defined]
 
     def _on_gossip(self, items: Iterable[bytes], now: float, penalty_key: bytes | str) -> None:
+        penalties = self._penalties
         for item in items:
-            if self._penalties.banned(penalty_key, now):
+            if now < penalties.no_bans_from and penalties.banned(penalty_key, now):
                 self._count("dropped.banned")
                 return
             try:
@@ -1368,12 +1380,13 @@ class Membership:
         items = list(extra)
         for x in extra:
             budget -= len(x) + _ITEM_OVERHEAD
-        if budget > _ITEM_OVERHEAD and len(self._queue):
+        queue = self._queue
+        if budget > _ITEM_OVERHEAD and len(queue):
             n = self._n_live + 1
             if n != self._limit_n:  # retransmit limit (a log10) for this size, cached
                 self._limit_n = n
                 self._limit = self.config.retransmit_limit(n)
-            items.extend(self._queue.take(budget, _ITEM_OVERHEAD, self._limit))
+            items.extend(queue.take(budget, _ITEM_OVERHEAD, self._limit))
         if require_gossip and not items:
             return
         data = with_gossip(encoded, items)  # one encoding per send (exact same bytes)
@@ -1382,8 +1395,7 @@ class Membership:
             data = with_gossip(encoded, items)
         self._outbox.append(Outgoing(dst, data, False))
         if self.handover is not None:  # the object equal to decoding `data`
-            self.handover[id(data)] = dataclasses.replace(
-                msg, gossip=tuple(items)) if items else msg  # type: ignore[type-var]
+            self.handover[id(data)] = carrying(msg, items) if items else msg
         stats = self.stats
         key = _SENT[msg.TYPE]
         stats[key] = stats.get(key, 0) + 1
