@@ -624,8 +624,13 @@ class Membership:
                 or accused_by.state not in _LIVE):
             self._count("accusation.ignored")  # only attested live members may accuse
             return
-        if m.suspicion is not None and accuser in m.suspicion.confirmers:
-            return  # already counted
+        s = m.suspicion
+        if s is not None and (accuser in s.confirmers or s.full()):
+            # Already counted, or nothing left to confirm (k confirmations: the timeout
+            # is at its minimum and the item would not be re-gossiped): it can change
+            # nothing here, so it is dropped like a duplicate, before the signature
+            # check that was most of the cost of a crash in a large mesh.
+            return
         if not self.verifier.verify(accuser, accusation_signed_bytes(g), g.signature):
             self._reject_forgery(penalty_key, now, "a forged accusation")
             return

@@ -42,6 +42,10 @@ class Suspicion:
         # Our own timers ran late when it expired: decided one period later, once.
         self.deferred = False
 
+    def full(self) -> bool:
+        """k confirmations counted: no further accuser can shorten the timeout."""
+        return len(self.confirmers) - 1 >= self.k
+
     def confirm(self, accuser: NodeId) -> bool:
         """Count an independent accuser; True if new (then the deadline moved earlier)."""
         if len(self.confirmers) - 1 >= self.k or accuser in self.confirmers:
