@@ -211,6 +211,34 @@ def test_probe_order_visits_each_candidate_once_per_round() -> None:
     assert len(order) == 8
 
 
+def test_probe_order_rounds_are_uniform_permutations_drawn_lazily() -> None:
+    """Each of the 4! orders of 4 candidates comes up about equally often (a lazy
+    Fisher-Yates is still uniform), and a round remembers at most one swapped position
+    per step taken (no O(M) array per member per round)."""
+    rng = random.Random(11)
+    order = ProbeOrder()
+    ids = [bytes([i]) * 32 for i in range(4)]
+    order.set_base(ids, rng)
+    counts: dict[tuple[bytes, ...], int] = {}
+    rounds = 4800
+    for _ in range(rounds):
+        seen = []
+        while (nid := order.next()) is not None:
+            seen.append(nid)
+            assert len(order._moved) <= len(seen)
+        counts[tuple(seen)] = counts.get(tuple(seen), 0) + 1
+        order.new_round(rng, lambda _nid: True)
+    assert len(counts) == 24
+    expected = rounds / 24
+    chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
+    assert chi2 < 60.0  # 23 degrees of freedom: p < 1e-5 for a fair draw to exceed this
+    big = ProbeOrder()
+    big.set_base([i.to_bytes(32, "big") for i in range(10_000)], rng)
+    for _ in range(50):
+        big.next()
+    assert len(big._moved) <= 50
+
+
 def test_small_cluster_probes_everyone() -> None:
     c = Cluster(3)
     c.run(10.0)
