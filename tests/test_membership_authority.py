@@ -170,3 +170,48 @@ def test_accusation_about_us_is_refuted_only_when_genuine() -> None:
     assert me.record.incarnation == inc and me.penalties(c.id(1)) == 1
     send(c, 1, 2, gossip(c, 1, accusation(c, 1, 2, Dead)), 0.6)      # genuine
     assert me.record.incarnation == inc + 1
+
+
+def _observer_alone(n: int) -> Cluster:
+    """Member 0 runs no round-robin probes of its own (so it never becomes a confirmer
+    itself): what it decides comes from the accusations it hears alone."""
+    c = Cluster(n)
+    c.nodes[0]._next_probe = 1e9
+    return c
+
+
+def test_corroborated_dead_spares_the_verification_probe() -> None:
+    """k confirmations and another accuser's signed dead: member 0 declares dead when its
+    own timer expires (LO), without the two extra periods of its verification probe."""
+    c = _observer_alone(6)
+    lo = LAN.suspicion_min(6)
+    t0 = 0.5
+    for accuser in (1, 3, 4):  # first accuser + k = 2 confirmations: the suspicion is full
+        send(c, accuser, 0, gossip(c, accuser, accusation(c, accuser, 2)), t0)
+    send(c, 1, 0, gossip(c, 1, accusation(c, 1, 2, Dead)), t0 + 0.1)
+    c.run(t0 + lo + 0.01, down={1, 2, 3, 4, 5})
+    assert c.nodes[0].state_of(c.id(2)) is MemberState.DEAD
+
+
+def test_without_a_dead_the_observer_still_verifies() -> None:
+    c = _observer_alone(6)
+    lo = LAN.suspicion_min(6)
+    t0 = 0.5
+    for accuser in (1, 3, 4):
+        send(c, accuser, 0, gossip(c, accuser, accusation(c, accuser, 2)), t0)
+    c.run(t0 + lo + LAN.probe_interval, down={1, 2, 3, 4, 5})
+    assert c.nodes[0].state_of(c.id(2)) is MemberState.SUSPECT  # waiting to verify
+    # ...and a corroborating dead arriving during that wait ends it at once
+    send(c, 3, 0, gossip(c, 3, accusation(c, 3, 2, Dead)), t0 + lo + LAN.probe_interval)
+    assert c.nodes[0].state_of(c.id(2)) is MemberState.DEAD
+
+
+def test_a_lone_accusers_dead_spares_nothing() -> None:
+    """One accuser's suspect and dead (a liar, or the one member that missed a refutation):
+    at its timeout (HI) member 0 still waits for its own verification probe."""
+    c = _observer_alone(6)
+    hi = LAN.suspicion_max_timeout_mult * LAN.suspicion_min(6)
+    t0 = 0.5
+    send(c, 1, 0, gossip(c, 1, accusation(c, 1, 2), accusation(c, 1, 2, Dead)), t0)
+    c.run(t0 + hi + LAN.probe_interval, down={1, 2, 3, 4, 5})
+    assert c.nodes[0].state_of(c.id(2)) is MemberState.SUSPECT

@@ -625,11 +625,14 @@ class Membership:
             self._count("accusation.ignored")  # only attested live members may accuse
             return
         s = m.suspicion
-        if s is not None and (accuser in s.confirmers or s.full()):
+        dead = isinstance(g, Dead)
+        counted = s is not None and (accuser in s.confirmers or s.full())
+        if counted and (not dead or s is None or s.dead_heard):
             # Already counted, or nothing left to confirm (k confirmations: the timeout
             # is at its minimum and the item would not be re-gossiped): it can change
             # nothing here, so it is dropped like a duplicate, before the signature
-            # check that was most of the cost of a crash in a large mesh.
+            # check that was most of the cost of a crash in a large mesh. The first
+            # "dead" still counts: it spares our verification probe (_dead_heard).
             return
         if not self.verifier.verify(accuser, accusation_signed_bytes(g), g.signature):
             self._reject_forgery(penalty_key, now, "a forged accusation")
@@ -637,7 +640,24 @@ class Membership:
         if self._unfounded.banned(accuser, now):
             self._count("accusation.discredited")
             return
-        self._suspect(nid, g.incarnation, accuser, now, item)
+        if not counted:
+            self._suspect(nid, g.incarnation, accuser, now, item)
+        if dead:
+            self._dead_heard(nid, now)
+
+    def _dead_heard(self, nid: NodeId, now: float) -> None:
+        """Another accuser's own suspicion of `nid` expired (its "dead"): once the
+        suspicion is also corroborated (k confirmations), ours needs no verification
+        probe (§6), and one waiting for it ends now unless our probe was answered.
+        Why corroborated: a lone accuser's "dead" (a liar, or the one member that missed
+        a refutation under loss) must still face our own probe of the suspect."""
+        m = self._members.get(nid)
+        s = None if m is None or m.state is not MemberState.SUSPECT else m.suspicion
+        if s is not None:
+            s.dead_heard = True  # a suspect's entry is already this table's own
+            if s.verifying and not s.answered and s.full():
+                assert m is not None
+                self._dead(nid, m, now)
 
     def _on_ping(self, msg: Ping, src: Address) -> None:
         if msg.target != self.node_id:
@@ -786,6 +806,8 @@ class Membership:
                 # accuser signature): a suspicion by the sender, never a verdict, and
                 # not re-gossiped (we cannot sign for the sender; our own probes decide).
                 self._suspect(nid, entry.incarnation, msg.sender, now, None)
+                if entry.state == "dead" and nid != self.node_id:
+                    self._dead_heard(nid, now)
             elif entry.state == "left" and entry.leave_sig is not None:
                 self._leave(Leave(node=nid, incarnation=entry.incarnation,
                                   signature=entry.leave_sig), now, penalty_key)
@@ -966,8 +988,9 @@ class Membership:
             s.deadline = now + s.hi
             self._push_timer(s.deadline, "suspect", nid)
             return
-        if (not s.verifying and self.node_id not in s.confirmers and not self._leaving
-                and m.trust is Trust.TRUSTED):
+        if (not s.verifying and not (s.dead_heard and s.full())
+                and self.node_id not in s.confirmers
+                and not self._leaving and m.trust is Trust.TRUSTED):
             # We only heard the accusation. A refutation can miss one member in an
             # epidemic; probe the suspect ourselves (its ack carries its newer record)
             # before declaring it dead. Costs real failures <= 2 periods here, and

@@ -26,7 +26,7 @@ class Suspicion:
     """One open suspicion of one member; the owner keeps it in its timer heap."""
 
     __slots__ = ("start", "k", "lo", "hi", "confirmers", "deadline", "verifying", "answered",
-                 "deferred")
+                 "deferred", "dead_heard")
 
     def __init__(self, accuser: NodeId, k: int, lo: float, hi: float, now: float) -> None:
         self.start = now
@@ -41,6 +41,9 @@ class Suspicion:
         self.answered = False
         # Our own timers ran late when it expired: decided one period later, once.
         self.deferred = False
+        # Another accuser's own suspicion expired (its signed "dead" reached us): we
+        # need no verification probe of our own (specs/membership.md §6).
+        self.dead_heard = False
 
     def full(self) -> bool:
         """k confirmations counted: no further accuser can shorten the timeout."""
