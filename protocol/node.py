@@ -203,8 +203,6 @@ class MeshNode:
 
     def get_timer(self) -> float | None:
         t = self.membership.get_timer()
-        if not self.machines:
-            return t
         for m in self.machines:
             mt = m.get_timer()
             if mt is not None and (t is None or mt < t):
@@ -254,8 +252,6 @@ class MeshNode:
             if item is not None:
                 self._out.append(item)
                 return True
-        if ms.record.incarnation == self._persisted_incarnation:
-            return False
         return self._check_incarnation()
 
     def _check_incarnation(self) -> bool:

@@ -202,18 +202,6 @@ class Engine:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         self.trace.update(_TRACE_MSG.pack(self.now, 1, src, dst, n))
 
-    def deliver_now(self, node: SimNode, src_idx: int, data: bytes, obj: Any = None) -> None:
-        src = self.nodes[src_idx]
-        try:
-            if obj is None:
-                node.proto.receive(data, src.address, self.now, src.node_id)
-            else:
-                self.handed_over += 1
-                node.proto.receive(data, src.address, self.now, src.node_id, obj)
-        except Exception:  # the protocol must not raise on bad input; count it if it does
-            self.protocol_errors += 1
-        self.pump(node)
-
     def run(self, until: float, progress: Callable[[float], None] | None = None) -> None:
         heap = self.heap
         pop = heapq.heappop
@@ -242,7 +230,6 @@ class Engine:
                 if node.pending is not None:
                     node.pending.append((b, c, d))
                     continue
-                # deliver_now, inlined: this is the loop's hottest branch
                 src = nodes[b]
                 try:
                     if d is None:

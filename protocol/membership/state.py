@@ -253,8 +253,7 @@ class Membership:
         stats["recv.bytes"] = stats.get("recv.bytes", 0) + len(data)
         if now > self._clock:
             self._clock = now
-        if now > self._next_gossip:
-            self._catch_up_gossip(now)
+        self._catch_up_gossip(now)
         try:
             self._receive(data, src, now, src_id, decoded)
         except ProtocolError as err:
@@ -532,8 +531,7 @@ class Membership:
     def _receive(self, data: bytes, src: Address, now: float, src_id: NodeId | None,
                  decoded: Message | None = None) -> None:
         penalties = self._penalties
-        if now < penalties.no_bans_from and penalties.banned(
-                src_id if src_id is not None else src, now):
+        if penalties.banned(src_id if src_id is not None else src, now):
             self._count("dropped.banned")
             return
         msg = decoded if decoded is not None else decode_swim(
@@ -554,7 +552,7 @@ class Membership:
         if known is not None and known.trust is Trust.FAILED:
             self._count("dropped.untrusted")
             return
-        if now < penalties.no_bans_from and penalties.banned(sender, now):
+        if penalties.banned(sender, now):
             self._count("dropped.banned")
             return
         penalty_key: bytes | str = src_id if src_id is not None else src
@@ -582,7 +580,7 @@ class Membership:
     def _on_gossip(self, items: Iterable[bytes], now: float, penalty_key: bytes | str) -> None:
         penalties = self._penalties
         for item in items:
-            if now < penalties.no_bans_from and penalties.banned(penalty_key, now):
+            if penalties.banned(penalty_key, now):
                 self._count("dropped.banned")
                 return
             try:
