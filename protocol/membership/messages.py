@@ -42,15 +42,22 @@ _gossip = seq(b(max_len=MAX_RECORD_BYTES + 64), max_len=MAX_GOSSIP_ITEMS)
 
 @message
 class Ping(Message):
-    """Direct probe; `target` lets a node ignore pings meant for a previous owner of its address."""
+    """Direct probe; `target` lets a node ignore pings meant for a previous owner of its address.
+
+    `stream` (memberlist's TCP fallback ping): the prober sent this one on a reliable
+    stream and wants the ack on one too. Absent on ordinary pings, so their bytes are
+    what they were before the field existed; it comes before `gossip` because a
+    piggyback is appended to the encoding's last value (`with_gossip`).
+    """
 
     TYPE: ClassVar[str] = "swim.ping"
     SCHEMA: ClassVar[dict[str, Spec]] = {"seq": u(32), "sender": _id, "target": _id,
-                                         "gossip": _gossip}
+                                         "stream": flag(optional=True), "gossip": _gossip}
     seq: int
     sender: bytes
     target: bytes
     gossip: tuple[bytes, ...]
+    stream: bool | None = None
 
 
 @message

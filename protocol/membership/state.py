@@ -119,7 +119,7 @@ class MemberView:
 
 class _Probe:
     __slots__ = ("target", "seq", "timeout_at", "end_at", "indirect_sent", "expected_nacks",
-                 "nackers", "late")
+                 "nackers", "late", "fallback_seq")
 
     def __init__(self, target: NodeId, seq: int, timeout_at: float, end_at: float) -> None:
         self.target = target
@@ -130,6 +130,7 @@ class _Probe:
         self.expected_nacks = 0
         self.nackers: set[NodeId] = set()
         self.late = False  # our own timers ran late during it: a missed ack proves nothing
+        self.fallback_seq: int | None = None  # seq of the stream ping sent with the ping_reqs
 
 
 class _Relay:
@@ -665,7 +666,8 @@ class Membership:
         if self._accused:
             extra = (encode_payload(Alive(record=self.record.encoded)),)
             self._accused = False
-        self._send(src, Ack(seq=msg.seq, sender=self.node_id, gossip=()), extra)
+        self._send(src, Ack(seq=msg.seq, sender=self.node_id, gossip=()), extra,
+                   reliable=bool(msg.stream))
 
     def _on_ack(self, msg: Ack, now: float) -> None:
         relay = self._relays.get(msg.seq)
@@ -677,13 +679,22 @@ class Membership:
                 self._send(requester, Ack(seq=requester_seq, sender=self.node_id, gossip=()))
             return
         probe = self._probe
-        if probe is not None and msg.seq == probe.seq:
+        if probe is None:
+            return
+        if msg.seq == probe.seq:
             # memberlist: a probe that got its ack improves our health score
             self.awareness.apply_delta(-1)
-            self._probe = None
-            m = self._members.get(probe.target)
-            if m is not None and m.suspicion is not None:
-                m.suspicion.answered = True
+        elif msg.seq == probe.fallback_seq and msg.sender == probe.target:
+            # memberlist's "was able to connect over TCP but UDP probes failed": the
+            # target is alive, our datagrams are what failed. No suspicion, and no
+            # health change either way (memberlist returns before its awareness update).
+            self._count("probes.fallback_acked")
+        else:
+            return
+        self._probe = None
+        m = self._members.get(probe.target)
+        if m is not None and m.suspicion is not None:
+            m.suspicion.answered = True
 
     def _on_nack(self, msg: Nack) -> None:
         probe = self._probe
@@ -1217,13 +1228,17 @@ class Membership:
         seq = self._next_seq()
         timeout = self.awareness.scale(cfg.probe_timeout)
         self._probe = _Probe(target, seq, now + timeout, now + interval)
-        extra: tuple[bytes, ...] = ()
-        if m.state is MemberState.SUSPECT:
-            # Tell the suspect directly, so it can refute even if gossip is slow to reach it.
-            extra = (self._accusation(Suspect, target, m.record.incarnation),)
         self._send(m.record.address,
-                   Ping(seq=seq, sender=self.node_id, target=target, gossip=()), extra)
+                   Ping(seq=seq, sender=self.node_id, target=target, gossip=()),
+                   self._suspect_extra(target, m))
         self._count("probes")
+
+    def _suspect_extra(self, target: NodeId, m: _Member) -> tuple[bytes, ...]:
+        """What a ping to `target` carries besides gossip: to a suspect, our own signed
+        accusation, so it can refute even if gossip is slow to reach it."""
+        if m.state is MemberState.SUSPECT:
+            return (self._accusation(Suspect, target, m.record.incarnation),)
+        return ()
 
     def _send_indirect(self, probe: _Probe, now: float) -> None:
         probe.indirect_sent = True
@@ -1238,6 +1253,15 @@ class Membership:
                        PingReq(seq=probe.seq, sender=self.node_id, target=probe.target,
                                target_addr=m.record.address, nack=True, gossip=()))
         probe.expected_nacks = len(helpers)
+        if self.config.fallback_ping:
+            # memberlist's TCP fallback: the same ping on a reliable stream, its own seq.
+            # A target that only lost datagrams answers it; a crashed one cannot.
+            probe.fallback_seq = seq = self._next_seq()
+            self._send(m.record.address,
+                       Ping(seq=seq, sender=self.node_id, target=probe.target, gossip=(),
+                            stream=True), self._suspect_extra(probe.target, m),
+                       reliable=True)
+            self._count("probes.fallback")
 
     def _finish_probe(self, probe: _Probe, now: float) -> None:
         self._probe = None
@@ -1398,8 +1422,9 @@ class Membership:
             self._count("sent.bytes", len(data))
 
     def _send(self, dst: Address, msg: Message, extra: tuple[bytes, ...] = (),
-              require_gossip: bool = False) -> None:
-        """Encode a primary message and fill the rest of the packet with piggybacked gossip."""
+              require_gossip: bool = False, reliable: bool = False) -> None:
+        """Encode a primary message and fill the rest of the packet with piggybacked gossip
+        (`reliable`: on a stream, still sized as a datagram)."""
         limit = self.config.max_packet
         encoded = encode_payload(msg)
         budget = limit - len(encoded) - _LIST_GROWTH
@@ -1419,7 +1444,7 @@ class Membership:
         while len(data) > limit and items:  # cannot happen with the arithmetic above; be safe
             items.pop()
             data = with_gossip(encoded, items)
-        self._outbox.append(Outgoing(dst, data, False))
+        self._outbox.append(Outgoing(dst, data, reliable))
         if self.handover is not None:  # the object equal to decoding `data`
             self.handover[id(data)] = carrying(msg, items) if items else msg
         stats = self.stats
