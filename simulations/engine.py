@@ -12,13 +12,13 @@ absorbs (time, src, dst, length) of every delivery and drop and every protocol
 event, so two runs with the same topology and seed print the same hash.
 
 A protocol object must offer the sans-IO face of keepmesh.protocol.membership:
-``receive(data, src, now)``, ``handle_timer(now)``, ``get_timer()``,
+``receive(data, src, src_id, now)`` (MeshNode's order), ``handle_timer(now)``, ``get_timer()``,
 ``datagrams_to_send()`` (objects with dst, data, reliable) and
 ``next_event()``.
 
 Object mode (`Engine(object_mode=True)`): a protocol object may also expose a
 ``handover`` dict (id of each sent bytes object -> the decoded message equal to
-decoding those bytes) and accept ``receive(..., decoded)``; the engine then hands
+decoding those bytes) and accept ``receive(data, src, src_id, now, decoded)``; the engine then hands
 the receiver that object together with the bytes, so it skips decoding. The bytes
 are still produced, routed, sized and hashed exactly as in byte mode, so the
 trace hash is the same (a CI test runs both and compares).
@@ -233,10 +233,10 @@ class Engine:
                 src = nodes[b]
                 try:
                     if d is None:
-                        node.proto.receive(c, src.address, t, src.node_id)
+                        node.proto.receive(c, src.address, src.node_id, t)
                     else:
                         self.handed_over += 1
-                        node.proto.receive(c, src.address, t, src.node_id, d)
+                        node.proto.receive(c, src.address, src.node_id, t, d)
                 except Exception:  # the protocol must not raise on bad input; counted
                     self.protocol_errors += 1
                 pump(node)
@@ -310,10 +310,10 @@ class Engine:
             src = self.nodes[src_idx]
             try:
                 if obj is None:
-                    node.proto.receive(data, src.address, self.now, src.node_id)
+                    node.proto.receive(data, src.address, src.node_id, self.now)
                 else:
                     self.handed_over += 1
-                    node.proto.receive(data, src.address, self.now, src.node_id, obj)
+                    node.proto.receive(data, src.address, src.node_id, self.now, obj)
             except Exception:
                 self.protocol_errors += 1
         t = node.proto.get_timer()

@@ -1,7 +1,7 @@
 """The simulator's driver for MeshNode: carries out effects in virtual time, decides nothing.
 
 Why an adapter with the engine's face: simulations/engine.py pumps any object
-offering ``receive(data, src, now, src_id)``, ``handle_timer``, ``get_timer``,
+offering ``receive(data, src, src_id, now)``, ``handle_timer``, ``get_timer``,
 ``next_event`` and ``datagrams_to_send`` (so it can also run a fake protocol in
 its own tests). This wraps one MeshNode behind that face:
 
@@ -58,7 +58,7 @@ class SimMeshDriver:
     """One simulated agent's I/O shell around its MeshNode."""
 
     __slots__ = ("node", "disk", "keeps", "clock", "observer", "counters", "migration",
-                 "_sends", "handover", "handle_timer", "get_timer")
+                 "_sends", "handover", "receive", "handle_timer", "get_timer")
 
     def __init__(self, node: MeshNode, clock: Callable[[], float],
                  disk: SimDisk | None = None, object_mode: bool = False) -> None:
@@ -79,18 +79,13 @@ class SimMeshDriver:
         # carries out migration's effects in the simulated world (True: it was one)
         self.migration: Callable[[SimMeshDriver, object], bool] | None = None
         self._sends: list[Send] = []
-        # The engine calls these once per event: the node's own methods, not wrappers.
+        # The engine calls these once per event: the node's own methods, not wrappers
+        # (the engine's receive face has MeshNode.receive's argument order for this).
+        self.receive: Callable[..., None] = node.receive
         self.handle_timer: Callable[[float], None] = node.handle_timer
         self.get_timer: Callable[[], float | None] = node.get_timer
 
     # ----------------------------------------------------------- engine face
-
-    def receive(self, data: bytes, src: str, now: float, src_id: bytes | None = None,
-                decoded: Any = None) -> None:
-        if decoded is None:
-            self.node.receive(data, src, src_id, now)
-        else:
-            self.node.receive(data, src, src_id, now, decoded)
 
     def next_event(self) -> Any:
         """The next event (or attestation request) for the engine's hook; effects that

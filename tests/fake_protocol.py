@@ -84,7 +84,7 @@ class FakeProto:
             p[2] = "untrusted"
             self.events.append(Ev("untrusted", nid, p[1], now))
 
-    def receive(self, data: bytes, src: str, now: float, src_id: bytes | None = None) -> None:
+    def receive(self, data: bytes, src: str, src_id: bytes | None, now: float) -> None:
         parts = data.split(b"|")
         if len(parts) < 4:
             return

@@ -270,18 +270,19 @@ def test_every_handed_over_object_equals_decoding_its_bytes(monkeypatch):
     for every message type the run sends (ping, ack, ping_req, nack, gossip, sync,
     push_pull); sizes are those of the bytes."""
     from keepmesh.protocol.membership.messages import PRIMARY, PushPull, Sync, decode_swim
-    from keepmesh.simulations.mesh_driver import SimMeshDriver
+    from keepmesh.protocol.node import MeshNode
 
     seen: dict[str, int] = {}
-    real = SimMeshDriver.receive
+    real = MeshNode.receive
 
-    def checked(self, data, src, now, src_id=None, decoded=None):
+    def checked(self, data, src, src_id, now, decoded=None):
         if decoded is not None:
             assert decode_swim(data, 1 << 24, (*PRIMARY, PushPull, Sync)) == decoded
             seen[decoded.TYPE] = seen.get(decoded.TYPE, 0) + 1
-        return real(self, data, src, now, src_id, decoded)
+        return real(self, data, src, src_id, now, decoded)
 
-    monkeypatch.setattr(SimMeshDriver, "receive", checked)
+    # the sim driver hands the engine MeshNode.receive itself: patched before it is bound
+    monkeypatch.setattr(MeshNode, "receive", checked)
     t = dataclasses.replace(_real_topology(_MODE_EVENTS, agents=40, duration=35.0),
                             profile="local")
     rep, _ = simulate(t, 5, mode="object")
@@ -294,19 +295,19 @@ def test_every_handed_over_object_equals_decoding_its_bytes(monkeypatch):
 def test_a_wrong_handed_over_object_would_change_the_trace(monkeypatch):
     """The byte-mode comparison can fail: a handover that differs from the bytes (here
     every ack loses its gossip) gives another trace hash."""
-    from keepmesh.simulations.mesh_driver import SimMeshDriver
+    from keepmesh.protocol.node import MeshNode
 
-    real = SimMeshDriver.receive
+    real = MeshNode.receive
 
-    def lossy(self, data, src, now, src_id=None, decoded=None):
+    def lossy(self, data, src, src_id, now, decoded=None):
         if decoded is not None and decoded.TYPE == "swim.ack" and decoded.gossip:
             decoded = dataclasses.replace(decoded, gossip=())
-        return real(self, data, src, now, src_id, decoded)
+        return real(self, data, src, src_id, now, decoded)
 
     t = dataclasses.replace(_real_topology(_MODE_EVENTS, agents=40, duration=25.0),
                             profile="local")
     byt, _ = simulate(t, 5, mode="bytes")
-    monkeypatch.setattr(SimMeshDriver, "receive", lossy)
+    monkeypatch.setattr(MeshNode, "receive", lossy)
     bad, _ = simulate(t, 5, mode="object")
     assert bad["trace_hash"] != byt["trace_hash"]
 

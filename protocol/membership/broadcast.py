@@ -36,6 +36,9 @@ class BroadcastQueue:
 
     def __init__(self, max_items: int) -> None:
         self._by_key: dict[NodeId, _Item] = {}
+        # The same dict, never rebound: its truth value answers "anything queued?" in
+        # the hot paths without a Python-level __len__ call (several per simulated event).
+        self.pending: dict[NodeId, _Item] = self._by_key
         self._tiers: dict[int, list[_Item]] = {}   # transmits -> stack, with dead entries
         self._live: dict[int, int] = {}            # transmits -> live items in that tier
         self._max = max_items

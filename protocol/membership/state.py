@@ -254,7 +254,8 @@ class Membership:
         stats["recv.bytes"] = stats.get("recv.bytes", 0) + len(data)
         if now > self._clock:
             self._clock = now
-        self._catch_up_gossip(now)
+        if self._next_gossip < now:
+            self._catch_up_gossip(now)
         try:
             self._receive(data, src, now, src_id, decoded)
         except ProtocolError as err:
@@ -275,7 +276,8 @@ class Membership:
             assert due is not None
             self._timer_late(now, now - due)
         self._clock = max(self._clock, now)
-        self._catch_up_gossip(now)
+        if self._next_gossip < now:
+            self._catch_up_gossip(now)
         # probe state machine
         probe = self._probe
         if probe is not None:
@@ -446,7 +448,7 @@ class Membership:
         """The next deadline, or None. The gossip tick counts only while something is
         queued (see _catch_up_gossip): a tick with nothing to send does no work, and
         neither do one-shot timers whose work was cancelled (_drop_cancelled)."""
-        t = self._next_gossip if self._queue else math.inf
+        t = self._next_gossip if self._queue.pending else math.inf
         if not self._leaving and self._next_probe < t:
             t = self._next_probe
         probe = self._probe
@@ -532,7 +534,8 @@ class Membership:
     def _receive(self, data: bytes, src: Address, now: float, src_id: NodeId | None,
                  decoded: Message | None = None) -> None:
         penalties = self._penalties
-        if penalties.banned(src_id if src_id is not None else src, now):
+        any_ban = now < penalties.no_bans_from  # else no lookup can find a ban
+        if any_ban and penalties.banned(src_id if src_id is not None else src, now):
             self._count("dropped.banned")
             return
         msg = decoded if decoded is not None else decode_swim(
@@ -553,7 +556,7 @@ class Membership:
         if known is not None and known.trust is Trust.FAILED:
             self._count("dropped.untrusted")
             return
-        if penalties.banned(sender, now):
+        if any_ban and penalties.banned(sender, now):
             self._count("dropped.banned")
             return
         penalty_key: bytes | str = src_id if src_id is not None else src
@@ -1318,7 +1321,7 @@ class Membership:
         so gossip keeps the phase it would have had had every tick fired.
         """
         nxt = self._next_gossip
-        if nxt >= now or len(self._queue):
+        if nxt >= now or self._queue.pending:
             return
         step = self.config.gossip_interval
         if now - nxt > 10_000 * step:  # long idle (agent): skip ahead, phase within a step
@@ -1328,11 +1331,11 @@ class Membership:
         self._next_gossip = nxt
 
     def _gossip(self, now: float) -> None:
-        if not len(self._queue):
+        if not self._queue.pending:
             return
         for nid in self._random_members(self.config.gossip_nodes, exclude=None,
                                         include_dead=True, now=now):
-            if not len(self._queue):
+            if not self._queue.pending:
                 break
             self._send(self._members[nid].record.address,
                        Gossip(sender=self.node_id, gossip=()), require_gossip=True)
@@ -1432,7 +1435,7 @@ class Membership:
         for x in extra:
             budget -= len(x) + _ITEM_OVERHEAD
         queue = self._queue
-        if budget > _ITEM_OVERHEAD and len(queue):
+        if budget > _ITEM_OVERHEAD and queue.pending:
             n = self._n_live + 1
             if n != self._limit_n:  # retransmit limit (a log10) for this size, cached
                 self._limit_n = n
