@@ -46,7 +46,7 @@ class MembershipConfig:
     max_pending: int = 1024             # members learned but not yet attested
     attest_timeout: float = 120.0       # a member still unattested after this is forgotten
     late_timer_slack: float = 0.25      # x probe_timeout: a timer run later = we are slow
-    fallback_ping: bool = True          # memberlist's TCP fallback: a stream ping with the ping_reqs
+    fallback_ping: bool = True          # memberlist's TCP fallback: a stream ping with ping_reqs
 
     def __post_init__(self) -> None:
         positive = ("probe_interval", "probe_timeout", "gossip_interval", "join_retry_interval",
