@@ -1,12 +1,13 @@
 """Deterministic discrete-event engine that drives sans-IO protocol objects directly.
 
-Why a plain heap and not trio's MockClock: NOTES-platform.md measured ~30k
-messages per wall second at 20k agents with trio tasks; a heapq loop calling
+Why a plain event queue and not trio's MockClock: NOTES-platform.md measured ~30k
+messages per wall second at 20k agents with trio tasks; a loop calling
 the state machines directly removes the scheduler from the hot path.
 
-Determinism: the heap holds tuples ``(time, seq, kind, a, b, c, d)`` where `seq`
-is a global counter, so ties are broken by insertion order and the tuple
-comparison never reaches the payload. All randomness comes from RNGs derived
+Determinism: the queue (event_queue.py, a calendar queue that pops in heapq's
+order) holds tuples ``(time, seq, kind, a, b, c, d)`` where `seq` is a global
+counter, so ties are broken by insertion order and the tuple comparison never
+reaches the payload. All randomness comes from RNGs derived
 from the one seeded `random.Random` the caller hands in. A BLAKE2b trace hash
 absorbs (time, src, dst, length) of every delivery and drop and every protocol
 event, so two runs with the same topology and seed print the same hash.
@@ -27,11 +28,12 @@ trace hash is the same (a CI test runs both and compares).
 from __future__ import annotations
 
 import hashlib
-import heapq
 import struct
 from collections.abc import Callable
+from heapq import heappop
 from typing import Any
 
+from .event_queue import EventQueue
 from .network import DROP_DOWN, DROP_UNKNOWN, Network
 
 DELIVER = 0
@@ -81,7 +83,7 @@ class Engine:
     def __init__(self, network: Network, object_mode: bool = False) -> None:
         self.network = network
         self.object_mode = object_mode
-        self.heap: list[tuple[float, int, int, Any, Any, Any, Any]] = []
+        self.queue = EventQueue()  # (time, seq, kind, a, b, c, d) entries
         self.seq = 0
         self.now = 0.0
         self.nodes: list[SimNode] = []
@@ -116,7 +118,7 @@ class Engine:
     def schedule(self, at: float, fn: Callable[..., None], *args: Any) -> None:
         """Run fn(*args) at virtual time `at` (a fault, a measurement, a join)."""
         self.seq += 1
-        heapq.heappush(self.heap, (at, self.seq, ACTION, fn, args, None, None))
+        self.queue.push((at, self.seq, ACTION, fn, args, None, None))
 
     # ----------------------------------------------------------- driving
 
@@ -174,7 +176,7 @@ class Engine:
         node.timer_at = t
         node.timer_gen += 1
         self.seq += 1
-        heapq.heappush(self.heap, (t, self.seq, TIMER, node, node.timer_gen, None, None))
+        self.queue.push((t, self.seq, TIMER, node, node.timer_gen, None, None))
 
     def _send(self, node: SimNode, dst: str, data: bytes, reliable: bool) -> None:
         n = len(data)
@@ -196,15 +198,16 @@ class Engine:
             return
         self.in_flight += 1
         self.seq += 1
-        heapq.heappush(self.heap, (t, self.seq, DELIVER, di, node.idx, data, obj))
+        self.queue.push((t, self.seq, DELIVER, di, node.idx, data, obj))
 
     def _drop(self, src: int, dst: int, n: int, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         self.trace.update(_TRACE_MSG.pack(self.now, 1, src, dst, n))
 
     def run(self, until: float, progress: Callable[[float], None] | None = None) -> None:
-        heap = self.heap
-        pop = heapq.heappop
+        current = self.queue.current  # the heap of the slot being drained (refilled in place)
+        refill = self.queue.refill
+        pop = heappop
         nodes = self.nodes
         trace = self.trace.update
         pack = _TRACE_MSG.pack
@@ -214,8 +217,8 @@ class Engine:
         attach = getattr(progress, "attach", None)
         if attach is not None:  # a progress reporter may read counters (events/s)
             attach(self)
-        while heap and heap[0][0] <= until:
-            t, _seq, kind, a, b, c, d = pop(heap)
+        while (current or refill()) and current[0][0] <= until:
+            t, _seq, kind, a, b, c, d = pop(current)
             self.now = t
             if kind == DELIVER:
                 self.steps += 1
@@ -243,7 +246,7 @@ class Engine:
             elif kind == TIMER:
                 node = a
                 if b != node.timer_gen or not node.up:
-                    # A re-armed timer leaves its old entry in the heap (no decrease-key);
+                    # A re-armed timer leaves its old entry in the queue (no decrease-key);
                     # popping it is bookkeeping, not an event.
                     self.stale_timers += 1
                     continue
@@ -299,7 +302,7 @@ class Engine:
         if until > node.paused_until:
             node.paused_until = until
             self.seq += 1
-            heapq.heappush(self.heap, (until, self.seq, RESUME, node, None, None, None))
+            self.queue.push((until, self.seq, RESUME, node, None, None, None))
 
     def _resume(self, node: SimNode) -> None:
         if node.pending is None or self.now < node.paused_until or not node.up:
