@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench lint clean dist sim-modes
+.PHONY: demo test venv bench lint clean dist sim-modes sim-compiled
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,12 @@ sim-modes: $(STAMP)
 	$(BIN)/python -m keepmesh.agent.cli simulate examples/topologies/quick.toml --seed 7 --json --mode bytes > $$d/bytes.json && \
 	$(BIN)/python -c 'import json, sys; a, b = (json.load(open(f)) for f in sys.argv[1:]); ok = a["trace_hash"] == b["trace_hash"] and a["handed_over"] > 0 == b["handed_over"]; print("sim-modes:", a["trace_hash"], b["trace_hash"], "same" if ok else "DIFFER"); sys.exit(0 if ok else 1)' $$d/object.json $$d/bytes.json; \
 	rc=$$?; rm -rf $$d; exit $$rc
+
+# Optional: the simulator's hot modules compiled by mypyc into build/compiled (same sources;
+# same trace hashes, tests/test_sim_compiled.py). Use with PYTHONPATH=build/compiled or
+# bench/simulator.py --compiled build/compiled. Needs a C compiler (docs/simulate.md).
+sim-compiled: $(STAMP)
+	$(BIN)/python -m keepmesh.simulations.compiled --out build/compiled
 
 bench: $(STAMP)
 	$(BIN)/python bench/channel.py

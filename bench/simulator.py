@@ -27,6 +27,11 @@ over the sizes run with `--duration`: cost = a * N^b. `--big N` adds one run
 of N agents for `--big-duration` simulated seconds (e.g. the 10,000 x 600 s
 target) to the document, measured, never extrapolated; `--log FILE` appends a
 progress line per simulated minute of every child (simulated time, CPU, RSS).
+
+`--compiled DIR` runs every child on the mypyc build in DIR (`make sim-compiled`,
+simulations/compiled.py: the same sources compiled) and adds `build_check`: the
+baseline size run again in pure Python, whose trace hash must be the compiled
+run's, and the compiled/pure CPU ratio measured in this invocation.
 """
 
 from __future__ import annotations
@@ -117,6 +122,8 @@ def one(agents: int, duration: float, seed: int, mode: str, log: str | None) -> 
         "false_positives": m["false_positives"],
         "protocol_errors": rep["protocol_errors"],
         "trace_hash": rep["trace_hash"],
+        "engine_module": os.path.basename(sys.modules[type(sim.engine).__module__].__file__
+                                          or "?"),
     }
 
 
@@ -146,16 +153,25 @@ def power_fit(xs: list[float], ys: list[float]) -> dict[str, float] | None:
     return {"exponent": round(b, 3), "coefficient": math.exp(a), "r2": round(r2, 4)}
 
 
-def _child(n: int, duration: float, seed: int, mode: str, log: str | None) -> dict[str, Any]:
+def _child(n: int, duration: float, seed: int, mode: str, log: str | None,
+           compiled: str | None = None) -> dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), "--one", str(n), "--duration",
            str(duration), "--seed", str(seed), "--mode", mode]
     if log is not None:
         cmd += ["--log", log]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    if compiled is not None:  # the compiled build shadows the installed package
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (os.path.abspath(compiled), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
         raise RuntimeError(f"size {n} ({mode}) failed: {tail}")
     result: dict[str, Any] = json.loads(proc.stdout)
+    result["build"] = "mypyc" if compiled is not None else "python"
+    if result["engine_module"].endswith(".py") == (compiled is not None):
+        raise RuntimeError(f"size {n}: ran {result['engine_module']}, "
+                           f"expected the {result['build']} build")
     return result
 
 
@@ -182,6 +198,8 @@ def main() -> int:
     ap.add_argument("--big-duration", type=float, default=600.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--log", help="append progress lines of every child here")
+    ap.add_argument("--compiled", metavar="DIR",
+                    help="run on the mypyc build in DIR (make sim-compiled)")
     ap.add_argument("--mode", choices=("object", "bytes"), default="object",
                     help=argparse.SUPPRESS)  # child only
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child: measure one size
@@ -196,10 +214,13 @@ def main() -> int:
         ap.error("--big must be >= 2 agents")
     wall0 = time.perf_counter()
     try:
-        runs = [_child(n, args.duration, args.seed, "object", args.log) for n in sizes]
+        c = args.compiled
+        runs = [_child(n, args.duration, args.seed, "object", args.log, c) for n in sizes]
         base = runs[0]
-        byte_base = _child(base["agents"], args.duration, args.seed, "bytes", args.log)
-        big = (_child(args.big, args.big_duration, args.seed, "object", args.log)
+        byte_base = _child(base["agents"], args.duration, args.seed, "bytes", args.log, c)
+        pure_base = (_child(base["agents"], args.duration, args.seed, "object", args.log)
+                     if c is not None else None)
+        big = (_child(args.big, args.big_duration, args.seed, "object", args.log, c)
                if args.big is not None else None)
     except RuntimeError as err:
         print(f"bench/simulator.py: {err}", file=sys.stderr)
@@ -243,12 +264,25 @@ def main() -> int:
                 ns, [r["rss_after_warm_start_mb"] - r["rss_before_mb"] for r in runs]),
             "peak_rss_mb": power_fit(ns, [r["peak_rss_mb"] for r in runs]),
         },
+        "build": base["build"],
+        "build_check": None if pure_base is None else {
+            "agents": base["agents"],
+            "compiled_trace_hash": base["trace_hash"],
+            "python_trace_hash": pure_base["trace_hash"],
+            "same_trace_hash": base["trace_hash"] == pure_base["trace_hash"],
+            "compiled_run_cpu_s": base["run_cpu_s"],
+            "python_run_cpu_s": pure_base["run_cpu_s"],
+            "compiled_cpu_vs_python": round(base["run_cpu_s"]
+                                            / max(pure_base["run_cpu_s"], 1e-9), 3),
+        },
         "runs": runs,
         "big": big,
     }
     json.dump(out, sys.stdout, indent=2)
     sys.stdout.write("\n")
-    return 0 if out["mode_check"]["same_trace_hash"] else 1
+    ok = out["mode_check"]["same_trace_hash"] and (
+        pure_base is None or base["trace_hash"] == pure_base["trace_hash"])
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

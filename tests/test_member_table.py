@@ -317,3 +317,23 @@ def test_sync_claiming_another_sender_is_refused_and_penalised() -> None:
               src_id=c.node_id)
     (out,) = b.datagrams_to_send()
     assert out.dst == address(2) and out.reliable
+
+
+def test_member_copy_keeps_every_field() -> None:
+    """_Member.copy lists its fields by hand (the compiled build has no __slots__ on the
+    class): a field added to __slots__ and not to copy() fails here."""
+    from keepmesh.protocol.membership.suspicion import Suspicion
+    from keepmesh.protocol.membership.table import _Member
+
+    nodes, _base = base_cluster(2)
+    m = _Member(nodes[1].record, Trust.EXPIRED, 3.0)
+    values = {"state": MemberState.SUSPECT, "trust_until": 9.5,
+              "suspicion": Suspicion(b"\x07" * 32, 2, 1.0, 6.0, 3.0), "leave_sig": b"sig",
+              "joined": True, "in_probe": True, "penalised": True}
+    assert set(values) | {"record", "trust", "since"} == set(_Member.__slots__)
+    for name, value in values.items():
+        setattr(m, name, value)
+    c = m.copy()
+    assert c is not m
+    for name in _Member.__slots__:
+        assert getattr(c, name) is getattr(m, name), name

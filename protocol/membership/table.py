@@ -108,9 +108,16 @@ class _Member:
         self.penalised = False  # FAILED because it was banned (restored to EXPIRED at expiry)
 
     def copy(self) -> _Member:
-        m = _Member.__new__(_Member)
-        for name in _Member.__slots__:
-            setattr(m, name, getattr(self, name))
+        # Field by field, not a loop over __slots__: the compiled simulator build
+        # (simulations/compiled.py, mypyc) has no __slots__ on the class object.
+        m = _Member(self.record, self.trust, self.since)
+        m.state = self.state
+        m.trust_until = self.trust_until
+        m.suspicion = self.suspicion
+        m.leave_sig = self.leave_sig
+        m.joined = self.joined
+        m.in_probe = self.in_probe
+        m.penalised = self.penalised
         return m
 
     def entry_hash(self) -> int:
