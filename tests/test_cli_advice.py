@@ -80,16 +80,28 @@ def test_logs_follow_prints_new_lines(owned_agent: tuple[AgentThread, Path], sim
     assert main(["deploy", "examples/counter", "-q", *root]) == 0
     keep = capsys.readouterr().out.strip()
 
+    returned = threading.Event()
+
     def call_then_stop() -> None:
-        time.sleep(2.0)
-        main(["call", keep, "inc", *root])
-        main(["call", keep, "inc", *root])
-        time.sleep(2.5)
-        _thread.interrupt_main()  # Ctrl-C ends `logs -f`, exit 0
+        try:
+            time.sleep(2.0)
+            main(["call", keep, "inc", *root])
+            main(["call", keep, "inc", *root])
+            time.sleep(2.5)
+        finally:
+            # Ctrl-C ends `logs -f`, exit 0. Sent even if a call above raised, and again
+            # if `logs -f` has not returned 5 s later: a simulated Ctrl-C is only seen
+            # when the main thread next runs Python code (once, a full-suite run hung).
+            _thread.interrupt_main()
+            while not returned.wait(5.0):
+                _thread.interrupt_main()
 
     t = threading.Thread(target=call_then_stop)
     t.start()
-    code = main(["logs", keep, "-f", "--json", *root])
+    try:
+        code = main(["logs", keep, "-f", "--json", *root])
+    finally:
+        returned.set()
     t.join()
     assert code == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
