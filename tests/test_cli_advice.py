@@ -9,6 +9,7 @@ timestamps and `logs -f` follows.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -96,12 +97,16 @@ def test_logs_follow_prints_new_lines(owned_agent: tuple[AgentThread, Path], sim
             while not returned.wait(5.0):
                 _thread.interrupt_main()
 
+    # trio turns Ctrl-C into KeyboardInterrupt only while SIGINT has Python's default
+    # handler; in a full-suite run something earlier had replaced it and this hung.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     t = threading.Thread(target=call_then_stop)
     t.start()
     try:
         code = main(["logs", keep, "-f", "--json", *root])
     finally:
         returned.set()
+        signal.signal(signal.SIGINT, previous)
     t.join()
     assert code == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
