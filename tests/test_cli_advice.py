@@ -97,8 +97,9 @@ def test_logs_follow_prints_new_lines(owned_agent: tuple[AgentThread, Path], sim
             while not returned.wait(5.0):
                 _thread.interrupt_main()
 
-    # trio turns Ctrl-C into KeyboardInterrupt only while SIGINT has Python's default
-    # handler; in a full-suite run something earlier had replaced it and this hung.
+    # trio turns Ctrl-C into KeyboardInterrupt only if SIGINT has Python's default
+    # handler when trio.run starts. Two full-suite runs hung here with the Ctrl-C
+    # ignored; a handler left by an earlier test is the suspected (unproven) cause.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     t = threading.Thread(target=call_then_stop)
     t.start()
