@@ -116,6 +116,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     ["call", "abc", "zz", "--hex"],
     ["logs", "abc", "--tail", "99999999999999999999999"],
     ["deploy", "examples/counter", "--wait-ms", "99999999999999999999"],
+    ["deploy", "x" * 300],  # a name too long for the filesystem (found by the fuzz below)
     ["logs", "abc", "--tail", "-1"],
     ["agent", "--listen", "nope"],
     ["agent", "--metrics", "127.0.0.1:99999"],

@@ -133,7 +133,12 @@ def load_workload(path: Path, policy_path: Path | None = None, *,
     salted with `rng`, so every missing or oversized input fails before any
     connection is opened.
     """
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except OSError as err:  # a name too long for the filesystem, a loop, no permission...
+        raise PackageError(f"{str(path)[:120]}: cannot read the workload: "
+                           f"{err.strerror or type(err).__name__}") from None
+    if is_dir:
         manifest_path = path / MANIFEST_NAME
         raw = _read(manifest_path, 64 * 1024, "manifest")
         try:
@@ -160,7 +165,7 @@ def load_workload(path: Path, policy_path: Path | None = None, *,
                                    "inside the workload directory")
         if policy_path is None and policy_name is not None:
             policy_path = path / policy_name
-    elif path.is_file():
+    elif is_file:
         module_path = path
         manifest = manifest_for(_default_name(path))
     else:
@@ -168,7 +173,7 @@ def load_workload(path: Path, policy_path: Path | None = None, *,
     module = module_binary(_read(module_path, _MAX_WAT, "module"), str(module_path))
     policy_text = read_policy_text(policy_path) if policy_path is not None else None
     workload = Workload(manifest=manifest, module=module, policy_text=policy_text, source=path)
-    if path.is_dir():
+    if is_dir:
         try:
             sources = parse_inputs_toml(text, str(manifest_path))
         except ProtocolError as err:
