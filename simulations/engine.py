@@ -5,12 +5,21 @@ messages per wall second at 20k agents with trio tasks; a loop calling
 the state machines directly removes the scheduler from the hot path.
 
 Determinism: the queue (event_queue.py, a calendar queue that pops in heapq's
-order) holds tuples ``(time, seq, kind, a, b, c, d)`` where `seq` is a global
-counter, so ties are broken by insertion order and the tuple comparison never
-reaches the payload. All randomness comes from RNGs derived
-from the one seeded `random.Random` the caller hands in. A BLAKE2b trace hash
-absorbs (time, src, dst, length) of every delivery and drop and every protocol
-event, so two runs with the same topology and seed print the same hash.
+order) holds tuples ``(time, key, kind, a, b, c, d)``. `key` is unique and says
+who made the entry: a node's timers and sends carry ``node.key_base + node.seq``
+(its own counter), world entries (scheduled actions, resumes) carry the global
+`world_seq`, below every node key, so an action runs before node work due at the
+same instant. Ties are therefore broken by origin, not by the order in which the
+loop happened to insert entries, and the tuple comparison never reaches the
+payload. Each node's history is then a function of its own inputs alone, which is
+what lets simulations/parallel.py run agents in several processes and still get
+the one-process answer. All randomness comes from RNGs derived from the one
+seeded `random.Random` the caller hands in (the network draws from one stream per
+sender). The trace hash is a BLAKE2b over every node's own trace, in index order;
+a node's trace absorbs (time, src, dst, length) of every delivery to it, every
+drop of its sends (and of deliveries to it while it is down), and every protocol
+event it emits. Two runs with the same topology and seed print the same hash,
+however many processes ran them.
 
 A protocol object must offer the sans-IO face of keepmesh.protocol.membership:
 ``receive(data, src, src_id, now)`` (MeshNode's order), ``handle_timer(now)``, ``get_timer()``,
@@ -29,8 +38,9 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from math import inf, nextafter
 from collections.abc import Callable
-from heapq import heappop
+from heapq import heappop, heappush
 from typing import Any
 
 from .event_queue import EventQueue
@@ -44,6 +54,7 @@ RESUME = 3
 _TRACE_MSG = struct.Struct("<dBiiI")
 _TRACE_EV = struct.Struct("<diB")
 _MIN_STEP = 1e-6
+KEY_BITS = 40  # a node makes fewer than 2**40 entries; world keys stay below 2**40
 _KIND_CODE = {"join": 1, "update": 2, "suspect": 3, "alive": 4, "dead": 5, "left": 6,
               "untrusted": 7, "attest": 8}
 
@@ -52,10 +63,17 @@ class SimNode:
     """One simulated agent: its protocol object plus what the engine needs to drive it."""
 
     __slots__ = ("idx", "address", "proto", "up", "paused_until", "pending", "timer_at",
-                 "timer_gen", "node_id", "group", "crashed_at", "left", "handover")
+                 "timer_gen", "node_id", "group", "crashed_at", "left", "handover",
+                 "key_base", "seq", "trace", "local")
 
     def __init__(self, idx: int, address: str, proto: Any, node_id: bytes, group: int) -> None:
         self.idx = idx
+        # entry keys of this node's timers and sends: key_base + seq (see module doc)
+        self.key_base = (idx + 1) << KEY_BITS
+        self.seq = 0
+        self.trace = hashlib.blake2b(digest_size=16)
+        # False: another process runs this agent; here only its world flags are kept
+        self.local = True
         self.address = address
         self.proto = proto
         self.node_id = node_id
@@ -83,14 +101,18 @@ class Engine:
     def __init__(self, network: Network, object_mode: bool = False) -> None:
         self.network = network
         self.object_mode = object_mode
-        self.queue = EventQueue()  # (time, seq, kind, a, b, c, d) entries
-        self.seq = 0
+        self.queue = EventQueue()  # (time, key, kind, a, b, c, d) entries
+        self.world_seq = 0      # keys of world entries (actions, resumes)
+        self.world_times: list[float] = []  # heap: when world entries are due (parallel windows)
+        self.key = 0            # key of the entry being run (metric calls are stamped with it)
+        # sends to agents another process runs: (time, key, dst, src, data), taken by parallel.py
+        self.outgoing: list[tuple[float, int, int, int, bytes]] = []
+        self.remote_traces: dict[int, bytes] = {}  # other processes' agents (parallel.py)
         self.now = 0.0
         self.nodes: list[SimNode] = []
         self.by_address: dict[str, int] = {}
         self.by_id: dict[bytes, int] = {}
         self.on_event: EventHook = lambda node, ev, now: None
-        self.trace = hashlib.blake2b(digest_size=16)
         self.sent = 0
         self.delivered = 0
         self.in_flight = 0
@@ -99,6 +121,7 @@ class Engine:
         self.sent_reliable = 0
         self.steps = 0          # events that did something (see run())
         self.stale_timers = 0   # superseded timer entries popped and skipped
+        self.world_steps = 0    # of which world entries (every process of a parallel run runs them)
         self.idle_timers = 0    # timer firings after which the protocol had nothing to do
         self.handed_over = 0    # deliveries that carried the decoded object (object mode)
         self.protocol_errors = 0
@@ -117,8 +140,13 @@ class Engine:
 
     def schedule(self, at: float, fn: Callable[..., None], *args: Any) -> None:
         """Run fn(*args) at virtual time `at` (a fault, a measurement, a join)."""
-        self.seq += 1
-        self.queue.push((at, self.seq, ACTION, fn, args, None, None))
+        self._push_world((at, 0, ACTION, fn, args, None, None))
+
+    def _push_world(self, entry: tuple[Any, ...]) -> None:
+        self.world_seq += 1
+        at = entry[0]
+        self.queue.push((at, self.world_seq) + entry[2:])
+        heappush(self.world_times, at)
 
     # ----------------------------------------------------------- driving
 
@@ -133,7 +161,7 @@ class Engine:
         proto = node.proto
         now = self.now
         on_event = self.on_event
-        trace = self.trace.update
+        trace = node.trace.update
         pack = _TRACE_EV.pack
         code = _KIND_CODE.get
         did = 0
@@ -175,8 +203,8 @@ class Engine:
             return
         node.timer_at = t
         node.timer_gen += 1
-        self.seq += 1
-        self.queue.push((t, self.seq, TIMER, node, node.timer_gen, None, None))
+        node.seq += 1
+        self.queue.push((t, node.key_base + node.seq, TIMER, node, node.timer_gen, None, None))
 
     def _send(self, node: SimNode, dst: str, data: bytes, reliable: bool) -> None:
         n = len(data)
@@ -190,46 +218,68 @@ class Engine:
         now = self.now
         di = self.by_address.get(dst)
         if di is None:
-            self._drop(node.idx, -1, n, DROP_UNKNOWN)
+            self._drop(node, -1, n, DROP_UNKNOWN)
             return
         t, reason = self.network.route(node.idx, di, n, reliable, now)
         if reason:
-            self._drop(node.idx, di, n, reason)
+            self._drop(node, di, n, reason)
             return
         self.in_flight += 1
-        self.seq += 1
-        self.queue.push((t, self.seq, DELIVER, di, node.idx, data, obj))
+        node.seq += 1
+        if self.nodes[di].local:
+            self.queue.push((t, node.key_base + node.seq, DELIVER, di, node.idx, data, obj))
+        else:  # its process decodes the bytes: objects do not cross processes
+            self.outgoing.append((t, node.key_base + node.seq, di, node.idx, data))
 
-    def _drop(self, src: int, dst: int, n: int, reason: str) -> None:
+    def _drop(self, node: SimNode, dst: int, n: int, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        self.trace.update(_TRACE_MSG.pack(self.now, 1, src, dst, n))
+        node.trace.update(_TRACE_MSG.pack(self.now, 1, node.idx, dst, n))
 
-    def run(self, until: float, progress: Callable[[float], None] | None = None) -> None:
+    def deliver_remote(self, messages: list[tuple[float, int, int, int, bytes]]) -> None:
+        """Queue sends another process made to agents this process runs."""
+        push = self.queue.push
+        for t, key, di, src, data in messages:
+            push((t, key, DELIVER, di, src, data, None))
+
+    def next_world_after(self, t: float) -> float | None:
+        """When the first world entry due after `t` runs (None: none is pending)."""
+        times = self.world_times
+        while times and times[0] <= t:
+            heappop(times)
+        return times[0] if times else None
+
+    def run(self, until: float, progress: Callable[[float], None] | None = None,
+            before: float | None = None, one: bool = False) -> None:
+        """Run every entry due at or before `until` (and, given `before`, strictly
+        before it: one window of a parallel run, whose ends are time-aligned in every
+        process; `one`: only the next entry)."""
         current = self.queue.current  # the heap of the slot being drained (refilled in place)
         refill = self.queue.refill
         pop = heappop
         nodes = self.nodes
-        trace = self.trace.update
         pack = _TRACE_MSG.pack
         pump = self.pump
+        if before is not None and before <= until:
+            until = nextafter(before, -inf)  # t <= that iff t < before
         next_progress = 0.0
         step = until / 1000.0 if until > 0 else 1.0
         attach = getattr(progress, "attach", None)
         if attach is not None:  # a progress reporter may read counters (events/s)
             attach(self)
         while (current or refill()) and current[0][0] <= until:
-            t, _seq, kind, a, b, c, d = pop(current)
+            t, key, kind, a, b, c, d = pop(current)
             self.now = t
+            self.key = key
             if kind == DELIVER:
                 self.steps += 1
                 self.in_flight -= 1
                 node = nodes[a]
                 if not node.up:
                     self.dropped[DROP_DOWN] = self.dropped.get(DROP_DOWN, 0) + 1
-                    trace(pack(t, 1, b, a, len(c)))
+                    node.trace.update(pack(t, 1, b, a, len(c)))
                     continue
                 self.delivered += 1
-                trace(pack(t, 0, b, a, len(c)))
+                node.trace.update(pack(t, 0, b, a, len(c)))
                 if node.pending is not None:
                     node.pending.append((b, c, d))
                     continue
@@ -262,14 +312,26 @@ class Engine:
                     self.idle_timers += 1
             elif kind == RESUME:
                 self.steps += 1
+                self.world_steps += 1
                 self._resume(a)
             else:
                 self.steps += 1
+                self.world_steps += 1
                 a(*b)
             if progress is not None and t >= next_progress:
                 progress(t)
                 next_progress = t + step
+            if one:
+                return
         self.now = max(self.now, until)
+
+    def peek(self) -> tuple[float, int] | None:
+        """(time, key) of the next entry, or None."""
+        current = self.queue.current
+        if not current and not self.queue.refill():
+            return None
+        head = current[0]
+        return head[0], head[1]
 
     # ------------------------------------------------------------ faults
 
@@ -290,7 +352,8 @@ class Engine:
         node.crashed_at = None
         node.timer_at = None
         node.timer_gen += 1
-        self.pump(node)
+        if node.local:
+            self.pump(node)
 
     def pause(self, node: SimNode, duration: float) -> None:
         """A stalled process (GC pause, overloaded host): inputs queue until it resumes."""
@@ -301,14 +364,15 @@ class Engine:
             node.pending = []
         if until > node.paused_until:
             node.paused_until = until
-            self.seq += 1
-            self.queue.push((until, self.seq, RESUME, node, None, None, None))
+            self._push_world((until, 0, RESUME, node, None, None, None))
 
     def _resume(self, node: SimNode) -> None:
         if node.pending is None or self.now < node.paused_until or not node.up:
             return
         queued = node.pending
         node.pending = None
+        if not node.local:
+            return  # another process delivers what it queued
         for src_idx, data, obj in queued:
             src = self.nodes[src_idx]
             try:
@@ -337,5 +401,20 @@ class Engine:
                 "in_flight": self.in_flight,
                 "balanced": int(self.sent == self.delivered + dropped + self.in_flight)}
 
+    def node_traces(self) -> dict[int, bytes]:
+        """The trace digest of every agent this process runs, by index."""
+        return {n.idx: n.trace.digest() for n in self.nodes if n.local}
+
     def trace_hash(self) -> str:
-        return self.trace.hexdigest()
+        return combine_traces({**self.node_traces(), **self.remote_traces}, len(self.nodes))
+
+
+def combine_traces(traces: dict[int, bytes], n: int) -> str:
+    """The run's trace hash from every agent's trace digest (all n of them, from
+    however many processes ran them)."""
+    if len(traces) != n:
+        raise ValueError(f"trace digests of {len(traces)} agents, expected {n}")
+    h = hashlib.blake2b(digest_size=16)
+    for i in range(n):
+        h.update(traces[i])
+    return h.hexdigest()

@@ -24,51 +24,51 @@ def apply_event(sim: Simulation, ev: EventSpec) -> None:
         victims = sim.pick(ev.value, ev.group)
         for idx in victims:
             sim.crash(idx)
-        sim.metrics.mark(now, f"crash {len(victims)}")
+        sim.metrics_input.mark(now, f"crash {len(victims)}")
     elif action == "restart":
         crashed = sim.crashed_indices(ev.group)
         n = len(crashed) if ev.value == -1 else min(ev.value, len(crashed))
         chosen = sim.fault_rng.sample(crashed, n) if n < len(crashed) else crashed
         for idx in sorted(chosen):
             sim.restart(idx)
-        sim.metrics.mark(now, f"restart {len(chosen)}")
+        sim.metrics_input.mark(now, f"restart {len(chosen)}")
     elif action == "pause":
         victims = sim.pick(ev.value, ev.group)
         for idx in victims:
             sim.engine.pause(sim.engine.nodes[idx], ev.pause_s)
-        sim.metrics.mark(now, f"pause {len(victims)}")
+        sim.metrics_input.mark(now, f"pause {len(victims)}")
     elif action == "leave":
         victims = sim.pick(ev.value, ev.group)
         for idx in victims:
             sim.leave(idx)
-        sim.metrics.mark(now, f"leave {len(victims)}")
+        sim.metrics_input.mark(now, f"leave {len(victims)}")
     elif action == "join":
         for _ in range(ev.value):
             sim.join_new(ev.group)
-        sim.metrics.mark(now, f"join {ev.value}")
+        sim.metrics_input.mark(now, f"join {ev.value}")
     elif action == "loss_burst":
         sim.engine.network.loss_burst(ev.value, now + ev.duration_s)
-        sim.metrics.mark(now, f"loss {ev.value:g}")
+        sim.metrics_input.mark(now, f"loss {ev.value:g}")
     elif action == "partition":
         sim.partition(ev.value)
-        sim.metrics.mark(now, "partition")
+        sim.metrics_input.mark(now, "partition")
     elif action == "heal":
         sim.engine.network.heal(now)
-        sim.metrics.mark(now, "heal")
+        sim.metrics_input.mark(now, "heal")
     elif action in ("tee_expire", "tcb_drop"):
         victims = sim.pick(ev.value, ev.group)
         reason = ("attestation evidence expired" if action == "tee_expire"
                   else "TCB below policy minimum")
         for idx in victims:
             sim.tee_fault(idx, reason)
-        sim.metrics.mark(now, f"{action} {len(victims)}")
+        sim.metrics_input.mark(now, f"{action} {len(victims)}")
     elif action == "update":
         victims = sim.pick(ev.value, ev.group)
         for idx in victims:
             sim.update(idx)
-        sim.metrics.mark(now, f"update {len(victims)}")
+        sim.metrics_input.mark(now, f"update {len(victims)}")
     elif action == "churn":
-        sim.metrics.mark(now, f"churn {ev.value:g}/s")
+        sim.metrics_input.mark(now, f"churn {ev.value:g}/s")
         _schedule_churn(sim, ev, now, now + ev.duration_s)
     else:  # pragma: no cover - topology validation rejects unknown actions
         raise ValueError(f"unknown action {action}")

@@ -137,12 +137,19 @@ class Metrics:
                 el[idx] = 0
                 track.lost += 1
 
+    def attested(self, observer: int, trusted: bool) -> None:
+        """`observer` asked the simulated verifier about a member (`trusted`: its verdict)."""
+        self.attest_requests += 1
+        if not trusted:
+            self.attest_failures += 1
+
     def mark(self, now: float, label: str) -> None:
         self.marks.append((now, label))
 
     def on_event(self, observer: int, subject: int, kind: str, incarnation: int, now: float,
                  live: Any) -> None:
-        """`live` answers world questions: up(i), excuse(obs, subj), n_up(), up_indices()."""
+        """`live` answers world questions: up(i), excuse(obs, subj, now), n_up(),
+        up_indices()."""
         self.event_counts[kind] = self.event_counts.get(kind, 0) + 1
         if subject < 0 or subject == observer:
             return
@@ -175,7 +182,7 @@ class Metrics:
                     if all(i in track.observers for i in live.up_indices() if i != subject):
                         track.dead_everywhere = now
         elif kind == "dead" and live.up(subject):
-            excuse = live.excuse(observer, subject)
+            excuse = live.excuse(observer, subject, now)
             if excuse == "partition":
                 self.partition_dead += 1
             elif excuse == "pause":

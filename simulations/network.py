@@ -74,7 +74,12 @@ class Network:
     def __init__(self, links: list[list[LinkSpec]], rng: random.Random,
                  max_packet: int = 1400) -> None:
         self.links = links
-        self.rng = rng
+        self.rng = rng  # only seeds the per-sender streams below
+        # One stream per sender, seeded in agent order: a sender's delays and losses
+        # depend on its own sends only, so agents simulated in different processes
+        # draw exactly what one process would (simulations/parallel.py).
+        self._stream_seed: list[int] = []
+        self._streams: list[random.Random | None] = []
         self.max_packet = max_packet
         self.site: list[int] = []
         self.side: list[int] = []
@@ -89,6 +94,8 @@ class Network:
         if not 0 <= site < len(self.links):
             raise ValueError(f"site {site} out of range")
         self.site.append(site)
+        self._stream_seed.append(self.rng.getrandbits(64))
+        self._streams.append(None)  # made on first use: a shard draws only its own senders' streams
         self.side.append(0)
         self.egress_free.append(0.0)
         return len(self.site) - 1
@@ -115,6 +122,11 @@ class Network:
         self.burst_loss = loss
         self.burst_until = until
 
+    def min_latency(self) -> float:
+        """No message arrives sooner than this after it is sent (the parallel lookahead):
+        jitter, retransmissions and queueing only ever add to a link's latency."""
+        return min(link.latency_s for row in self.links for link in row)
+
     def can_reach(self, src: int, dst: int) -> bool:
         return not self.partitioned or self.side[src] == self.side[dst]
 
@@ -134,7 +146,9 @@ class Network:
         if not reliable and size > self.max_packet:
             return now, DROP_SIZE
         link = self.links[self.site[src]][self.site[dst]]
-        rng = self.rng
+        rng = self._streams[src]
+        if rng is None:
+            rng = self._streams[src] = random.Random(self._stream_seed[src])
         loss = link.loss
         if now < self.burst_until and not reliable:
             loss = 1.0 - (1.0 - loss) * (1.0 - self.burst_loss)

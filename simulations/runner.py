@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .engine import Engine, SimNode
+from .shard import MetricsRecorder, Shard
 from .faults import apply_event
 from .metrics import SWIM_FIRST_DETECTION_PERIODS, Metrics, serf_rounds_to
 from .network import LinkSpec, Network
@@ -50,7 +51,7 @@ class ProtocolAdapter(Protocol):
 
     def join(self, proto: Any, seeds: list[str], now: float) -> None: ...
 
-    def warm_start(self, protos: list[Any], now: float) -> None: ...
+    def warm_start(self, members: list[Any], now: float) -> None: ...
 
     def leave(self, proto: Any, now: float) -> None: ...
 
@@ -100,12 +101,7 @@ class MeshAdapter:
         from .mesh_driver import SimMeshDriver
 
         signer = self.keyring.signer(node_id)
-        record = make_record(
-            signer, address, incarnation,
-            claims=Claims(tee="sim", measurement=SIM_MEASUREMENT, tcb=SIM_TCB),
-            capacity=Capacity(memory_mb=4096, cpu_milli=4000, free_memory_mb=4096,
-                              free_cpu_milli=4000),
-            labels=labels)
+        record = self.record(node_id, address, labels, incarnation)
         node = MeshNode(self.config, record, signer, self.verifier, rng, now,
                         require_attestation=self.attestation)
         if self.placement is not None:
@@ -117,6 +113,18 @@ class MeshAdapter:
                                       config=PlacementConfig(commit_by_entry=True)))
         return SimMeshDriver(node, self.clock, object_mode=self.object_mode)
 
+    def record(self, node_id: bytes, address: str, labels: dict[str, str],
+               incarnation: int) -> Any:
+        """The signed record a simulated agent starts with (also what another process
+        needs of the agents it does not run)."""
+        from keepmesh.protocol.membership.records import Capacity, Claims, make_record
+        return make_record(
+            self.keyring.signer(node_id), address, incarnation,
+            claims=Claims(tee="sim", measurement=SIM_MEASUREMENT, tcb=SIM_TCB),
+            capacity=Capacity(memory_mb=4096, cpu_milli=4000, free_memory_mb=4096,
+                              free_cpu_milli=4000),
+            labels=labels)
+
     def incarnation(self, proto: Any) -> int:
         """The incarnation the agent persisted (what a restart reads back)."""
         return int(proto.disk.incarnation)
@@ -125,11 +133,16 @@ class MeshAdapter:
         from keepmesh.protocol.effects import Join
         proto.node.command(Join(tuple(seeds)), now)
 
-    def warm_start(self, protos: list[Any], now: float) -> None:
+    def warm_start(self, members: list[Any], now: float) -> None:
         """Every member learns every other's signed record, already attested: one
-        shared base view (each record verified once), adopted by every table."""
+        shared base view (each record verified once), adopted by every table.
+        `members`, in agent order: a proto, or (id, address, labels) of an agent
+        another process runs (its record is rebuilt here, byte for byte)."""
         from keepmesh.protocol.membership import MemberBase
-        base = MemberBase.build([p.node.record for p in protos], self.verifier, now)
+        records = [self.record(*m, 0) if isinstance(m, tuple) else m.node.record
+                   for m in members]
+        protos = [m for m in members if not isinstance(m, tuple)]
+        base = MemberBase.build(records, self.verifier, now)
         for proto in protos:
             proto.node.learn(base, now, trusted=True)
 
@@ -231,9 +244,15 @@ class Simulation:
     """One run: world state, fault actions, and the glue between engine, protocol and metrics."""
 
     def __init__(self, topo: Topology, seed: int,
-                 adapter: ProtocolAdapter | None = None, mode: str = "object") -> None:
+                 adapter: ProtocolAdapter | None = None, mode: str = "object",
+                 shard: Shard | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
+        if shard is not None and (topo.placement is not None or topo.migration is not None):
+            raise ValueError("placement and migration experiments run in one process")
+        # shard: this process runs only the agents it owns (simulations/parallel.py);
+        # every process keeps the whole world (who is up, paused, partitioned)
+        self.shard = shard
         self.topology = topo
         self.seed = seed
         self.mode = mode
@@ -267,7 +286,13 @@ class Simulation:
             self.migration = MigrationExperiment(self, topo.migration,
                                                  random.Random(root.getrandbits(64)))
             self.adapter.migration = self.migration
-        self.metrics = Metrics(topo.agents)
+        self.metrics = Metrics(topo.agents)  # read by reports and plots
+        # where measurements go: the Metrics itself, or (sharded) a recorder whose calls
+        # worker 0 replays into its Metrics in one-process order (shard.py)
+        self.metrics_input: Metrics | MetricsRecorder = self.metrics
+        if shard is not None:
+            self.metrics_input = MetricsRecorder(shard, self.engine,
+                                                 self.metrics if shard.index == 0 else None)
         self.tee_bad: list[bool] = []
         self.restarted_at: list[float] = []
         self.incarnations: list[int] = []
@@ -295,19 +320,23 @@ class Simulation:
         self.tee_bad.append(False)
         self.restarted_at.append(-math.inf)
         self.incarnations.append(0)
-        self.metrics.ensure(idx + 1)
+        self.metrics_input.ensure(idx + 1)
         node = self.engine.add_node(address, site, None, node_id, group=site)
         node.up = False
+        node.local = self.shard is None or self.shard.owns(idx)
         return node
 
     def _start(self, node: SimNode, incarnation: int, seeds: list[str]) -> None:
         now = self.engine.now
         rng = random.Random(self.node_rng_seeds.getrandbits(64) ^ node.idx)
-        labels = dict(self.site_labels[node.group])
-        proto = self.adapter.create(node.node_id, node.address, labels, rng, now, incarnation)
         self._count_agents()
         self.up_count += 1
         self.started += 1
+        if not node.local:
+            self.engine.restart(node, None)  # another process runs it: world flags only
+            return
+        labels = dict(self.site_labels[node.group])
+        proto = self.adapter.create(node.node_id, node.address, labels, rng, now, incarnation)
         if seeds:
             self.adapter.join(proto, seeds, now)
         if self.placement is not None:
@@ -357,9 +386,12 @@ class Simulation:
     def _warm_start(self, nodes: list[SimNode]) -> None:
         for node in nodes:
             self._start(node, 0, [])
-        protos = [node.proto for node in nodes]
-        self.adapter.warm_start(protos, self.engine.now)
-        for node in nodes:  # learn() moved their deadlines: re-arm every timer
+        self.adapter.warm_start(
+            [n.proto if n.local else (n.node_id, n.address, dict(self.site_labels[n.group]))
+             for n in nodes], self.engine.now)
+        for node in nodes:
+            if not node.local:
+                continue  # learn() moved their deadlines: re-arm every timer
             self.engine.pump(node)
 
     def _bootstrap_join(self, node: SimNode, k: int) -> None:
@@ -373,10 +405,10 @@ class Simulation:
         victims = self.pick(1, None)
         if victims:
             self.update(victims[0], kind="probe")
-            self.metrics.mark(self.engine.now, "update probe")
+            self.metrics_input.mark(self.engine.now, "update probe")
 
     def _sample(self) -> None:
-        self.metrics.sample_view(self.engine.now, self.up_indices())
+        self.metrics_input.sample_view(self.engine.now, self.up_indices())
         if self.placement is not None:
             self.placement.sample()
 
@@ -385,27 +417,31 @@ class Simulation:
     def up(self, idx: int) -> bool:
         return self.engine.nodes[idx].up
 
-    def paused(self, idx: int) -> bool:
+    def paused(self, idx: int, now: float | None = None) -> bool:
         """Paused now, or recently enough that a suspicion raised during the pause may end now."""
         node = self.engine.nodes[idx]
-        return node.pending is not None or self.engine.now < node.paused_until + self.grace_s
+        t = self.engine.now if now is None else now
+        return node.pending is not None or t < node.paused_until + self.grace_s
 
-    def excuse(self, observer: int, subject: int) -> str:
-        """Why declaring a live agent dead is not a false positive ("" if it is one)."""
+    def excuse(self, observer: int, subject: int, now: float | None = None) -> str:
+        """Why declaring a live agent dead at `now` (default: the engine's) is not a false
+        positive ("" if it is one). A parallel run asks after its window: hence `now`."""
+        t = self.engine.now if now is None else now
         if self.tee_bad[subject]:
             return "untrusted"  # excluded on purpose after its attestation failed
-        if not self.reachable(observer, subject):
+        if not self.reachable(observer, subject, t):
             return "partition"
-        if self.paused(subject):
+        if self.paused(subject, t):
             return "pause"
-        if self.engine.now < self.restarted_at[subject] + self.grace_s:
+        if t < self.restarted_at[subject] + self.grace_s:
             return "restart"  # news about the instance that crashed, still draining
         return ""
 
-    def reachable(self, a: int, b: int) -> bool:
+    def reachable(self, a: int, b: int, now: float | None = None) -> bool:
         """Reachable now and not split by a partition healed within the suspicion grace."""
+        t = self.engine.now if now is None else now
         return self.network.can_reach(a, b) and not self.network.split_since(
-            a, b, self.engine.now - self.grace_s)
+            a, b, t - self.grace_s)
 
     def n_up(self) -> int:
         return self.up_count
@@ -432,13 +468,11 @@ class Simulation:
     def _on_event(self, node: SimNode, ev: Any, now: float) -> None:
         subject = self.engine.by_id.get(ev.node_id, -1)
         if ev.kind == "attest":
-            self.metrics.attest_requests += 1
             trusted = subject >= 0 and not self.tee_bad[subject]
-            if not trusted:
-                self.metrics.attest_failures += 1
+            self.metrics_input.attested(node.idx, trusted)
             self.adapter.set_trust(node.proto, ev.node_id, trusted, now,
                                    "" if trusted else "simulated attestation failure")
-        self.metrics.on_event(node.idx, subject, ev.kind, ev.incarnation, now, self)
+        self.metrics_input.on_event(node.idx, subject, ev.kind, ev.incarnation, now, self)
         if self.migration is not None and ev.kind in ("join", "alive", "update") and \
                 subject >= 0:
             # the simulated verifier vouched for it: migration gets its verified evidence
@@ -448,22 +482,23 @@ class Simulation:
         node = self.engine.nodes[idx]
         if not node.up:
             return
-        self.incarnations[idx] = self.adapter.incarnation(node.proto)
+        if node.local:
+            self.incarnations[idx] = self.adapter.incarnation(node.proto)
         self._count_agents()
         self.up_count -= 1
         self.engine.crash(node)
         node.proto = None
         if self.migration is not None:
             self.migration.on_crash(idx, self.engine.now)
-        self.metrics.crash(idx, self.engine.now)
-        self.metrics.departed(idx)
+        self.metrics_input.crash(idx, self.engine.now)
+        self.metrics_input.departed(idx)
 
     def restart(self, idx: int) -> None:
         """Same identity and persisted incarnation + 1, rejoining through live seeds."""
         node = self.engine.nodes[idx]
         if node.up:
             return
-        self.metrics.revived(idx)
+        self.metrics_input.revived(idx)
         self.restarted_at[idx] = self.engine.now
         self._start(node, self.incarnations[idx] + 1, self._seeds(exclude=idx))
 
@@ -471,8 +506,9 @@ class Simulation:
         node = self.engine.nodes[idx]
         if not node.up:
             return
-        self.adapter.leave(node.proto, self.engine.now)
-        self.engine.pump(node)
+        if node.local:
+            self.adapter.leave(node.proto, self.engine.now)
+            self.engine.pump(node)
         linger = max(1.0, 5.0 * self.adapter.gossip_interval)
         self.engine.schedule(self.engine.now + linger, self._stop_left, node)
 
@@ -485,7 +521,7 @@ class Simulation:
         node.left = True
         node.crashed_at = None
         node.proto = None
-        self.metrics.departed(node.idx)
+        self.metrics_input.departed(node.idx)
 
     def join_new(self, group: str | None) -> None:
         if group is not None:
@@ -507,10 +543,11 @@ class Simulation:
         self.update_rev += 1
         labels = dict(self.site_labels[node.group])
         labels["rev"] = str(self.update_rev)
-        inc = self.adapter.update(node.proto, labels, self.engine.now)
+        inc = self.adapter.update(node.proto, labels, self.engine.now) if node.local else -1
         eligible = bytearray(1 if n.up else 0 for n in self.engine.nodes)
-        self.metrics.update(idx, inc, self.engine.now, eligible, kind=kind)
-        self.engine.pump(node)
+        self.metrics_input.update(idx, inc, self.engine.now, eligible, kind=kind)
+        if node.local:
+            self.engine.pump(node)
 
     def tee_fault(self, idx: int, reason: str) -> None:
         """Every observer's re-attestation of `idx` fails, spread over one probe period."""
@@ -524,7 +561,7 @@ class Simulation:
 
     def _distrust(self, obs: int, subject: bytes, reason: str) -> None:
         node = self.engine.nodes[obs]
-        if node.up:
+        if node.up and node.local:
             self.adapter.set_trust(node.proto, subject, False, self.engine.now, reason)
             self.engine.pump(node)
 
