@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from math import inf, nextafter
 from collections.abc import Callable
 from heapq import heappop, heappush
+from math import inf, nextafter
 from typing import Any
 
 from .event_queue import EventQueue

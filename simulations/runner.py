@@ -19,10 +19,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .engine import Engine, SimNode
-from .shard import MetricsRecorder, Shard
 from .faults import apply_event
 from .metrics import SWIM_FIRST_DETECTION_PERIODS, Metrics, serf_rounds_to
 from .network import LinkSpec, Network
+from .shard import MetricsRecorder, Shard
 from .topology import Topology
 
 SIM_MEASUREMENT = "5eed" * 16
@@ -95,7 +95,6 @@ class MeshAdapter:
 
     def create(self, node_id: bytes, address: str, labels: dict[str, str],
                rng: random.Random, now: float, incarnation: int) -> Any:
-        from keepmesh.protocol.membership.records import Capacity, Claims, make_record
         from keepmesh.protocol.node import MeshNode
 
         from .mesh_driver import SimMeshDriver
@@ -139,7 +138,7 @@ class MeshAdapter:
         `members`, in agent order: a proto, or (id, address, labels) of an agent
         another process runs (its record is rebuilt here, byte for byte)."""
         from keepmesh.protocol.membership import MemberBase
-        records = [self.record(*m, 0) if isinstance(m, tuple) else m.node.record
+        records = [self.record(m[0], m[1], m[2], 0) if isinstance(m, tuple) else m.node.record
                    for m in members]
         protos = [m for m in members if not isinstance(m, tuple)]
         base = MemberBase.build(records, self.verifier, now)
@@ -621,6 +620,7 @@ class Simulation:
             "simulated_s": topo.duration_s,
             "wall_s": wall,
             "mode": self.mode,
+            "workers": 1,  # parallel.py: how many processes ran it
             "events": eng.steps,
             "events_per_s": eng.steps / wall if wall > 0 else None,
             "stale_timers": eng.stale_timers,

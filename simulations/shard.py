@@ -132,6 +132,5 @@ def replay(metrics: Metrics, live: Any, batches: list[list[Call]]) -> None:
     calls.sort(key=lambda c: c[0])
     for _stamp, name, args in calls:
         if name == "on_event":
-            metrics.on_event(*args, live)
-        else:
-            getattr(metrics, name)(*args)
+            args = (*args, live)
+        getattr(metrics, name)(*args)

@@ -115,6 +115,30 @@ def test_network_partition_loss_bandwidth_asymmetry():
     assert all(r == "" for _, r in outs) and max(t for t, _ in outs) > 0.2
 
 
+
+def test_network_draws_each_senders_fate_from_its_own_stream():
+    """What one sender's messages meet does not depend on what others sent in between
+    (a parallel run interleaves senders differently), and the lookahead is the
+    smallest latency: no message is faster."""
+    link = LinkSpec(latency_s=0.002, jitter_s=0.001, loss=0.3)
+
+    def fates(order: list[int]) -> dict[int, list[tuple[float, str]]]:
+        net = Network([[link]], random.Random(7))
+        for _ in range(3):
+            net.add_agent(0)
+        out: dict[int, list[tuple[float, str]]] = {0: [], 1: [], 2: []}
+        for src in order:
+            out[src].append(net.route(src, (src + 1) % 3, 50, False, 1.0))
+        return out
+
+    a = fates([0, 1, 2] * 40)
+    b = fates([2] * 40 + [1] * 40 + [0] * 40)
+    assert a == b
+    assert len({tuple(v) for v in a.values()}) == 3  # the streams differ
+    assert min(t for v in a.values() for t, r in v if not r) >= 1.0 + 0.002
+    assert Network([[link, LinkSpec(latency_s=0.0005)]], random.Random(1)).min_latency() == 0.0005
+
+
 # ------------------------------------------------ events that do work, wire economy
 
 

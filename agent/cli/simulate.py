@@ -1,5 +1,5 @@
 """`keepmesh simulate TOPOLOGY.toml [--seed N] [--set KEY=VALUE ...] [--mode object|bytes]
-[--out DIR] [--json]`.
+[--workers N] [--out DIR] [--json]`.
 
 Runs the deterministic simulator (keepmesh.simulations) on a topology file.
 It imports keepmesh.protocol only (no sockets, no trio), and matplotlib only
@@ -34,16 +34,28 @@ def register(subparsers: Any) -> None:
                    help="object (default): simulated agents hand each other the decoded "
                    "message with its bytes; bytes: every receiver decodes the bytes. "
                    "Same trace hash either way")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="split the agents over N processes (cores); same trace hash and "
+                   "report as one process (default 1)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from keepmesh.simulations.parallel import ParallelUnavailable, simulate_parallel
     from keepmesh.simulations.runner import simulate
-    from keepmesh.simulations.sweep import SweepError, apply_params, parse_set, read_toml
+    from keepmesh.simulations.sweep import (
+        MAX_WORKERS,
+        SweepError,
+        apply_params,
+        parse_set,
+        read_toml,
+    )
     from keepmesh.simulations.topology import TopologyError, load_topology
 
     if not (-(2**63) <= args.seed < 2**63):
         raise CommandError("--seed must fit in 64 bits")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise CommandError(f"--workers must be in 1..{MAX_WORKERS}")
     try:
         if args.set:
             params = parse_set(args.set)
@@ -60,7 +72,15 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(f"--out {out_dir}: {err.strerror or err}") from None
     progress = SimProgress(topo.duration_s) if progress_enabled(args.json) else None
     try:
-        report, sim = simulate(topo, args.seed, progress=progress, mode=args.mode)
+        try:
+            if args.workers < 2:
+                raise ParallelUnavailable("")
+            report, sim = simulate_parallel(topo, args.seed, args.workers, progress=progress,
+                                            mode=args.mode)
+        except ParallelUnavailable as why:
+            if str(why):
+                print(f"note: one process: {why}", file=sys.stderr)
+            report, sim = simulate(topo, args.seed, progress=progress, mode=args.mode)
     except Exception as err:  # a protocol bug must not produce a traceback wall
         raise CommandError(f"simulation failed: {type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''}") from None
