@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/python -m keepmesh.agent.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # The simulator's object mode (its default) hands decoded messages between simulated agents;
 # it is an honest shortcut only if byte mode (every receiver decodes) gives the same trace

@@ -22,7 +22,7 @@ from keepmesh.simulations.topology import parse_topology
 
 WORLD = """
 [mesh]
-agents = 48
+agents = 32
 duration_s = 40
 profile = "lan"
 attestation = true
@@ -136,23 +136,21 @@ def test_split_run_gives_the_one_process_report(text: str, workers: int, mode: s
     assert split["messages"]["balanced"] == 1 and split["protocol_errors"] == 0
     # the hub's Simulation carries the whole run's metrics (plots read them)
     assert sim.metrics.summary()["event_counts"] == one["metrics"]["event_counts"]
-
-
-def test_the_world_events_happened() -> None:
-    """Guards the test above: a split that ran nothing would also agree."""
-    report, _ = simulate_parallel(_topo(WORLD), 5, 2)
-    m = report["metrics"]
-    assert m["detection_s"]["crashes"] >= 2 and m["detection_s"]["detected"] >= 2
-    assert m["dead_declared_across_partition"] > 0
-    assert m["dead_declared_untrusted"] + m["event_counts"].get("untrusted", 0) > 0
-    assert m["attest_requests"] > 0 and m["updates_tracked"] >= 3
-    assert report["agents_started"] > 48  # joins and the restart
-    assert report["handed_over"] < report["messages"]["delivered"]  # bytes crossed
+    if text is WORLD:  # guards the comparison: a split that ran nothing would also agree
+        m = split["metrics"]
+        assert m["detection_s"]["crashes"] >= 2 and m["detection_s"]["detected"] >= 2
+        assert m["dead_declared_across_partition"] > 0
+        assert m["dead_declared_untrusted"] + m["event_counts"].get("untrusted", 0) > 0
+        assert m["attest_requests"] > 0 and m["updates_tracked"] >= 3
+        assert split["agents_started"] > 32  # joins and the restart
+    if mode == "object":
+        assert split["handed_over"] < split["messages"]["delivered"]  # bytes crossed
 
 
 def test_different_seeds_still_differ() -> None:
-    a, _ = simulate_parallel(_topo(SITES), 1, 2)
-    b, _ = simulate_parallel(_topo(SITES), 2, 2)
+    short = SITES.replace("duration_s = 30", "duration_s = 14")
+    a, _ = simulate_parallel(_topo(short), 1, 2)
+    b, _ = simulate_parallel(_topo(short), 2, 2)
     assert a["trace_hash"] != b["trace_hash"]
 
 
@@ -180,7 +178,7 @@ def test_a_failing_worker_fails_the_run_in_one_line(monkeypatch: pytest.MonkeyPa
 
 def test_cli_workers_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     topo = tmp_path / "t.toml"
-    topo.write_text(SITES)
+    topo.write_text(SITES.replace("duration_s = 30", "duration_s = 14"))
 
     def run(*extra: str) -> dict[str, Any]:
         assert main(["simulate", str(topo), "--json", *extra]) == 0
