@@ -31,7 +31,8 @@ sim-modes: $(STAMP)
 	d=$$(mktemp -d) && \
 	$(BIN)/python -m keepmesh.agent.cli simulate examples/topologies/quick.toml --seed 7 --json --mode object > $$d/object.json && \
 	$(BIN)/python -m keepmesh.agent.cli simulate examples/topologies/quick.toml --seed 7 --json --mode bytes > $$d/bytes.json && \
-	$(BIN)/python -c 'import json, sys; a, b = (json.load(open(f)) for f in sys.argv[1:]); ok = a["trace_hash"] == b["trace_hash"] and a["handed_over"] > 0 == b["handed_over"]; print("sim-modes:", a["trace_hash"], b["trace_hash"], "same" if ok else "DIFFER"); sys.exit(0 if ok else 1)' $$d/object.json $$d/bytes.json; \
+	$(BIN)/python -m keepmesh.agent.cli simulate examples/topologies/quick.toml --seed 7 --json --workers 2 > $$d/split.json && \
+	$(BIN)/python -c 'import json, sys; a, b, c = (json.load(open(f)) for f in sys.argv[1:]); ok = a["trace_hash"] == b["trace_hash"] == c["trace_hash"] and a["handed_over"] > 0 == b["handed_over"] and c["workers"] == 2; print("sim-modes (object, bytes, 2 workers):", a["trace_hash"], b["trace_hash"], c["trace_hash"], "same" if ok else "DIFFER"); sys.exit(0 if ok else 1)' $$d/object.json $$d/bytes.json $$d/split.json; \
 	rc=$$?; rm -rf $$d; exit $$rc
 
 # Optional: the simulator's hot modules compiled by mypyc into build/compiled (same sources;
