@@ -34,10 +34,12 @@ import os
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import ExitStack
 from math import inf
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .collector import quiet_collector
 from .engine import KEY_BITS
 from .runner import Simulation
 from .shard import MetricsRecorder, Shard, replay
@@ -153,34 +155,39 @@ def _hub(sim: Simulation, conns: list[Connection], lookahead: float,
     attach = getattr(progress, "attach", None)
     if attach is not None:
         attach(sim.engine)
-    while True:
-        heads = [_head(sim)]
-        mine = _split(sim, workers)
-        inbox: list[list[Message]] = [[] for _ in range(workers)]
-        for k, msgs in enumerate(mine):
-            inbox[k].extend(msgs)
-        batches = [_calls(sim)]
-        for c in conns:
-            head, by_dst, calls = _recv(c)
-            heads.append(head)
-            for k, msgs in enumerate(by_dst):
+    with ExitStack() as stack:
+        quiet = False
+        while True:
+            heads = [_head(sim)]
+            mine = _split(sim, workers)
+            inbox: list[list[Message]] = [[] for _ in range(workers)]
+            for k, msgs in enumerate(mine):
                 inbox[k].extend(msgs)
-            batches.append(calls)
-        # the window just run is complete everywhere: its measurements, in order
-        rec = sim.metrics_input
-        assert isinstance(rec, MetricsRecorder) and rec.real is not None
-        replay(rec.real, sim, batches)
-        start, key = min(heads)
-        go = start <= until
-        for k, c in enumerate(conns, start=1):
-            c.send((go, start, key, inbox[k]))
-        if not go:
-            break
-        sim.engine.deliver_remote(inbox[0])
-        _window(sim, start, key, lookahead)
-        if progress is not None and start >= next_progress:
-            progress(start)
-            next_progress = start + step
+            batches = [_calls(sim)]
+            for c in conns:
+                head, by_dst, calls = _recv(c)
+                heads.append(head)
+                for k, msgs in enumerate(by_dst):
+                    inbox[k].extend(msgs)
+                batches.append(calls)
+            # the window just run is complete everywhere: its measurements, in order
+            rec = sim.metrics_input
+            assert isinstance(rec, MetricsRecorder) and rec.real is not None
+            replay(rec.real, sim, batches)
+            start, key = min(heads)
+            go = start <= until
+            for k, c in enumerate(conns, start=1):
+                c.send((go, start, key, inbox[k]))
+            if not go:
+                break
+            if start > 0.0 and not quiet:  # past the warm start (collector.py)
+                quiet = True
+                stack.enter_context(quiet_collector())
+            sim.engine.deliver_remote(inbox[0])
+            _window(sim, start, key, lookahead)
+            if progress is not None and start >= next_progress:
+                progress(start)
+                next_progress = start + step
     sim.engine.now = max(sim.engine.now, until)
 
 
@@ -189,13 +196,18 @@ def _child(topo: Topology, seed: int, mode: str, index: int, workers: int,
     try:
         sim = Simulation(topo, seed, mode=mode, shard=Shard(index, workers))
         sim.setup()
-        while True:
-            conn.send((_head(sim), _split(sim, workers), _calls(sim)))
-            go, start, key, inbox = _recv(conn)
-            if not go:
-                break
-            sim.engine.deliver_remote(inbox)
-            _window(sim, start, key, lookahead)
+        with ExitStack() as stack:
+            quiet = False
+            while True:
+                conn.send((_head(sim), _split(sim, workers), _calls(sim)))
+                go, start, key, inbox = _recv(conn)
+                if not go:
+                    break
+                if start > 0.0 and not quiet:  # past the warm start (collector.py)
+                    quiet = True
+                    stack.enter_context(quiet_collector())
+                sim.engine.deliver_remote(inbox)
+                _window(sim, start, key, lookahead)
         sim.engine.now = max(sim.engine.now, topo.duration_s)
         sim._count_agents()
         conn.send(("ok", _result(sim)))
