@@ -51,6 +51,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -71,6 +72,27 @@ def _topology_doc(agents: int, duration: float) -> dict[str, Any]:
     }
 
 
+def _minute_log(log: str | None, label: str, duration: float,
+                extra: Callable[[], str]) -> Callable[[float], None] | None:
+    """A progress callback appending one line per simulated minute to `log` (CPU and
+    wall counted from now), or None without a log."""
+    if log is None:
+        return None
+    path = log
+    c0, w0 = time.process_time(), time.perf_counter()
+    next_line = [60.0]
+
+    def progress(t: float) -> None:
+        if t >= next_line[0]:
+            next_line[0] += 60.0
+            with open(path, "a") as fh:
+                fh.write(f"{label} t={t:.0f}/{duration:g}s "
+                         f"cpu={time.process_time() - c0:.0f}s "
+                         f"wall={time.perf_counter() - w0:.0f}s "
+                         f"{extra()}rss={_rss_kb() // 1024}MB\n")
+    return progress
+
+
 def one(agents: int, duration: float, seed: int, mode: str, log: str | None) -> dict[str, Any]:
     """Measure one size in this process (called in a child by main())."""
     from keepmesh.simulations.runner import Simulation
@@ -84,18 +106,8 @@ def one(agents: int, duration: float, seed: int, mode: str, log: str | None) -> 
     sim.engine.run(0.0)  # t = 0: every agent starts and learns every other (warm start)
     c1, w1 = time.process_time(), time.perf_counter()
     rss1 = _rss_kb()
-    progress = None
-    if log is not None:
-        next_line = [60.0]
-
-        def progress(t: float) -> None:
-            if t >= next_line[0]:
-                next_line[0] += 60.0
-                with open(log, "a") as fh:
-                    fh.write(f"N={agents} mode={mode} t={t:.0f}/{duration:g}s "
-                             f"cpu={time.process_time() - c1:.0f}s "
-                             f"wall={time.perf_counter() - w1:.0f}s "
-                             f"events={sim.engine.steps} rss={_rss_kb() // 1024}MB\n")
+    progress = _minute_log(log, f"N={agents} mode={mode}", duration,
+                           lambda: f"events={sim.engine.steps} ")
     rep = sim.run(progress)
     c2, w2 = time.process_time(), time.perf_counter()
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -143,18 +155,7 @@ def one_split(agents: int, duration: float, seed: int, mode: str, workers: int,
     topo = parse_topology(_topology_doc(agents, duration), f"<bench {agents}>")
     rss0 = _rss_kb()
     c0, w0 = time.process_time(), time.perf_counter()
-    progress = None
-    if log is not None:
-        next_line = [60.0]
-
-        def progress(t: float) -> None:
-            if t >= next_line[0]:
-                next_line[0] += 60.0
-                with open(log, "a") as fh:
-                    fh.write(f"N={agents} workers={workers} t={t:.0f}/{duration:g}s "
-                             f"hub cpu={time.process_time() - c0:.0f}s "
-                             f"wall={time.perf_counter() - w0:.0f}s "
-                             f"rss={_rss_kb() // 1024}MB\n")
+    progress = _minute_log(log, f"N={agents} workers={workers} hub", duration, lambda: "")
     rep, sim = simulate_parallel(topo, seed, workers, progress=progress, mode=mode)
     wall = time.perf_counter() - w0
     own = resource.getrusage(resource.RUSAGE_SELF)
