@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import msgpack
@@ -65,6 +65,22 @@ class Spec:
                     (self.choices is None or value in self.choices) and \
                     (self.exact_len is None or len(value) == self.exact_len):
                 return value
+        elif k == "bool" and t is bool:
+            return value
+        elif k == "list" and (t is list or t is tuple):
+            # a list of plain bytes (every datagram's gossip): the slow path's per-item
+            # check would return each item unchanged
+            item = self.item
+            if (item is not None and item.kind == "bytes" and item.exact_len is None
+                    and (self.max_len is None or len(value) <= self.max_len)):
+                limit = item.max_len
+                for v in value:
+                    if type(v) is not bytes or (limit is not None and len(v) > limit):
+                        break
+                else:
+                    return tuple(value)
+        elif value is None and self.optional:
+            return None
         return self._check_slow(name, value)
 
     def _check_slow(self, name: str, value: Any) -> Any:
@@ -214,6 +230,9 @@ class Message:
     # Set by @message: the field names, in SCHEMA order, when no field needs `Spec.dump`
     # to convert it (no nested records or maps); None otherwise. See _wire_fields.
     _PLAIN: ClassVar[tuple[str, ...] | None] = None
+    # Set by @message: True when the class keeps the dataclass-generated __init__ (no
+    # __init__ or __post_init__ of its own), so from_fields may fill __dict__ directly.
+    _DIRECT: ClassVar[bool] = False
 
     def to_fields(self) -> dict[str, Any]:
         return {name: spec.dump(getattr(self, name)) for name, spec in self.SCHEMA.items()
@@ -245,7 +264,13 @@ class Message:
                 values[name] = spec.check(name, get(name))
         except ProtocolError as err:
             raise ProtocolError(f"{where or cls.TYPE or cls.__name__}: {err.reason}") from None
-        obj = cls(**values)
+        if cls._DIRECT:
+            # what the generated __init__ would do, without its keyword parsing and
+            # one object.__setattr__ per field: every field is in `values`
+            obj = object.__new__(cls)
+            obj.__dict__.update(values)
+        else:
+            obj = cls(**values)
         obj.validate()
         return obj
 
@@ -253,10 +278,47 @@ class Message:
         """Cross-field checks; override and raise ProtocolError."""
 
 
+def _direct_init(dc: type) -> Callable[..., None]:
+    """The dataclass __init__ (same parameters, same defaults) writing each field into
+    __dict__. Why: the frozen dataclass one calls object.__setattr__ per field, and the
+    simulator builds a message per datagram; frozenness (no assignment after __init__)
+    is unchanged."""
+    flds = dataclasses.fields(dc)
+    params: list[str] = []
+    env: dict[str, Any] = {}
+    for fld in flds:
+        if fld.default_factory is not dataclasses.MISSING:
+            env[f"_f_{fld.name}"] = fld.default_factory
+            params.append(f"{fld.name}=_MISSING")
+        elif fld.default is not dataclasses.MISSING:
+            env[f"_d_{fld.name}"] = fld.default
+            params.append(f"{fld.name}=_d_{fld.name}")
+        else:
+            params.append(fld.name)
+    body = []
+    for fld in flds:
+        if fld.default_factory is not dataclasses.MISSING:
+            body.append(f"    if {fld.name} is _MISSING: {fld.name} = _f_{fld.name}()")
+        body.append(f"    d[{fld.name!r}] = {fld.name}")
+    env["_MISSING"] = dataclasses.MISSING
+    src = (f"def __init__(self, {', '.join(params)}):\n    d = self.__dict__\n"
+           + "\n".join(body) + "\n")
+    exec(src, env)  # the way dataclasses builds its own __init__
+    init: Callable[..., None] = env["__init__"]
+    init.__qualname__ = f"{dc.__qualname__}.__init__"
+    return init
+
+
 @dataclass_transform(frozen_default=True)
 def message(cls: type[M]) -> type[M]:
     """Class decorator: make a frozen dataclass and register its TYPE."""
+    direct = "__init__" not in cls.__dict__ and not hasattr(cls, "__post_init__")
     dc = dataclasses.dataclass(frozen=True, slots=False)(cls)
+    direct = direct and all(fld.init and fld.kw_only is not True
+                            for fld in dataclasses.fields(dc))  # type: ignore[arg-type]
+    dc._DIRECT = direct
+    if direct:
+        dc.__init__ = _direct_init(dc)  # type: ignore[method-assign]
     fields = {fld.name for fld in dataclasses.fields(dc)}  # type: ignore[arg-type]
     if fields != set(dc.SCHEMA):
         raise TypeError(f"{dc.__name__}: SCHEMA {sorted(dc.SCHEMA)} != fields {sorted(fields)}")

@@ -170,14 +170,17 @@ def _hub(sim: Simulation, conns: list[Connection], lookahead: float,
                 for k, msgs in enumerate(by_dst):
                     inbox[k].extend(msgs)
                 batches.append(calls)
-            # the window just run is complete everywhere: its measurements, in order
-            rec = sim.metrics_input
-            assert isinstance(rec, MetricsRecorder) and rec.real is not None
-            replay(rec.real, sim, batches)
             start, key = min(heads)
             go = start <= until
             for k, c in enumerate(conns, start=1):
                 c.send((go, start, key, inbox[k]))
+            # The window just run is complete everywhere: its measurements, in order.
+            # Replayed after the others were sent on (they need nothing from it), so
+            # they run their next window meanwhile. The world answers from the window
+            # just run: this process has not moved past it yet.
+            rec = sim.metrics_input
+            assert isinstance(rec, MetricsRecorder) and rec.real is not None
+            replay(rec.real, sim, batches)
             if not go:
                 break
             if start > 0.0 and not quiet:  # past the warm start (collector.py)

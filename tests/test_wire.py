@@ -140,3 +140,55 @@ def test_plain_messages_encode_exactly_as_their_fields() -> None:
         assert encode_payload(msg) == full
         assert decode_payload(full) == msg
     assert Ping._PLAIN is not None and ChannelProof._PLAIN is None  # nested: dumped
+
+
+def test_fast_checks_accept_exactly_what_the_full_checks_accept() -> None:
+    """Spec.check's fast paths (lists of bytes, bools, absent optionals) must return
+    what the full checks return, and anything else must still fail with a reason."""
+    items = Spec("list", item=Spec("bytes", max_len=4), max_len=3)
+    for value in ([b"ab", b"abcd"], (b"x",), []):
+        assert items.check("g", value) == items._check_slow("g", value) == tuple(value)
+        assert type(items.check("g", value)) is tuple
+    assert items.check("g", [bytearray(b"ab")]) == (b"ab",)  # converted by the full path
+    for bad, why in (([b"abcde"], "exceeds 4"), ([b"a"] * 4, "exceeds 3"),
+                     ([b"a", "s"], "expected bytes"), ([b"a", None], "missing")):
+        with pytest.raises(ProtocolError, match=why):
+            items.check("g", bad)
+    flag_spec = Spec("bool")
+    assert flag_spec.check("f", True) is True and flag_spec.check("f", False) is False
+    for bad in (1, 0, None, "true"):
+        with pytest.raises(ProtocolError):
+            flag_spec.check("f", bad)
+    assert Spec("bool", optional=True).check("f", None) is None
+    assert Spec("bytes", optional=True).check("b", None) is None
+
+
+def test_message_init_fills_fields_and_stays_frozen() -> None:
+    """@message installs a direct __init__ (and from_fields fills __dict__ directly):
+    same parameters, defaults, equality and hash as the dataclass one; still frozen."""
+    import dataclasses
+
+    from keepmesh.protocol.membership.messages import Ping
+
+    p = Ping(7, b"s" * 32, b"t" * 32, (b"g",))
+    assert p == Ping(seq=7, sender=b"s" * 32, target=b"t" * 32, gossip=(b"g",), stream=None)
+    assert p.stream is None and hash(p) == hash(dataclasses.replace(p))
+    assert decode_payload(encode_payload(p)) == p
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.seq = 8  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Ping(7, b"s" * 32)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Ping(7, b"s" * 32, b"t" * 32, (), None, 1)  # type: ignore[call-arg]
+
+    @message
+    class WithInit(Message):
+        TYPE: ClassVar[str] = ""
+        SCHEMA: ClassVar[dict[str, Spec]] = {"n": i(0, 9)}
+        n: int
+
+        def __init__(self, n: int) -> None:  # its own __init__ is kept and used
+            object.__setattr__(self, "n", n + 1)
+
+    assert WithInit(1).n == 2 and WithInit.from_fields({"n": 1}).n == 2
+    assert Ping._DIRECT and not WithInit._DIRECT
