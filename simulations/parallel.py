@@ -18,10 +18,15 @@ own trace, and the run's trace hash combines them in agent order; metric calls a
 replayed by worker 0 in one-process order (shard.py). `tests/test_sim_parallel.py`
 runs topologies on 1 and 2 processes and compares trace hashes and reports.
 
-Transport: worker 0 is the hub. Each window every other worker sends it (next
-entry, messages by destination, metric calls); worker 0 answers each with the
-messages for it and the next window. Pipes between forked processes; a window's
-traffic is a few hundred small tuples, so pickling is cheap beside the events.
+Transport: worker 0 is the hub. Each window worker 0 sends every other worker
+its next entry and its messages for that worker, and every other worker sends
+worker 0 its next entry, its messages by destination and its metric calls; both
+sides send before they read. With two workers that is the whole exchange: each
+computes the next window from both heads, and neither waits on the other's
+bookkeeping (a round trip through the hub cost two wake-ups per window). With
+more, worker 0 then forwards what the others sent each other, with the earliest
+head among the rest. Pipes between forked processes; a window's traffic is a few
+hundred small tuples, so pickling is cheap beside the events.
 
 Placement and migration experiments run in one process (their bookkeeping sits
 outside the agents); so does a topology whose smallest latency is zero.
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import time
 import traceback
 from collections.abc import Callable
@@ -146,8 +152,18 @@ def _calls(sim: Simulation) -> list[Any]:
     return rec.take()
 
 
+# Hub messages ahead of the workers' own may not fill a socket buffer: a worker sends
+# its part before it reads, so a hub blocked on a full buffer would deadlock with it.
+_AHEAD_MAX = 32 * 1024
+
+
 def _hub(sim: Simulation, conns: list[Connection], lookahead: float,
          progress: Callable[[float], None] | None) -> None:
+    """Worker 0's loop. Each window it first sends every worker its own head and its
+    messages for that worker, then reads theirs. With two workers that is the whole
+    exchange: each side knows both heads and everything bound for it, and neither
+    waits on the other's bookkeeping. With more, a second message forwards what
+    workers sent each other and the earliest head of the rest."""
     workers = len(conns) + 1
     until = sim.topology.duration_s
     next_progress = 0.0
@@ -155,31 +171,39 @@ def _hub(sim: Simulation, conns: list[Connection], lookahead: float,
     attach = getattr(progress, "attach", None)
     if attach is not None:
         attach(sim.engine)
+    rec = sim.metrics_input
+    assert isinstance(rec, MetricsRecorder) and rec.real is not None
     with ExitStack() as stack:
         quiet = False
         while True:
-            heads = [_head(sim)]
+            head = _head(sim)
             mine = _split(sim, workers)
-            inbox: list[list[Message]] = [[] for _ in range(workers)]
-            for k, msgs in enumerate(mine):
-                inbox[k].extend(msgs)
             batches = [_calls(sim)]
+            late: list[tuple[Connection, bytes]] = []
+            for k, c in enumerate(conns, start=1):
+                data = pickle.dumps((head, mine[k]), pickle.HIGHEST_PROTOCOL)
+                if len(data) <= _AHEAD_MAX:
+                    c.send_bytes(data)
+                else:  # too big to send ahead safely: after reading that worker's part
+                    late.append((c, data))
+            heads = [head]
+            inbox: list[list[Message]] = [[] for _ in range(workers)]
             for c in conns:
-                head, by_dst, calls = _recv(c)
-                heads.append(head)
-                for k, msgs in enumerate(by_dst):
-                    inbox[k].extend(msgs)
+                their_head, by_dst, calls = _recv(c)
+                heads.append(their_head)
+                for j, msgs in enumerate(by_dst):
+                    inbox[j].extend(msgs)
                 batches.append(calls)
+                for pending, data in late:
+                    if pending is c:
+                        c.send_bytes(data)
             start, key = min(heads)
             go = start <= until
-            for k, c in enumerate(conns, start=1):
-                c.send((go, start, key, inbox[k]))
+            if workers > 2:
+                for k, c in enumerate(conns, start=1):
+                    c.send((min(h for j, h in enumerate(heads) if j != k), inbox[k]))
             # The window just run is complete everywhere: its measurements, in order.
-            # Replayed after the others were sent on (they need nothing from it), so
-            # they run their next window meanwhile. The world answers from the window
-            # just run: this process has not moved past it yet.
-            rec = sim.metrics_input
-            assert isinstance(rec, MetricsRecorder) and rec.real is not None
+            # The world answers from that window: this process has not moved past it.
             replay(rec.real, sim, batches)
             if not go:
                 break
@@ -199,19 +223,27 @@ def _child(topo: Topology, seed: int, mode: str, index: int, workers: int,
     try:
         sim = Simulation(topo, seed, mode=mode, shard=Shard(index, workers))
         sim.setup()
+        until = topo.duration_s
         with ExitStack() as stack:
             quiet = False
             while True:
-                conn.send((_head(sim), _split(sim, workers), _calls(sim)))
-                go, start, key, inbox = _recv(conn)
-                if not go:
+                head = _head(sim)
+                conn.send((head, _split(sim, workers), _calls(sim)))
+                hub_head, inbox = _recv(conn)
+                first = min(head, hub_head)
+                if workers > 2:
+                    rest, forwarded = _recv(conn)
+                    first = min(first, rest)
+                    inbox.extend(forwarded)
+                start, key = first
+                if start > until:
                     break
                 if start > 0.0 and not quiet:  # past the warm start (collector.py)
                     quiet = True
                     stack.enter_context(quiet_collector())
                 sim.engine.deliver_remote(inbox)
                 _window(sim, start, key, lookahead)
-        sim.engine.now = max(sim.engine.now, topo.duration_s)
+        sim.engine.now = max(sim.engine.now, until)
         sim._count_agents()
         conn.send(("ok", _result(sim)))
     except BaseException as err:  # the hub must hear why, not wait forever
