@@ -251,10 +251,12 @@ def test_reconnect_reaches_members_declared_dead() -> None:
     c.run(60.0, down={3})
     assert c.nodes[0].state_of(c.id(3)) is MemberState.DEAD
     assert list(c.nodes[0]._dead_ids) == [c.id(3)]
-    c.run(60.0 + 2 * LAN.push_pull_interval, down={3}, start=60.0)
-    assert c.nodes[0].stats.get("reconnect", 0) >= 1
+    c.run(60.0 + 8 * LAN.push_pull_interval, down={3}, start=60.0)
+    # each of the 3 tries with probability 1/3 per interval (Serf): about once in all
+    assert sum(m.stats.get("reconnect", 0) for m in c.nodes[:3]) >= 1
     c.nodes[0].datagrams_to_send()
-    c.nodes[0]._reconnect(200.0)  # only the buckets holding the target and us travel
+    (target,) = c.nodes[0]._reconnect_candidates()
+    c.nodes[0]._reconnect_to(target)  # only the buckets holding the target and us travel
     (out,) = c.nodes[0].datagrams_to_send()
     msg = decode_swim(out.data, LAN.max_stream_message, (PushPull,))
     assert isinstance(msg, PushPull) and out.dst == address(3) and not msg.reply
@@ -262,8 +264,34 @@ def test_reconnect_reaches_members_declared_dead() -> None:
     assert msg.states[msg.records.index(c.record(3).encoded)] == 2  # "dead": it will refute
     # the member comes back: it is no longer a reconnect candidate
     c.nodes[0]._alive(make_record(c.signers[3], address(3), 5), 200.0, "x")
-    c.nodes[0]._reconnect(200.0)
+    assert c.nodes[0]._reconnect_candidates() == []
     assert not c.nodes[0]._dead_ids
+
+
+def test_reconnect_rate_follows_serf() -> None:
+    """Serf tries with probability dead / alive per member and interval: the mesh
+    tries each dead member about once per interval, and after a partition (as many
+    dead as alive here) every member tries every time."""
+    c = Cluster(3)
+    m = c.nodes[0]
+    dead = c.nodes[0]._members.get(c.id(2))
+    assert dead is not None
+    m._n_live = 19  # as if 19 others were alive and one dead: p = 1/20
+    m._dead_ids[c.id(2)] = None
+    dead.state = MemberState.DEAD
+    for _ in range(2000):
+        m._reconnect(100.0)
+    assert 60 <= m.stats.get("reconnect", 0) <= 140  # 100 expected
+    m.stats.clear()
+    m._n_live = 0  # only we are alive: always
+    for _ in range(20):
+        m._reconnect(100.0)
+    assert m.stats.get("reconnect", 0) == 20
+    m.stats.clear()
+    dead.state = MemberState.ALIVE  # nobody dead: nothing, and no random draw
+    state = m.rng.getstate()
+    m._reconnect(100.0)
+    assert not m.stats.get("reconnect") and m.rng.getstate() == state
 
 
 def test_cancelled_one_shot_timers_are_not_deadlines() -> None:

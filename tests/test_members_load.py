@@ -29,7 +29,7 @@ BUSY_LOOPS = 6
 BASE = 3
 NEWCOMERS = 2
 JOIN_GAP_S = 10.0
-TAIL_S = 20.0
+TAIL_S = 15.0  # the false deaths this guards against came 5-12 s after a join
 
 
 def _busy() -> None:
