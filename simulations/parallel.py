@@ -183,7 +183,7 @@ def _hub(sim: Simulation, conns: list[Connection], lookahead: float,
             for k, c in enumerate(conns, start=1):
                 data = pickle.dumps((head, mine[k]), pickle.HIGHEST_PROTOCOL)
                 if len(data) <= _AHEAD_MAX:
-                    c.send_bytes(data)
+                    _post(c, data)
                 else:  # too big to send ahead safely: after reading that worker's part
                     late.append((c, data))
             heads = [head]
@@ -196,12 +196,13 @@ def _hub(sim: Simulation, conns: list[Connection], lookahead: float,
                 batches.append(calls)
                 for pending, data in late:
                     if pending is c:
-                        c.send_bytes(data)
+                        _post(c, data)
             start, key = min(heads)
             go = start <= until
             if workers > 2:
                 for k, c in enumerate(conns, start=1):
-                    c.send((min(h for j, h in enumerate(heads) if j != k), inbox[k]))
+                    rest = min(h for j, h in enumerate(heads) if j != k)
+                    _post(c, pickle.dumps((rest, inbox[k]), pickle.HIGHEST_PROTOCOL))
             # The window just run is complete everywhere: its measurements, in order.
             # The world answers from that window: this process has not moved past it.
             replay(rec.real, sim, batches)
@@ -255,6 +256,15 @@ def _child(topo: Topology, seed: int, mode: str, index: int, workers: int,
     finally:
         conn.close()
         os._exit(0)  # no atexit handlers of the parent's copy
+
+
+def _post(conn: Connection, data: bytes) -> None:
+    """Send to a worker that may have died (its end closed): the next read from it
+    says why (its error, or that it exited without a word), in one line."""
+    try:
+        conn.send_bytes(data)
+    except OSError:
+        pass
 
 
 def _recv(conn: Connection) -> Any:
