@@ -113,8 +113,6 @@ def one(agents: int, duration: float, seed: int, mode: str, log: str | None) -> 
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     run_cpu = c2 - c1
     m = rep["metrics"]
-    det = m["detection_s"] or {}
-    dead = m["dead_everywhere_s"] or {}
     return {
         "agents": agents, "simulated_s": duration, "mode": mode,
         "warm_start_cpu_s": round(c1 - c0, 3), "warm_start_wall_s": round(w1 - w0, 3),
@@ -133,6 +131,16 @@ def one(agents: int, duration: float, seed: int, mode: str, log: str | None) -> 
         "messages": rep["messages"]["sent"],
         "msgs_per_agent_s": round(m["msgs_per_agent_s"], 2),
         "bytes_per_agent_s": round(m["bytes_per_agent_s"], 1),
+        **_run_figures(rep, sim),
+    }
+
+
+def _run_figures(rep: dict[str, Any], sim: Any) -> dict[str, Any]:
+    """What a run found (the same keys for one process and a split run)."""
+    m = rep["metrics"]
+    det = m["detection_s"] or {}
+    dead = m["dead_everywhere_s"] or {}
+    return {
         "detection_p50_s": det.get("p50"),
         "detection_p99_s": det.get("p99"),
         "crashes_detected": det.get("detected"),
@@ -161,9 +169,6 @@ def one_split(agents: int, duration: float, seed: int, mode: str, workers: int,
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, joined
     cpu = (own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime) - c0
-    m = rep["metrics"]
-    det = m["detection_s"] or {}
-    dead = m["dead_everywhere_s"] or {}
     peak = (own.ru_maxrss + kids.ru_maxrss) / 1024
     return {
         "agents": agents, "simulated_s": duration, "mode": mode, "workers": workers,
@@ -177,16 +182,7 @@ def one_split(agents: int, duration: float, seed: int, mode: str, workers: int,
         "cpu_us_per_event": round(cpu / rep["events"] * 1e6, 2) if rep["events"] else None,
         "handed_over": rep["handed_over"],
         "messages": rep["messages"]["sent"],
-        "detection_p50_s": det.get("p50"),
-        "detection_p99_s": det.get("p99"),
-        "crashes_detected": det.get("detected"),
-        "dead_everywhere_max_s": dead.get("max"),
-        "dissemination_999_s": m["dissemination_999_s"],
-        "false_positives": m["false_positives"],
-        "protocol_errors": rep["protocol_errors"],
-        "trace_hash": rep["trace_hash"],
-        "engine_module": os.path.basename(sys.modules[type(sim.engine).__module__].__file__
-                                          or "?"),
+        **_run_figures(rep, sim),
     }
 
 
