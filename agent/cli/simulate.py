@@ -72,15 +72,14 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(f"--out {out_dir}: {err.strerror or err}") from None
     progress = SimProgress(topo.duration_s) if progress_enabled(args.json) else None
     try:
-        try:
-            if args.workers < 2:
-                raise ParallelUnavailable("")
-            report, sim = simulate_parallel(topo, args.seed, args.workers, progress=progress,
-                                            mode=args.mode)
-        except ParallelUnavailable as why:
-            if str(why):
+        split = None
+        if args.workers > 1:
+            try:
+                split = simulate_parallel(topo, args.seed, args.workers, progress=progress,
+                                          mode=args.mode)
+            except ParallelUnavailable as why:
                 print(f"note: one process: {why}", file=sys.stderr)
-            report, sim = simulate(topo, args.seed, progress=progress, mode=args.mode)
+        report, sim = split or simulate(topo, args.seed, progress=progress, mode=args.mode)
     except Exception as err:  # a protocol bug must not produce a traceback wall
         raise CommandError(f"simulation failed: {type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''}") from None
