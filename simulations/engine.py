@@ -105,8 +105,9 @@ class Engine:
         self.world_seq = 0      # keys of world entries (actions, resumes)
         self.world_times: list[float] = []  # heap: when world entries are due (parallel windows)
         self.key = 0            # key of the entry being run (metric calls are stamped with it)
-        # sends to agents another process runs: (time, key, dst, src, data), taken by parallel.py
-        self.outgoing: list[tuple[float, int, int, int, bytes]] = []
+        # sends to agents another process runs: (time, key, dst, src, data, decoded or
+        # None), taken by parallel.py
+        self.outgoing: list[tuple[float, int, int, int, bytes, Any]] = []
         self.remote_traces: dict[int, bytes] = {}  # other processes' agents (parallel.py)
         self.now = 0.0
         self.nodes: list[SimNode] = []
@@ -228,18 +229,18 @@ class Engine:
         node.seq += 1
         if self.nodes[di].local:
             self.queue.push((t, node.key_base + node.seq, DELIVER, di, node.idx, data, obj))
-        else:  # its process decodes the bytes: objects do not cross processes
-            self.outgoing.append((t, node.key_base + node.seq, di, node.idx, data))
+        else:  # the decoded twin crosses too (pickled: cheaper than decoding there)
+            self.outgoing.append((t, node.key_base + node.seq, di, node.idx, data, obj))
 
     def _drop(self, node: SimNode, dst: int, n: int, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         node.trace.update(_TRACE_MSG.pack(self.now, 1, node.idx, dst, n))
 
-    def deliver_remote(self, messages: list[tuple[float, int, int, int, bytes]]) -> None:
+    def deliver_remote(self, messages: list[tuple[float, int, int, int, bytes, Any]]) -> None:
         """Queue sends another process made to agents this process runs."""
         push = self.queue.push
-        for t, key, di, src, data in messages:
-            push((t, key, DELIVER, di, src, data, None))
+        for t, key, di, src, data, obj in messages:
+            push((t, key, DELIVER, di, src, data, obj))
 
     def next_world_after(self, t: float) -> float | None:
         """When the first world entry due after `t` runs (None: none is pending)."""

@@ -114,8 +114,8 @@ start_s = 2
 lifetime_s = 4
 """
 
-# How the run was made, not what it found: objects are handed over within a process only.
-HOW = ("wall_s", "events_per_s", "handed_over", "workers")
+# How the run was made, not what it found.
+HOW = ("wall_s", "events_per_s", "workers")
 
 
 def _topo(text: str) -> Any:
@@ -143,8 +143,9 @@ def test_split_run_gives_the_one_process_report(text: str, workers: int, mode: s
         assert m["dead_declared_untrusted"] + m["event_counts"].get("untrusted", 0) > 0
         assert m["attest_requests"] > 0 and m["updates_tracked"] >= 3
         assert split["agents_started"] > 32  # joins and the restart
-    if mode == "object":
-        assert split["handed_over"] < split["messages"]["delivered"]  # bytes crossed
+    # object mode: decoded twins cross processes too, so every delivery one process
+    # handed over is handed over here (the comparison above covers handed_over)
+    assert (split["handed_over"] > 0) == (mode == "object")
 
 
 def test_hub_parts_too_big_to_send_ahead_are_sent_after_reading(
