@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from keepmesh.protocol.membership import (
     Alive,
+    CachingVerifier,
     Dead,
+    Ed25519Verifier,
     Gossip,
     Leave,
     MemberState,
@@ -215,3 +217,27 @@ def test_a_lone_accusers_dead_spares_nothing() -> None:
     send(c, 1, 0, gossip(c, 1, accusation(c, 1, 2), accusation(c, 1, 2, Dead)), t0)
     c.run(t0 + hi + LAN.probe_interval, down={1, 2, 3, 4, 5})
     assert c.nodes[0].state_of(c.id(2)) is MemberState.SUSPECT
+
+
+def test_an_accusation_verified_once_passes_the_shared_verifier_again_a_forgery_never() -> None:
+    """Members sharing a CachingVerifier (one simulator process) check an accusation's
+    signature once: later members answer by its exact bytes. A forged accusation is
+    never remembered, so it fails at every member, and a good one still counts at each."""
+    c = Cluster(N)
+    shared = CachingVerifier(Ed25519Verifier())
+    for m in c.nodes:
+        m.verifier = shared
+        m._caching = shared  # what Membership.__init__ derives from its verifier
+    good = accusation(c, 1, 2)
+    forged = accusation(c, 3, 2, signer=1)
+    send(c, 1, 0, gossip(c, 1, good), 0.5)
+    assert c.nodes[0].state_of(c.id(2)) is MemberState.SUSPECT
+    assert shared.misses == 1 and shared.hits == 0 and shared.verified_item(good)
+    send(c, 1, 4, gossip(c, 1, good), 0.6)
+    assert c.nodes[4].state_of(c.id(2)) is MemberState.SUSPECT
+    assert shared.misses == 1  # answered by the item memo, no signature check
+    for to in (0, 4):
+        send(c, 3, to, gossip(c, 3, forged), 0.7)
+        assert c.nodes[to].stats.get("rejected.signature") == 1
+    assert shared.misses == 3 and not shared.verified_item(forged)
+

@@ -113,6 +113,17 @@ def test_caching_verifier_keeps_only_good_verdicts_and_is_bounded() -> None:
     assert v.verify(signer.node_id, data, signer.sign(data)) and v.hits == 1
 
 
+def test_caching_verifier_item_memo_holds_only_remembered_bytes_and_is_bounded() -> None:
+    v = CachingVerifier(Ed25519Verifier(), max_entries=3)
+    items = [b"item-%d" % i for i in range(5)]
+    assert not v.verified_item(items[0]) and v.hits == 0
+    for item in items:
+        v.remember_item(item)
+    assert v.verified_item(items[4]) and v.hits == 1
+    assert not v.verified_item(items[0])  # the oldest went first
+    assert not v.verified_item(items[4] + b"x")  # exact bytes only
+
+
 def test_unattested_members_are_bounded_and_forgotten() -> None:
     c = Cluster(2, config=LAN.replace(max_pending=5, attest_timeout=10.0))
     import random
