@@ -227,7 +227,6 @@ def test_an_accusation_verified_once_passes_the_shared_verifier_again_a_forgery_
     shared = CachingVerifier(Ed25519Verifier())
     for m in c.nodes:
         m.verifier = shared
-        m._caching = shared  # what Membership.__init__ derives from its verifier
     good = accusation(c, 1, 2)
     forged = accusation(c, 3, 2, signer=1)
     send(c, 1, 0, gossip(c, 1, good), 0.5)

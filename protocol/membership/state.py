@@ -161,8 +161,6 @@ class Membership:
         self.config = config
         self.signer = signer
         self.verifier = verifier
-        # its item memo (accusations), when it keeps one
-        self._caching = verifier if isinstance(verifier, CachingVerifier) else None
         self.rng = rng
         self.require_attestation = require_attestation
         self.node_id: NodeId = signer.node_id
@@ -653,10 +651,11 @@ class Membership:
         """The accuser's signature on `g` (encoded as `item`) holds. Why by item: every
         member of a simulated mesh checks every accusation, and the shared verifier
         answers the same bytes again without re-encoding what was signed."""
-        caching = self._caching
+        verifier = self.verifier
+        caching = verifier if isinstance(verifier, CachingVerifier) else None
         if caching is not None and caching.verified_item(item):
             return True
-        if not self.verifier.verify(g.accuser, accusation_signed_bytes(g), g.signature):
+        if not verifier.verify(g.accuser, accusation_signed_bytes(g), g.signature):
             return False
         if caching is not None:
             caching.remember_item(item)
