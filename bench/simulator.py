@@ -35,6 +35,11 @@ so it reports `wall_s` and `cpu_s` from start to end (warm start included, CPU o
 every process), the hub's and the largest worker's peak RSS, and their sum as
 `peak_rss_mb` (an upper bound on the run's simultaneous footprint).
 
+`interpreter` names the CPython that ran the children (this one): where it was
+installed, whether its interpreter is a shared libpython, and whether it was
+configured with PGO/LTO (a distribution may build them without saying so here).
+The same sources run about a third slower on a shared, unoptimised build.
+
 `--compiled DIR` runs every child on the mypyc build in DIR (`make sim-compiled`,
 simulations/compiled.py: the same sources compiled) and adds `build_check`: the
 baseline size run again in pure Python, whose trace hash must be the compiled
@@ -47,9 +52,11 @@ import argparse
 import json
 import math
 import os
+import platform
 import resource
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable
 from typing import Any
@@ -61,6 +68,24 @@ def _rss_kb() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def _interpreter() -> dict[str, Any]:
+    """Which CPython runs the children (they run this one). Why it belongs in the
+    figures: the same sources run about a third slower on a CPython whose interpreter
+    lives in a shared libpython built without PGO/LTO (pyenv's default build, this
+    machine's `python3`) than on a statically linked PGO/LTO build (Debian's
+    /usr/bin/python3.11), measured in simulations/RESULTS.md."""
+    with open("/proc/self/maps") as fh:
+        shared = any("libpython" in line for line in fh)
+    config = str(sysconfig.get_config_var("CONFIG_ARGS") or "")
+    return {
+        "executable": os.path.realpath(sys.executable),
+        "version": platform.python_version(),
+        "libpython_shared": shared,  # the interpreter loaded from a shared libpython
+        "configured_with_optimizations": "--enable-optimizations" in config,  # PGO
+        "configured_with_lto": "--with-lto" in config,
+    }
 
 
 def _topology_doc(agents: int, duration: float) -> dict[str, Any]:
@@ -320,6 +345,7 @@ def main() -> int:
         "network": "2 ms +- 1 ms, 1% loss; 0.2% of agents (>= 1) crash at duration/2",
         "duration_s": args.duration, "seed": args.seed, "baseline_agents": base["agents"],
         "load_average_at_end": list(os.getloadavg()),
+        "interpreter": _interpreter(),
         "bench_wall_s": round(time.perf_counter() - wall0, 1),
         "mode_check": {
             "agents": base["agents"],
