@@ -38,7 +38,8 @@ every process), the hub's and the largest worker's peak RSS, and their sum as
 `interpreter` names the CPython that ran the children (this one): where it was
 installed, whether its interpreter is a shared libpython, and whether it was
 configured with PGO/LTO (a distribution may build them without saying so here).
-The same sources run about a third slower on a shared, unoptimised build.
+On a shared, unoptimised build the same sources take ~1.4x the CPU per event
+(one process) and ~1.2x the wall time of a split 10,000-agent run.
 
 `--compiled DIR` runs every child on the mypyc build in DIR (`make sim-compiled`,
 simulations/compiled.py: the same sources compiled) and adds `build_check`: the
@@ -72,10 +73,10 @@ def _rss_kb() -> int:
 
 def _interpreter() -> dict[str, Any]:
     """Which CPython runs the children (they run this one). Why it belongs in the
-    figures: the same sources run about a third slower on a CPython whose interpreter
-    lives in a shared libpython built without PGO/LTO (pyenv's default build, this
-    machine's `python3`) than on a statically linked PGO/LTO build (Debian's
-    /usr/bin/python3.11), measured in simulations/RESULTS.md."""
+    figures: the same sources take ~1.4x the CPU per event on a CPython whose
+    interpreter lives in a shared libpython built without PGO/LTO (pyenv's default
+    build, this machine's `python3`) as on a statically linked PGO/LTO build
+    (Debian's /usr/bin/python3.11), measured in simulations/RESULTS.md."""
     with open("/proc/self/maps") as fh:
         shared = any("libpython" in line for line in fh)
     config = str(sysconfig.get_config_var("CONFIG_ARGS") or "")
