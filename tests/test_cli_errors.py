@@ -117,6 +117,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     ["logs", "abc", "--tail", "99999999999999999999999"],
     ["deploy", "examples/counter", "--wait-ms", "99999999999999999999"],
     ["deploy", "x" * 300],  # a name too long for the filesystem (found by the fuzz below)
+    ["keygen", "x" * 300],  # the same, where the verb checks the path before writing
+    ["keygen", "x" * 300, "--public"],
+    ["attest", "verify", "/dev/null", "--certs", "x" * 300],
+    ["attest", "verify", "/dev/null", "--collateral", "x" * 300],
     ["logs", "abc", "--tail", "-1"],
     ["agent", "--listen", "nope"],
     ["agent", "--metrics", "127.0.0.1:99999"],

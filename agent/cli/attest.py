@@ -58,11 +58,11 @@ def _read(path: str | Path, what: str, limit: int) -> bytes:
 def _read_tree(path: str, what: str) -> dict[str, bytes]:
     """A directory's regular files (not recursive), or one file; bounded in count and size."""
     p = Path(path)
-    if p.is_file():
-        return {p.name: _read(p, what, MAX_AUX_FILE)}
-    if not p.is_dir():
-        raise CommandError(f"cannot read {what} {path[:200]}: no such file or directory")
-    try:
+    try:  # checking a path can fail too (a name too long: ENAMETOOLONG)
+        if p.is_file():
+            return {p.name: _read(p, what, MAX_AUX_FILE)}
+        if not p.is_dir():
+            raise CommandError(f"cannot read {what} {path[:200]}: no such file or directory")
         entries = sorted(e for e in p.iterdir() if e.is_file())
     except OSError as err:
         raise CommandError(f"cannot read {what} {path[:200]}: {err.strerror or err}") from None

@@ -42,15 +42,16 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if args.public:
         return cmd_public(path, args.json)
-    if path.exists() or path.is_symlink():
-        raise CommandError(f"{path} already exists; refusing to overwrite a key")
     key = Ed25519PrivateKey.generate()
     try:
+        # inside the try: checking a path can fail too (a name too long: ENAMETOOLONG)
+        if path.exists() or path.is_symlink():
+            raise CommandError(f"{path} already exists; refusing to overwrite a key")
         _write_key(path, key)
     except FileExistsError:
         raise CommandError(f"{path} already exists; refusing to overwrite a key") from None
     except OSError as err:
-        raise CommandError(f"cannot write {path}: {err.strerror}") from None
+        raise CommandError(f"cannot write {str(path)[:200]}: {err.strerror or err}") from None
     public = key.public_key().public_bytes_raw().hex()
     if args.json:
         print_json({"file": str(path), "public_key": public})
