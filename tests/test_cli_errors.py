@@ -121,6 +121,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     ["keygen", "x" * 300, "--public"],
     ["attest", "verify", "/dev/null", "--certs", "x" * 300],
     ["attest", "verify", "/dev/null", "--collateral", "x" * 300],
+    ["platform", "info", "--root", "x" * 300],
+    ["call", "--", "abc", "--"],  # argparse gave MSG == [] for the lone extra "--"
     ["logs", "abc", "--tail", "-1"],
     ["agent", "--listen", "nope"],
     ["agent", "--metrics", "127.0.0.1:99999"],

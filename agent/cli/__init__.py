@@ -57,6 +57,14 @@ class Parser(argparse.ArgumentParser):
         first = message.splitlines()[0] if message else "bad arguments"
         self.exit(2, f"{self.prog}: {first[:300]} (see `{self.prog} --help`)\n")
 
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        # argparse (3.11) turns a lone extra "--" into [] for a one-value positional
+        # (`keepmesh call -- ID --` gave MSG == []): a usage error, not a list for a str.
+        value = super()._get_values(action, arg_strings)
+        if action.nargs is None and isinstance(value, list):
+            self.error(f"argument {action.metavar or action.dest}: expected one argument")
+        return value
+
 
 def version_line() -> str:
     from keepmesh.agent.cli.version import version_info

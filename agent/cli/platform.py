@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from keepmesh.agent.cli import CommandError
 from keepmesh.agent.cli._output import print_json
 
 
@@ -24,7 +25,10 @@ def register(subparsers: Any) -> None:
 def run_info(args: argparse.Namespace) -> int:
     from keepmesh.agent.tee.detect import probe_platform
 
-    interfaces = probe_platform(args.root)
+    try:  # --root is the fake tree of tests: a path that cannot even be looked up fails
+        interfaces = probe_platform(args.root)
+    except OSError as err:
+        raise CommandError(f"--root {str(args.root)[:200]}: {err.strerror or err}") from None
     usable = [i for i in interfaces if i.available]
     if args.json:
         print_json({"interfaces": [i.to_json() for i in interfaces],
