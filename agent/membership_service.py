@@ -38,7 +38,7 @@ from typing import Any
 import trio
 from keepmesh.agent.identity import fingerprint
 from keepmesh.agent.node import Agent, PeerEntry
-from keepmesh.agent.rpc import RpcContext, RpcError, call
+from keepmesh.agent.rpc import MIN_REQUEST_RATE_BPS, RpcContext, RpcError, call
 from keepmesh.agent.session import ChannelFailed, Session
 from keepmesh.agent.transport.quic import ERR_PROTOCOL, ConnectionClosed
 from keepmesh.protocol.effects import (
@@ -82,6 +82,9 @@ STREAM_RETRY_S = (0.1, 0.3, 1.0)
 ORDERED_METHOD = "migrate.msg"
 MAX_ORDERED_BYTES = MAX_CHUNK + 64 * 1024  # one migrate.* record (a transfer chunk + header)
 LANE_QUEUE = 4096          # ordered messages waiting for one member
+# A lane call waits this long, plus the time its callee grants the request to arrive
+# (1 s per 256 KiB, MIN_REQUEST_RATE_BPS): a fixed 10 s could never deliver a full 8 MiB
+# batch over a link slower than 0.8 MiB/s, and the transfer's resends would only repeat it.
 LANE_TIMEOUT_S = 10.0
 # Messages already queued for one member leave together as one `migrate.batch` call (a
 # checkpoint's chunks: one request streamed over one QUIC stream instead of a round trip
@@ -94,6 +97,12 @@ STATE_FILE = "mesh.json"
 LEGACY_STATE_FILE = "membership.json"
 
 KeepHook = Callable[[StartKeep | StopKeep], Awaitable[None]]
+
+
+def lane_timeout(size: int) -> float:
+    """How long a lane call of `size` bytes waits for its answer: the callee's own
+    allowance for the request to arrive, plus the time to handle and answer it."""
+    return LANE_TIMEOUT_S + size / MIN_REQUEST_RATE_BPS
 
 
 def member_json(m: MemberView) -> dict[str, Any]:
@@ -333,10 +342,11 @@ class MeshService:
                 log.debug("ordered message to %s failed: %s", fingerprint(node_id), err)
 
     async def _lane_send(self, session: Session, batch: list[bytes]) -> None:
+        timeout = lane_timeout(sum(map(len, batch)))
         if len(batch) == 1:
-            await call(session, ORDERED_METHOD, {"data": batch[0]}, timeout=LANE_TIMEOUT_S)
+            await call(session, ORDERED_METHOD, {"data": batch[0]}, timeout=timeout)
         else:
-            await call(session, BATCH_METHOD, {"data": batch}, timeout=LANE_TIMEOUT_S)
+            await call(session, BATCH_METHOD, {"data": batch}, timeout=timeout)
 
     async def session_to(self, node_id: bytes, address: str) -> Session | None:
         """The attested session to `node_id` (dialled at `address` when there is none)."""

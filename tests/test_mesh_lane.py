@@ -69,6 +69,28 @@ def test_lane_bounds_fit_the_rpc_admission_limits() -> None:
     assert len(full) <= body_limit(ms.BATCH_METHOD) <= ms.MAX_BATCH_BYTES + 128 * 1024
 
 
+async def test_a_lane_call_waits_as_long_as_its_callee_lets_the_request_arrive(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The callee grants a large request 10 s + 1 s per 256 KiB to arrive (specs/wire.md);
+    a caller that gave up after a fixed 10 s could never deliver a full batch over a link
+    slower than 0.8 MiB/s, and every resend would fail the same way."""
+    from keepmesh.agent import rpc
+    waited: dict[str, float] = {}
+
+    async def fake_call(session: Any, method: str, body: Any, timeout: float) -> Any:
+        waited[method] = timeout
+        return {}
+    monkeypatch.setattr(ms, "call", fake_call)
+    svc = MeshService.__new__(MeshService)  # _lane_send uses no state of its own
+    full = [b"x" * (MAX_CHUNK + 100)] * (ms.MAX_BATCH_BYTES // (MAX_CHUNK + 100))
+    await svc._lane_send(None, full)
+    await svc._lane_send(None, [b"x" * 100])
+    size = sum(map(len, full))
+    assert waited[ms.BATCH_METHOD] >= rpc.REQUEST_READ_TIMEOUT_S + size / rpc.MIN_REQUEST_RATE_BPS
+    assert waited[ms.BATCH_METHOD] > 30  # about 40 s for 7.5 MiB
+    assert ms.LANE_TIMEOUT_S <= waited[ms.ORDERED_METHOD] < ms.LANE_TIMEOUT_S + 1
+
+
 @pytest.mark.slow
 async def test_queued_messages_leave_as_few_batches_in_order(
         nursery: trio.Nursery, tmp_path: Path, sim_root: Path,
