@@ -300,46 +300,52 @@ class MeshService:
 
     def _enqueue(self, node_id: bytes, address: str, data: bytes) -> None:
         lane = self._lanes.get(node_id)
-        if lane is None:
-            send, recv = trio.open_memory_channel[tuple[str, bytes]](LANE_QUEUE)
-            self._lanes[node_id] = lane = send
-            assert self._nursery is not None
-            self._nursery.start_soon(self._lane, node_id, recv)
-        try:
-            lane.send_nowait((address, data))
-        except trio.WouldBlock:
-            log.warning("ordered queue to %s full; message dropped", fingerprint(node_id))
+        if lane is not None:
+            try:
+                lane.send_nowait((address, data))
+                return
+            except trio.WouldBlock:
+                log.warning("ordered queue to %s full; message dropped", fingerprint(node_id))
+                return
+            except trio.BrokenResourceError:
+                pass  # its task ended on a bug (its guard logged it): the member gets a new lane
+        send, recv = trio.open_memory_channel[tuple[str, bytes]](LANE_QUEUE)
+        self._lanes[node_id] = send
+        assert self._nursery is not None
+        self._nursery.start_soon(self._lane, node_id, recv)
+        send.send_nowait((address, data))
 
     async def _lane(self, node_id: bytes,
                     recv: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
         """One member's ordered messages, one RPC at a time: what is already queued behind
         the first goes with it as one batch. Best effort: a message that cannot be
         delivered is dropped (the sub-machine's timeouts and resends cover it)."""
-        carry: tuple[str, bytes] | None = None
-        while True:
-            if carry is None:
+        async with recv:  # closed when this task ends, however: _enqueue then starts anew
+            carry: tuple[str, bytes] | None = None
+            while True:
+                if carry is None:
+                    try:
+                        carry = await recv.receive()
+                    except trio.EndOfChannel:
+                        return
+                address, first = carry
+                batch, size, carry = [first], len(first), None
+                while len(batch) < MAX_BATCH_ITEMS:
+                    try:
+                        item = recv.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    if size + len(item[1]) > MAX_BATCH_BYTES:
+                        carry = item
+                        break
+                    batch.append(item[1])
+                    size += len(item[1])
                 try:
-                    carry = await recv.receive()
-                except trio.EndOfChannel:
-                    return
-            address, first = carry
-            batch, size, carry = [first], len(first), None
-            while len(batch) < MAX_BATCH_ITEMS:
-                try:
-                    item = recv.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                if size + len(item[1]) > MAX_BATCH_BYTES:
-                    carry = item
-                    break
-                batch.append(item[1])
-                size += len(item[1])
-            try:
-                session = await self.session_to(node_id, address)
-                if session is not None:
-                    await self._lane_send(session, batch)
-            except (RpcError, ChannelFailed, ProtocolError) as err:
-                log.debug("ordered message to %s failed: %s", fingerprint(node_id), err)
+                    session = await self.session_to(node_id, address)
+                    if session is not None:
+                        await self._lane_send(session, batch)
+                except (RpcError, ChannelFailed, ProtocolError) as err:
+                    log.debug("ordered message to %s failed: %s", fingerprint(node_id), err)
 
     async def _lane_send(self, session: Session, batch: list[bytes]) -> None:
         timeout = lane_timeout(sum(map(len, batch)))

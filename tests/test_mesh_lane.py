@@ -119,6 +119,36 @@ async def test_queued_messages_leave_as_few_batches_in_order(
 
 
 @pytest.mark.slow
+async def test_a_lane_whose_task_died_on_a_bug_is_started_anew(
+        nursery: trio.Nursery, tmp_path: Path, sim_root: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug that ends a member's lane task (its guard logs it) must not leave every later
+    ordered message to that member failing or lost: the next one starts a new lane."""
+    a, b, addr_b = await _pair(nursery, tmp_path, sim_root)
+    got = _record(monkeypatch, _mesh(b))
+    sender = _mesh(a)
+    real = sender._lane_send
+    bugs = [RuntimeError("a bug in the lane")]
+
+    async def buggy(session: Any, batch: list[bytes]) -> None:
+        if bugs:
+            raise bugs.pop()
+        await real(session, batch)
+    monkeypatch.setattr(sender, "_lane_send", buggy)
+    sender.send_ordered(b.identity.public_bytes, addr_b, b"T-lost")
+    with trio.fail_after(10):
+        while bugs:
+            await trio.sleep(0.01)
+    await trio.sleep(0.1)  # the dead lane's task has ended
+    sender.send_ordered(b.identity.public_bytes, addr_b, b"T-one")
+    sender.send_ordered(b.identity.public_bytes, addr_b, b"T-two")
+    with trio.fail_after(30):
+        while len(got) < 2:
+            await trio.sleep(0.05)
+    assert got == [b"T-one", b"T-two"]
+
+
+@pytest.mark.slow
 async def test_hostile_batches_are_refused_whole(
         nursery: trio.Nursery, tmp_path: Path, sim_root: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
