@@ -171,7 +171,7 @@ async def _establish(conn: QuicPeerConnection, identity: Identity,
                 flush()
                 conn.close(ERR_CHANNEL_REJECTED, event.reason)
                 raise ChannelFailed(event.reason, event.kind, event.local)
-        data = await stream.receive_some()
+        data = await stream.receive_some(fail_if_stopped=True)
         if not data:
             conn.close(ERR_PROTOCOL, "control stream closed during channel setup")
             raise ChannelFailed("control stream closed during channel setup")

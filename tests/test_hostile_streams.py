@@ -19,9 +19,10 @@ from hostile import (
     request_frame,
 )
 from keepmesh.agent import rpc
+from keepmesh.agent.session import CONTROL_FRAME_LIMIT
 from keepmesh.agent.transport import quic
-from keepmesh.protocol.channel import ChannelHello
-from keepmesh.protocol.wire import encode_frame
+from keepmesh.protocol.channel import CHANNEL_MESSAGES, ChannelHello, ChannelProof, ChannelReject
+from keepmesh.protocol.wire import FrameDecoder, encode_frame
 
 
 async def test_stop_sending_on_rpc_streams_ends_only_those_streams(
@@ -61,6 +62,55 @@ async def test_stop_sending_on_control_stream_before_attestation(
         conn.transmit()
         with trio.fail_after(10):
             await conn.closed.wait()  # the agent closed this connection, nothing more
+    await good_client_served(addr, sim_root, tmp_path / "good.key")
+
+
+async def test_stop_sending_on_control_stream_after_the_agents_proof_fails_the_channel(
+        nursery: trio.Nursery, tmp_path: Path, sim_root: Path) -> None:
+    """specs/channel.md "Failure": the peer stopping the control stream during setup is a
+    failure. The agent had already sent its hello and proof and waited for ours; it used
+    to notice only at the 15 s channel timeout."""
+    agent = make_agent(tmp_path, sim_root, "a")
+    addr = await nursery.start(agent.run)
+    ep = await attacker_endpoint(nursery)
+    conn = await raw_connection(ep, addr)
+    control = conn.open_stream()
+    control.send(encode_frame(ChannelHello(role="client", nonce=os.urandom(32), want="any")))
+    decoder = FrameDecoder(CONTROL_FRAME_LIMIT, expect=CHANNEL_MESSAGES)
+    got: list[object] = []
+    with trio.fail_after(10):
+        while len(got) < 2:  # the agent's hello and proof
+            got += decoder.feed(await control.receive_some())
+        conn.quic.stop_stream(control.stream_id, 0x77)
+        conn.transmit()
+        await conn.closed.wait()
+    assert "peer stopped stream" in conn.close_reason  # not "attested channel timed out"
+    await good_client_served(addr, sim_root, tmp_path / "good.key")
+
+
+async def test_a_failed_channel_sends_its_reject_before_the_close(
+        nursery: trio.Nursery, tmp_path: Path, sim_root: Path) -> None:
+    """specs/channel.md "Failure": the failing side sends chan.reject{reason}, then closes
+    with 0x102. The close used to drop the queued reject: the peer saw only the close."""
+    agent = make_agent(tmp_path, sim_root, "a")
+    addr = await nursery.start(agent.run)
+    ep = await attacker_endpoint(nursery)
+    conn = await raw_connection(ep, addr)
+    control = conn.open_stream()
+    arrived = bytearray()  # recorded as delivered: a close drops what is buffered unread
+    deliver = control._deliver
+
+    def record(data: bytes, end: bool) -> None:
+        arrived.extend(data)
+        deliver(data, end)
+    control._deliver = record  # type: ignore[method-assign]
+    control.send(encode_frame(ChannelHello(role="client", nonce=os.urandom(32), want="any")))
+    control.send(encode_frame(ChannelProof(signature=bytes(64))))  # signs nothing
+    with trio.fail_after(10):
+        await conn.closed.wait()
+    msgs = list(FrameDecoder(CONTROL_FRAME_LIMIT, expect=CHANNEL_MESSAGES).feed(bytes(arrived)))
+    assert isinstance(msgs[-1], ChannelReject), [m.TYPE for m in msgs]
+    assert "signature" in msgs[-1].reason and msgs[-1].reason in conn.close_reason
     await good_client_served(addr, sim_root, tmp_path / "good.key")
 
 

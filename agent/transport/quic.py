@@ -244,11 +244,18 @@ class QuicStream:
     def buffered(self) -> int:
         return len(self._buf)
 
-    async def receive_some(self, max_bytes: int = 65536) -> bytes:
-        """Next chunk; b"" at end of stream. Raises StreamClosed/ConnectionClosed."""
+    async def receive_some(self, max_bytes: int = 65536, *,
+                           fail_if_stopped: bool = False) -> bytes:
+        """Next chunk; b"" at end of stream. Raises StreamClosed/ConnectionClosed.
+
+        `fail_if_stopped`: the peer's STOP_SENDING ends the wait too (StreamClosed). A
+        stream that must carry our answer (the control stream during channel setup)
+        is useless once the peer will not read it; an RPC stream may still be read."""
         while not self._buf:
             if self._reset is not None:
                 raise StreamClosed(self._reset)
+            if fail_if_stopped and self._send_stopped is not None:
+                raise StreamClosed(self._send_stopped)
             if self._eof:
                 return b""
             if self.conn.closed.is_set():
@@ -365,6 +372,10 @@ class QuicPeerConnection:
         if code == ERR_PROTOCOL and self.validated and not self.is_client:
             self.endpoint._violation(self.addr[0])
         try:
+            if self._tx_pending:
+                # What was queued just before (a chan.reject, a last answer) leaves ahead of
+                # the CONNECTION_CLOSE: once closing, aioquic sends nothing but the close.
+                self._flush()
             self.quic.close(error_code=code, reason_phrase=reason[:200])
             self._flush()
         except Exception:  # closing must never fail the caller; the peer will time out
@@ -487,6 +498,7 @@ class QuicPeerConnection:
                 stream = self._streams.get(event.stream_id)
                 if stream is not None:
                     stream._send_stopped = f"peer stopped stream (code {event.error_code})"
+                    stream._lot.unpark_all()  # a reader waiting with fail_if_stopped
                     stream._maybe_release()
             elif isinstance(event, events.ConnectionIdIssued):
                 self.endpoint._register_cid(event.connection_id, self)
