@@ -255,3 +255,28 @@ def test_restarted_host_that_lost_its_keep_says_so_and_a_standby_takes_over() ->
     net.run(2.0)
     [copy] = net.running(keep)
     assert copy is not host and copy.counters[keep] == 2
+
+
+def test_a_keep_whose_host_is_gone_is_listed_moving_or_orphaned_not_running() -> None:
+    """The location record is its host's word, and nobody signs a newer one until a
+    standby takes over: a viewer that knows the host is gone shows `moving` while a
+    standby is live, `orphaned` when none is (what `keepmesh keeps` prints), never
+    `running` at a host that left."""
+    net = Net(3)
+    host = net.nodes[0]
+    keep = net.deploy(host, "counter")
+    net.run(1.0)
+    standby = net.by_id(host.engine.running[keep].replication.ready()[0])
+    viewer = next(n for n in net.nodes if n is not host and n is not standby)
+
+    def shown() -> object:
+        summary = viewer.engine.summary(keep)
+        assert summary is not None
+        return summary["state"]
+    assert shown() == "running"
+    viewer.engine.member_state(host.id, False, net.now)  # this view only: no take-over yet
+    assert shown() == "moving"
+    viewer.engine.member_state(standby.id, False, net.now)
+    assert shown() == "orphaned"
+    viewer.engine.member_state(host.id, True, net.now)  # the host is back: its record holds
+    assert shown() == "running"

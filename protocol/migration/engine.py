@@ -860,6 +860,16 @@ class Migration:
 
     # ============================================================ queries
 
+    def _shown_state(self, loc: Location) -> str:
+        """The record's state, unless this view knows its host is gone (dead or left):
+        then `moving` while a standby is live to take over, else `orphaned`. Why: the
+        record is the host's word and nobody else signs a newer one until a standby
+        takes over; a keep whose host left with no standby would read `running` forever
+        (a standby-less keep has nobody to report it orphaned)."""
+        if loc.state == "stopped" or self.view.is_live(loc.host):
+            return loc.state
+        return "moving" if any(self.view.is_live(s) for s in loc.standbys) else "orphaned"
+
     def summary(self, keep: str) -> dict[str, object] | None:
         """What `keeps --json` shows for a keep: host, epoch, standbys, last_checkpoint."""
         loc = self.locations.get(keep)
@@ -867,5 +877,5 @@ class Migration:
             return None
         return {"owner": loc.owner.hex(), "host_id": loc.host.hex(), "host": loc.address,
                 "epoch": loc.epoch,
-                "standbys": [s.hex() for s in loc.standbys], "state": loc.state,
+                "standbys": [s.hex() for s in loc.standbys], "state": self._shown_state(loc),
                 "last_checkpoint": {"seq": loc.checkpoint_seq, "at": loc.checkpoint_at}}
