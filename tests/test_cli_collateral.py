@@ -82,6 +82,24 @@ def test_bad_collateral_stops_the_command(tmp_path: Path) -> None:
     assert options(None)["collateral"] is None
 
 
+def test_collateral_with_nothing_usable_stops_the_command(tmp_path: Path,
+                                                           sim_root: Path) -> None:
+    """An empty file, random bytes or an empty directory used to be accepted as "no
+    collateral": the agent's evidence was then judged as if --collateral had not been
+    given, and the command succeeded."""
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "random").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README").write_text("collateral goes here\n")
+    for name in ("empty", "random", "nothing", "notes"):
+        with pytest.raises(CommandError, match="nothing usable"):
+            options(tmp_path / name)
+    (tmp_path / "notes" / "ask.pem").write_bytes((sim_root / "ask.pem").read_bytes())
+    loaded = options(tmp_path / "notes")["collateral"]  # a note beside usable files is fine
+    assert len(loaded.certs) == 1 and loaded.ignored == ("README",)
+
+
 def crl_dir(tmp: Path, root: Path, name: str, serials: list[int]) -> Path:
     """A directory with a CRL signed by the sim ASK (as AMD's KDS CRL is) and the ASK."""
     from cryptography.hazmat.primitives import serialization

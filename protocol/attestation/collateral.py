@@ -283,6 +283,12 @@ def load_collateral(files: Mapping[str, bytes]) -> Collateral:
         else:
             part = Collateral(ignored=(name,))
         result = _merge(result, part, name)
+    if not (result.tcb_info or result.qe_identity or result.crls or result.certs):
+        # Collateral asked for and none found is a mistake to say, not to run without:
+        # the evidence would be judged as if no collateral had been given at all.
+        where = f"in {', '.join(sorted(files))[:120]}" if files else "(no files)"
+        raise ProtocolError(f"collateral: nothing usable {where} (expected Intel TCB info "
+                            "or QE identity JSON, CRLs or certificates)")
     return result
 
 
