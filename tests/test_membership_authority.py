@@ -174,6 +174,29 @@ def test_accusation_about_us_is_refuted_only_when_genuine() -> None:
     assert me.record.incarnation == inc + 1
 
 
+def test_an_accusation_in_our_name_costs_its_sender_unless_we_signed_it() -> None:
+    """We never accuse ourselves, so a suspect or dead about us naming us as accuser is a
+    forgery; one about another member in our name is ours only if our signature holds.
+    Both used to be dropped unchecked, so a member could forge them for free. Our own
+    accusation coming back by gossip (it always does) costs its relayer nothing."""
+    c = Cluster(N)
+    me = c.nodes[0]
+    inc = me.record.incarnation
+    send(c, 1, 0, gossip(c, 1, accusation(c, 0, 0, signer=1)), 0.5)        # about us
+    assert me.penalties(c.id(1)) == 1 and me.record.incarnation == inc
+    send(c, 1, 0, gossip(c, 1, accusation(c, 0, 1, Dead, signer=1)), 0.6)  # about itself
+    assert me.penalties(c.id(1)) == 2
+    assert me.state_of(c.id(1)) is MemberState.ALIVE
+    # Member 0 really accuses member 2 (its probe fails) and gossips it; the echo that
+    # member 3 relays back is ours, and changes nothing.
+    c.run(0.5 + 3 * LAN.probe_interval, down={2})
+    assert me.state_of(c.id(2)) is MemberState.SUSPECT
+    mine = accusation(c, 0, 2)
+    send(c, 3, 0, gossip(c, 3, mine), 3.6)
+    send(c, 3, 0, gossip(c, 3, accusation(c, 0, 2, Dead)), 3.7)  # signed by us too
+    assert me.penalties(c.id(3)) == 0
+
+
 def _observer_alone(n: int) -> Cluster:
     """Member 0 runs no round-robin probes of its own (so it never becomes a confirmer
     itself): what it decides comes from the accusations it hears alone."""

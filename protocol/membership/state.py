@@ -607,7 +607,10 @@ class Membership:
         than the suspicion timeout. Forged signatures penalise the sender."""
         nid, accuser = g.node, g.accuser
         if nid == self.node_id:
-            if accuser == self.node_id or g.incarnation > self.record.incarnation:
+            if accuser == self.node_id:  # we never accuse ourselves: a forgery, unchecked
+                self._reject_forgery(penalty_key, now, "a forged accusation")
+                return
+            if g.incarnation > self.record.incarnation:
                 return
             if not self.verifier.verify(accuser, accusation_signed_bytes(g), g.signature):
                 self._reject_forgery(penalty_key, now, "a forged accusation")
@@ -618,8 +621,13 @@ class Membership:
         # Accusations must name the exact record version we hold: an older one is
         # stale, a newer one is unverifiable (and would let a liar pin a member's
         # incarnation out of reach of refutation).
-        if (m is None or g.incarnation != m.record.incarnation or m.state not in _LIVE
-                or accuser == self.node_id):
+        if m is None or g.incarnation != m.record.incarnation or m.state not in _LIVE:
+            return
+        if accuser == self.node_id:
+            # Our own accusation, back by gossip (the signer remembered it: a memo hit, no
+            # signature check), or a forgery in our name, which costs its sender.
+            if not self._accusation_verified(g, item):
+                self._reject_forgery(penalty_key, now, "a forged accusation")
             return
         accused_by = self._members.get(accuser)
         if (accused_by is None or accused_by.trust is not Trust.TRUSTED
@@ -990,8 +998,11 @@ class Membership:
         """Our own signed accusation, encoded for gossip."""
         unsigned = kind(node=nid, incarnation=incarnation, accuser=self.node_id, signature=b"")
         signature = self.signer.sign(accusation_signed_bytes(unsigned))
-        return encode_payload(kind(node=nid, incarnation=incarnation, accuser=self.node_id,
+        item = encode_payload(kind(node=nid, incarnation=incarnation, accuser=self.node_id,
                                    signature=signature))
+        if isinstance(self.verifier, CachingVerifier):
+            self.verifier.remember_item(item)  # its echoes come back to us by gossip
+        return item
 
     def _suspicion_timeout(self, nid: NodeId, now: float, late: bool) -> None:
         m = self._members.get(nid)
