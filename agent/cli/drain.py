@@ -62,6 +62,9 @@ def drain(args: argparse.Namespace) -> int:
 
 
 LOCATION_FIELDS = ("host", "host_id", "epoch", "standbys", "last_checkpoint")
+# States migrate.where derives from the agent's view (its host dead or left): they say more
+# than the `running` a keeps.list row carries for a keep placed elsewhere.
+VIEW_STATES = ("moving", "orphaned")
 
 
 async def with_locations(client: Any, keeps: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -93,6 +96,8 @@ async def with_locations(client: Any, keeps: list[dict[str, Any]]) -> list[dict[
         if w is not None:
             k = dict(k)
             k.update({f: w.get(f) for f in LOCATION_FIELDS})
+            if w.get("state") in VIEW_STATES:  # the mesh's view overrides a host's "running"
+                k["state"] = w["state"]
             if w.get("host_id") != agent_id(client) and w.get("state") == "running" \
                     and not k.get("remote"):  # rows placement lists from elsewhere
                 k["state"] = "moved"  # the local copy stopped; it runs at `host`
