@@ -197,6 +197,8 @@ def test_all_or_nothing_releases_every_lease() -> None:
     failed = mesh.result(mesh.addrs[0], 1)
     assert isinstance(failed, PlacementFailed), failed
     assert "replicas" in failed.reason or "reservation" in failed.reason
+    # the hosts' own answer is quoted (specs/placement.md: the last refusal is appended)
+    assert "last refusal: a host had 10 MiB" in failed.reason and "64 MiB asked" in failed.reason
     for p in mesh.places.values():
         assert not p.leases.leases, "a failed multi-replica placement left a lease behind"
     assert not any(mesh.running().values())

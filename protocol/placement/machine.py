@@ -353,6 +353,9 @@ class PlacementMachine:
         else:
             request.tried.add(host)  # full: not asked again by this request
             self._note_outcome(refused=True)
+            request.refusals.append(f"a host had {bid.free_mb} MiB and {bid.free_slots} "
+                                    f"slots free for {request.req.memory_mb} MiB asked"
+                                    + ("" if bid.ok else " (it bid full)"))
         if not request.waiting:
             self._after_probe(request, now)
 
