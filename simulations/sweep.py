@@ -302,17 +302,44 @@ def _local(sweep: Sweep, workers: int) -> Iterator[dict[str, Any]]:
             yield fut.result()
 
 
+def _connect(client_type: Any, address: str) -> Any:
+    """A Dask client for `address`, or one line saying why not, within the connect timeout
+    (plus a grace). Why a thread: Dask's own timeout covers reaching the address, not a
+    server that accepts and then never speaks its protocol (the sweep waited forever), and
+    bytes from something that is not a scheduler can fail in any way (a MemoryError from
+    a garbage length)."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            box["client"] = client_type(address, timeout=f"{CONNECT_TIMEOUT_S}s")
+        except BaseException as err:  # noqa: BLE001 - reported as one line below
+            box["error"] = err
+
+    thread = threading.Thread(target=connect, name="dask-connect", daemon=True)
+    thread.start()
+    thread.join(CONNECT_TIMEOUT_S + 5.0)
+    where = f"--cluster {address[:80]}"
+    if thread.is_alive():
+        raise SweepError(f"{where}: no Dask scheduler answered within "
+                         f"{CONNECT_TIMEOUT_S:g} s")
+    err = box.get("error")
+    if err is not None:
+        what = "cannot connect" if isinstance(err, OSError | TimeoutError | ValueError) \
+            else "not a Dask scheduler"
+        raise SweepError(f"{where}: {what}: {type(err).__name__}")
+    return box["client"]
+
+
 def _dask(sweep: Sweep, address: str) -> Iterator[dict[str, Any]]:
     try:
         from dask.distributed import Client, as_completed
     except ImportError:
         raise SweepError("--cluster needs dask.distributed (pip install 'keepmesh[sim]')") \
             from None
-    try:
-        client = Client(address, timeout=f"{CONNECT_TIMEOUT_S}s")  # type: ignore[no-untyped-call]
-    except (OSError, TimeoutError, ValueError) as err:
-        raise SweepError(f"--cluster {address[:80]}: cannot connect: "
-                         f"{type(err).__name__}") from None
+    client = _connect(Client, address)
     try:
         runs = sweep.runs()
         futs = client.map(run_point, [sweep.topology_doc] * len(runs),
@@ -321,7 +348,7 @@ def _dask(sweep: Sweep, address: str) -> Iterator[dict[str, Any]]:
         for fut in as_completed(futs):  # type: ignore[no-untyped-call]
             yield fut.result()
     finally:
-        client.close()  # type: ignore[no-untyped-call]
+        client.close()
 
 
 def run_sweep(sweep: Sweep, workers: int = 1, cluster: str | None = None,

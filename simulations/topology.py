@@ -21,6 +21,7 @@ GRAPH_KINDS = ("full", "star", "scale_free", "grid", "random_geometric", "tree")
 MAX_AGENTS = 1_000_000
 MAX_DURATION_S = 86_400.0 * 7
 MAX_SITES = 2_000
+MAX_SAMPLES = 100_000  # membership-view samples per run (sample_interval_s >= duration / this)
 
 # Event action keys and the extra keys each one allows.
 ACTIONS: dict[str, tuple[str, ...]] = {
@@ -222,8 +223,9 @@ def parse_topology(doc: dict[str, Any], p: str = "<topology>") -> Topology:
     update_at: float | None = None
     if "update_at_s" in mesh:
         update_at = c.num(mesh, "mesh", "update_at_s", 0.0, duration)
-    sample = c.num(mesh, "mesh", "sample_interval_s", 0.0, duration, min(1.0, duration),
-                   lo_open=True)
+    # at most MAX_SAMPLES samples: each one is a timer and a record kept to the end
+    sample = c.num(mesh, "mesh", "sample_interval_s", duration / MAX_SAMPLES, duration,
+                   min(1.0, duration))
 
     net = c.table(doc, "network", set(LINK_KEYS))
     default = c.link(net, "network", LinkSpec(latency_s=0.005, distribution="uniform"))
@@ -317,6 +319,10 @@ def parse_topology(doc: dict[str, Any], p: str = "<topology>") -> Topology:
     for ei, ev in enumerate(raw_events):
         events.append(_parse_event(c, ev, ei, duration, agents, names))
     events.sort(key=lambda e: (e.at_s, e.index))
+    joined = sum(e.value for e in events if e.action == "join")
+    if agents + joined > MAX_AGENTS:
+        raise c.fail("event", f"{agents} agents and {joined} joined exceed {MAX_AGENTS:,} "
+                              "agents in one run")
     placement = None
     if "placement" in doc:
         from .placement_stream import parse_stream

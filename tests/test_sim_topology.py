@@ -74,6 +74,11 @@ def test_shipped_topologies_load(path):
     (BASE + "[graph]\nkind = \"blob\"\nsites = 3\n", "graph.kind", "not one of"),
     ("[network]\nlatency_ms = 1\n", "[mesh]", "missing"),
     (BASE + "[[event]]\nat_s = 5\ncrash = true\n", "event[0].crash", "expected integer"),
+    # bounds a hostile file used to pass: a sample every nanosecond grew memory ~70 MB/s,
+    # joins took a 200-agent mesh past the million-agent bound
+    (BASE.replace("profile", "sample_interval_s = 1e-9\nprofile"), "mesh.sample_interval_s",
+     "out of range"),
+    (BASE + "[[event]]\nat_s = 5\njoin = 999900\n", "event", "exceed 1,000,000"),
 ])
 def test_malformed_one_line_error(tmp_path, text, key, reason):
     path = write(tmp_path, text)

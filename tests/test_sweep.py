@@ -172,6 +172,40 @@ def test_unreachable_cluster_is_one_line(tmp_path, capsys, monkeypatch):
     assert err.count("\n") == 1 and "cannot connect" in err
 
 
+@pytest.mark.parametrize("answer", [None, b"\xff" * 64, b"HTTP/1.0 200 OK\r\n\r\n"])
+def test_a_cluster_address_that_is_not_a_scheduler_is_one_line(tmp_path, capsys, monkeypatch,
+                                                                answer):
+    """Something that accepts and then says nothing (the sweep used to wait forever: Dask's
+    timeout covers reaching the address, not a silent peer), or answers garbage."""
+    import socket
+    import threading
+    pytest.importorskip("dask.distributed")
+    monkeypatch.setattr("keepmesh.simulations.sweep.CONNECT_TIMEOUT_S", 1.0)
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if answer is not None:
+                conn.sendall(answer)
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        path = write(tmp_path, SMALL)
+        port = server.getsockname()[1]
+        assert main(["sweep", path, "--cluster", f"tcp://127.0.0.1:{port}"]) == 1
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--cluster" in err and "Traceback" not in err
+
+
 def test_progress_only_on_a_terminal(tmp_path, capsys, monkeypatch):
     topo = tmp_path / "t.toml"
     topo.write_text(TOPO)
