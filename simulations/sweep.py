@@ -35,6 +35,7 @@ MAX_FILE_BYTES = 1024 * 1024
 MAX_RUNS = 10_000          # seeds x grid points
 MAX_VALUES = 256           # values per grid axis
 MAX_LOAD_EVENTS = 100_000  # update events a `load` value may add to one run
+LOAD_SPAN = 0.9  # `load` updates fall in this first share of the run (the rest spreads them)
 MAX_WORKERS = 256
 CONNECT_TIMEOUT_S = 15.0    # reaching a Dask scheduler
 
@@ -232,14 +233,17 @@ def apply_params(doc: dict[str, Any], params: dict[str, Any], path: str) -> Any:
         duration = mesh.get("duration_s")
         if not isinstance(duration, (int, float)) or isinstance(duration, bool):
             raise SweepError("load: topology has no numeric mesh.duration_s")
-        n = int(math.floor(duration * load))
+        # Updates over the first LOAD_SPAN of the run: one made in its last moments has no
+        # time to spread, and a single unreached update makes dissemination_999_s null.
+        last = duration * LOAD_SPAN
+        n = int(math.floor(last * load))
         if n > MAX_LOAD_EVENTS:
             raise SweepError(f"load: {n} update events above {MAX_LOAD_EVENTS}")
         events = d.setdefault("event", [])
         if not isinstance(events, list):
             raise SweepError("topology: [[event]] must be an array of tables")
         events.extend({"at_s": k / load, "update": 1} for k in range(1, n + 1)
-                      if k / load <= duration)
+                      if k / load <= last)
     return parse_topology(d, path)
 
 
