@@ -38,6 +38,7 @@ MAX_LOAD_EVENTS = 100_000  # update events a `load` value may add to one run
 LOAD_SPAN = 0.9  # `load` updates fall in this first share of the run (the rest spreads them)
 MAX_WORKERS = 256
 CONNECT_TIMEOUT_S = 15.0    # reaching a Dask scheduler
+CONNECT_GRACE_S = 5.0       # then, at most, its handshake (a silent peer is given up on)
 
 # grid axis -> (type, lo, hi, what it sets)
 PARAMS: dict[str, tuple[type, float, float, str]] = {
@@ -324,7 +325,7 @@ def _connect(client_type: Any, address: str) -> Any:
 
     thread = threading.Thread(target=connect, name="dask-connect", daemon=True)
     thread.start()
-    thread.join(CONNECT_TIMEOUT_S + 5.0)
+    thread.join(CONNECT_TIMEOUT_S + CONNECT_GRACE_S)
     where = f"--cluster {address[:80]}"
     if thread.is_alive():
         raise SweepError(f"{where}: no Dask scheduler answered within "

@@ -183,6 +183,7 @@ def test_a_cluster_address_that_is_not_a_scheduler_is_one_line(tmp_path, capsys,
     import threading
     pytest.importorskip("dask.distributed")
     monkeypatch.setattr("keepmesh.simulations.sweep.CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr("keepmesh.simulations.sweep.CONNECT_GRACE_S", 0.5)
     server = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
 
