@@ -544,7 +544,10 @@ class Simulation:
         labels = dict(self.site_labels[node.group])
         labels["rev"] = str(self.update_rev)
         inc = self.adapter.update(node.proto, labels, self.engine.now) if node.local else -1
-        eligible = bytearray(1 if n.up else 0 for n in self.engine.nodes)
+        # Agents whose attestation failed are excluded by every observer on purpose: they
+        # never learn later updates, so they are not among those expected to.
+        bad = self.tee_bad
+        eligible = bytearray(1 if n.up and not bad[n.idx] else 0 for n in self.engine.nodes)
         self.metrics_input.update(idx, inc, self.engine.now, eligible, kind=kind)
         if node.local:
             self.engine.pump(node)
@@ -552,6 +555,7 @@ class Simulation:
     def tee_fault(self, idx: int, reason: str) -> None:
         """Every observer's re-attestation of `idx` fails, spread over one probe period."""
         self.tee_bad[idx] = True
+        self.metrics_input.departed(idx)  # cut off from now on: it learns no pending update
         subject = self.engine.nodes[idx].node_id
         spread = self.adapter.probe_interval
         for obs in self.up_indices():

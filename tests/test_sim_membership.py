@@ -83,6 +83,22 @@ def test_tcb_drop_makes_member_untrusted_everywhere():
     assert rep["metrics"]["event_counts"]["untrusted"] >= 9
 
 
+def test_untrusted_agents_are_not_expected_to_learn_later_updates():
+    """Every observer excludes an agent whose evidence failed; counting it among those who
+    must learn an update made every later dissemination_999_s null (never 99.9%)."""
+    t = topo("[mesh]\nagents = 30\nduration_s = 40\n[network]\nlatency_ms = 2\n"
+             "[[event]]\nat_s = 8\ntee_expire = 2\n[[event]]\nat_s = 14\nupdate = 2\n")
+    rep, sim = simulate(t, 3)
+    m = rep["metrics"]
+    assert sum(sim.tee_bad) == 2
+    assert m["updates_tracked"] == 3
+    per_update = m["dissemination_999_per_update_s"]
+    assert len(per_update) == 3 and all(v is not None and 0 < v < 5 for v in per_update), m
+    for track in sim.metrics.all_updates():
+        if track.at > 8 + 1:  # after every observer distrusted them
+            assert not any(track.eligible[i] for i, b in enumerate(sim.tee_bad) if b)
+
+
 def write(tmp_path, text: str) -> str:
     p = tmp_path / "topo.toml"
     p.write_text(text)
