@@ -159,3 +159,52 @@ def test_settings_defaults_and_one_line_errors() -> None:
                        ({"other": 1}, "migration.other"), ([], "migration")]:
         with pytest.raises(ProtocolError, match=field):
             parse_migration(bad)
+
+
+def _to_ready(rep: Replication, others: list[bytes], view: View, replicate_seq: int) -> bytes:
+    [att] = rep.reconcile(view, others, 0.0, random.Random(1))
+    rep.attested(att.node, att.nonce, _fresh(att.node, att.nonce, 1.0), 1.0)
+    rep.acked(att.node, Ack(keep=KEEP, epoch=1, kind="replicate", seq=replicate_seq, ok=True,
+                            reason=""), 1.5)
+    rep.acked(att.node, Ack(keep=KEEP, epoch=1, kind="package", seq=0, ok=True, reason=""), 1.6)
+    assert rep.ready() == (att.node,)
+    return att.node
+
+
+def test_restarted_host_numbers_checkpoints_above_what_its_standby_holds() -> None:
+    """A host that restarts runs its keep at the same epoch with its numbering back at 0;
+    the standby kept checkpoint 74 from it and refuses anything not newer. Its replicate
+    ack says 74, so the next checkpoint is 75 and is accepted (before: 1, refused, and the
+    link failed)."""
+    me, host = _ids(2)
+    holdings, table = Holdings(me), LocationTable()
+    holdings.on_replicate(host, _replicate(), table)
+    holdings.on_transfer(host, split(KEEP, 1, "package", 0, 0.0, b"pkg")[0], table)
+    holdings.on_transfer(host, split(KEEP, 1, "checkpoint", 74, 0.0, b"c74")[0], table)
+    # the host restarts and replicates to it again: the ack carries what it still holds
+    out = holdings.on_replicate(host, _replicate(), table)
+    ack = out[1].message  # type: ignore[union-attr]
+    assert ack.ok and ack.seq == 74 and holdings.held[KEEP].seq == 74
+    # a first replicate (nothing held) says 0
+    assert Holdings(me).on_replicate(host, _replicate(), table)[1] \
+        .message.seq == 0  # type: ignore[union-attr]
+
+    rep, others, view = _rep()
+    node = _to_ready(rep, others, view, replicate_seq=ack.seq)
+    assert rep.newest_seq() == 74 and rep.last_checkpoint() == (0, 0.0)
+    seq = rep.request_seq()
+    assert seq == 75
+    [send] = rep.checkpoint_taken(seq, 5.0, 5.0)
+    assert isinstance(send, fx.SendCheckpoint) and send.node == node and send.seq == 75
+    stored, ok = holdings.on_transfer(host, split(KEEP, 1, "checkpoint", 75, 5.0, b"c75")[0],
+                                      table)
+    assert isinstance(stored, fx.StoreStandby) and ok.message.ok  # type: ignore[union-attr]
+    assert holdings.held[KEEP].seq == 75
+
+
+@pytest.mark.parametrize("claimed", [0, 1 << 53, (1 << 53) + 1, (1 << 63) - 1])
+def test_a_standby_cannot_push_the_numbering_off_the_wire(claimed: int) -> None:
+    rep, others, view = _rep()
+    _to_ready(rep, others, view, replicate_seq=claimed)
+    expected = claimed + 1 if claimed <= 1 << 53 else 1
+    assert rep.request_seq() == expected

@@ -463,7 +463,7 @@ class Migration:
         del self.running[r.keep]
         self._out.append(StopKeep(r.keep, r.epoch, "fenced", winner.host))
         self._out.append(KeepFenced(r.keep, r.epoch, winner.host, winner.epoch,
-                                    r.replication.seq))
+                                    r.replication.newest_seq()))
         self._drain_note(r.keep, None, f"fenced by epoch {winner.epoch}")
 
     def _announce(self, r: Running, now: float, state: str = "running", *,

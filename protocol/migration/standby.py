@@ -66,6 +66,12 @@ class StandbyLink:
     failure: str = ""
 
 
+# The highest held seq a standby may make a restarted host number on from: a checkpoint a
+# second for 285 million years, and far below the wire's u63 (a standby claiming more is
+# ignored rather than pushing the host's numbering off the wire).
+MAX_RESUMED_SEQ = 1 << 53
+
+
 class Replication:
     """Host side: keep `keep` (at `epoch`) replicated to `settings.standbys` standbys."""
 
@@ -84,6 +90,9 @@ class Replication:
         self.next_checkpoint = now + settings.checkpoint_s
         self.checkpoint_pending = False
         self.requested = seq  # highest seq asked of the driver
+        # newest checkpoint of this keep at this epoch a standby holds from an earlier run
+        # of this host (it restarted without its numbering): what its state descends from
+        self.resumed_seq = 0
         self.failed: dict[NodeId, str] = {}  # recently failed standbys, not retried at once
 
     # ------------------------------------------------------------ standbys
@@ -171,6 +180,11 @@ class Replication:
             return []
         if lk.state is not LinkState.SHIPPING:
             return []
+        if ack.kind == "replicate" and self.requested < ack.seq <= MAX_RESUMED_SEQ:
+            # The standby holds checkpoint `ack.seq` of this keep at this epoch from an
+            # earlier run of this host (it restarted): number the next ones above it.
+            self.requested = ack.seq
+            self.resumed_seq = max(self.resumed_seq, ack.seq)
         lk.outstanding.discard(ack.kind)
         if lk.outstanding:
             return []
@@ -188,6 +202,10 @@ class Replication:
         self.failed[lk.node] = why
 
     # ---------------------------------------------------------- checkpoints
+
+    def newest_seq(self) -> int:
+        """The newest checkpoint this copy's state is known to descend from."""
+        return max(self.seq, self.resumed_seq)
 
     def request_seq(self) -> int:
         """The seq for the next TakeCheckpoint (strictly increasing per keep)."""
@@ -298,13 +316,16 @@ class Holdings:
                                      ok=False, reason=why))]
         old = self.held.get(msg.keep)
         keep_ckpt = old is not None and old.host == sender and old.epoch == msg.epoch
+        held_seq = old.seq if keep_ckpt and old else 0
         self.held[msg.keep] = Held(msg.keep, sender, msg.epoch, msg.deployment,
-                                   msg.package_size, msg.package_digest,
-                                   seq=old.seq if keep_ckpt and old else 0,
+                                   msg.package_size, msg.package_digest, seq=held_seq,
                                    taken_at=old.taken_at if keep_ckpt and old else 0.0)
+        # The seq of the checkpoint still held from this host at this epoch: a host that
+        # restarted numbers from 1 again, and would see every checkpoint refused as not
+        # newer than this one; told it, it numbers on above it.
         return [StoreStandby(msg.keep, msg.epoch, "deployment", 0, 0.0, msg.deployment),
-                Send(sender, Ack(keep=msg.keep, epoch=msg.epoch, kind="replicate", seq=0,
-                                 ok=True, reason=""))]
+                Send(sender, Ack(keep=msg.keep, epoch=msg.epoch, kind="replicate",
+                                 seq=held_seq, ok=True, reason=""))]
 
     def on_transfer(self, sender: NodeId, t: Transfer,
                     locations: LocationTable) -> list[Effect]:
