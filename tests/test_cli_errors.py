@@ -156,3 +156,29 @@ def test_fuzz_every_verb(workdir: Path, data: st.DataObject) -> None:
                       st.sampled_from(VALUES), st.text(max_size=12))
     rest = data.draw(st.lists(token, max_size=7))
     check([*prefix, *rest])
+
+
+
+def test_root_takes_several_pems_after_one_flag_without_eating_positionals(
+        tmp_path: Path) -> None:
+    """DESIGN.md: client verbs and `attest verify` take `--root PEM ...`, like the agent."""
+    from keepmesh.agent.cli import parse_command_line
+    a, b = tmp_path / "a.pem", tmp_path / "b.pem"
+    a.write_text("x")
+    b.write_text("y")
+    A, B = str(a), str(b)
+    args = parse_command_line(["members", "--root", A, B, "--json"])
+    assert [str(r) for r in args.root] == [A, B] and args.json
+    args = parse_command_line(["call", "ID", "MSG", "--root", A, B])
+    assert [str(r) for r in args.root] == [A, B] and (args.id, args.message) == ("ID", "MSG")
+    # positionals written after one root are not swallowed
+    args = parse_command_line(["call", "--root", A, "ID", "MSG"])
+    assert [str(r) for r in args.root] == [A] and (args.id, args.message) == ("ID", "MSG")
+    args = parse_command_line(["attest", "verify", "ev.bin", "--root", A, B, "--root", A])
+    assert args.root == [A, B, A] and args.evidence == "ev.bin"
+    args = parse_command_line(["attest", "verify", "--root", A, "ev.bin"])
+    assert args.root == [A] and args.evidence == "ev.bin"
+    # a usage error is still one line and exit 2
+    with pytest.raises(SystemExit) as exc:
+        parse_command_line(["call", "ID", "--root", A])
+    assert exc.value.code == 2

@@ -11,6 +11,7 @@ Every failure is one line on stderr naming what to do, and exit code 1
 from __future__ import annotations
 
 import argparse
+import contextvars
 import importlib
 import os
 import pkgutil
@@ -54,6 +55,8 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (the full usage is one `--help` away)."""
 
     def error(self, message: str) -> NoReturn:
+        if _GREEDY_ROOTS.get():
+            raise _OneRootPerFlag()
         first = message.splitlines()[0] if message else "bad arguments"
         self.exit(2, f"{self.prog}: {first[:300]} (see `{self.prog} --help`)\n")
 
@@ -64,6 +67,45 @@ class Parser(argparse.ArgumentParser):
         if action.nargs is None and isinstance(value, list):
             self.error(f"argument {action.metavar or action.dest}: expected one argument")
         return value
+
+
+# `--root PEM ...` (DESIGN.md) takes several roots after one flag, as `keepmesh agent` does;
+# a greedy list would also swallow positionals written after it (`call --root a.pem ID MSG`).
+# So a command line is read greedily first, every root an existing file, and on any usage
+# error once more with one root per flag, which reports the error if it still does not fit.
+_GREEDY_ROOTS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "keepmesh_greedy_roots", default=False)
+
+
+class _OneRootPerFlag(Exception):
+    """The greedy reading of `--root PEM ...` did not fit: read the line once more."""
+
+
+def add_root_flag(p: argparse.ArgumentParser, help: str, type: Any = str) -> None:
+    """The `--root PEM ...` flag, read as explained at _GREEDY_ROOTS."""
+    if not _GREEDY_ROOTS.get():
+        p.add_argument("--root", action="append", default=[], type=type, metavar="PEM",
+                       help=help)
+        return
+
+    def existing(value: str) -> Any:
+        if not os.path.isfile(value):
+            raise argparse.ArgumentTypeError(f"{value[:100]}: not a file")
+        return type(value)
+
+    p.add_argument("--root", action="extend", nargs="+", default=[], type=existing,
+                   metavar="PEM", help=help)
+
+
+def parse_command_line(argv: list[str] | None) -> argparse.Namespace:
+    token = _GREEDY_ROOTS.set(True)
+    try:
+        return build_parser().parse_args(argv)
+    except _OneRootPerFlag:
+        pass
+    finally:
+        _GREEDY_ROOTS.reset(token)
+    return build_parser().parse_args(argv)
 
 
 def version_line() -> str:
@@ -121,12 +163,11 @@ def _is_agent(argv: list[str]) -> bool:
 
 
 def _main(argv: list[str] | None, previous: Any) -> int:
-    parser = build_parser()
     if argv is not None and any("\x00" in a for a in argv):
         # A real command line cannot carry NUL (C strings); a caller passing argv can.
         print("keepmesh: an argument contains a NUL byte", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    args = parse_command_line(argv)
     if previous is not None and args.command != "agent":
         signal.signal(signal.SIGTERM, previous)  # client verbs: SIGTERM ends them as usual
     try:
@@ -148,7 +189,8 @@ def _main(argv: list[str] | None, previous: Any) -> int:
     return int(code or 0)
 
 
-__all__ = ["CommandError", "Parser", "Terminated", "build_parser", "main", "__version__"]
+__all__ = ["CommandError", "Parser", "Terminated", "add_root_flag", "build_parser", "main",
+           "parse_command_line", "__version__"]
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from keepmesh.agent.cli import CommandError
+from keepmesh.agent.cli import CommandError, add_root_flag
 from keepmesh.agent.cli._output import print_json
 
 __all__ = ["add_client_flags", "check_list", "client_options", "int_in", "print_json",
@@ -22,8 +22,8 @@ def add_client_flags(p: argparse.ArgumentParser) -> None:
     default = os.environ.get("KEEPMESH_AGENT", DEFAULT_AGENT)
     p.add_argument("--agent", default=default, metavar="HOST:PORT",
                    help=f"agent to talk to (default $KEEPMESH_AGENT or {DEFAULT_AGENT})")
-    p.add_argument("--root", action="append", default=[], type=Path, metavar="PEM",
-                   help="extra trusted root for the agent's evidence, e.g. a sim root's ark.pem")
+    add_root_flag(p, "extra trusted roots for the agent's evidence, e.g. a sim root's ark.pem",
+                  type=Path)
     p.add_argument("--key", type=Path, metavar="FILE",
                    help="operator/owner key (default: created under ~/.config/keepmesh)")
     p.add_argument("--collateral", type=Path, metavar="FILE",

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from keepmesh.agent.cli import CommandError
+from keepmesh.agent.cli import CommandError, add_root_flag
 from keepmesh.agent.cli._output import print_json
 from keepmesh.protocol.errors import ProtocolError
 
@@ -32,8 +32,7 @@ def register(subparsers: Any) -> None:
     verify.add_argument("evidence", metavar="EVIDENCE", help="report/quote file")
     verify.add_argument("--certs", metavar="DIR",
                         help="chain certificates (PEM or DER, any file names)")
-    verify.add_argument("--root", metavar="PEM", action="append", default=[],
-                        help="extra trusted root certificate (repeatable)")
+    add_root_flag(verify, "extra trusted root certificates")
     verify.add_argument("--collateral", metavar="DIR",
                         help="Intel TCB info / QE identity / CRLs (directory or one file)")
     verify.add_argument("--policy", metavar="FILE", help="appraisal policy")
