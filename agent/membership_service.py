@@ -32,6 +32,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,9 @@ from keepmesh.protocol.effects import (
     Join,
     KeepFailed,
     Leave,
+    MemberDead,
     MemberEvent,
+    MemberLeft,
     Output,
     Persist,
     RequestAttestation,
@@ -82,6 +85,10 @@ STREAM_RETRY_S = (0.1, 0.3, 1.0)
 ORDERED_METHOD = "migrate.msg"
 MAX_ORDERED_BYTES = MAX_CHUNK + 64 * 1024  # one migrate.* record (a transfer chunk + header)
 LANE_QUEUE = 4096          # ordered messages waiting for one member
+# A lane with nothing to send for this long ends (the next message starts a new one): a
+# lane whose member we never hear leave (never a member, gone while we were partitioned)
+# must not hold a task and a queue for ever, one per node id others made us talk to.
+LANE_IDLE_S = 60.0
 # A lane call waits this long, plus the time its callee grants the request to arrive
 # (1 s per 256 KiB, MIN_REQUEST_RATE_BPS): a fixed 10 s could never deliver a full 8 MiB
 # batch over a link slower than 0.8 MiB/s, and the transfer's resends would only repeat it.
@@ -103,6 +110,15 @@ def lane_timeout(size: int) -> float:
     """How long a lane call of `size` bytes waits for its answer: the callee's own
     allowance for the request to arrive, plus the time to handle and answer it."""
     return LANE_TIMEOUT_S + size / MIN_REQUEST_RATE_BPS
+
+
+@dataclass
+class _Lane:
+    """One member's ordered lane: where messages are queued, and the scope that ends its
+    task at once when the member is gone (queued messages to it are dropped, not tried)."""
+
+    send: trio.MemorySendChannel[tuple[str, bytes]]
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
 def member_json(m: MemberView) -> dict[str, Any]:
@@ -147,7 +163,7 @@ class MeshService:
         self._dial_failed_at: dict[str, float] = {}
         self._nursery: trio.Nursery | None = None
         self._state: dict[str, Any] = {}
-        self._lanes: dict[bytes, trio.MemorySendChannel[tuple[str, bytes]]] = {}
+        self._lanes: dict[bytes, _Lane] = {}
         agent.register({"members.list": self._rpc_members, "swim.stream": self._rpc_stream,
                         ORDERED_METHOD: self._rpc_ordered, BATCH_METHOD: self._rpc_batch,
                         "agent.join": self._rpc_join, "agent.leave": self._rpc_leave})
@@ -248,6 +264,8 @@ class MeshService:
                 self._keep(item)
             elif isinstance(item, MemberEvent):
                 self._log_event(item)
+                if isinstance(item, MemberDead | MemberLeft):
+                    self._end_lane(item.node_id)
             for cb in self.on_output:
                 cb(item)
         self._wake.unpark_all()
@@ -302,31 +320,56 @@ class MeshService:
         lane = self._lanes.get(node_id)
         if lane is not None:
             try:
-                lane.send_nowait((address, data))
+                lane.send.send_nowait((address, data))
                 return
             except trio.WouldBlock:
                 log.warning("ordered queue to %s full; message dropped", fingerprint(node_id))
                 return
             except trio.BrokenResourceError:
-                pass  # its task ended on a bug (its guard logged it): the member gets a new lane
+                pass  # its task ended (idle, or on a bug its guard logged): start a new lane
         send, recv = trio.open_memory_channel[tuple[str, bytes]](LANE_QUEUE)
-        self._lanes[node_id] = send
+        lane = self._lanes[node_id] = _Lane(send)
         assert self._nursery is not None
-        self._nursery.start_soon(self._lane, node_id, recv)
+        self._nursery.start_soon(self._lane, node_id, lane, recv)
         send.send_nowait((address, data))
 
-    async def _lane(self, node_id: bytes,
+    def _end_lane(self, node_id: bytes) -> None:
+        """The member is dead or left: end its lane now, so a churning mesh does not leave
+        one idle task and queue per departed member. If it comes back, its next message
+        starts a new lane (_enqueue)."""
+        lane = self._lanes.pop(node_id, None)
+        if lane is not None:
+            lane.send.close()
+            lane.scope.cancel()
+
+    async def _lane(self, node_id: bytes, lane: _Lane,
                     recv: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
         """One member's ordered messages, one RPC at a time: what is already queued behind
         the first goes with it as one batch. Best effort: a message that cannot be
-        delivered is dropped (the sub-machine's timeouts and resends cover it)."""
-        async with recv:  # closed when this task ends, however: _enqueue then starts anew
+        delivered is dropped (the sub-machine's timeouts and resends cover it). Ends when
+        the member is gone (_end_lane) or after LANE_IDLE_S with nothing to send."""
+        try:
+            with lane.scope:
+                await self._lane_loop(node_id, recv)
+        finally:
+            if self._lanes.get(node_id) is lane:  # not a newer lane that replaced it
+                del self._lanes[node_id]
+
+    async def _lane_loop(self, node_id: bytes,
+                         recv: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
+        # recv is closed when this returns, however: a later _enqueue then starts anew.
+        # Returning on idle takes no checkpoint between the last look at the queue and the
+        # close, so no message can slip into a queue nobody reads.
+        async with recv:
             carry: tuple[str, bytes] | None = None
             while True:
                 if carry is None:
                     try:
-                        carry = await recv.receive()
-                    except trio.EndOfChannel:
+                        with trio.move_on_after(LANE_IDLE_S):
+                            carry = await recv.receive()
+                        if carry is None:
+                            carry = recv.receive_nowait()  # what came as the wait ended
+                    except (trio.EndOfChannel, trio.WouldBlock):
                         return
                 address, first = carry
                 batch, size, carry = [first], len(first), None
