@@ -71,6 +71,7 @@ from keepmesh.protocol.membership import (
 )
 from keepmesh.protocol.migration.messages import MAX_CHUNK
 from keepmesh.protocol.node import PERSIST_INCARNATION, MeshNode, SubMachine
+from keepmesh.protocol.rpc import RpcNotFound
 
 log = logging.getLogger("keepmesh.membership")
 
@@ -100,6 +101,7 @@ LANE_TIMEOUT_S = 10.0
 BATCH_METHOD = "migrate.batch"
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 MAX_BATCH_ITEMS = 64
+MAX_JOIN = 16  # addresses one agent.join takes, given or re-joined through
 STATE_FILE = "mesh.json"
 LEGACY_STATE_FILE = "membership.json"
 
@@ -135,6 +137,12 @@ def member_json(m: MemberView) -> dict[str, Any]:
         "capacity": m.capacity.to_fields(),
         "labels": dict(m.labels),
     }
+
+
+class NothingToJoin(RpcNotFound):
+    """`agent.join` without addresses on an agent that has no seeds (no --join, no join
+    list in its config) and no discovered agents: `not_found`, so a program tells it from
+    seeds that were there but could not be joined (`invalid`)."""
 
 
 def _rejected(err: ChannelFailed) -> bool:
@@ -573,10 +581,12 @@ class MeshService:
 
     async def _rpc_join(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         from keepmesh.agent.transport.quic import parse_address
-        addresses = body.get("addresses")
-        if not isinstance(addresses, list) or not 1 <= len(addresses) <= 16 or \
+        addresses = body.get("addresses", [])
+        if isinstance(addresses, list) and not addresses:
+            return await self._rejoin()
+        if not isinstance(addresses, list) or not 1 <= len(addresses) <= MAX_JOIN or \
                 not all(isinstance(a, str) for a in addresses):
-            raise ProtocolError("agent.join: addresses must be 1-16 HOST:PORT strings")
+            raise ProtocolError(f"agent.join: addresses must be 1-{MAX_JOIN} HOST:PORT strings")
         for a in addresses:
             parse_address(a)
         joined = []
@@ -586,10 +596,52 @@ class MeshService:
                 joined.append(a)
             except ChannelFailed as err:
                 raise ProtocolError(f"cannot join {a}: {err}") from None
-        if self.node is not None:
-            self.node.command(Join(tuple(joined)), self.now())
-            self.flush()
+        self._join_through(joined)
         return {"joined": joined}
+
+    def rejoin_candidates(self) -> list[str]:
+        """Where `agent.join` without addresses goes: the seeds the agent was started with,
+        then what discovery found (Agent.join_sources); ourselves left out, MAX_JOIN at most."""
+        found = dict.fromkeys(self.agent.seeds)
+        for source in self.agent.join_sources:
+            found.update(dict.fromkeys(source()))
+        found.pop(self.agent.address, None)
+        return list(found)[:MAX_JOIN]
+
+    async def _rejoin(self) -> dict[str, Any]:
+        """`keepmesh join` with no address: an agent that lost its mesh (a partition, every
+        peer restarted) tries its seeds again, all at once. It joins through those that
+        attest; it fails only when none does, or when it has nothing to try."""
+        candidates = self.rejoin_candidates()
+        if not candidates:
+            raise NothingToJoin("agent.join: no address given and the agent has no seeds to "
+                                "re-join through (start it with --join HOST:PORT, a join "
+                                "list in its config, or --discover)")
+        attested: set[str] = set()
+        failures: list[str] = []
+
+        async def attempt(address: str) -> None:
+            try:
+                await self.agent.connect(address)
+                attested.add(address)
+            except (ChannelFailed, ProtocolError) as err:
+                failures.append(f"{address}: {err}")
+
+        async with trio.open_nursery() as nursery:
+            for address in candidates:
+                nursery.start_soon(attempt, address)
+        if not attested:
+            raise ProtocolError(f"cannot re-join: none of the agent's {len(candidates)} "
+                                f"seed(s) could be joined ({failures[0]})")
+        joined = [a for a in candidates if a in attested]
+        self._join_through(joined)
+        return {"joined": joined}
+
+    def _join_through(self, addresses: list[str]) -> None:
+        """Membership push-pulls (join) to these attested agents."""
+        if self.node is not None:
+            self.node.command(Join(tuple(addresses)), self.now())
+            self.flush()
 
     async def _rpc_leave(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         node = self.node
