@@ -21,6 +21,7 @@ each other without touching the LAN (tests/test_discovery.py).
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import socket
 import time
@@ -37,6 +38,7 @@ SERVICE_TYPE = "_keepmesh._udp.local."
 MAX_PENDING = 64          # discovered addresses waiting to be dialled
 REDIAL_AFTER_S = 30.0     # one attempt per address per this long (spoofed ads cost little)
 MAX_TXT = 64              # characters kept from any TXT value
+MAX_REJOIN = 16           # discovered addresses offered to a re-join (the newest)
 
 
 def _interfaces(listen_host: str) -> list[str] | None:
@@ -108,6 +110,12 @@ class Discovery:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(zc.close)
 
+    def addresses(self) -> list[str]:
+        """Where a re-join (`keepmesh join` with no address) may go: the newest agents
+        announced, ourselves excluded. Each is still attested before it is joined."""
+        newest = (a for a in reversed(self.found) if a != self.agent.address)
+        return list(itertools.islice(newest, MAX_REJOIN))
+
     @staticmethod
     def _local_ips(v6: bool) -> list[str]:
         import ifaddr
@@ -144,7 +152,8 @@ class Discovery:
 
     # -- trio thread --------------------------------------------------------
     def _offer(self, address: str, fp: str) -> None:
-        self.found[address] = fp
+        self.found.pop(address, None)
+        self.found[address] = fp  # newest last (addresses() offers the newest)
         now = time.monotonic()
         if now - self._last_try.get(address, -REDIAL_AFTER_S) < REDIAL_AFTER_S:
             return
@@ -177,4 +186,5 @@ def attach(agent: Agent) -> Discovery:
     """Run discovery as one of the agent's services (started once it is bound)."""
     d = Discovery(agent)
     agent.services.append(d.run)
+    agent.join_sources.append(d.addresses)
     return d

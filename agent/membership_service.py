@@ -32,6 +32,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,9 @@ from keepmesh.protocol.effects import (
     Join,
     KeepFailed,
     Leave,
+    MemberDead,
     MemberEvent,
+    MemberLeft,
     Output,
     Persist,
     RequestAttestation,
@@ -68,6 +71,7 @@ from keepmesh.protocol.membership import (
 )
 from keepmesh.protocol.migration.messages import MAX_CHUNK
 from keepmesh.protocol.node import PERSIST_INCARNATION, MeshNode, SubMachine
+from keepmesh.protocol.rpc import RpcNotFound
 
 log = logging.getLogger("keepmesh.membership")
 
@@ -82,6 +86,10 @@ STREAM_RETRY_S = (0.1, 0.3, 1.0)
 ORDERED_METHOD = "migrate.msg"
 MAX_ORDERED_BYTES = MAX_CHUNK + 64 * 1024  # one migrate.* record (a transfer chunk + header)
 LANE_QUEUE = 4096          # ordered messages waiting for one member
+# A lane with nothing to send for this long ends (the next message starts a new one): a
+# lane whose member we never hear leave (never a member, gone while we were partitioned)
+# must not hold a task and a queue for ever, one per node id others made us talk to.
+LANE_IDLE_S = 60.0
 # A lane call waits this long, plus the time its callee grants the request to arrive
 # (1 s per 256 KiB, MIN_REQUEST_RATE_BPS): a fixed 10 s could never deliver a full 8 MiB
 # batch over a link slower than 0.8 MiB/s, and the transfer's resends would only repeat it.
@@ -93,6 +101,7 @@ LANE_TIMEOUT_S = 10.0
 BATCH_METHOD = "migrate.batch"
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 MAX_BATCH_ITEMS = 64
+MAX_JOIN = 16  # addresses one agent.join takes, given or re-joined through
 STATE_FILE = "mesh.json"
 LEGACY_STATE_FILE = "membership.json"
 
@@ -103,6 +112,15 @@ def lane_timeout(size: int) -> float:
     """How long a lane call of `size` bytes waits for its answer: the callee's own
     allowance for the request to arrive, plus the time to handle and answer it."""
     return LANE_TIMEOUT_S + size / MIN_REQUEST_RATE_BPS
+
+
+@dataclass
+class _Lane:
+    """One member's ordered lane: where messages are queued, and the scope that ends its
+    task at once when the member is gone (queued messages to it are dropped, not tried)."""
+
+    send: trio.MemorySendChannel[tuple[str, bytes]]
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
 def member_json(m: MemberView) -> dict[str, Any]:
@@ -119,6 +137,12 @@ def member_json(m: MemberView) -> dict[str, Any]:
         "capacity": m.capacity.to_fields(),
         "labels": dict(m.labels),
     }
+
+
+class NothingToJoin(RpcNotFound):
+    """`agent.join` without addresses on an agent that has no seeds (no --join, no join
+    list in its config) and no discovered agents: `not_found`, so a program tells it from
+    seeds that were there but could not be joined (`invalid`)."""
 
 
 def _rejected(err: ChannelFailed) -> bool:
@@ -147,7 +171,7 @@ class MeshService:
         self._dial_failed_at: dict[str, float] = {}
         self._nursery: trio.Nursery | None = None
         self._state: dict[str, Any] = {}
-        self._lanes: dict[bytes, trio.MemorySendChannel[tuple[str, bytes]]] = {}
+        self._lanes: dict[bytes, _Lane] = {}
         agent.register({"members.list": self._rpc_members, "swim.stream": self._rpc_stream,
                         ORDERED_METHOD: self._rpc_ordered, BATCH_METHOD: self._rpc_batch,
                         "agent.join": self._rpc_join, "agent.leave": self._rpc_leave})
@@ -248,6 +272,8 @@ class MeshService:
                 self._keep(item)
             elif isinstance(item, MemberEvent):
                 self._log_event(item)
+                if isinstance(item, MemberDead | MemberLeft):
+                    self._end_lane(item.node_id)
             for cb in self.on_output:
                 cb(item)
         self._wake.unpark_all()
@@ -302,31 +328,56 @@ class MeshService:
         lane = self._lanes.get(node_id)
         if lane is not None:
             try:
-                lane.send_nowait((address, data))
+                lane.send.send_nowait((address, data))
                 return
             except trio.WouldBlock:
                 log.warning("ordered queue to %s full; message dropped", fingerprint(node_id))
                 return
             except trio.BrokenResourceError:
-                pass  # its task ended on a bug (its guard logged it): the member gets a new lane
+                pass  # its task ended (idle, or on a bug its guard logged): start a new lane
         send, recv = trio.open_memory_channel[tuple[str, bytes]](LANE_QUEUE)
-        self._lanes[node_id] = send
+        lane = self._lanes[node_id] = _Lane(send)
         assert self._nursery is not None
-        self._nursery.start_soon(self._lane, node_id, recv)
+        self._nursery.start_soon(self._lane, node_id, lane, recv)
         send.send_nowait((address, data))
 
-    async def _lane(self, node_id: bytes,
+    def _end_lane(self, node_id: bytes) -> None:
+        """The member is dead or left: end its lane now, so a churning mesh does not leave
+        one idle task and queue per departed member. If it comes back, its next message
+        starts a new lane (_enqueue)."""
+        lane = self._lanes.pop(node_id, None)
+        if lane is not None:
+            lane.send.close()
+            lane.scope.cancel()
+
+    async def _lane(self, node_id: bytes, lane: _Lane,
                     recv: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
         """One member's ordered messages, one RPC at a time: what is already queued behind
         the first goes with it as one batch. Best effort: a message that cannot be
-        delivered is dropped (the sub-machine's timeouts and resends cover it)."""
-        async with recv:  # closed when this task ends, however: _enqueue then starts anew
+        delivered is dropped (the sub-machine's timeouts and resends cover it). Ends when
+        the member is gone (_end_lane) or after LANE_IDLE_S with nothing to send."""
+        try:
+            with lane.scope:
+                await self._lane_loop(node_id, recv)
+        finally:
+            if self._lanes.get(node_id) is lane:  # not a newer lane that replaced it
+                del self._lanes[node_id]
+
+    async def _lane_loop(self, node_id: bytes,
+                         recv: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
+        # recv is closed when this returns, however: a later _enqueue then starts anew.
+        # Returning on idle takes no checkpoint between the last look at the queue and the
+        # close, so no message can slip into a queue nobody reads.
+        async with recv:
             carry: tuple[str, bytes] | None = None
             while True:
                 if carry is None:
                     try:
-                        carry = await recv.receive()
-                    except trio.EndOfChannel:
+                        with trio.move_on_after(LANE_IDLE_S):
+                            carry = await recv.receive()
+                        if carry is None:
+                            carry = recv.receive_nowait()  # what came as the wait ended
+                    except (trio.EndOfChannel, trio.WouldBlock):
                         return
                 address, first = carry
                 batch, size, carry = [first], len(first), None
@@ -530,10 +581,12 @@ class MeshService:
 
     async def _rpc_join(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         from keepmesh.agent.transport.quic import parse_address
-        addresses = body.get("addresses")
-        if not isinstance(addresses, list) or not 1 <= len(addresses) <= 16 or \
+        addresses = body.get("addresses", [])
+        if isinstance(addresses, list) and not addresses:
+            return await self._rejoin()
+        if not isinstance(addresses, list) or not 1 <= len(addresses) <= MAX_JOIN or \
                 not all(isinstance(a, str) for a in addresses):
-            raise ProtocolError("agent.join: addresses must be 1-16 HOST:PORT strings")
+            raise ProtocolError(f"agent.join: addresses must be 1-{MAX_JOIN} HOST:PORT strings")
         for a in addresses:
             parse_address(a)
         joined = []
@@ -543,10 +596,52 @@ class MeshService:
                 joined.append(a)
             except ChannelFailed as err:
                 raise ProtocolError(f"cannot join {a}: {err}") from None
-        if self.node is not None:
-            self.node.command(Join(tuple(joined)), self.now())
-            self.flush()
+        self._join_through(joined)
         return {"joined": joined}
+
+    def rejoin_candidates(self) -> list[str]:
+        """Where `agent.join` without addresses goes: the seeds the agent was started with,
+        then what discovery found (Agent.join_sources); ourselves left out, MAX_JOIN at most."""
+        found = dict.fromkeys(self.agent.seeds)
+        for source in self.agent.join_sources:
+            found.update(dict.fromkeys(source()))
+        found.pop(self.agent.address, None)
+        return list(found)[:MAX_JOIN]
+
+    async def _rejoin(self) -> dict[str, Any]:
+        """`keepmesh join` with no address: an agent that lost its mesh (a partition, every
+        peer restarted) tries its seeds again, all at once. It joins through those that
+        attest; it fails only when none does, or when it has nothing to try."""
+        candidates = self.rejoin_candidates()
+        if not candidates:
+            raise NothingToJoin("agent.join: no address given and the agent has no seeds to "
+                                "re-join through (start it with --join HOST:PORT, a join "
+                                "list in its config, or --discover)")
+        attested: set[str] = set()
+        failures: list[str] = []
+
+        async def attempt(address: str) -> None:
+            try:
+                await self.agent.connect(address)
+                attested.add(address)
+            except (ChannelFailed, ProtocolError) as err:
+                failures.append(f"{address}: {err}")
+
+        async with trio.open_nursery() as nursery:
+            for address in candidates:
+                nursery.start_soon(attempt, address)
+        if not attested:
+            raise ProtocolError(f"cannot re-join: none of the agent's {len(candidates)} "
+                                f"seed(s) could be joined ({failures[0]})")
+        joined = [a for a in candidates if a in attested]
+        self._join_through(joined)
+        return {"joined": joined}
+
+    def _join_through(self, addresses: list[str]) -> None:
+        """Membership push-pulls (join) to these attested agents."""
+        if self.node is not None:
+            self.node.command(Join(tuple(addresses)), self.now())
+            self.flush()
 
     async def _rpc_leave(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         node = self.node

@@ -126,6 +126,9 @@ class Agent:
         self.listen = listen
         self.advertise = advertise
         self.seeds = list(join or [])
+        # More places `agent.join` without addresses re-joins through, after the seeds
+        # (discovery's finds): each returns HOST:PORT strings, asked at the time of the join.
+        self.join_sources: list[Callable[[], list[str]]] = []
         self.data_dir = data_dir
         self.admin_keys = set(admin_keys or [])
         self.rng = rng or random.SystemRandom()

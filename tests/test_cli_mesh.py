@@ -144,3 +144,96 @@ def test_limit_flags_and_config(tmp_path: Path, capsys: pytest.CaptureFixture[st
         err = capsys.readouterr().err.strip()
         assert reason in err and len(err.splitlines()) == 1, (flags, err)
         assert "--max-connections" in err, err
+
+
+def _owner(tmp_path: Path) -> tuple[Path, bytes]:
+    from keepmesh.agent.identity import read_private_key
+    key = tmp_path / "owner.key"
+    assert main(["keygen", str(key)]) == 0
+    return key, read_private_key(key).public_key().public_bytes_raw()
+
+
+def test_join_without_address_rejoins_through_the_configured_seeds(
+        tmp_path: Path, sim_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The agent lost its mesh (its seed restarted): `keepmesh join --agent B` with no
+    address makes B try the seeds it was started with again."""
+    key, pub = _owner(tmp_path)
+
+    def agent(name: str, listen: str = "127.0.0.1:0", join: list[str] | None = None
+              ) -> AgentThread:
+        return AgentThread(build_agent(AgentConfig(
+            listen=listen, tee="sim", sim_root=sim_root, data_dir=tmp_path / name,
+            owners=[pub], join=join or [])))
+
+    a = agent("a")
+    seed = a.address
+    a.stop()  # the seed is gone when B starts...
+    b = agent("b", join=[seed])
+    a = agent("a", listen=seed)  # ...and back on the same address
+    try:
+        flags = ["--agent", b.address, "--root", str(sim_root / "ark.pem"), "--key", str(key)]
+        assert run_json(capsys, ["join", *flags, "--json"]) == {"joined": [seed]}
+        assert main(["join", *flags]) == 0
+        assert capsys.readouterr().out.strip() == f"joined via {seed}"
+        deadline = time.monotonic() + 20
+        while True:
+            members = run_json(capsys, ["members", *flags, "--json"])
+            assert isinstance(members, list)
+            if [m["state"] for m in members] == ["alive", "alive"] \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert sorted(m["address"] for m in members) == sorted([seed, b.address])
+        assert all(m["state"] == "alive" for m in members)
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_join_without_address_and_nothing_to_join_through(
+        tmp_path: Path, sim_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No seeds and no discovery: one line, exit 1, and the typed `not_found` on the
+    RPC side; addresses that are given are still checked strictly. Once discovery has
+    found an agent, that is where a re-join goes."""
+    import trio
+    from keepmesh.agent import discovery
+    from keepmesh.agent.client import open_client
+    from keepmesh.agent.rpc import RpcError, call
+    key, pub = _owner(tmp_path)
+    a = AgentThread(build_agent(AgentConfig(listen="127.0.0.1:0", tee="sim",
+                                            sim_root=sim_root, data_dir=tmp_path / "a")))
+    b = AgentThread(build_agent(AgentConfig(listen="127.0.0.1:0", tee="sim",
+                                            sim_root=sim_root, data_dir=tmp_path / "b",
+                                            owners=[pub])))
+    try:
+        flags = ["--agent", b.address, "--root", str(sim_root / "ark.pem"), "--key", str(key)]
+        capsys.readouterr()
+        assert main(["join", *flags]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("keepmesh join:") and len(err.splitlines()) == 1
+        assert "no seeds" in err
+
+        async def codes() -> list[str]:
+            client = await open_client(b.address, roots=[sim_root / "ark.pem"], key_path=key)
+            assert client.session is not None
+            out = []
+            try:
+                for body in ({}, {"addresses": []}, {"addresses": None},
+                             {"addresses": a.address}, {"addresses": ["nonsense"]},
+                             {"addresses": [a.address] * 17}, {"addresses": [7]}):
+                    try:
+                        await call(client.session, "agent.join", body)
+                        out.append("ok")
+                    except RpcError as e:
+                        out.append(e.code)
+            finally:
+                await client.aclose()
+            return out
+        assert trio.run(codes) == ["not_found", "not_found"] + ["invalid"] * 5
+        found = discovery.attach(b.agent)  # what --discover wires (its run is not started)
+        found.found["nowhere"] = "00" * 16  # fails (a fast stand-in for a dead agent)
+        found.found[a.address] = a.agent.identity.fingerprint
+        assert run_json(capsys, ["join", *flags, "--json"]) == {"joined": [a.address]}
+    finally:
+        b.stop()
+        a.stop()

@@ -178,3 +178,84 @@ async def test_hostile_batches_are_refused_whole(
     finally:
         await client.aclose()
     assert got == [b"Tone", b"Ttwo"]
+
+
+def _spy_lane_ends(monkeypatch: pytest.MonkeyPatch, svc: MeshService) -> list[bytes]:
+    """The node ids whose lane task has ended, in order."""
+    ended: list[bytes] = []
+    real = svc._lane
+
+    async def spy(node_id: bytes, *args: Any) -> None:
+        try:
+            await real(node_id, *args)
+        finally:
+            ended.append(node_id)
+    monkeypatch.setattr(svc, "_lane", spy)
+    return ended
+
+
+@pytest.mark.slow
+async def test_a_departed_members_lane_ends_and_a_rejoined_one_gets_a_new_lane(
+        nursery: trio.Nursery, tmp_path: Path, sim_root: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lane is an idle task and a queue: kept for every member that ever left, a
+    long-lived agent in a churning mesh would grow without bound. A member that comes
+    back gets a new lane."""
+    from keepmesh.protocol.effects import Leave
+    a, b, addr_b = await _pair(nursery, tmp_path, sim_root)
+    b_id = b.identity.public_bytes
+    got = _record(monkeypatch, _mesh(b))
+    sender = _mesh(a)
+    ended = _spy_lane_ends(monkeypatch, sender)
+    sender.send_ordered(b_id, addr_b, b"T-before")
+    with trio.fail_after(10):
+        while got != [b"T-before"]:
+            await trio.sleep(0.02)
+    assert b_id in sender._lanes and ended == []
+    mesh_b = _mesh(b)
+    assert mesh_b.node is not None
+    mesh_b.node.command(Leave(), mesh_b.now())  # what `keepmesh leave` gossips
+    mesh_b.flush()
+    with trio.fail_after(10):
+        while b_id in sender._lanes or ended != [b_id]:
+            await trio.sleep(0.02)
+    old = a.peers[b_id].session
+    b.shutdown()
+    with trio.fail_after(10):
+        while b.data_dir_lock is not None:  # released when its run ends
+            await trio.sleep(0.02)
+    again = build_agent(AgentConfig(listen="127.0.0.1:0", tee="sim", sim_root=sim_root,
+                                    data_dir=tmp_path / "b", join=[a.address]))
+    got_again = _record(monkeypatch, _mesh(again))
+    addr_again: str = await nursery.start(again.run)
+    with trio.fail_after(10):
+        while (entry := a.peers.get(b_id)) is None or entry.session in (None, old) \
+                or entry.session.closed.is_set():  # the restarted agent's own session
+            await trio.sleep(0.02)
+    sender.send_ordered(b_id, addr_again, b"T-after")
+    with trio.fail_after(10):
+        while got_again != [b"T-after"]:
+            await trio.sleep(0.02)
+    assert b_id in sender._lanes and ended == [b_id]  # a new lane, still running
+
+
+@pytest.mark.slow
+async def test_an_idle_lane_ends_and_the_next_message_starts_a_new_one(
+        nursery: trio.Nursery, tmp_path: Path, sim_root: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lane to a node id whose departure we never hear of must not live for ever."""
+    monkeypatch.setattr(ms, "LANE_IDLE_S", 0.2)
+    a, b, addr_b = await _pair(nursery, tmp_path, sim_root)
+    b_id = b.identity.public_bytes
+    got = _record(monkeypatch, _mesh(b))
+    sender = _mesh(a)
+    ended = _spy_lane_ends(monkeypatch, sender)
+    sender.send_ordered(b_id, addr_b, b"T-one")
+    with trio.fail_after(10):
+        while b_id in sender._lanes or ended != [b_id]:
+            await trio.sleep(0.02)
+    sender.send_ordered(b_id, addr_b, b"T-two")
+    with trio.fail_after(10):
+        while len(got) < 2:
+            await trio.sleep(0.02)
+    assert got == [b"T-one", b"T-two"]

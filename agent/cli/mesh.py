@@ -19,8 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("members", help="the agent's membership view (SWIM)")
     add_client_flags(p)
     p.set_defaults(func=members)
-    p = sub.add_parser("join", help="make the agent join a mesh through these agents")
-    p.add_argument("seeds", nargs="+", metavar="HOST:PORT")
+    p = sub.add_parser("join", help="make the agent join a mesh through these agents (none: "
+                                    "re-join through its own seeds and discovered agents)")
+    # Optional, as the contract says (DESIGN.md): an agent that lost its mesh is told to
+    # try its --join seeds again without the operator having to know them.
+    p.add_argument("seeds", nargs="*", metavar="HOST:PORT")
     add_client_flags(p)
     p.set_defaults(func=join)
     p = sub.add_parser("leave", help="make the agent leave the mesh gracefully, then stop")
