@@ -39,6 +39,9 @@ MAX_PENDING = 64          # discovered addresses waiting to be dialled
 REDIAL_AFTER_S = 30.0     # one attempt per address per this long (spoofed ads cost little)
 MAX_TXT = 64              # characters kept from any TXT value
 MAX_REJOIN = 16           # discovered addresses offered to a re-join (the newest)
+# Announcements are unauthenticated and anyone on the LAN can send a new address each
+# time: what is remembered of them (found, last dial) is bounded, the oldest forgotten.
+MAX_REMEMBERED = 1024
 
 
 def _interfaces(listen_host: str) -> list[str] | None:
@@ -152,11 +155,20 @@ class Discovery:
 
     # -- trio thread --------------------------------------------------------
     def _offer(self, address: str, fp: str) -> None:
-        self.found.pop(address, None)
-        self.found[address] = fp  # newest last (addresses() offers the newest)
+        found = self.found
+        found.pop(address, None)
+        found[address] = fp  # newest last (addresses() offers the newest)
+        if len(found) > MAX_REMEMBERED:
+            del found[next(iter(found))]
         now = time.monotonic()
         if now - self._last_try.get(address, -REDIAL_AFTER_S) < REDIAL_AFTER_S:
             return
+        tries = self._last_try
+        if len(tries) >= MAX_REMEMBERED:  # only tries within REDIAL_AFTER_S matter
+            self._last_try = tries = {a: t for a, t in tries.items()
+                                      if now - t < REDIAL_AFTER_S}
+            while len(tries) >= MAX_REMEMBERED:
+                del tries[next(iter(tries))]
         if address == self.agent.address or self.agent.session_to_address(address) is not None:
             return
         self._last_try[address] = now

@@ -178,6 +178,8 @@ def test_root_takes_several_pems_after_one_flag_without_eating_positionals(
     assert args.root == [A, B, A] and args.evidence == "ev.bin"
     args = parse_command_line(["attest", "verify", "--root", A, "ev.bin"])
     assert args.root == [A] and args.evidence == "ev.bin"
+    args = parse_command_line(["join", "--root", A, "127.0.0.1:7400"])  # not a file: a seed
+    assert [str(r) for r in args.root] == [A] and args.seeds == ["127.0.0.1:7400"]
     # a usage error is still one line and exit 2
     with pytest.raises(SystemExit) as exc:
         parse_command_line(["call", "ID", "--root", A])

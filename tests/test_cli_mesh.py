@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -237,3 +238,24 @@ def test_join_without_address_and_nothing_to_join_through(
     finally:
         b.stop()
         a.stop()
+
+
+@pytest.mark.parametrize("joined", [None, "10.0.0.1:7400", [1, 2], [{"a": 1}]])
+def test_join_reply_that_is_not_a_list_of_addresses_is_one_line(
+        joined: object, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An agent is untrusted input too: a malformed `joined` is one line, not a traceback."""
+    import trio
+    from keepmesh.agent.cli import main, mesh
+
+    class _Client:
+        async def call(self, method: str, body: dict[str, object]) -> dict[str, object]:
+            return {"joined": joined}
+
+    def fake_run_call(args: object, go: Any) -> int:
+        return int(trio.run(go, _Client()))
+
+    monkeypatch.setattr(mesh, "run_call", fake_run_call)
+    assert main(["join", "127.0.0.1:7400"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "malformed joined list" in err and "internal" not in err

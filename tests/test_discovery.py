@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 from agent_proc import AgentProc
-from keepmesh.agent.discovery import SERVICE_TYPE, _interfaces
+from keepmesh.agent.discovery import MAX_PENDING, MAX_REMEMBERED, SERVICE_TYPE, Discovery, \
+    _interfaces
 from walkthrough import free_port
 
 
@@ -49,3 +51,25 @@ def test_two_agents_find_each_other(tmp_path: Path, sim_root: Path) -> None:
         fake.close()
         b.stop()
         a.stop()
+
+
+def test_a_flood_of_announced_addresses_is_remembered_within_a_bound() -> None:
+    """Anyone on the LAN can announce a new address every time: what the agent keeps of
+    them (found, last dial times) stays bounded, the newest kept, the oldest forgotten."""
+
+    class _Agent:
+        address = "127.0.0.1:7400"
+
+        def session_to_address(self, address: str) -> None:
+            return None
+
+    d = Discovery(_Agent())  # type: ignore[arg-type]
+    send, recv = trio.open_memory_channel[str](MAX_PENDING)
+    d._send = send
+    n = 3 * MAX_REMEMBERED
+    for i in range(n):
+        d._offer(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}:7400", "fp")
+    assert len(d.found) == MAX_REMEMBERED and len(d._last_try) <= MAX_REMEMBERED
+    last = n - 1
+    assert d.addresses()[0] == f"10.{last >> 16 & 255}.{last >> 8 & 255}.{last & 255}:7400"
+    assert "10.0.0.0:7400" not in d.found

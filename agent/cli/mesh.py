@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from keepmesh.agent.cli import CommandError
 from keepmesh.agent.cli._client_args import add_client_flags, check_list, run_call
 from keepmesh.agent.cli._output import fmt_time, print_json, print_table
 
@@ -90,10 +91,13 @@ def members(args: argparse.Namespace) -> int:
 def join(args: argparse.Namespace) -> int:
     async def go(client: Any) -> int:
         reply = await client.call("agent.join", {"addresses": list(args.seeds)})
+        joined = reply.get("joined")
+        if not isinstance(joined, list) or not all(isinstance(a, str) for a in joined):
+            raise CommandError("agent sent a malformed joined list")
         if args.json:
             print_json(reply)
         else:
-            print("joined via " + ", ".join(reply.get("joined", [])))
+            print("joined via " + ", ".join(a[:300] for a in joined))
         return 0
 
     return int(run_call(args, go))
