@@ -44,6 +44,7 @@ from keepmesh.agent.node import Agent
 from keepmesh.agent.rpc import RpcContext, RpcError, call
 from keepmesh.agent.session import ChannelFailed
 from keepmesh.protocol.deployment import (
+    CallRequest,
     Deployment,
     DeployRequest,
     KeepRequest,
@@ -308,9 +309,22 @@ class PlacementService:
                if loc.keep == keep or (len(keep) >= 8 and loc.keep.startswith(keep))}
         return ids.pop() if len(ids) == 1 else None
 
+    def _stale_claim(self, keep_id: str, claimed: int | None) -> StaleEpoch | None:
+        """The refusal for a client's `claimed` epoch older than the newest signed record
+        this agent knows for the keep, else None. Why here: a forwarder that sent its own
+        epoch instead would have the host serve an epoch the client's view says is not
+        current, and a stale epoch must be refused the same way directly or forwarded."""
+        signed = self._signed(keep_id)
+        if claimed is None or signed is None or claimed >= signed.epoch:
+            return None
+        return StaleEpoch(f"keep {keep_id}: epoch {claimed} is stale, it runs at "
+                          f"{signed.epoch}")
+
     async def _forward_moving(self, ctx: RpcContext, keep_id: str, method: str,
-                              body: dict[str, Any]) -> dict[str, Any]:
-        """Forward to wherever the keep runs now, with its epoch and signed record; a
+                              body: dict[str, Any], claimed: int | None = None
+                              ) -> dict[str, Any]:
+        """Forward to wherever the keep runs now, with the newest signed record known
+        here and the client's `claimed` epoch unchanged (ours when it gave none); a
         `stale_epoch` answer (it moved again meanwhile) is retried after re-resolving."""
         for backoff in (*STALE_RETRY_S, None):
             loc = self._remote(keep_id)
@@ -319,10 +333,14 @@ class PlacementService:
                 raise StaleEpoch(f"keep {keep_id} is moving: no running copy known")
             if loc.owner and loc.owner != ctx.peer_key and not self._sees_all(ctx):
                 raise RpcNotFound(f"no keep {keep_id[:64]!r} on this agent")
+            stale = self._stale_claim(loc.keep, claimed)
+            if stale is not None:
+                raise stale
             fwd = dict(body, keep=loc.keep)
             signed = self._signed(loc.keep)
             if signed is not None and signed.host == loc.host_id:
-                fwd.update(epoch=signed.epoch, location=encode_payload(signed))
+                fwd.update(epoch=signed.epoch if claimed is None else claimed,
+                           location=encode_payload(signed))
             try:
                 return await self._forward(loc, method, fwd)
             except StaleEpoch:
@@ -332,18 +350,22 @@ class PlacementService:
         raise AssertionError("unreachable")
 
     async def _rpc_call(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
-        keep = body.get("keep")
-        keep_id = self._full_id(keep) if isinstance(keep, str) else None
+        req = CallRequest.from_fields(body)  # typed and bounded before it is forwarded
+        keep_id = self._full_id(req.keep)
         if keep_id is not None:
             try:
                 self._admit(ctx, keep_id, body)
             except StaleEpoch:
-                if ctx.role == "agent":  # one hop at most: the forwarder re-resolves
+                # One hop at most (the forwarder re-resolves); a client's own stale
+                # epoch is refused here, as its host would, never served elsewhere.
+                if ctx.role == "agent" or self._stale_claim(keep_id, req.epoch) is not None:
                     raise
-                return await self._forward_moving(ctx, keep_id, "keeps.call", body)
+                return await self._forward_moving(ctx, keep_id, "keeps.call", body,
+                                                  req.epoch)
             if not self._is_local(keep_id) or self._stopped_here(keep_id):
                 if ctx.role != "agent" and self._remote(keep_id) is not None:
-                    return await self._forward_moving(ctx, keep_id, "keeps.call", body)
+                    return await self._forward_moving(ctx, keep_id, "keeps.call", body,
+                                                      req.epoch)
         out: dict[str, Any] = await self._local["keeps.call"](ctx, body)
         return out
 

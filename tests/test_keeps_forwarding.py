@@ -1,0 +1,197 @@
+"""keeps.call/keeps.stop forwarded by an agent that does not host the keep
+(agent/placement_service.py), over real migration engines (tests/migration_net.py):
+the client's epoch is fenced the same way directly and through a forwarder
+(specs/migration.md §3), and a host that membership holds dead or left is not waited
+on for FORWARD_TIMEOUT_S (specs/keeps.md §3, specs/wire.md `unavailable`).
+
+The agents are PlacementService objects over fakes of their agent, mesh and keeps; the
+agent-to-agent RPC is the forwarder calling the host's handler with the wire's body
+round trip and error codes, so the routing code under test is the real one. Trio's
+autojump clock makes the forwarder's backoffs and timeouts instant and measurable."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from keepmesh.agent import placement_service
+from keepmesh.agent.placement_service import FORWARD_TIMEOUT_S, PlacementService
+from keepmesh.agent.rpc import RpcError
+from keepmesh.protocol.deployment import CallRequest
+from keepmesh.protocol.effects import MemberDead
+from keepmesh.protocol.errors import ProtocolError
+from keepmesh.protocol.membership import MemberState
+from keepmesh.protocol.migration.location import StaleEpoch
+from keepmesh.protocol.migration.machine import MigrationMachine
+from keepmesh.protocol.rpc import error_code, pack_body, unpack_body
+from migration_net import Net, Node
+
+
+class _Session:
+    """An attested agent session; `to` None is a host that died silently (no answer)."""
+
+    def __init__(self, src: bytes, host: bytes, to: PlacementService | None) -> None:
+        self.src, self.to = src, to
+        self.peer = SimpleNamespace(identity=host)
+        self.closed = trio.Event()
+        self.calls = 0
+
+
+async def _rpc(session: _Session, method: str, body: dict[str, Any],
+               timeout: float = 30.0) -> dict[str, Any]:
+    """agent/rpc.py's `call` as the forwarder sees it: the body crosses as msgpack, a
+    handler's ProtocolError comes back as RpcError with its code, no answer is `busy`."""
+    session.calls += 1
+    if session.to is None:
+        await trio.sleep(timeout)
+        raise RpcError(f"{method}: no answer within {timeout:g}s", "busy", method)
+    ctx = SimpleNamespace(role="agent", peer_key=session.src)
+    handler = {"keeps.call": session.to._rpc_call, "keeps.stop": session.to._rpc_stop}[method]
+    try:
+        out = await handler(ctx, unpack_body(pack_body(body)))  # type: ignore[arg-type]
+    except ProtocolError as err:
+        raise RpcError(err.reason, error_code(err), method) from None
+    return unpack_body(pack_body(out))
+
+
+class _Members:
+    """Membership's view: liveness per member (all alive unless set)."""
+
+    def __init__(self) -> None:
+        self.state: dict[bytes, MemberState] = {}
+
+    def member(self, node_id: bytes) -> Any:
+        return SimpleNamespace(liveness=self.state.get(node_id, MemberState.ALIVE))
+
+
+class Agent:
+    """One agent of `net`: its PlacementService routing over node.engine."""
+
+    def __init__(self, net: Net, node: Node) -> None:
+        self.net, self.node = net, node
+        self.members = _Members()
+        self.sessions: dict[bytes, _Session] = {}
+        self.migration = MigrationMachine(self, node.engine)  # type: ignore[arg-type]
+        self.node_id, self.address = node.id, node.engine.address
+        mesh = SimpleNamespace(node=self, now=lambda: net.now, flush=net.pump,
+                               machine_factories=[], on_output=[], membership=self.members)
+        manager = SimpleNamespace(get=self._get, keeps=self._keeps())
+        keeps = SimpleNamespace(manager=manager, operator_keys=set(),
+                                methods=lambda: {"keeps.call": self._call,
+                                                 "keeps.stop": self._stop})
+        agent = SimpleNamespace(register=lambda methods: None, services=[],
+                                peers={}, connect=self._connect)
+        self.service = PlacementService(agent, mesh, keeps,  # type: ignore[arg-type]
+                                        SimpleNamespace(keeps=4), 1 << 30)  # type: ignore[arg-type]
+        self.agent = agent
+
+    def machine(self, cls: type) -> object:
+        return self.migration if cls is MigrationMachine else None
+
+    def _keeps(self) -> dict[str, Any]:
+        node = self.node
+
+        class Running(dict[str, Any]):
+            def get(self, keep: str, default: Any = None) -> Any:
+                return SimpleNamespace(status="running") if keep in node.counters else default
+        return Running()
+
+    def _get(self, keep: str) -> Any:
+        if keep not in self.node.counters:
+            raise ProtocolError(f"no keep {keep!r} on this agent")
+        return SimpleNamespace(keep_id=keep, deployment=self.net.deployments[keep],
+                               status="running")
+
+    async def _call(self, ctx: Any, body: dict[str, Any]) -> dict[str, Any]:
+        req = CallRequest.from_fields(body)
+        self._get(req.keep)
+        self.node.counters[req.keep] += 1
+        return {"keep": req.keep, "reply": b"%d" % self.node.counters[req.keep],
+                "state": "running"}
+
+    async def _stop(self, ctx: Any, body: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError("not used")
+
+    async def _connect(self, address: str) -> Any:
+        raise AssertionError(f"no session to {address}: peers are set up by link()")
+
+    def link(self, other: Agent, *, dead: bool = False) -> _Session:
+        s = _Session(self.node_id, other.node_id, None if dead else other.service)
+        self.agent.peers[other.node_id] = SimpleNamespace(session=s)
+        self.sessions[other.node_id] = s
+        return s
+
+
+@pytest.fixture(autouse=True)
+def _wire(monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock) -> None:
+    """Agent-to-agent calls go to the other service's handler (and virtual time jumps)."""
+    monkeypatch.setattr(placement_service, "call", _rpc)
+
+
+def _client(net: Net, keep: str) -> Any:
+    return SimpleNamespace(role="client", peer_key=net.deployments[keep].owner_key)
+
+
+def _agents(net: Net) -> list[Agent]:
+    agents = [Agent(net, n) for n in net.nodes]
+    for a in agents:
+        for b in agents:
+            if a is not b:
+                a.link(b)
+    return agents
+
+
+def _moved(seed: int = 11) -> tuple[Net, str, list[Agent], Agent, Agent]:
+    """A keep that moved from its first host to its standby (epoch 2); every view agrees."""
+    net = Net(4, seed=seed)
+    host = net.nodes[0]
+    keep = net.deploy(host, "e")
+    net.run(6.0)
+    standby = net.by_id(host.engine.running[keep].replication.ready()[0])
+    net.partition([host], [n for n in net.nodes if n is not host])
+    net.run(2.0)
+    net.heal()
+    net.run(2.0)
+    assert [n.name for n in net.running(keep)] == [standby.name]
+    assert all(n.engine.locations.get(keep).epoch == 2 for n in net.nodes)  # type: ignore[union-attr]
+    agents = _agents(net)
+    new = next(a for a in agents if a.node is standby)
+    old = next(a for a in agents if a.node is host)
+    return net, keep, agents, old, new
+
+
+async def test_a_clients_stale_epoch_is_refused_through_a_forwarder_as_directly() -> None:
+    """The forwarder used to replace the client's epoch with its own, so a stale epoch
+    sent through any agent but the host was served."""
+    net, keep, agents, old, new = _moved()
+    forwarder = next(a for a in agents if a is not old and a is not new)
+    client = _client(net, keep)
+    body = {"keep": keep, "message": b"inc"}
+    served = new.node.counters[keep]
+
+    # current epoch: served directly and through a forwarder
+    await new.service._rpc_call(client, dict(body, epoch=2))
+    out = await forwarder.service._rpc_call(client, dict(body, epoch=2))
+    assert out["keep"] == keep and new.node.counters[keep] == served + 2
+
+    # stale epoch: the same typed refusal directly, through a forwarder, and through the
+    # old host (which runs nothing now and forwards); nothing served anywhere
+    for entry in (new, forwarder, old):
+        with pytest.raises(StaleEpoch) as err:
+            await entry.service._rpc_call(client, dict(body, epoch=1))
+        assert error_code(err.value) == "stale_epoch"
+    assert new.node.counters[keep] == served + 2
+
+    # an epoch above the current one with no record proving it: refused as invalid
+    # either way (an unsigned number cannot fence a keep)
+    for entry in (new, forwarder):
+        with pytest.raises(ProtocolError) as err:
+            await entry.service._rpc_call(client, dict(body, epoch=3))
+        assert error_code(err.value) == "invalid"
+
+    # no epoch: served at the current one, as before
+    await forwarder.service._rpc_call(client, dict(body))
+    assert new.node.counters[keep] == served + 3
