@@ -54,12 +54,15 @@ from keepmesh.protocol.deployment import (
 from keepmesh.protocol.effects import (
     Commit,
     Deploy,
+    MemberDead,
+    MemberLeft,
     Output,
     PlacementDone,
     PlacementFailed,
     Release,
 )
 from keepmesh.protocol.errors import ProtocolError
+from keepmesh.protocol.membership import MemberState
 from keepmesh.protocol.migration.engine import Migration
 from keepmesh.protocol.migration.location import StaleEpoch
 from keepmesh.protocol.migration.machine import MigrationMachine
@@ -71,7 +74,7 @@ from keepmesh.protocol.placement import (
     requirements_for,
 )
 from keepmesh.protocol.placement.messages import Location
-from keepmesh.protocol.rpc import RpcDenied, RpcNotFound
+from keepmesh.protocol.rpc import RpcDenied, RpcNotFound, RpcUnavailable
 from keepmesh.protocol.wire import encode_payload
 
 log = logging.getLogger("keepmesh.placement")
@@ -94,6 +97,8 @@ class PlacementService:
         self.machine: PlacementMachine | None = None
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[trio.Event, list[Output]]] = {}
+        # forwarded requests in flight per host: cancelled when membership says it is gone
+        self._in_flight: dict[bytes, set[trio.CancelScope]] = {}
         mesh.machine_factories.append(self._build)
         mesh.on_output.append(self._on_output)
         self._local = keeps.methods()
@@ -160,6 +165,9 @@ class PlacementService:
             if waiter is not None:
                 waiter[1].append(item)
                 waiter[0].set()
+        elif isinstance(item, MemberDead | MemberLeft):
+            for scope in self._in_flight.get(item.node_id, ()):
+                scope.cancel()  # no answer will come: do not wait FORWARD_TIMEOUT_S
 
     def _node(self) -> MeshNode:
         node = self.mesh.node
@@ -248,14 +256,43 @@ class PlacementService:
         return None if eng is None else eng.locations.get(keep)
 
     def _remote(self, keep: str) -> Location | None:
-        """The running replica of `keep` (id or unique prefix) on another host, if known."""
+        """The running replica of `keep` (id or unique prefix) on another host, if known;
+        one whose host membership holds alive first (a replicated keep's other copies)."""
         node = self.mesh.node
         if node is None:
             return None
         found = [loc for loc in self.known()
                  if loc.state == "running" and loc.host_id != node.node_id
                  and (loc.keep == keep or (len(keep) >= 8 and loc.keep.startswith(keep)))]
+        found.sort(key=lambda loc: self._gone(loc.host_id) is not None)
         return found[0] if len({loc.keep for loc in found}) == 1 else None
+
+    def _gone(self, host_id: bytes) -> str | None:
+        """"dead" or "left" when membership holds `host_id` so, else None: a request
+        forwarded there would wait FORWARD_TIMEOUT_S for an answer that cannot come."""
+        members = self.mesh.membership
+        view = None if members is None else members.member(host_id)
+        if view is None or view.liveness not in (MemberState.DEAD, MemberState.LEFT):
+            return None
+        return str(view.liveness.value)
+
+    def _host_down(self, loc: Location, why: str, *, in_flight: bool = False
+                   ) -> ProtocolError:
+        """The typed answer when `loc`'s host cannot take a forwarded request. Nothing
+        sent and migration's view has a live standby taking the keep over: `stale_epoch`
+        (the keep is moving: the forwarder re-resolves, then the client retries).
+        Otherwise `unavailable`: nobody will run it again (orphaned), or the host went
+        down with the request in flight, which may have been served, so no one retries
+        it blindly."""
+        where = f"keep {loc.keep}: its host {loc.host[:80]} is {why}"
+        if in_flight:
+            return RpcUnavailable(f"{where} with the request in flight (it may have been "
+                                  "served)")
+        eng = self._migration()
+        shown = None if eng is None else (eng.summary(loc.keep) or {}).get("state")
+        if shown == "moving":
+            return StaleEpoch(f"{where}; a standby is taking it over")
+        return RpcUnavailable(f"{where} and no other copy is known to run it")
 
     def _is_local(self, keep: str) -> bool:
         try:
@@ -265,25 +302,42 @@ class PlacementService:
         return True
 
     async def _forward(self, loc: Location, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One hop to `loc`'s host. A host membership holds dead or left is not sent
+        anything, and one declared so (or whose connection closes) while the request is
+        in flight ends the wait at once: `_host_down` says which typed error."""
+        gone = self._gone(loc.host_id)
+        if gone is not None:
+            raise self._host_down(loc, gone)
         entry = self.agent.peers.get(loc.host_id)
         session = entry.session if entry is not None else None
         if session is None or session.closed.is_set():
             try:
                 session = await self.agent.connect(loc.host)
             except (ChannelFailed, ProtocolError):
-                raise RpcNotFound(f"keep {loc.keep[:64]!r} runs on {loc.host}, which is "
-                                  "unreachable") from None
+                raise self._host_down(loc, "unreachable") from None
             if session.peer.identity != loc.host_id:
                 raise RpcNotFound(f"keep {loc.keep[:64]!r}: its host moved")
+        watching = self._in_flight.setdefault(loc.host_id, set())
+        scope = trio.CancelScope()
+        watching.add(scope)
         try:
-            out: dict[str, Any] = await call(session, method, body, timeout=FORWARD_TIMEOUT_S)
-            return out
+            with scope:
+                out: dict[str, Any] = await call(session, method, body,
+                                                 timeout=FORWARD_TIMEOUT_S)
+                return out
         except RpcError as err:
             if err.code == "stale_epoch":
                 raise StaleEpoch(str(err)) from None
             if err.code == "not_found":
                 raise RpcNotFound(str(err)) from None
+            if session.closed.is_set():
+                raise self._host_down(loc, "disconnected", in_flight=True) from None
             raise ProtocolError(str(err)) from None
+        finally:
+            watching.discard(scope)
+            if not watching:
+                self._in_flight.pop(loc.host_id, None)
+        raise self._host_down(loc, self._gone(loc.host_id) or "down", in_flight=True)
 
     def _admit(self, ctx: RpcContext, keep_id: str, body: dict[str, Any]) -> None:
         """Migration decides whether this host's copy may serve a message at the body's

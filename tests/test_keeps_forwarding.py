@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 from keepmesh.agent import placement_service
+from keepmesh.agent.client import explain_rpc_error
 from keepmesh.agent.placement_service import FORWARD_TIMEOUT_S, PlacementService
 from keepmesh.agent.rpc import RpcError
 from keepmesh.protocol.deployment import CallRequest
@@ -126,8 +127,8 @@ class Agent:
 
 
 @pytest.fixture(autouse=True)
-def _wire(monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock) -> None:
-    """Agent-to-agent calls go to the other service's handler (and virtual time jumps)."""
+def _wire(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Agent-to-agent calls go to the other service's handler."""
     monkeypatch.setattr(placement_service, "call", _rpc)
 
 
@@ -163,7 +164,8 @@ def _moved(seed: int = 11) -> tuple[Net, str, list[Agent], Agent, Agent]:
     return net, keep, agents, old, new
 
 
-async def test_a_clients_stale_epoch_is_refused_through_a_forwarder_as_directly() -> None:
+async def test_a_clients_stale_epoch_is_refused_through_a_forwarder_as_directly(
+        autojump_clock: trio.testing.MockClock) -> None:
     """The forwarder used to replace the client's epoch with its own, so a stale epoch
     sent through any agent but the host was served."""
     net, keep, agents, old, new = _moved()
@@ -195,3 +197,88 @@ async def test_a_clients_stale_epoch_is_refused_through_a_forwarder_as_directly(
     # no epoch: served at the current one, as before
     await forwarder.service._rpc_call(client, dict(body))
     assert new.node.counters[keep] == served + 3
+
+
+def _hosted(standbys: int = 1) -> tuple[Net, str, Agent, Agent, Agent]:
+    """A keep on n0 (epoch 1, its standby ready); agents for the host, its standby (None
+    without one) and a forwarder that is neither."""
+    net = Net(4, seed=11)
+    host = net.nodes[0]
+    keep = net.deploy(host, "e", migration={"standbys": standbys, "checkpoint_s": 1.0})
+    net.run(6.0)
+    agents = _agents(net)
+    ready = host.engine.running[keep].replication.ready()
+    standby = next((a for a in agents if ready and a.node.id == ready[0]), None)
+    forwarder = next(a for a in agents[1:] if a is not standby)
+    return net, keep, agents[0], standby, forwarder  # type: ignore[return-value]
+
+
+def _dies(net: Net, host: Agent, seen_by: Agent) -> None:
+    """`seen_by`'s membership (and so its migration view) holds `host` dead."""
+    seen_by.members.state[host.node_id] = MemberState.DEAD
+    seen_by.node.engine.member_state(host.node_id, False, net.now)
+    net.pump()
+
+
+async def test_a_host_that_dies_with_a_call_in_flight_fails_it_at_once(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Membership declaring the host dead ends the wait with a typed one-line error
+    instead of FORWARD_TIMEOUT_S of silence; nothing retries a call that may have been
+    served."""
+    net, keep, host, _, forwarder = _hosted()
+    forwarder.link(host, dead=True)  # the host went silent: no answer will come
+
+    async def declared_dead() -> None:
+        await trio.sleep(2.0)
+        _dies(net, host, forwarder)
+        forwarder.service._on_output(MemberDead(host.node_id, 1, net.now))
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(declared_dead)
+        with pytest.raises(ProtocolError) as err:
+            await forwarder.service._rpc_call(_client(net, keep), {"keep": keep,
+                                                                   "message": b"inc"})
+    assert error_code(err.value) == "unavailable"
+    assert trio.current_time() - start < 3.0 < FORWARD_TIMEOUT_S
+    assert forwarder.sessions[host.node_id].calls == 1
+
+
+async def test_a_call_for_a_keep_whose_host_is_dead_goes_to_its_successor(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The forwarder's view holds the host dead before the successor's record reached
+    it: nothing is sent to the dead host; it re-resolves and the successor serves."""
+    net, keep, host, standby, forwarder = _hosted()
+    dead = forwarder.link(host, dead=True)
+    _dies(net, host, forwarder)
+    assert forwarder.node.engine.locations.get(keep).epoch == 1  # type: ignore[union-attr]
+
+    async def takes_over() -> None:
+        await trio.sleep(0.1)
+        net.crash(host.node)  # the standby restores the keep at epoch 2, its record spreads
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(takes_over)
+        out = await forwarder.service._rpc_call(_client(net, keep), {"keep": keep,
+                                                                     "message": b"inc"})
+    assert out["keep"] == keep and standby.node.counters[keep] == 1
+    assert dead.calls == 0 and trio.current_time() - start < 3.0
+
+
+async def test_an_orphaned_keep_fails_at_once_for_call_and_stop(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """No standby: nobody will run it again; the forwarder says so in one typed line."""
+    net, keep, host, _, forwarder = _hosted(standbys=0)
+    dead = forwarder.link(host, dead=True)
+    _dies(net, host, forwarder)
+    client = _client(net, keep)
+    start = trio.current_time()
+    for method, body in ((forwarder.service._rpc_call, {"keep": keep, "message": b"inc"}),
+                         (forwarder.service._rpc_stop, {"keep": keep})):
+        with pytest.raises(ProtocolError) as err:
+            await method(client, body)
+        assert error_code(err.value) == "unavailable"
+        line = explain_rpc_error(RpcError(str(err.value), "unavailable", "keeps.call"), body)
+        assert len(line.splitlines()) == 1 and "keepmesh keeps" in line
+    assert dead.calls == 0 and trio.current_time() - start < 1.0
