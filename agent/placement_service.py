@@ -255,17 +255,25 @@ class PlacementService:
         eng = self._migration()
         return None if eng is None else eng.locations.get(keep)
 
-    def _remote(self, keep: str) -> Location | None:
-        """The running replica of `keep` (id or unique prefix) on another host, if known;
-        one whose host membership holds alive first (a replicated keep's other copies)."""
+    def _remotes(self, keep: str) -> list[Location]:
+        """Every running copy of `keep` (id or unique prefix) on another host (a
+        replicated keep has several), those whose host membership holds alive first;
+        none when the prefix names more than one keep."""
         node = self.mesh.node
         if node is None:
-            return None
+            return []
         found = [loc for loc in self.known()
                  if loc.state == "running" and loc.host_id != node.node_id
                  and (loc.keep == keep or (len(keep) >= 8 and loc.keep.startswith(keep)))]
+        if len({loc.keep for loc in found}) != 1:
+            return []
         found.sort(key=lambda loc: self._gone(loc.host_id) is not None)
-        return found[0] if len({loc.keep for loc in found}) == 1 else None
+        return found
+
+    def _remote(self, keep: str) -> Location | None:
+        """The copy of `keep` on another host a call is forwarded to, if known."""
+        found = self._remotes(keep)
+        return found[0] if found else None
 
     def _gone(self, host_id: bytes) -> str | None:
         """"dead" or "left" when membership holds `host_id` so, else None: a request
@@ -428,11 +436,23 @@ class PlacementService:
         return keep is not None and is_terminal(str(keep.status))
 
     async def _rpc_stop(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        """A client's stop ends every copy of the keep: this agent's and, forwarded one
+        hop, each other host's that runs it (a replicated keep's replicas), so `stop`
+        from any agent means the keep stops, as `keeps` lists it. The answer counts the
+        copies stopped (`stopped`, `copies`) and names those that could not be
+        (`failed`); when none could, the first refusal is the answer. A copy here that
+        had already ended (the keep moved away) is not counted, and alone is answered as
+        before. A forwarded stop (an agent caller) ends this host's copy only."""
         body = dict(body)
         on_behalf = body.pop("owner", None)
         req = KeepRequest.from_fields(body)
+        node = self.mesh.node
+        copies: list[dict[str, Any]] = []
+        local: dict[str, Any] | None = None
+        keep_id = req.keep
         if self._is_local(req.keep):
             keep = self.keeps.manager.get(req.keep)
+            ran = not self._stopped_here(keep.keep_id)
             if ctx.role == "agent" and isinstance(on_behalf, bytes) and \
                     keep.deployment.owner_key == on_behalf:
                 status = await self.keeps.manager.stop(keep.keep_id)
@@ -441,12 +461,37 @@ class PlacementService:
                 result = dict(await self._local["keeps.stop"](ctx, body))
             self._node().command(Release(keep.keep_id), self.mesh.now())
             self.mesh.flush()
-            return result
-        loc = self._remote(req.keep)
-        if loc is None or ctx.role == "agent" or (
-                loc.owner != ctx.peer_key and not self._sees_all(ctx)):
+            if ctx.role == "agent":
+                return result
+            keep_id, local = keep.keep_id, result
+            if ran and node is not None:
+                copies.append({"host": node.address, "host_id": node.node_id.hex(),
+                               "state": result.get("state")})
+        remotes = [] if ctx.role == "agent" else [
+            loc for loc in self._remotes(keep_id)
+            if loc.owner == ctx.peer_key or self._sees_all(ctx)]
+        if local is None and not remotes:
             raise RpcNotFound(f"no keep {req.keep[:64]!r} on this agent")
-        return await self._forward(loc, "keeps.stop", {"keep": loc.keep, "owner": loc.owner})
+        failed: list[tuple[Location, ProtocolError]] = []
+        for loc in remotes:
+            try:
+                out = await self._forward(loc, "keeps.stop",
+                                          {"keep": loc.keep, "owner": loc.owner})
+            except ProtocolError as err:
+                failed.append((loc, err))
+                continue
+            state = out.get("state")  # the host's answer: shown, so a bounded string
+            copies.append({"host": loc.host, "host_id": loc.host_id.hex(),
+                           "state": state[:200] if isinstance(state, str) else None})
+        if not copies:
+            if failed:
+                raise failed[0][1]
+            assert local is not None
+            return local
+        return {"keep": remotes[0].keep if remotes else keep_id,
+                "state": copies[0]["state"], "stopped": len(copies), "copies": copies,
+                "failed": [{"host": loc.host, "host_id": loc.host_id.hex(),
+                            "reason": err.reason} for loc, err in failed]}
 
     async def _rpc_list(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         local = await self._local["keeps.list"](ctx, body)

@@ -21,14 +21,17 @@ from keepmesh.agent import placement_service
 from keepmesh.agent.client import explain_rpc_error
 from keepmesh.agent.placement_service import FORWARD_TIMEOUT_S, PlacementService
 from keepmesh.agent.rpc import RpcError
-from keepmesh.protocol.deployment import CallRequest
+from keepmesh.agent.cli import CommandError
+from keepmesh.agent.cli.keeps import stopped
+from keepmesh.protocol.deployment import CallRequest, KeepRequest, deployment_id
 from keepmesh.protocol.effects import MemberDead
 from keepmesh.protocol.errors import ProtocolError
 from keepmesh.protocol.membership import MemberState
 from keepmesh.protocol.migration.location import StaleEpoch
 from keepmesh.protocol.migration.machine import MigrationMachine
-from keepmesh.protocol.rpc import error_code, pack_body, unpack_body
-from migration_net import Net, Node
+from keepmesh.protocol.placement.messages import Location
+from keepmesh.protocol.rpc import RpcNotFound, error_code, pack_body, unpack_body
+from migration_net import Net, Node, deployment
 
 
 class _Session:
@@ -79,7 +82,7 @@ class Agent:
         self.node_id, self.address = node.id, node.engine.address
         mesh = SimpleNamespace(node=self, now=lambda: net.now, flush=net.pump,
                                machine_factories=[], on_output=[], membership=self.members)
-        manager = SimpleNamespace(get=self._get, keeps=self._keeps())
+        manager = SimpleNamespace(get=self._get, keeps=self._keeps(), stop=self._stop_keep)
         keeps = SimpleNamespace(manager=manager, operator_keys=set(),
                                 methods=lambda: {"keeps.call": self._call,
                                                  "keeps.stop": self._stop})
@@ -101,20 +104,32 @@ class Agent:
         return Running()
 
     def _get(self, keep: str) -> Any:
-        if keep not in self.node.counters:
+        """KeepManager.get: an id or a unique prefix of at least 8 characters."""
+        found = [k for k in self.node.counters if k == keep or (len(keep) >= 8
+                                                                and k.startswith(keep))]
+        if len(found) != 1:
             raise ProtocolError(f"no keep {keep!r} on this agent")
+        keep = found[0]
         return SimpleNamespace(keep_id=keep, deployment=self.net.deployments[keep],
                                status="running")
 
     async def _call(self, ctx: Any, body: dict[str, Any]) -> dict[str, Any]:
-        req = CallRequest.from_fields(body)
-        self._get(req.keep)
-        self.node.counters[req.keep] += 1
-        return {"keep": req.keep, "reply": b"%d" % self.node.counters[req.keep],
-                "state": "running"}
+        keep = self._get(CallRequest.from_fields(body).keep).keep_id
+        self.node.counters[keep] += 1
+        return {"keep": keep, "reply": b"%d" % self.node.counters[keep], "state": "running"}
 
     async def _stop(self, ctx: Any, body: dict[str, Any]) -> dict[str, Any]:
-        raise AssertionError("not used")
+        keep = self._get(KeepRequest.from_fields(body).keep)
+        if keep.deployment.owner_key != ctx.peer_key:
+            raise RpcNotFound("no keep")
+        return {"keep": keep.keep_id, "state": await self._stop_keep(keep.keep_id)}
+
+    async def _stop_keep(self, keep: str) -> str:
+        self.node.counters.pop(keep)
+        return "stopped"
+
+    def command(self, cmd: object, now: float) -> None:
+        """MeshNode.command: placement's lease release after a local stop."""
 
     async def _connect(self, address: str) -> Any:
         raise AssertionError(f"no session to {address}: peers are set up by link()")
@@ -282,3 +297,48 @@ async def test_an_orphaned_keep_fails_at_once_for_call_and_stop(
         line = explain_rpc_error(RpcError(str(err.value), "unavailable", "keeps.call"), body)
         assert len(line.splitlines()) == 1 and "keepmesh keeps" in line
     assert dead.calls == 0 and trio.current_time() - start < 1.0
+
+
+async def test_stop_through_any_agent_stops_every_replica(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """`deploy --replicas 3`, then `stop ID`: it used to stop only the copy on the agent
+    asked (or the first one placement knew) and print `stopped`; every copy stops, and a
+    copy that cannot be stopped fails the command in one line after the others."""
+    net = Net(5, seed=11)
+    d = deployment("rep", placement={"replicas": 4, "labels": {}})
+    keep = deployment_id(d)
+    net.deployments[keep] = d
+    agents = _agents(net)
+    copies, forwarder, dead = agents[:3], agents[3], agents[4]
+    rows: list[Location] = []
+    for a in agents:
+        a.service.machine = SimpleNamespace(known=lambda: rows)  # type: ignore[assignment]
+    client = _client(net, keep)
+    args = SimpleNamespace(json=False)
+
+    def deployed(on: list[Agent]) -> None:
+        rows[:] = [Location(keep=keep, host_id=a.node_id, host=a.address, epoch=1,
+                            state="running", owner=d.owner_key) for a in on]
+        for a in on:
+            a.node.counters[keep] = 0
+
+    # through one replica: every copy ends, and the answer says how many
+    deployed(copies)
+    out = await copies[1].service._rpc_stop(client, {"keep": keep[:12]})
+    assert out["keep"] == keep and out["stopped"] == 3 and out["failed"] == []
+    assert {c["host_id"] for c in out["copies"]} == {a.node_id.hex() for a in copies}
+    assert all(keep not in a.node.counters for a in copies)
+    assert stopped(args, out) == 0  # type: ignore[arg-type]
+
+    # through an agent holding none, one copy on a host that died: the others stop, the
+    # dead one is named (not waited on) and the command fails
+    deployed([*copies, dead])
+    for a in agents:
+        _dies(net, dead, a)
+        a.link(dead, dead=True)
+    out = await forwarder.service._rpc_stop(client, {"keep": keep})
+    assert out["stopped"] == 3 and all(keep not in a.node.counters for a in copies)
+    assert [f["host_id"] for f in out["failed"]] == [dead.node_id.hex()]
+    with pytest.raises(CommandError) as err:
+        stopped(args, out)  # type: ignore[arg-type]
+    assert "3 of 4" in str(err.value) and len(str(err.value).splitlines()) == 1
