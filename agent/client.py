@@ -75,6 +75,8 @@ def explain_rpc_error(err: RpcError, body: dict[str, Any]) -> str:
         return f"{err}: the agent does not offer this (an older version? see `keepmesh status`)"
     if err.code == "stale_epoch":
         return f"{err}; the keep is moving between hosts, try again"
+    if err.code == "unavailable":
+        return f"{err}; `keepmesh keeps` shows whether it is moving or orphaned"
     if err.code == "busy":
         return f"{err}; the agent is busy or unreachable, try again"
     return str(err)

@@ -44,6 +44,7 @@ from keepmesh.agent.node import Agent
 from keepmesh.agent.rpc import RpcContext, RpcError, call
 from keepmesh.agent.session import ChannelFailed
 from keepmesh.protocol.deployment import (
+    CallRequest,
     Deployment,
     DeployRequest,
     KeepRequest,
@@ -53,12 +54,15 @@ from keepmesh.protocol.deployment import (
 from keepmesh.protocol.effects import (
     Commit,
     Deploy,
+    MemberDead,
+    MemberLeft,
     Output,
     PlacementDone,
     PlacementFailed,
     Release,
 )
 from keepmesh.protocol.errors import ProtocolError
+from keepmesh.protocol.membership import MemberState
 from keepmesh.protocol.migration.engine import Migration
 from keepmesh.protocol.migration.location import StaleEpoch
 from keepmesh.protocol.migration.machine import MigrationMachine
@@ -70,7 +74,7 @@ from keepmesh.protocol.placement import (
     requirements_for,
 )
 from keepmesh.protocol.placement.messages import Location
-from keepmesh.protocol.rpc import RpcDenied, RpcNotFound
+from keepmesh.protocol.rpc import RpcDenied, RpcNotFound, RpcUnavailable
 from keepmesh.protocol.wire import encode_payload
 
 log = logging.getLogger("keepmesh.placement")
@@ -93,6 +97,8 @@ class PlacementService:
         self.machine: PlacementMachine | None = None
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[trio.Event, list[Output]]] = {}
+        # forwarded requests in flight per host: cancelled when membership says it is gone
+        self._in_flight: dict[bytes, set[trio.CancelScope]] = {}
         mesh.machine_factories.append(self._build)
         mesh.on_output.append(self._on_output)
         self._local = keeps.methods()
@@ -159,6 +165,9 @@ class PlacementService:
             if waiter is not None:
                 waiter[1].append(item)
                 waiter[0].set()
+        elif isinstance(item, MemberDead | MemberLeft):
+            for scope in self._in_flight.get(item.node_id, ()):
+                scope.cancel()  # no answer will come: do not wait FORWARD_TIMEOUT_S
 
     def _node(self) -> MeshNode:
         node = self.mesh.node
@@ -246,15 +255,52 @@ class PlacementService:
         eng = self._migration()
         return None if eng is None else eng.locations.get(keep)
 
-    def _remote(self, keep: str) -> Location | None:
-        """The running replica of `keep` (id or unique prefix) on another host, if known."""
+    def _remotes(self, keep: str) -> list[Location]:
+        """Every running copy of `keep` (id or unique prefix) on another host (a
+        replicated keep has several), those whose host membership holds alive first;
+        none when the prefix names more than one keep."""
         node = self.mesh.node
         if node is None:
-            return None
+            return []
         found = [loc for loc in self.known()
                  if loc.state == "running" and loc.host_id != node.node_id
                  and (loc.keep == keep or (len(keep) >= 8 and loc.keep.startswith(keep)))]
-        return found[0] if len({loc.keep for loc in found}) == 1 else None
+        if len({loc.keep for loc in found}) != 1:
+            return []
+        found.sort(key=lambda loc: self._gone(loc.host_id) is not None)
+        return found
+
+    def _remote(self, keep: str) -> Location | None:
+        """The copy of `keep` on another host a call is forwarded to, if known."""
+        found = self._remotes(keep)
+        return found[0] if found else None
+
+    def _gone(self, host_id: bytes) -> str | None:
+        """"dead" or "left" when membership holds `host_id` so, else None: a request
+        forwarded there would wait FORWARD_TIMEOUT_S for an answer that cannot come."""
+        members = self.mesh.membership
+        view = None if members is None else members.member(host_id)
+        if view is None or view.liveness not in (MemberState.DEAD, MemberState.LEFT):
+            return None
+        return str(view.liveness.value)
+
+    def _host_down(self, loc: Location, why: str, *, in_flight: bool = False
+                   ) -> ProtocolError:
+        """The typed answer when `loc`'s host cannot take a forwarded request. Nothing
+        sent and migration's view has a live standby taking the keep over: `stale_epoch`
+        (the keep is moving: the forwarder re-resolves, then the client retries).
+        Otherwise `unavailable`: nobody will run it again (orphaned), or the host went
+        down with the request in flight, which may have been served, so no one retries
+        it blindly."""
+        where = f"keep {loc.keep}: its host {loc.host[:80]} is {why}"
+        if in_flight:
+            return RpcUnavailable(f"{where} with the request in flight (it may have been "
+                                  "served)")
+        eng = self._migration()
+        shown = None if eng is None else (eng.summary(loc.keep) or {}).get("state")
+        if shown == "moving":
+            return StaleEpoch(f"{where}; a standby is taking it over")
+        return RpcUnavailable(f"{where} and no other copy is known to run it")
 
     def _is_local(self, keep: str) -> bool:
         try:
@@ -264,25 +310,42 @@ class PlacementService:
         return True
 
     async def _forward(self, loc: Location, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One hop to `loc`'s host. A host membership holds dead or left is not sent
+        anything, and one declared so (or whose connection closes) while the request is
+        in flight ends the wait at once: `_host_down` says which typed error."""
+        gone = self._gone(loc.host_id)
+        if gone is not None:
+            raise self._host_down(loc, gone)
         entry = self.agent.peers.get(loc.host_id)
         session = entry.session if entry is not None else None
         if session is None or session.closed.is_set():
             try:
                 session = await self.agent.connect(loc.host)
             except (ChannelFailed, ProtocolError):
-                raise RpcNotFound(f"keep {loc.keep[:64]!r} runs on {loc.host}, which is "
-                                  "unreachable") from None
+                raise self._host_down(loc, "unreachable") from None
             if session.peer.identity != loc.host_id:
                 raise RpcNotFound(f"keep {loc.keep[:64]!r}: its host moved")
+        watching = self._in_flight.setdefault(loc.host_id, set())
+        scope = trio.CancelScope()
+        watching.add(scope)
         try:
-            out: dict[str, Any] = await call(session, method, body, timeout=FORWARD_TIMEOUT_S)
-            return out
+            with scope:
+                out: dict[str, Any] = await call(session, method, body,
+                                                 timeout=FORWARD_TIMEOUT_S)
+                return out
         except RpcError as err:
             if err.code == "stale_epoch":
                 raise StaleEpoch(str(err)) from None
             if err.code == "not_found":
                 raise RpcNotFound(str(err)) from None
+            if session.closed.is_set():
+                raise self._host_down(loc, "disconnected", in_flight=True) from None
             raise ProtocolError(str(err)) from None
+        finally:
+            watching.discard(scope)
+            if not watching:
+                self._in_flight.pop(loc.host_id, None)
+        raise self._host_down(loc, self._gone(loc.host_id) or "down", in_flight=True)
 
     def _admit(self, ctx: RpcContext, keep_id: str, body: dict[str, Any]) -> None:
         """Migration decides whether this host's copy may serve a message at the body's
@@ -308,9 +371,22 @@ class PlacementService:
                if loc.keep == keep or (len(keep) >= 8 and loc.keep.startswith(keep))}
         return ids.pop() if len(ids) == 1 else None
 
+    def _stale_claim(self, keep_id: str, claimed: int | None) -> StaleEpoch | None:
+        """The refusal for a client's `claimed` epoch older than the newest signed record
+        this agent knows for the keep, else None. Why here: a forwarder that sent its own
+        epoch instead would have the host serve an epoch the client's view says is not
+        current, and a stale epoch must be refused the same way directly or forwarded."""
+        signed = self._signed(keep_id)
+        if claimed is None or signed is None or claimed >= signed.epoch:
+            return None
+        return StaleEpoch(f"keep {keep_id}: epoch {claimed} is stale, it runs at "
+                          f"{signed.epoch}")
+
     async def _forward_moving(self, ctx: RpcContext, keep_id: str, method: str,
-                              body: dict[str, Any]) -> dict[str, Any]:
-        """Forward to wherever the keep runs now, with its epoch and signed record; a
+                              body: dict[str, Any], claimed: int | None = None
+                              ) -> dict[str, Any]:
+        """Forward to wherever the keep runs now, with the newest signed record known
+        here and the client's `claimed` epoch unchanged (ours when it gave none); a
         `stale_epoch` answer (it moved again meanwhile) is retried after re-resolving."""
         for backoff in (*STALE_RETRY_S, None):
             loc = self._remote(keep_id)
@@ -319,10 +395,14 @@ class PlacementService:
                 raise StaleEpoch(f"keep {keep_id} is moving: no running copy known")
             if loc.owner and loc.owner != ctx.peer_key and not self._sees_all(ctx):
                 raise RpcNotFound(f"no keep {keep_id[:64]!r} on this agent")
+            stale = self._stale_claim(loc.keep, claimed)
+            if stale is not None:
+                raise stale
             fwd = dict(body, keep=loc.keep)
             signed = self._signed(loc.keep)
             if signed is not None and signed.host == loc.host_id:
-                fwd.update(epoch=signed.epoch, location=encode_payload(signed))
+                fwd.update(epoch=signed.epoch if claimed is None else claimed,
+                           location=encode_payload(signed))
             try:
                 return await self._forward(loc, method, fwd)
             except StaleEpoch:
@@ -332,18 +412,22 @@ class PlacementService:
         raise AssertionError("unreachable")
 
     async def _rpc_call(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
-        keep = body.get("keep")
-        keep_id = self._full_id(keep) if isinstance(keep, str) else None
+        req = CallRequest.from_fields(body)  # typed and bounded before it is forwarded
+        keep_id = self._full_id(req.keep)
         if keep_id is not None:
             try:
                 self._admit(ctx, keep_id, body)
             except StaleEpoch:
-                if ctx.role == "agent":  # one hop at most: the forwarder re-resolves
+                # One hop at most (the forwarder re-resolves); a client's own stale
+                # epoch is refused here, as its host would, never served elsewhere.
+                if ctx.role == "agent" or self._stale_claim(keep_id, req.epoch) is not None:
                     raise
-                return await self._forward_moving(ctx, keep_id, "keeps.call", body)
+                return await self._forward_moving(ctx, keep_id, "keeps.call", body,
+                                                  req.epoch)
             if not self._is_local(keep_id) or self._stopped_here(keep_id):
                 if ctx.role != "agent" and self._remote(keep_id) is not None:
-                    return await self._forward_moving(ctx, keep_id, "keeps.call", body)
+                    return await self._forward_moving(ctx, keep_id, "keeps.call", body,
+                                                      req.epoch)
         out: dict[str, Any] = await self._local["keeps.call"](ctx, body)
         return out
 
@@ -352,11 +436,23 @@ class PlacementService:
         return keep is not None and is_terminal(str(keep.status))
 
     async def _rpc_stop(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        """A client's stop ends every copy of the keep: this agent's and, forwarded one
+        hop, each other host's that runs it (a replicated keep's replicas), so `stop`
+        from any agent means the keep stops, as `keeps` lists it. The answer counts the
+        copies stopped (`stopped`, `copies`) and names those that could not be
+        (`failed`); when none could, the first refusal is the answer. A copy here that
+        had already ended (the keep moved away) is not counted, and alone is answered as
+        before. A forwarded stop (an agent caller) ends this host's copy only."""
         body = dict(body)
         on_behalf = body.pop("owner", None)
         req = KeepRequest.from_fields(body)
+        node = self.mesh.node
+        copies: list[dict[str, Any]] = []
+        local: dict[str, Any] | None = None
+        keep_id = req.keep
         if self._is_local(req.keep):
             keep = self.keeps.manager.get(req.keep)
+            ran = not self._stopped_here(keep.keep_id)
             if ctx.role == "agent" and isinstance(on_behalf, bytes) and \
                     keep.deployment.owner_key == on_behalf:
                 status = await self.keeps.manager.stop(keep.keep_id)
@@ -365,12 +461,37 @@ class PlacementService:
                 result = dict(await self._local["keeps.stop"](ctx, body))
             self._node().command(Release(keep.keep_id), self.mesh.now())
             self.mesh.flush()
-            return result
-        loc = self._remote(req.keep)
-        if loc is None or ctx.role == "agent" or (
-                loc.owner != ctx.peer_key and not self._sees_all(ctx)):
+            if ctx.role == "agent":
+                return result
+            keep_id, local = keep.keep_id, result
+            if ran and node is not None:
+                copies.append({"host": node.address, "host_id": node.node_id.hex(),
+                               "state": result.get("state")})
+        remotes = [] if ctx.role == "agent" else [
+            loc for loc in self._remotes(keep_id)
+            if loc.owner == ctx.peer_key or self._sees_all(ctx)]
+        if local is None and not remotes:
             raise RpcNotFound(f"no keep {req.keep[:64]!r} on this agent")
-        return await self._forward(loc, "keeps.stop", {"keep": loc.keep, "owner": loc.owner})
+        failed: list[tuple[Location, ProtocolError]] = []
+        for loc in remotes:
+            try:
+                out = await self._forward(loc, "keeps.stop",
+                                          {"keep": loc.keep, "owner": loc.owner})
+            except ProtocolError as err:
+                failed.append((loc, err))
+                continue
+            state = out.get("state")  # the host's answer: shown, so a bounded string
+            copies.append({"host": loc.host, "host_id": loc.host_id.hex(),
+                           "state": state[:200] if isinstance(state, str) else None})
+        if not copies:
+            if failed:
+                raise failed[0][1]
+            assert local is not None
+            return local
+        return {"keep": remotes[0].keep if remotes else keep_id,
+                "state": copies[0]["state"], "stopped": len(copies), "copies": copies,
+                "failed": [{"host": loc.host, "host_id": loc.host_id.hex(),
+                            "reason": err.reason} for loc, err in failed]}
 
     async def _rpc_list(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         local = await self._local["keeps.list"](ctx, body)

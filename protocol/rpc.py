@@ -21,7 +21,7 @@ METHOD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
 # failure it got (ask for another key, retry, report a bug) without parsing
 # prose, which changes between versions. specs/wire.md lists them.
 ERROR_CODES = ("invalid", "not_found", "forbidden", "unknown_method", "internal", "busy",
-               "stale_epoch")
+               "stale_epoch", "unavailable")
 
 
 class RpcDenied(ProtocolError):
@@ -38,6 +38,17 @@ class RpcNotFound(ProtocolError):
     """
 
     code = "not_found"
+
+
+class RpcUnavailable(ProtocolError):
+    """The object exists but the member that holds it is down (dead or left in
+    membership, or unreachable) and no other copy can take the request (code
+    `unavailable`). Why a code of its own: `busy` says try again soon and `not_found`
+    says wrong key, while this says where it ran is gone; a caller should look at where
+    it runs now (`keepmesh keeps`) rather than retry blindly, since a request that was
+    in flight when the member went down may have been served."""
+
+    code = "unavailable"
 
 
 def error_code(err: ProtocolError) -> str:

@@ -71,25 +71,21 @@ async def with_locations(client: Any, keeps: list[dict[str, Any]]) -> list[dict[
     """`keeps` (this agent's local list) plus where each of the caller's keeps runs as
     this agent's migration view has it (`migrate.where`): `host`, `host_id`, `epoch`,
     `standbys`, `last_checkpoint`; keeps running elsewhere are added with their
-    location's state. An agent without migration leaves the list as it is."""
+    location's state. An agent without migration leaves the list as it is.
+
+    Rows: one per keep migration tracks (its signed record is the one place it runs),
+    one per running copy for any other keep (placement's replicas: `deploy --replicas
+    N` lists N rows, each with its `host`, `host_id`, `epoch`), specs/keeps.md §7."""
     try:
         reply = await client.call("migrate.where", {})
     except CommandError:
-        return keeps
+        return one_row_per_copy(keeps, set())
     where = reply.get("keeps") if isinstance(reply, dict) else None
     if not isinstance(where, list):
-        return keeps
+        return one_row_per_copy(keeps, set())
     index = {w["keep"]: w for w in where
              if isinstance(w, dict) and isinstance(w.get("keep"), str)}
-    # One entry per keep: an agent may list a keep twice (its stopped local copy and
-    # the copy placement/migration says runs elsewhere); keep the running one.
-    unique: dict[str, dict[str, Any]] = {}
-    for k in keeps:
-        key = str(k.get("keep"))
-        if key not in unique or (k.get("state") == "running"
-                                 and unique[key].get("state") != "running"):
-            unique[key] = k
-    keeps = list(unique.values())
+    keeps = one_row_per_copy(keeps, set(index))
     out = []
     for k in keeps:
         w = index.pop(str(k.get("keep")), None)
@@ -105,6 +101,30 @@ async def with_locations(client: Any, keeps: list[dict[str, Any]]) -> list[dict[
     for keep_id, w in sorted(index.items()):
         out.append({"keep": keep_id, "state": w.get("state"), "owner": w.get("owner"),
                     **{f: w.get(f) for f in LOCATION_FIELDS}})
+    return out
+
+
+def one_row_per_copy(keeps: list[dict[str, Any]], tracked: set[str]) -> list[dict[str, Any]]:
+    """An agent may list a keep more than once: its own stopped copy beside the copy
+    placement or migration says runs elsewhere, or a replicated keep's copies on several
+    hosts. A keep in `tracked` (migration's) keeps one row, the running one if any; any
+    other keeps one row per host running it (every copy must show, or a user stopping
+    or counting replicas is misled), or its first row when none runs."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for k in keeps:
+        rows.setdefault(str(k.get("keep")), []).append(k)
+    out = []
+    for keep, group in rows.items():
+        running = [k for k in group if k.get("state") == "running"]
+        if keep in tracked or not running:
+            out.append(running[0] if running else group[0])
+            continue
+        hosts: set[str] = set()
+        for k in running:
+            host = str(k.get("host_id"))
+            if host not in hosts:
+                hosts.add(host)
+                out.append(k)
     return out
 
 

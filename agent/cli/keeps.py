@@ -230,11 +230,30 @@ def cmd_call(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     async def go(client: Any) -> int:
-        resp = await client.call("keeps.stop", {"keep": args.id})
-        _print(args, resp, f"keep {resp.get('keep')}: {resp.get('state')}")
-        return 0
+        return stopped(args, await client.call("keeps.stop", {"keep": args.id}))
 
     return int(run_call(args, go))
+
+
+def stopped(args: argparse.Namespace, resp: dict[str, Any]) -> int:
+    """Print a `keeps.stop` answer. The agent stops every copy of the keep (a replicated
+    keep's replicas, specs/keeps.md §7); a copy it could not stop fails the command in
+    one line after the answer is printed, as it keeps running."""
+    failed, count = resp.get("failed", []), resp.get("stopped")
+    if not isinstance(failed, list) or not all(
+            isinstance(f, dict) and isinstance(f.get("host"), str)
+            and isinstance(f.get("reason"), str) for f in failed) or \
+            (count is not None and (not isinstance(count, int) or isinstance(count, bool))):
+        raise CommandError("agent sent a malformed stop answer")
+    text = f"keep {resp.get('keep')}: {resp.get('state')}"
+    if isinstance(count, int) and count > 1:
+        text += f" ({count} copies)"
+    _print(args, resp, text)
+    if failed:
+        total = len(failed) + (count or 0)
+        raise CommandError(f"keep {resp.get('keep')}: stopped {count or 0} of {total} "
+                           f"copies; {failed[0]['host'][:80]}: {failed[0]['reason'][:200]}")
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
