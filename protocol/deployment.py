@@ -54,8 +54,8 @@ DEFAULT_FUEL = 2_000_000_000
 DEFAULT_TIMEOUT_MS = 10_000
 SIGNING_DOMAIN = b"keepmesh-deployment-v1\x00"
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 
 
 @message

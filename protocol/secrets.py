@@ -64,10 +64,10 @@ KEY_DOMAIN = b"keepmesh-deployment-key-v1\x00"
 DIGEST_DOMAIN = b"keepmesh-input-v1\x00"
 UPDATE_DOMAIN = b"keepmesh-secret-update-v1\x00"
 
-SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 """Secret names are valid environment variable names (as_env uses them as such)."""
-DATA_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-_KEEP_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+DATA_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
+_KEEP_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 
 
 # ------------------------------------------------------------------ records
@@ -432,7 +432,7 @@ class InputSources:
 
 
 _SECRET_KEYS = {"file", "env", "as_env"}
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 
 
 def _relative_path(value: str, where: str) -> str:

@@ -119,6 +119,9 @@ def test_manifest_toml_ok() -> None:
     ('name = "a"\n[resources]\ncpu = 1\n', "resources.cpu"),
     ('name = "a"\nbogus = 1\n', "'bogus'"),
     ('name = "a"\n[env]\n"1X" = "v"\n', "'env'"),
+    # A trailing newline must not slip through a name pattern ('$' matches before one).
+    ('name = "a\\n"\n', "'name'"),
+    ('name = "a"\n[env]\n"X\\n" = "v"\n', "'env'"),
     ('name = \n', "invalid TOML"),
     ('name = "a"\n[resources]\nmemory = 1024\n', "memory_limit"),
 ])

@@ -33,6 +33,8 @@ from keepmesh.protocol.secrets import (
     InputBundle,
     InputValue,
     SecretUpdate,
+    check_data_name,
+    check_secret_name,
     deployment_key_for,
     derive_deployment_key,
     input_digest,
@@ -130,6 +132,10 @@ BIG = b"x" * (MAX_SECRET + 1)
     ('db = { file = "s/db.txt" }', "", "", {"s/db.txt": BIG}, "secret 'db': file s/db.txt: is"),
     ('db = { env = "KM_BIG" }', "", "", {}, "environment variable KM_BIG is 65537 bytes"),
     ('"bad-name" = { file = "a" }', "", "", {"a": b"1"}, "secret name 'bad-name'"),
+    # A trailing newline must not slip through a name pattern ('$' matches before one).
+    ('"db\\n" = { file = "a" }', "", "", {"a": b"1"}, "secret name 'db\\n'"),
+    ('db = { env = "KM_X\\n" }', "", "", {}, "field 'env': expected an environment variable"),
+    ("", '"w\\n" = "a"', "", {"a": b"1"}, "data name 'w\\n'"),
     ('db = { file = "a", env = "X" }', "", "", {"a": b"1"}, "exactly one of 'file' or 'env'"),
     ("db = { }", "", "", {}, "exactly one of 'file' or 'env'"),
     ('db = { file = "a", mode = 1 }', "", "", {"a": b"1"}, "secret 'db': unknown key 'mode'"),
@@ -156,6 +162,16 @@ def test_manifest_input_errors_name_the_input(tmp_path: Path, secrets: str, data
     reason = err.value.reason
     assert needle in reason and "\n" not in reason
     assert "keepmesh.toml" in reason
+
+
+def test_names_with_a_trailing_newline_are_refused_on_the_wire() -> None:
+    # Not only in keepmesh.toml: an agent checks the names of a record it receives.
+    for check, name in ((check_secret_name, "db_password\n"), (check_data_name, "words\n")):
+        with pytest.raises(ProtocolError, match="must match"):
+            check(name)
+    value = InputValue(name="db\n", salt=bytes(16), value=b"v")
+    with pytest.raises(ProtocolError, match="secret name"):
+        InputBundle(secrets=(value,), data=()).validate()
 
 
 def test_manifest_inputs_within_limits_pass(tmp_path: Path) -> None:

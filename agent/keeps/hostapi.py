@@ -28,7 +28,7 @@ MAX_LOG_LINES = 1000
 MAX_INBOX = 256
 MAX_OUTBOX = 256
 MAX_HOST_MESSAGE = 1024 * 1024
-_WORKLOAD_ID = re.compile(rb"^[0-9a-f]{32}$")
+_WORKLOAD_ID = re.compile(rb"^[0-9a-f]{32}\Z")
 
 Router = Callable[[str, str, bytes], bool]
 """(sender id, target workload id, message) -> accepted?"""

@@ -32,7 +32,7 @@ MAX_VALUE = 64 * 1024
 MAX_KEYS = 10_000
 MAX_STATE = 16 * 1024 * 1024
 CHECKPOINT_VERSION = 1
-_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 
 
 class StateError(ProtocolError):
