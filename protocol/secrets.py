@@ -441,6 +441,8 @@ def _relative_path(value: str, where: str) -> str:
         raise ProtocolError(f"{where}: must be a relative path inside the workload directory")
     if len(value) > 1024:
         raise ProtocolError(f"{where}: path longer than 1024 characters")
+    if "\x00" in value:
+        raise ProtocolError(f"{where}: path contains a NUL character")
     return value
 
 

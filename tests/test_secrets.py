@@ -174,6 +174,60 @@ def test_names_with_a_trailing_newline_are_refused_on_the_wire() -> None:
         InputBundle(secrets=(value,), data=()).validate()
 
 
+def test_input_files_are_regular_and_stay_inside_the_workload(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    from keepmesh.agent.cli import main
+
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"OUTSIDE-THE-WORKLOAD")
+    w = tmp_path / "w"
+
+    def load(secrets: str, data: str, make: dict[str, object]) -> str:
+        shutil.rmtree(w, ignore_errors=True)
+        w.mkdir()
+        _workload(w, secrets, data)
+        for rel, target in make.items():
+            if target == "fifo":
+                os.mkfifo(w / rel)
+            elif target == "dir":
+                (w / rel).mkdir()
+            else:
+                (w / rel).symlink_to(str(target))
+        try:
+            got = load_workload(w)
+        except PackageError as err:
+            assert "\n" not in err.reason and "OUTSIDE" not in err.reason
+            return err.reason
+        assert got.inputs is not None
+        return ",".join(v.value.decode() for v in (*got.inputs.secrets, *got.inputs.data))
+
+    # A link out of the directory is '..' by another name: refused, secret and data alike,
+    # whether the file or a directory on its path is the link.
+    assert "secret 'a': file a: a symbolic link leads outside the workload directory" in load(
+        'a = { file = "a" }', "", {"a": outside})
+    assert "data 'w': file l/outside.txt: a symbolic link leads outside" in load(
+        "", 'w = "l/outside.txt"', {"l": tmp_path})
+    assert "leads outside" in load("", 'w = "l"', {"l": "/etc/hostname"})
+    # A link that stays inside is followed.
+    assert load('a = { file = "a" }', "", {"a": "m.wat"}).startswith(";; A keepmesh service")
+    # Not a regular file: said so (a FIFO is not opened for a blocking read).
+    assert "secret 'a': file a: is a directory, not a file" in load(
+        'a = { file = "a" }', "", {"a": "dir"})
+    assert "data 'w': file f: not a regular file" in load("", 'w = "f"', {"f": "fifo"})
+    assert "path contains a NUL character" in load("", 'w = "a\\u0000b"', {})
+    # `secrets set --file` says the same, before reading a key or connecting.
+    capsys.readouterr()
+    os.mkfifo(w / "f")
+    for bad, needle in ((w, "is a directory"), (w / "f", "not a regular file"),
+                        (w / "nope", "no such file")):
+        assert main(["secrets", "set", "0" * 32, "db", "--file", str(bad), "--agent",
+                     "127.0.0.1:9", "--key", str(tmp_path / "no.key")]) == 1
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1
+
+
 def test_manifest_inputs_within_limits_pass(tmp_path: Path) -> None:
     # At every edge at once: 64 secrets, one of exactly 64 KiB, data of exactly 16 MiB.
     secrets = "\n".join(f's{i} = {{ file = "{"a" if i == 0 else "s"}" }}' for i in range(64))

@@ -27,16 +27,12 @@ def _read_value(args: argparse.Namespace) -> bytes:
     from keepmesh.protocol.secrets import MAX_SECRET
 
     if args.file is not None:
-        path = Path(args.file)
+        from keepmesh.agent.keeps.package import PackageError, read_regular_file
+
         try:
-            if not path.is_file():
-                raise CommandError(f"{path}: no such file")
-            size = path.stat().st_size
-            if size > MAX_SECRET:
-                raise CommandError(f"{path}: secret of {size} bytes, more than {MAX_SECRET}")
-            value = path.read_bytes()
-        except OSError as err:
-            raise CommandError(f"{path}: cannot read: {err.strerror}") from None
+            value = read_regular_file(Path(args.file), MAX_SECRET)
+        except PackageError as err:
+            raise CommandError(f"{args.file}: {err.reason}") from None
     else:
         got = os.environb.get(str(args.env).encode())
         if got is None:

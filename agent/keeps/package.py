@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -208,12 +209,12 @@ def read_inputs(root: Path, sources: InputSources, source: str, rng: random.Rand
                                    f"{len(value)} bytes, more than {MAX_SECRET}")
         else:
             assert src.file is not None
-            value = _read_input(root / src.file, MAX_SECRET, f"{where}: file {src.file}")
+            value = _read_input(root, src.file, MAX_SECRET, f"{where}: file {src.file}")
         secrets.append((src.name, value))
     data: list[tuple[str, bytes]] = []
     total = 0
     for name, rel in sources.data:
-        value = _read_input(root / rel, MAX_DATA_TOTAL - total, f"{source}: data {name!r}: "
+        value = _read_input(root, rel, MAX_DATA_TOTAL - total, f"{source}: data {name!r}: "
                             f"file {rel}", total=True)
         total += len(value)
         data.append((name, value))
@@ -225,18 +226,54 @@ def read_inputs(root: Path, sources: InputSources, source: str, rng: random.Rand
     return made
 
 
-def _read_input(path: Path, limit: int, where: str, total: bool = False) -> bytes:
+def read_regular_file(path: Path, limit: int, too_big: str | None = None) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, or PackageError with what is
+    wrong ("no such file", "not a regular file", the size, the OS reason), never content.
+
+    Opened once, non-blocking, and checked on the open descriptor, so a FIFO or device
+    is refused instead of blocking or reading without end, and a file swapped after a
+    check is still the one checked.
+    """
     try:
-        if not path.is_file():
-            raise PackageError(f"{where}: no such file")
-        size = path.stat().st_size
-        if size > limit:
-            what = (f"brings the data files over {MAX_DATA_TOTAL} bytes in all" if total
-                    else f"is {size} bytes, more than {limit}")
-            raise PackageError(f"{where}: {what}")
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise PackageError("no such file") from None
+    except (OSError, ValueError) as err:  # ValueError: a NUL in the path
+        raise PackageError(f"cannot read: {getattr(err, 'strerror', None) or err}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise PackageError("is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise PackageError("not a regular file (a FIFO, socket or device)")
+        if st.st_size > limit:
+            raise PackageError(too_big or f"is {st.st_size} bytes, more than {limit}")
+        chunks, got = [], 0
+        while got <= limit:
+            chunk = os.read(fd, limit + 1 - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        data = b"".join(chunks)
     except OSError as err:
-        raise PackageError(f"{where}: cannot read: {err.strerror}") from None
-    if len(data) > limit:  # grew between stat and read
-        raise PackageError(f"{where}: changed size while being read")
+        raise PackageError(f"cannot read: {err.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # grew between fstat and read
+        raise PackageError("changed size while being read")
     return data
+
+
+def _read_input(root: Path, rel: str, limit: int, where: str, total: bool = False) -> bytes:
+    """A [secrets] or [data] file: a regular file that stays inside the workload directory
+    once symbolic links are followed (a link may point within it, not out of it)."""
+    base = os.path.realpath(root)
+    real = os.path.realpath(root / rel)
+    if os.path.commonpath([base, real]) != base:
+        raise PackageError(f"{where}: a symbolic link leads outside the workload directory")
+    try:
+        return read_regular_file(Path(real), limit, f"brings the data files over "
+                                 f"{MAX_DATA_TOTAL} bytes in all" if total else None)
+    except PackageError as err:
+        raise PackageError(f"{where}: {err.reason}") from None
