@@ -410,6 +410,12 @@ async def test_rotation_seen_on_next_call_and_after_restart(tmp_path: Path) -> N
     m2 = manager(tmp_path)
     await m2.restore_and_start()
     assert await m2.call(keep.keep_id, b"x") == expected_reply(db=b"new-db", token=b"new-token")
+    # A stopped keep has no next invocation: a rotation is refused, not reported as done,
+    # and nothing is stored (the value it held is still the one on disk).
+    await m2.stop(keep.keep_id)
+    with pytest.raises(ProtocolError, match=f"keep {keep.keep_id} is stopped: .*not replaced"):
+        m2.set_secret(rotation(d, "db_password", b"too-late", 12))
+    assert m2.keeps[keep.keep_id].summary()["secrets_serial"] == 11
     await m2.aclose()
 
 

@@ -266,6 +266,9 @@ class KeepManager:
         """
         keep = self.get(update.keep)
         with self._lock:
+            if is_terminal(keep.status):  # no next invocation would ever see it
+                raise ProtocolError(f"keep {keep.keep_id} is {keep.status[:80]}: it runs no "
+                                    "more invocations, so the secret was not replaced")
             value = keep.ctx.inputs.check(update, keep.deployment, keep.keep_id,
                                           keep.deployment_key)
             try:
