@@ -611,3 +611,21 @@ class _Ctx:
     def __hash__(self) -> int:
         return hash(self.peer_key)
 
+
+
+def test_secrets_set_resolves_the_keep_id_with_one_line_reasons() -> None:
+    from keepmesh.agent.cli import CommandError
+    from keepmesh.agent.cli.secrets import _find_keep
+
+    keeps = [{"keep": "ab" * 16}, {"keep": "abab0000" + "0" * 24}]
+    assert _find_keep(keeps, "ab" * 16)["keep"] == "ab" * 16
+    for wanted, reason in (("abababab", None), ("ababa", "shorter than 8 characters"),
+                           ("abab", "shorter than 8 characters"), ("abab000", "shorter than 8"),
+                           ("ffffffff", "no keep 'ffffffff' of this owner")):
+        if reason is None:
+            assert _find_keep(keeps, wanted)["keep"] == "ab" * 16
+            continue
+        with pytest.raises(CommandError, match=reason):
+            _find_keep(keeps, wanted)
+    with pytest.raises(CommandError, match="is ambiguous"):
+        _find_keep(keeps + [{"keep": "ab" * 15 + "cd"}], "abababab")

@@ -51,7 +51,9 @@ def _find_keep(keeps: Any, wanted: str) -> dict[str, Any]:
     exact = [k for k in matches if k["keep"] == wanted]
     if exact:
         return exact[0]
-    if len(matches) != 1 or len(wanted) < 8:
+    if matches and len(wanted) < 8:
+        raise CommandError(f"keep id prefix {wanted!r} is shorter than 8 characters")
+    if len(matches) != 1:
         raise CommandError(f"no keep {wanted[:64]!r} of this owner"
                            if not matches else f"keep id {wanted!r} is ambiguous")
     return matches[0]
