@@ -629,3 +629,70 @@ def test_secrets_set_resolves_the_keep_id_with_one_line_reasons() -> None:
             _find_keep(keeps, wanted)
     with pytest.raises(CommandError, match="is ambiguous"):
         _find_keep(keeps + [{"keep": "ab" * 15 + "cd"}], "abababab")
+
+
+def test_secrets_set_reaches_every_copy_and_says_which_it_missed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A replicated keep runs on several hosts; each gets the same signed update, and a
+    copy that cannot be reached fails the command in one line naming it (the others
+    already have the value, so running it again is safe: the serial only grows)."""
+    import json
+
+    import trio
+    from keepmesh.agent import client as client_mod
+    from keepmesh.agent.cli import CommandError, main
+    from keepmesh.agent.cli import secrets as secrets_cli
+
+    keep = "ab" * 16
+
+    class Fake:
+        def __init__(self, ident: bytes, address: str, serial: int) -> None:
+            self.peer_key, self.address, self.serial = ident, address, serial
+            self.updates: list[dict[str, object]] = []
+
+        async def call(self, method: str, body: dict[str, object]) -> dict[str, object]:
+            if method == "migrate.where":
+                raise CommandError("agent has no migration")
+            if method == "keeps.list":
+                other = b"\x02" * 32 if self.peer_key == b"\x01" * 32 else b"\x01" * 32
+                return {"keeps": [
+                    {"keep": keep, "state": "running", "host": self.address,
+                     "host_id": self.peer_key.hex(), "deployment": "cd" * 32,
+                     "secrets_serial": self.serial},
+                    {"keep": keep, "state": "running", "remote": True,
+                     "host": "h2" if self.address == "h1" else "h1", "host_id": other.hex()}]}
+            assert method == "keeps.secret_set"
+            self.updates.append(body["update"])  # type: ignore[arg-type]
+            return {"keep": keep, "name": "db", "serial": body["update"]["serial"]}  # type: ignore[index]
+
+        async def aclose(self) -> None:
+            pass
+
+    entry, second = Fake(b"\x01" * 32, "h1", 5), Fake(b"\x02" * 32, "h2", 9 * 10**13)
+    reachable = {"yes": True}
+
+    async def fake_open(address: str, **_: object) -> Fake:
+        if not reachable["yes"]:
+            raise CommandError(f"no attested answer from {address} within 5s")
+        return second
+
+    monkeypatch.setattr(client_mod, "open_client", fake_open)
+    monkeypatch.setattr(secrets_cli, "run_call", lambda args, fn: trio.run(fn, entry))
+    key = tmp_path / "owner.key"
+    assert main(["keygen", str(key)]) == 0
+    value = tmp_path / "v.txt"
+    value.write_bytes(b"new")
+    argv = ["secrets", "set", keep[:10], "db", "--file", str(value), "--agent", "h1",
+            "--key", str(key), "--json"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["hosts"] == ["h1", "h2"]
+    assert entry.updates == second.updates and len(entry.updates) == 1
+    assert entry.updates[0]["serial"] == 9 * 10**13 + 1  # newer than every copy's serial
+    reachable["yes"] = False
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert (f"secret db replaced on 1 of 2 copies of keep {keep}; not on h2: no attested "
+            "answer from h2") in err and len(err.strip().splitlines()) == 1
+    assert len(entry.updates) == 2 and len(second.updates) == 1

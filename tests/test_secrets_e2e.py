@@ -219,6 +219,24 @@ def test_secret_and_rotation_survive_kill_9_of_the_host(
         assert rc == 0, err
         assert m.call(capsys, new_host, keep, "digest").startswith(
             f"db_password={fnv(b'second-rotation')} ")
+        # A replicated keep (deploy --replicas 2: one copy on each live agent) gets a
+        # rotation on every copy; before, only the one the entry agent located did, and
+        # calls served by the other copy went on seeing the old value.
+        rc, out, err = m.cli(capsys, "deploy", str(w), "--replicas", "2", "--policy", str(pol),
+                             "--json", *m.flags(new_host))
+        assert rc == 0, err
+        placed = json.loads(out)
+        hosts = sorted(p["host"] for p in placed["placements"])
+        assert len(set(hosts)) == 2
+        third = tmp_path / "third.txt"
+        third.write_bytes(b"third-rotation")
+        rc, out, err = m.cli(capsys, "secrets", "set", placed["keep"], "db_password", "--file",
+                             str(third), "--json", *m.flags(new_host))
+        assert rc == 0, err
+        for h in hosts:
+            assert m.call(capsys, m.by_address(h), placed["keep"], "digest").startswith(
+                f"db_password={fnv(b'third-rotation')} "), f"copy on {h} has the old value"
+        assert sorted(json.loads(out)["hosts"]) == hosts
         for p in m.procs:
             assert grep_dir(p.data_dir, secret, token, words.strip(), rotated) == []
     finally:

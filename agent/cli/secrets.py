@@ -12,6 +12,7 @@ neither read, alter nor replay it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import time
@@ -44,6 +45,8 @@ def _read_value(args: argparse.Namespace) -> bytes:
 
 
 def _find_keep(keeps: Any, wanted: str) -> dict[str, Any]:
+    """The row of the keep `wanted` names (full id or a unique prefix of >= 8 chars); a
+    replicated keep may have several rows (one per copy), which name one keep."""
     if not isinstance(keeps, list):
         raise CommandError("agent sent a malformed keep list")
     matches = [k for k in keeps if isinstance(k, dict) and isinstance(k.get("keep"), str)
@@ -53,10 +56,21 @@ def _find_keep(keeps: Any, wanted: str) -> dict[str, Any]:
         return exact[0]
     if matches and len(wanted) < 8:
         raise CommandError(f"keep id prefix {wanted!r} is shorter than 8 characters")
-    if len(matches) != 1:
+    if len({k["keep"] for k in matches}) != 1:
         raise CommandError(f"no keep {wanted[:64]!r} of this owner"
                            if not matches else f"keep id {wanted!r} is ambiguous")
     return matches[0]
+
+
+def _summary(keeps: Any, keep_id: str) -> dict[str, Any]:
+    """This agent's own summary of its copy (the row with the deployment digest and
+    serial; rows for copies elsewhere carry neither)."""
+    rows = keeps if isinstance(keeps, list) else []
+    for row in rows:
+        if isinstance(row, dict) and row.get("keep") == keep_id and "deployment" in row \
+                and not row.get("remote"):
+            return row
+    return _find_keep(keeps, keep_id)
 
 
 def cmd_secrets_set(args: argparse.Namespace) -> int:
@@ -79,54 +93,101 @@ def cmd_secrets_set(args: argparse.Namespace) -> int:
     seed = _owner_seed(args)
     rng = random.SystemRandom()
 
-    async def rotate(client: Any, keep: dict[str, Any]) -> int:
+    async def rotate(copies: list[_Copy], failed: list[tuple[str, str]]) -> int:
+        # One update for every copy: the same serial (newer than any copy's), so each
+        # replica checks the same owner-signed record and none can be rolled back.
         try:
-            digest = bytes.fromhex(str(keep.get("deployment")))
-            serial = max(int(time.time() * 1000), int(keep.get("secrets_serial") or 0) + 1)
+            digests = {bytes.fromhex(str(c.summary.get("deployment"))) for c in copies}
+            serial = max(int(time.time() * 1000),
+                         *(int(c.summary.get("secrets_serial") or 0) + 1 for c in copies))
         except (TypeError, ValueError):
             raise CommandError("agent sent a malformed keep summary") from None
-        if len(digest) != 32:
+        if len(digests) != 1 or len(digest := digests.pop()) != 32:
             raise CommandError("agent sent a malformed keep summary")
         key = derive_deployment_key(seed, digest)
         record = InputValue(name=args.name, salt=rng.randbytes(SALT_LEN), value=value)
+        keep_id = str(copies[0].summary["keep"])
         try:
             update = make_secret_update(
-                str(keep["keep"]), args.name, serial,
+                keep_id, args.name, serial,
                 input_digest("secret", args.name, record.salt, value),
                 seal_value(key, record), seed)
         except ProtocolError as err:
             raise CommandError(err.reason) from None
-        resp = await client.call("keeps.secret_set", {"update": update.to_fields()})
+        done: list[tuple[str, dict[str, Any]]] = []
+        for c in copies:
+            try:
+                resp = await c.client.call("keeps.secret_set", {"update": update.to_fields()})
+            except (CommandError, ProtocolError, OSError) as err:
+                if len(copies) + len(failed) == 1:
+                    raise
+                failed.append((c.host, _reason(err)))
+                continue
+            done.append((c.host, resp))
+        if failed:
+            host, reason = failed[0]
+            if not done and len({r for _, r in failed}) == 1:
+                raise CommandError(reason)
+            raise CommandError(f"secret {args.name} replaced on {len(done)} of "
+                               f"{len(done) + len(failed)} copies of keep {keep_id}; "
+                               f"not on {host}: {reason}")
+        resp = done[0][1]
         doc = {"keep": resp.get("keep"), "name": resp.get("name"),
-               "serial": resp.get("serial")}
+               "serial": resp.get("serial"), "hosts": [h for h, _ in done]}
         if args.json:
             from keepmesh.agent.cli._output import print_json
 
             print_json(doc)  # one JSON format for every verb
         else:
-            print(f"keep {doc['keep']}: secret {doc['name']} replaced (serial {doc['serial']}); "
-                  "the keep sees it from its next invocation")
+            where = f" on {len(done)} copies" if len(done) > 1 else ""
+            print(f"keep {doc['keep']}: secret {doc['name']} replaced{where} (serial "
+                  f"{doc['serial']}); the keep sees it from its next invocation")
         return 0
 
     async def go(client: Any) -> int:
-        keep, at_host = await _at_host(client, args)
+        failed: list[tuple[str, str]] = []
+        copies = await _copies(client, args, failed)
         try:
-            return await rotate(at_host, keep)
+            if not copies:
+                host, reason = failed[0]
+                raise CommandError(reason if len(failed) == 1 else f"{host}: {reason}")
+            return await rotate(copies, failed)
         finally:
-            if at_host is not client:
-                await at_host.aclose()
+            for c in copies:
+                if c.client is not client:
+                    await c.client.aclose()
 
     code: int = run_call(args, go)
     return code
 
 
-async def _at_host(client: Any, args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
-    """The keep's summary, from the agent that runs it, and a client connected there.
+def _reason(err: BaseException) -> str:
+    if isinstance(err, ProtocolError):
+        return err.reason
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    return str(err)
 
-    Any agent can be named with --agent: when its migration view says the keep
-    runs elsewhere, the update goes to that host (it is sealed and signed, so the
-    agent that told us where learns nothing and cannot change it).
+
+@dataclasses.dataclass
+class _Copy:
+    summary: dict[str, Any]
+    client: Any
+    host: str
+
+
+async def _copies(client: Any, args: argparse.Namespace,
+                  failed: list[tuple[str, str]]) -> list[_Copy]:
+    """Every running copy of the keep: its host's own summary and a client connected there.
+
+    Any agent can be named with --agent. A keep migration tracks runs in one place (its
+    signed record, `migrate.where`); a replicated keep (`deploy --replicas N`) runs on N
+    hosts, each of which must get the rotation, or calls served by the others would go
+    on seeing the old value. The update is sealed and signed, so the agent that told us
+    where learns nothing and cannot change it. A host that cannot be reached is listed
+    in `failed` (host, reason).
     """
+    from keepmesh.agent.cli._client_args import client_options
     from keepmesh.agent.cli.drain import agent_id, with_locations
     from keepmesh.agent.client import open_client
 
@@ -135,19 +196,42 @@ async def _at_host(client: Any, args: argparse.Namespace) -> tuple[dict[str, Any
     if not isinstance(keeps, list) or not all(isinstance(k, dict) for k in keeps):
         raise CommandError("agent sent a malformed keep list")
     located = _find_keep(await with_locations(client, keeps), args.id)
-    host, host_id = located.get("host"), located.get("host_id")
-    if not host or not host_id or host_id == agent_id(client):
-        return _find_keep(keeps, str(located["keep"])), client
-    from keepmesh.agent.cli._client_args import client_options
-    other = await open_client(str(host), **client_options(args))
+    keep_id = str(located["keep"])
+    here = str(agent_id(client))
+    hosts: dict[str, str] = {}
+    for row in (located, *keeps):
+        hid, addr = row.get("host_id"), row.get("host")
+        if row.get("keep") == keep_id and row.get("state") == "running" \
+                and isinstance(hid, str) and hid and isinstance(addr, str) and addr:
+            hosts.setdefault(hid, addr)
+    if not hosts:  # a lone agent, or no running copy: the agent that has it answers
+        hid, addr = located.get("host_id"), located.get("host")
+        hosts = {str(hid): str(addr)} if hid and addr else {here: str(args.agent)}
+    copies: list[_Copy] = []
     try:
-        if agent_id(other) != host_id:
-            raise CommandError(f"agent at {host} is not the keep's host {host_id[:16]}")
-        there = await other.call("keeps.list", {})
-        return _find_keep(there.get("keeps"), str(located["keep"])), other
+        for hid, addr in hosts.items():
+            if hid == here:
+                copies.append(_Copy(_summary(keeps, keep_id), client, str(args.agent)))
+                continue
+            try:
+                other = await open_client(addr, **client_options(args))
+            except (CommandError, ProtocolError, OSError) as err:
+                failed.append((addr, _reason(err)))
+                continue
+            try:
+                if agent_id(other) != hid:
+                    raise CommandError(f"agent at {addr} is not the keep's host {hid[:16]}")
+                there = await other.call("keeps.list", {})
+                copies.append(_Copy(_summary(there.get("keeps"), keep_id), other, addr))
+            except (CommandError, ProtocolError, OSError) as err:
+                await other.aclose()
+                failed.append((addr, _reason(err)))
     except BaseException:
-        await other.aclose()
+        for c in copies:
+            if c.client is not client:
+                await c.client.aclose()
         raise
+    return copies
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
