@@ -42,7 +42,7 @@ class KeepEpochs(Protocol):
     def admit(self, keep: str, epoch: int | None, location: bytes | None,
               src: bytes | None) -> None: ...
 
-WORKLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+WORKLOAD_ID = re.compile(r"^[0-9a-f]{32}\Z")  # \Z: "$" allows a final newline
 
 
 class WorkloadRouter:

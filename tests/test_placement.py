@@ -421,3 +421,15 @@ def test_entry_bounds_concurrent_requests() -> None:
     mesh.pump()
     busy = [o for o in mesh.outputs[a] if isinstance(o, PlacementFailed) and "busy" in o.reason]
     assert len(busy) == 3
+
+
+@pytest.mark.parametrize("where", ["label", "spread"])
+def test_a_label_name_with_a_trailing_newline_is_refused(where: str) -> None:
+    """`$` matches before a final newline: "zone\\n" passed as a label name and was signed."""
+    from keepmesh.protocol.errors import ProtocolError
+    from keepmesh.protocol.placement.spec import PlacementSpec
+    PlacementSpec(replicas=2, labels={"zone": "a"}, spread="rack").validate()
+    bad = (PlacementSpec(replicas=1, labels={"zone\n": "a"}, spread=None) if where == "label"
+           else PlacementSpec(replicas=2, labels={}, spread="rack\n"))
+    with pytest.raises(ProtocolError):
+        bad.validate()

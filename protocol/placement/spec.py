@@ -15,7 +15,7 @@ from ..wire import Message, Spec, mapping, message, s, u
 
 MAX_REPLICAS = 16
 MAX_LABELS = 16
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}\Z")  # \Z: "$" allows a final newline
 _KEYS = {"replicas", "labels", "spread"}
 
 
