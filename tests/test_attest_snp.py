@@ -292,3 +292,14 @@ def test_default_policy_refuses_vmpl_above_zero() -> None:
     at_zero = verify_evidence(read("trustee-milan-v2/report.bin"),
                               [read("trustee-milan-v2/vcek.der"), *chain("milan")], TRUST, AT)
     appraise(Policy(), at_zero)
+
+
+def test_reserved_signature_bytes_must_be_zero() -> None:
+    """0x330..0x49F (the SIGNATURE field after r and s) is not signed: a genuine report
+    with a byte set there must not verify (it did, found by the attest verify sweep)."""
+    for pos in (0x330, 0x400, 0x49F):
+        data = bytearray(BASE_REPORT)
+        data[pos] ^= 0x01
+        with pytest.raises(ProtocolError, match="reserved signature bytes"):
+            verify_evidence(bytes(data), BASE_CERTS, TRUST, AT)
+    verify_evidence(BASE_REPORT + b"\1", BASE_CERTS, TRUST, AT)  # after 0x4A0: tolerated
