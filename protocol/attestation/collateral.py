@@ -368,11 +368,11 @@ def _check_crls(verified: VerifiedEvidence, coll: Collateral, trust: TrustStore,
                 continue
         issuer_name = crl.issuer.rfc4514_string()
         if good is None:
-            # A CRL for an issuer not on this evidence's chain is irrelevant, not an error.
-            if any(isinstance(e, dict) and e.get("issuer") == issuer_name for e in chain):
-                raise VerificationError(f"collateral: CRL of {issuer_name[:60]!r} has no valid "
-                                        f"signature by a known issuer")
-            continue
+            # Its issuer name is not authenticated yet: skipping it as "another chain's CRL"
+            # would let one flipped bit in that name switch a revocation off unnoticed.
+            raise VerificationError(f"collateral: CRL of {issuer_name[:60]!r} has no valid "
+                                    f"signature by a known issuer (collateral certificates or "
+                                    f"trusted roots)")
         as_root = trust.find(good)
         if as_root is None:
             try:
