@@ -303,3 +303,20 @@ def test_reserved_signature_bytes_must_be_zero() -> None:
         with pytest.raises(ProtocolError, match="reserved signature bytes"):
             verify_evidence(bytes(data), BASE_CERTS, TRUST, AT)
     verify_evidence(BASE_REPORT + b"\1", BASE_CERTS, TRUST, AT)  # after 0x4A0: tolerated
+
+
+def test_unsigned_copy_of_the_signature_algorithm_must_match_the_signed_one() -> None:
+    """The VCEK's outer signatureAlgorithm (its RSA-PSS parameters) and the signature BIT
+    STRING's unused-bits byte are not signed: a Genoa VCEK claiming MGF1-SHA-512 there,
+    or one unused bit, still verified (found by the attest verify sweep)."""
+    report = read("trustee-azure-genoa-v3/report.bin")
+    leaf = bytearray(cert_der(load_certificates(read("trustee-azure-genoa-v3/vcek-genoa.pem"))[0]))
+    sha384_oid = bytes.fromhex("0609608648016503040202")
+    mgf_hash = leaf.rindex(sha384_oid) + len(sha384_oid) - 1  # outer MGF1 hash: sha384->sha512
+    unused_bits = leaf.rindex(b"\x03\x82\x02\x01\x00") + 4     # signature BIT STRING
+    assert verify_evidence(report, [bytes(leaf), *chain("genoa")], TRUST, AT).tee == "snp"
+    for pos, reason in ((mgf_hash, "signatureAlgorithm differs"), (unused_bits, "unused bits")):
+        bad = bytearray(leaf)
+        bad[pos] ^= 0x01
+        with pytest.raises(VerificationError, match=f"chain: signature of 'SEV-VCEK'.*{reason}"):
+            verify_evidence(report, [bytes(bad), *chain("genoa")], TRUST, AT)
