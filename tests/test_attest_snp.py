@@ -292,3 +292,31 @@ def test_default_policy_refuses_vmpl_above_zero() -> None:
     at_zero = verify_evidence(read("trustee-milan-v2/report.bin"),
                               [read("trustee-milan-v2/vcek.der"), *chain("milan")], TRUST, AT)
     appraise(Policy(), at_zero)
+
+
+def test_reserved_signature_bytes_must_be_zero() -> None:
+    """0x330..0x49F (the SIGNATURE field after r and s) is not signed: a genuine report
+    with a byte set there must not verify (it did, found by the attest verify sweep)."""
+    for pos in (0x330, 0x400, 0x49F):
+        data = bytearray(BASE_REPORT)
+        data[pos] ^= 0x01
+        with pytest.raises(ProtocolError, match="reserved signature bytes"):
+            verify_evidence(bytes(data), BASE_CERTS, TRUST, AT)
+    verify_evidence(BASE_REPORT + b"\1", BASE_CERTS, TRUST, AT)  # after 0x4A0: tolerated
+
+
+def test_unsigned_copy_of_the_signature_algorithm_must_match_the_signed_one() -> None:
+    """The VCEK's outer signatureAlgorithm (its RSA-PSS parameters) and the signature BIT
+    STRING's unused-bits byte are not signed: a Genoa VCEK claiming MGF1-SHA-512 there,
+    or one unused bit, still verified (found by the attest verify sweep)."""
+    report = read("trustee-azure-genoa-v3/report.bin")
+    leaf = bytearray(cert_der(load_certificates(read("trustee-azure-genoa-v3/vcek-genoa.pem"))[0]))
+    sha384_oid = bytes.fromhex("0609608648016503040202")
+    mgf_hash = leaf.rindex(sha384_oid) + len(sha384_oid) - 1  # outer MGF1 hash: sha384->sha512
+    unused_bits = leaf.rindex(b"\x03\x82\x02\x01\x00") + 4     # signature BIT STRING
+    assert verify_evidence(report, [bytes(leaf), *chain("genoa")], TRUST, AT).tee == "snp"
+    for pos, reason in ((mgf_hash, "signatureAlgorithm differs"), (unused_bits, "unused bits")):
+        bad = bytearray(leaf)
+        bad[pos] ^= 0x01
+        with pytest.raises(VerificationError, match=f"chain: signature of 'SEV-VCEK'.*{reason}"):
+            verify_evidence(report, [bytes(bad), *chain("genoa")], TRUST, AT)

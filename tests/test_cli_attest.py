@@ -126,3 +126,12 @@ def test_platform_info(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> No
     (tmp_path / "dev/sev-guest").write_bytes(b"")
     code, out, _ = run(capsys, "platform", "info", "--root", str(tmp_path))
     assert "[yes] sev-guest" in out
+
+
+def test_endless_special_files_are_bounded(capsys: pytest.CaptureFixture[str]) -> None:
+    """/dev/zero has st_size 0: it was read whole (MemoryError, "internal error") as the
+    evidence, --root or --policy; now the read stops past the limit, in one line."""
+    q = str(VEC / "tdx/trustee-v5/quote.dat")
+    for argv in (["/dev/zero"], [q, "--root", "/dev/zero"], [q, "--policy", "/dev/zero"]):
+        code, _, err = run(capsys, "attest", "verify", *argv, "--at", "2025-06-25")
+        assert code == 1 and "more than" in err and len(err.splitlines()) == 1, err

@@ -215,3 +215,29 @@ def test_hostile_collateral_json_nesting_is_a_protocol_error() -> None:
     deep = b'{"tcb_info": ' + b"[" * 50000 + b"]" * 50000 + b"}"
     with pytest.raises(ProtocolError):
         load_collateral({"c.json": deep})
+
+
+def test_crl_with_a_flipped_issuer_name_is_not_skipped() -> None:
+    """One bit flipped in the (signed) issuer name of a genuine CRL made it look like
+    another chain's CRL, and it was skipped: a revocation could be switched off
+    unnoticed (found by the attest verify sweep). An unverifiable CRL is an error."""
+    import binascii
+
+    rel = "tdx/phala-dcapqvl-v4"
+    v = verify_quote(quote(rel), [], TRUST, AT)
+    for key, name in (("pck_crl", b"SGX PCK Platform CA"), ("root_ca_crl", b"SGX Root CA")):
+        obj = json.loads((VEC / rel / "collateral.json").read_bytes())
+        der = bytearray(binascii.unhexlify(obj[key]))
+        der[der.index(name)] ^= 0x01  # "RGX ..."
+        obj[key] = der.hex()
+        with pytest.raises(VerificationError, match="no valid signature by a known issuer"):
+            apply_collateral(v, {"c.json": json.dumps(obj).encode()}, TRUST, AT)
+    # A genuine CRL of an unrelated chain (Intel's root CRL beside SNP evidence) is still
+    # skipped: its signature verifies, and its root is not the evidence's.
+    snp = VEC.parent / "vectors/sev-snp"
+    ev = verify_evidence((snp / "trustee-milan-v2/report.bin").read_bytes(),
+                         [(snp / "trustee-milan-v2/vcek.der").read_bytes(),
+                          (snp / "amd-certs/milan/ask_ark_asvk.pem").read_bytes()], TRUST, AT)
+    crl = (VEC / "sgx-dcap/intel-root/rootcrl.der").read_bytes()
+    assert apply_collateral(ev, {"root.crl": crl}, TRUST, AT).claims["collateral"] == {
+        "crls_checked": []}

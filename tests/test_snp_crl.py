@@ -17,7 +17,7 @@ from keepmesh.agent.tee.sim import SimTee, read_sim_root
 from keepmesh.protocol.attestation.certs import TrustStore, load_certificates
 from keepmesh.protocol.attestation.collateral import apply_collateral
 from keepmesh.protocol.attestation.evidence import verify_evidence_record
-from keepmesh.protocol.errors import VerificationError
+from keepmesh.protocol.errors import ProtocolError, VerificationError
 
 
 def crl(root: Path, revoked_serials: list[int]) -> bytes:
@@ -49,3 +49,29 @@ def test_snp_crl_revocation(tmp_path: Path, sim_root: Path) -> None:
     ask = load_certificates((sim_root / "ask.pem").read_bytes())[0]
     with pytest.raises(VerificationError, match="(?i)revoked"):
         apply_collateral(verified, {"ark.crl": crl(sim_root, [ask.serial_number])}, trust, now)
+
+
+def test_crl_as_hex_text_revokes_and_a_damaged_crl_is_an_error(tmp_path: Path,
+                                                               sim_root: Path) -> None:
+    """A CRL file in hex (as the spec allows) was listed as `ignored`, and a truncated DER
+    CRL too: next to the ASK certificate the collateral was still "usable", so a revoked
+    VCEK verified (found by the attest verify sweep)."""
+    from tests.sim_crl import sim_ask_crl
+    tee = SimTee(sim_root, tmp_path / "agent")
+    evidence = tee.collect(b"\x01" * 64)
+    trust = TrustStore([read_sim_root(sim_root)])
+    now = dt.datetime.now(dt.UTC)
+    verified = verify_evidence_record(evidence, trust, now)
+    vcek = x509.load_der_x509_certificate(evidence.certs[0])
+    der = sim_ask_crl(sim_root, [vcek.serial_number]).public_bytes(serialization.Encoding.DER)
+    ask = (sim_root / "ask.pem").read_bytes()
+    for name, blob in (("kds.crl.hex", der.hex().encode()),
+                       ("kds.crl.hex", der.hex().upper().encode() + b"\n")):
+        with pytest.raises(VerificationError, match="revoked"):
+            apply_collateral(verified, {"ask.pem": ask, name: blob}, trust, now)
+    for blob in (der[:-20], der.hex().encode()[:-40]):
+        with pytest.raises(ProtocolError, match="neither a CRL nor a certificate"):
+            apply_collateral(verified, {"ask.pem": ask, "kds.crl": blob}, trust, now)
+    notes = {"ask.pem": ask, "README": b"0 CRLs here yet\n"}  # text, not DER: still ignored
+    assert apply_collateral(verified, notes, trust, now).claims["collateral"] == {
+        "crls_checked": []}

@@ -42,12 +42,18 @@ def register(subparsers: Any) -> None:
 
 
 def _read(path: str | Path, what: str, limit: int) -> bytes:
+    """At most `limit` bytes of a file, checked while reading: the size stat() gives is
+    0 for /dev/zero, a pipe or a process substitution, which are read until they end."""
     p = Path(path)
     try:
         size = p.stat().st_size
         if size > limit:
             raise CommandError(f"{what} {str(p)[:200]}: {size} bytes exceeds {limit}")
-        return p.read_bytes()
+        with p.open("rb") as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise CommandError(f"{what} {str(p)[:200]}: more than {limit} bytes")
+        return data
     except OSError as err:
         raise CommandError(f"cannot read {what} {str(p)[:200]}: {err.strerror or err}") from None
     except ValueError:  # e.g. a NUL byte in the path (only possible in-process)

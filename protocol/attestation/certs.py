@@ -91,6 +91,48 @@ def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0][:80] if str(err) else ''}"
 
 
+def _der_element(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, content start, end) of the DER element at `pos`; ValueError if it overruns."""
+    if pos + 2 > len(data):
+        raise ValueError("DER element truncated")
+    first = data[pos + 1]
+    if first < 0x80:
+        start, length = pos + 2, first
+    else:
+        n = first & 0x7F
+        if not 1 <= n <= 4 or pos + 2 + n > len(data):
+            raise ValueError("DER length malformed")
+        start, length = pos + 2 + n, int.from_bytes(data[pos + 2:pos + 2 + n], "big")
+    if start + length > len(data):
+        raise ValueError("DER element overruns its container")
+    return data[pos], start, start + length
+
+
+def _unsigned_parts_consistent(der: bytes, tbs: bytes) -> None:
+    """The parts of a certificate its signature does not cover must repeat the signed ones.
+
+    `signatureAlgorithm` (outside tbsCertificate) must be byte-identical to
+    tbsCertificate.signature (RFC 5280 4.1.1.2), and the signature BIT STRING must have
+    no unused bits. Why: verification reads the outer copy (e.g. RSA-PSS parameters), so
+    a flipped MGF1 hash there was accepted; one certificate had many encodings.
+    Raises ValueError naming the inconsistency.
+    """
+    _, cert_start, _ = _der_element(der, 0)
+    _, _, tbs_end = _der_element(der, cert_start)
+    _, _, alg_end = _der_element(der, tbs_end)
+    outer = der[tbs_end:alg_end]
+    tag, sig_start, sig_end = _der_element(der, alg_end)
+    if tag != 0x03 or sig_start == sig_end or der[sig_start] != 0:
+        raise ValueError("signature BIT STRING has unused bits")
+    _, pos, _ = _der_element(tbs, 0)
+    tag, _, end = _der_element(tbs, pos)
+    if tag == 0xA0:  # [0] version, then the serial number
+        tag, _, end = _der_element(tbs, end)
+    _, _, inner_end = _der_element(tbs, end)
+    if tbs[end:inner_end] != outer:
+        raise ValueError("signatureAlgorithm differs from the signed tbsCertificate.signature")
+
+
 def _checked(cert: x509.Certificate) -> x509.Certificate:
     """Touch every part verification uses, so damage surfaces here as ProtocolError.
 
@@ -291,6 +333,11 @@ def verify_issued_by(cert: x509.Certificate, issuer: x509.Certificate, *,
         hash_alg = None
     if hash_alg is None:
         raise VerificationError(f"chain: {name!r} uses an unsupported signature algorithm")
+    try:
+        _unsigned_parts_consistent(cert_der(cert), cert.tbs_certificate_bytes)
+    except ValueError as err:
+        raise VerificationError(
+            f"chain: signature of {name!r} by {subject_str(issuer)!r}: {err}") from None
     try:
         verify_signature(issuer.public_key(), cert.signature, cert.tbs_certificate_bytes,
                          hash_alg, pss=_cert_uses_pss(cert), budget=budget)

@@ -173,6 +173,15 @@ def _load_crl(data: bytes, what: str) -> x509.CertificateRevocationList:
     return crl
 
 
+def _hex_der(data: bytes) -> bytes | None:
+    """The DER in a file of hex text (e.g. a CRL as PCS's JSON carries it), else None."""
+    text = b"".join(data.split())
+    if len(text) < 4 or len(text) % 2 or text[:2] != b"30" or \
+            not all(c in b"0123456789abcdefABCDEF" for c in text):
+        return None
+    return binascii.unhexlify(text)
+
+
 def _chain_from(value: Any, what: str) -> tuple[x509.Certificate, ...]:
     if value is None:
         return ()
@@ -272,14 +281,21 @@ def load_collateral(files: Mapping[str, bytes]) -> Collateral:
             part = Collateral(crls=(_load_crl(data, name),))
         elif b"-----BEGIN CERTIFICATE-----" in data:
             part = Collateral(certs=tuple(load_certificates(data)))
-        elif data[:1] == b"\x30":
+        elif data[:1] == b"\x30" or _hex_der(data) is not None:
+            der = data if data[:1] == b"\x30" else _hex_der(data) or b""
             try:
-                part = Collateral(crls=(_load_crl(data, name),))
+                part = Collateral(crls=(_load_crl(der, name),))
             except ProtocolError:
                 try:
-                    part = Collateral(certs=tuple(load_certificates(data)))
+                    part = Collateral(certs=tuple(load_certificates(der)))
                 except ProtocolError:
-                    part = Collateral(ignored=(name,))
+                    if der is data and der[1:2] not in (b"\x81", b"\x82", b"\x83"):
+                        part = Collateral(ignored=(name,))  # text that starts with "0"
+                    else:
+                        # Looks like a CRL/certificate but is damaged: ignoring it would
+                        # quietly drop a revocation the operator meant to apply.
+                        raise ProtocolError(f"collateral: {name[:80]} is DER but neither a "
+                                            f"CRL nor a certificate") from None
         else:
             part = Collateral(ignored=(name,))
         result = _merge(result, part, name)
@@ -368,11 +384,11 @@ def _check_crls(verified: VerifiedEvidence, coll: Collateral, trust: TrustStore,
                 continue
         issuer_name = crl.issuer.rfc4514_string()
         if good is None:
-            # A CRL for an issuer not on this evidence's chain is irrelevant, not an error.
-            if any(isinstance(e, dict) and e.get("issuer") == issuer_name for e in chain):
-                raise VerificationError(f"collateral: CRL of {issuer_name[:60]!r} has no valid "
-                                        f"signature by a known issuer")
-            continue
+            # Its issuer name is not authenticated yet: skipping it as "another chain's CRL"
+            # would let one flipped bit in that name switch a revocation off unnoticed.
+            raise VerificationError(f"collateral: CRL of {issuer_name[:60]!r} has no valid "
+                                    f"signature by a known issuer (collateral certificates or "
+                                    f"trusted roots)")
         as_root = trust.find(good)
         if as_root is None:
             try:

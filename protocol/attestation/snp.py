@@ -45,6 +45,8 @@ REPORT_SIZE = 0x4A0
 SIGNED_SIZE = 0x2A0
 SIG_R = slice(0x2A0, 0x2E8)
 SIG_S = slice(0x2E8, 0x330)
+SIG_RESERVED = slice(0x330, 0x4A0)
+"""Reserved part of the 512-byte SIGNATURE field (after r and s): zero in every report."""
 SIG_FIELD = 72
 SUPPORTED_VERSIONS = (2, 3, 4, 5)
 SIG_ALGO_ECDSA_P384_SHA384 = 1
@@ -228,6 +230,10 @@ def parse_report(data: bytes) -> SnpReport:
     r_raw, s_raw = data[SIG_R], data[SIG_S]
     if any(r_raw[48:]) or any(s_raw[48:]):
         raise ProtocolError("snp report: signature component wider than P-384")
+    if any(data[SIG_RESERVED]):
+        # Not covered by the signature: accepting anything here would let one signed
+        # report travel as countless different byte strings (firmware writes zeros).
+        raise ProtocolError("snp report: reserved signature bytes 0x330..0x49F are not zero")
     if version < 3:
         fam = mod = step = 0
     if version < 5:
