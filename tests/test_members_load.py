@@ -28,8 +28,10 @@ pytestmark = pytest.mark.slow
 BUSY_LOOPS = 6
 BASE = 3
 NEWCOMERS = 2
-JOIN_GAP_S = 10.0
-TAIL_S = 15.0  # the false deaths this guards against came 5-12 s after a join
+JOIN_GAP_S = 6.0
+# the false deaths this guards against came 5-12 s after a join: the last newcomer is
+# watched 15 s, the one before JOIN_GAP_S + 15 s
+TAIL_S = 15.0
 
 
 def _busy() -> None:
