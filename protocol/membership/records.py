@@ -101,6 +101,9 @@ class NodeRecord(Message):
         # and compares equal to every other spelling of the same host (protocol/address.py).
         if canonical_address(self.address) != self.address:
             raise ProtocolError("record: address is not in canonical HOST:PORT form")
+        keys = list(self.labels)
+        if keys != sorted(keys):
+            raise ProtocolError("record: labels are not sorted by key")
 
     def __hash__(self) -> int:  # labels is a dict; identity is (node, incarnation, sig)
         return hash((self.node_id, self.incarnation, self.signature))
@@ -137,7 +140,7 @@ def make_record(signer: RecordSigner, address: str, incarnation: int,
         "incarnation": incarnation,
         "claims": (claims or NO_CLAIMS).to_fields(),
         "capacity": (capacity or NO_CAPACITY).to_fields(),
-        "labels": dict(labels or {}), "signature": b"",
+        "labels": dict(sorted((labels or {}).items())), "signature": b"",
     }
     unsigned = NodeRecord.from_fields(fields)  # same validation as the wire
     signed = dataclasses.replace(unsigned, signature=signer.sign(unsigned.signed_bytes))
@@ -171,6 +174,11 @@ def decode_record(data: bytes) -> NodeRecord:
 
     msg = decode_swim(data, MAX_RECORD_BYTES, expect=(NodeRecord,))
     assert isinstance(msg, NodeRecord)
+    if encode_payload(msg) != data:
+        # One byte form per signed record (specs/membership.md §2): the signature covers
+        # the re-encoded content, but relays, the intern table and the push-pull digest
+        # use these bytes, so a second spelling of one record must not verify.
+        raise ProtocolError("record: not in canonical encoding")
     msg.__dict__["encoded"] = bytes(data)  # seed the cache with the bytes we were given
     return msg
 

@@ -1,0 +1,93 @@
+"""Signed structures have one byte form (found by the signed-structure mutation sweep).
+
+A record is verified over its re-encoded signed bytes, but relayed, interned and hashed
+into the push-pull digest by the exact bytes it arrived as. So another byte string with
+the same signed content (a wider integer, reordered or duplicate keys, labels in another
+order, a float protocol version) must be refused, else it verifies as the same record
+under different bytes (specs/membership.md §2)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+import pytest
+
+from keepmesh.protocol.errors import ProtocolError
+from keepmesh.protocol.membership import (
+    Alive,
+    Capacity,
+    Claims,
+    Ed25519Signer,
+    Ed25519Verifier,
+    Gossip,
+    make_record,
+)
+from keepmesh.protocol.membership.records import decode_record
+from keepmesh.protocol.wire import encode_payload
+
+from tests.membership_cluster import Cluster, address
+
+
+def _record_bytes() -> bytes:
+    rec = make_record(Ed25519Signer(b"\x0a" * 32), "10.0.0.1:7946", 5,
+                      Claims(tee="sim", measurement="ab12", tcb="x=1"),
+                      Capacity(100, 1000, 50, 500), {"zone": "a", "rack": "r1"})
+    return rec.encoded
+
+
+def _pack_with(obj: Any, patch: dict[str, bytes]) -> bytes:
+    """obj packed as msgpack does, except fields named in `patch` (raw value bytes)."""
+    version, name, fields = obj
+    body = msgpack.Packer().pack_map_header(len(fields)) + b"".join(
+        msgpack.packb(k) + (patch[k] if k in patch else msgpack.packb(v, use_bin_type=True))
+        for k, v in fields.items())
+    return b"\x93" + msgpack.packb(version) + msgpack.packb(name) + body
+
+
+def _variants() -> dict[str, bytes]:
+    data = _record_bytes()
+    obj = msgpack.unpackb(data, raw=False)
+    version, name, fields = obj
+    out: dict[str, bytes] = {}
+    out["incarnation as uint64"] = _pack_with(obj, {"incarnation": b"\xcf" + struct.pack(
+        ">Q", fields["incarnation"])})
+    out["fields reordered"] = msgpack.packb(
+        [version, name, dict(reversed(list(fields.items())))], use_bin_type=True)
+    out["labels unsorted"] = _pack_with(obj, {"labels": msgpack.packb(
+        dict(sorted(fields["labels"].items(), reverse=True)))})
+    head = 1 + len(msgpack.packb(version)) + len(msgpack.packb(name))
+    assert data[head] == 0x87
+    out["duplicate key"] = (data[:head] + b"\x88" + msgpack.packb("incarnation")
+                            + msgpack.packb(0) + data[head + 1:])
+    out["version as float"] = b"\x93" + msgpack.packb(1.0) + data[2:]
+    out["map16 header"] = data[:head] + b"\xde\x00\x07" + data[head + 1:]
+    return out
+
+
+def test_the_genuine_record_decodes_and_verifies() -> None:
+    data = _record_bytes()
+    assert list(msgpack.unpackb(data)[2]["labels"]) == ["rack", "zone"]  # sorted on the wire
+    decode_record(data).verify(Ed25519Verifier())
+
+
+@pytest.mark.parametrize("variant", sorted(_variants()))
+def test_a_record_in_another_byte_form_is_refused(variant: str) -> None:
+    data = _variants()[variant]
+    assert data != _record_bytes()
+    with pytest.raises(ProtocolError):
+        decode_record(data).verify(Ed25519Verifier())
+
+
+def test_own_record_relayed_in_another_byte_form_forces_no_refutation() -> None:
+    c = Cluster(3)
+    me = c.nodes[0]
+    before = me.record.incarnation
+    obj = msgpack.unpackb(me.record.encoded, raw=False)
+    wide = _pack_with(obj, {"incarnation": b"\xcf" + struct.pack(">Q", before)})
+    item = encode_payload(Alive(record=wide))
+    me.receive(encode_payload(Gossip(sender=c.id(1), gossip=(item,))), address(1), 1.0,
+               src_id=c.id(1))
+    assert me.record.incarnation == before
+    assert me.stats.get("refutations", 0) == 0
