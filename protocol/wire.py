@@ -371,7 +371,7 @@ def decode_payload(data: bytes | memoryview, max_size: int = DEFAULT_MAX_FRAME,
     if not isinstance(obj, list) or len(obj) != 3:
         raise ProtocolError("malformed message: expected [version, type, fields]")
     version, type_name, fields = obj
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # 1.0 and True == 1
         raise ProtocolError(f"unsupported protocol version {str(version)[:20]}")
     if not isinstance(type_name, str):
         raise ProtocolError("malformed message: type is not a string")

@@ -91,3 +91,17 @@ def test_own_record_relayed_in_another_byte_form_forces_no_refutation() -> None:
                src_id=c.id(1))
     assert me.record.incarnation == before
     assert me.stats.get("refutations", 0) == 0
+
+
+@pytest.mark.parametrize("version", [1.0, True], ids=["float", "bool"])
+def test_a_version_that_only_compares_equal_to_1_is_refused(version: object) -> None:
+    """specs/wire.md: PROTOCOL_VERSION is 1, any other version is rejected. 1.0 and true
+    compared equal to 1 in Python, so every message type decoded with them."""
+    from keepmesh.protocol.membership import Ping
+    from keepmesh.protocol.wire import decode_payload
+
+    ping = Ping(seq=1, sender=b"\x01" * 32, target=b"\x02" * 32, gossip=())
+    fields = msgpack.unpackb(encode_payload(ping), raw=False)[2]
+    data = msgpack.packb([version, "swim.ping", fields], use_bin_type=True)
+    with pytest.raises(ProtocolError, match="unsupported protocol version"):
+        decode_payload(data)
