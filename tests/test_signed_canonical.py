@@ -1,10 +1,11 @@
 """Signed structures have one byte form (found by the signed-structure mutation sweep).
 
-A record is verified over its re-encoded signed bytes, but relayed, interned and hashed
-into the push-pull digest by the exact bytes it arrived as. So another byte string with
-the same signed content (a wider integer, reordered or duplicate keys, labels in another
-order, a float protocol version) must be refused, else it verifies as the same record
-under different bytes (specs/membership.md §2)."""
+A record is verified over its canonical signed bytes, and relayed, interned and hashed
+into the push-pull digest by `encoded`. Were `encoded` the bytes it arrived as, another
+byte string with the same signed content (a wider integer, reordered or duplicate keys,
+labels in another order) would verify as the same record under different bytes: digests
+split, and our own record relayed so would force a refutation. So `encoded` is always the
+canonical form (specs/membership.md §2); a float protocol version is refused outright."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from keepmesh.protocol.errors import ProtocolError
+from keepmesh.protocol.errors import ProtocolError, VerificationError
 from keepmesh.protocol.membership import (
     Alive,
     Capacity,
@@ -73,11 +74,26 @@ def test_the_genuine_record_decodes_and_verifies() -> None:
 
 
 @pytest.mark.parametrize("variant", sorted(_variants()))
-def test_a_record_in_another_byte_form_is_refused(variant: str) -> None:
+def test_a_record_in_another_byte_form_is_held_in_the_one_canonical_form(variant: str) -> None:
+    """Accepted as what it signs (an implementation writing labels in its own order still
+    interoperates), but what is held, relayed and hashed is the canonical form."""
     data = _variants()[variant]
-    assert data != _record_bytes()
-    with pytest.raises(ProtocolError):
-        decode_record(data).verify(Ed25519Verifier())
+    genuine = _record_bytes()
+    assert data != genuine
+    if variant == "version as float":  # not a record at all: specs/wire.md
+        with pytest.raises(ProtocolError, match="unsupported protocol version"):
+            decode_record(data)
+        return
+    rec = decode_record(data)
+    rec.verify(Ed25519Verifier())
+    assert rec.encoded == genuine and list(rec.labels) == sorted(rec.labels)
+
+
+def test_a_respelled_record_whose_signature_does_not_hold_is_refused() -> None:
+    data = _variants()["incarnation as uint64"]
+    forged = data[:-1] + bytes([data[-1] ^ 1])  # last signature byte
+    with pytest.raises(VerificationError):
+        decode_record(forged).verify(Ed25519Verifier())
 
 
 def test_own_record_relayed_in_another_byte_form_forces_no_refutation() -> None:

@@ -101,9 +101,6 @@ class NodeRecord(Message):
         # and compares equal to every other spelling of the same host (protocol/address.py).
         if canonical_address(self.address) != self.address:
             raise ProtocolError("record: address is not in canonical HOST:PORT form")
-        keys = list(self.labels)
-        if keys != sorted(keys):
-            raise ProtocolError("record: labels are not sorted by key")
 
     def __hash__(self) -> int:  # labels is a dict; identity is (node, incarnation, sig)
         return hash((self.node_id, self.incarnation, self.signature))
@@ -174,12 +171,20 @@ def decode_record(data: bytes) -> NodeRecord:
 
     msg = decode_swim(data, MAX_RECORD_BYTES, expect=(NodeRecord,))
     assert isinstance(msg, NodeRecord)
-    if encode_payload(msg) != data:
-        # One byte form per signed record (specs/membership.md §2): the signature covers
-        # the re-encoded content, but relays, the intern table and the push-pull digest
-        # use these bytes, so a second spelling of one record must not verify.
-        raise ProtocolError("record: not in canonical encoding")
-    msg.__dict__["encoded"] = bytes(data)  # seed the cache with the bytes we were given
+    labels = msg.labels
+    if list(labels) != sorted(labels):
+        msg.__dict__["labels"] = dict(sorted(labels.items()))  # not shared yet
+    # One byte form per record version (specs/membership.md §2): the signature covers the
+    # canonical re-encoding, and relays, the intern table, the push-pull digest and the
+    # check on our own record go by `encoded`. So `encoded` is that canonical form, not
+    # the spelling that arrived: another spelling (wider ints, other key or label order)
+    # is accepted as what it signs and held, relayed and hashed like every other copy.
+    canonical = encode_payload(msg)
+    if canonical != data:
+        found = _INTERN.get(canonical)
+        if found is not None:
+            return found
+    msg.__dict__["encoded"] = canonical
     return msg
 
 
