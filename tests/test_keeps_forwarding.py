@@ -342,3 +342,37 @@ async def test_stop_through_any_agent_stops_every_replica(
     with pytest.raises(CommandError) as err:
         stopped(args, out)  # type: ignore[arg-type]
     assert "3 of 4" in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+async def test_a_replicated_keeps_epoch_is_checked_like_a_tracked_keeps(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A replicated keep (placement only, migration does not track it) runs at epoch 1
+    on every copy, as `keeps` lists it; its copies used to serve any `epoch` a client
+    sent, a stale 0 or an unproven 7. Now: stale is `stale_epoch` (at once, through a
+    forwarder too: no re-resolving backoff), unproven newer is `invalid`, nothing served."""
+    net = Net(4, seed=11)
+    d = deployment("rep", placement={"replicas": 2, "labels": {}})
+    keep = deployment_id(d)
+    net.deployments[keep] = d
+    agents = _agents(net)
+    copies, forwarder = agents[:2], agents[3]
+    rows = [Location(keep=keep, host_id=a.node_id, host=a.address, epoch=1,
+                     state="running", owner=d.owner_key) for a in copies]
+    for a in agents:
+        a.service.machine = SimpleNamespace(known=lambda: rows)  # type: ignore[assignment]
+    for a in copies:
+        a.node.counters[keep] = 0
+    client = _client(net, keep)
+    body = {"keep": keep, "message": b"inc"}
+    for entry in (copies[0], forwarder):
+        await entry.service._rpc_call(client, dict(body, epoch=1))
+    assert sum(a.node.counters[keep] for a in copies) == 2
+    for entry in (copies[0], forwarder):
+        t0 = trio.current_time()
+        with pytest.raises(StaleEpoch) as err:
+            await entry.service._rpc_call(client, dict(body, epoch=0))
+        assert error_code(err.value) == "stale_epoch" and trio.current_time() - t0 < 0.1
+        with pytest.raises(ProtocolError) as err:
+            await entry.service._rpc_call(client, dict(body, epoch=7))
+        assert error_code(err.value) == "invalid"
+    assert sum(a.node.counters[keep] for a in copies) == 2
