@@ -465,7 +465,8 @@ class PlacementService:
         copies stopped (`stopped`, `copies`) and names those that could not be
         (`failed`); when none could, the first refusal is the answer. A copy here that
         had already ended (the keep moved away) is not counted, and alone is answered as
-        before. A forwarded stop (an agent caller) ends this host's copy only."""
+        before, as is one elsewhere (its host answers `stopped: 0`). A forwarded stop (an
+        agent caller) ends this host's copy only."""
         body = dict(body)
         on_behalf = body.pop("owner", None)
         req = KeepRequest.from_fields(body)
@@ -485,7 +486,8 @@ class PlacementService:
             self._node().command(Release(keep.keep_id), self.mesh.now())
             self.mesh.flush()
             if ctx.role == "agent":
-                return result
+                # tells the forwarder not to count a copy that had already ended
+                return result if ran else dict(result, stopped=0)
             keep_id, local = keep.keep_id, result
             if ran and node is not None:
                 copies.append({"host": node.address, "host_id": node.node_id.hex(),
@@ -496,6 +498,7 @@ class PlacementService:
         if local is None and not remotes:
             raise RpcNotFound(f"no keep {req.keep[:64]!r} on this agent")
         failed: list[tuple[Location, ProtocolError]] = []
+        ended: dict[str, Any] | None = None  # a remote copy that had already ended
         for loc in remotes:
             try:
                 out = await self._forward(loc, "keeps.stop",
@@ -504,13 +507,18 @@ class PlacementService:
                 failed.append((loc, err))
                 continue
             state = out.get("state")  # the host's answer: shown, so a bounded string
+            if out.get("stopped") == 0:
+                ended = ended or {"keep": loc.keep,
+                                  "state": state[:200] if isinstance(state, str) else None}
+                continue
             copies.append({"host": loc.host, "host_id": loc.host_id.hex(),
                            "state": state[:200] if isinstance(state, str) else None})
         if not copies:
             if failed:
                 raise failed[0][1]
-            assert local is not None
-            return local
+            answer = local or ended
+            assert answer is not None
+            return answer
         return {"keep": remotes[0].keep if remotes else keep_id,
                 "state": copies[0]["state"], "stopped": len(copies), "copies": copies,
                 "failed": [{"host": loc.host, "host_id": loc.host_id.hex(),
