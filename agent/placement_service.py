@@ -86,6 +86,10 @@ RECONCILE_S = 2.0
 MIB = 1024 * 1024
 
 
+class _StaleHere(StaleEpoch):
+    """The client's epoch is older than the copy here runs at: refused, not forwarded."""
+
+
 class PlacementService:
     def __init__(self, agent: Agent, mesh: MeshService, keeps: KeepService,
                  capacity: HostCapacity, memory_bytes: int) -> None:
@@ -352,15 +356,29 @@ class PlacementService:
         epoch (raises StaleEpoch / ProtocolError); its outputs (a fenced copy, our newer
         record for a stale forwarder) are carried out at once."""
         eng = self._migration()
-        if eng is None:
-            return
         epoch, location = body.get("epoch"), body.get("location")
-        src = ctx.peer_key if ctx.role == "agent" else None
-        try:
-            eng.admit(keep_id, epoch if isinstance(epoch, int) else None,
-                      location if isinstance(location, bytes) else None, self.mesh.now(), src)
-        finally:
-            self.mesh.flush()
+        claimed = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+        served = None
+        if eng is not None:
+            src = ctx.peer_key if ctx.role == "agent" else None
+            try:
+                served = eng.admit(keep_id, claimed,
+                                   location if isinstance(location, bytes) else None,
+                                   self.mesh.now(), src)
+            finally:
+                self.mesh.flush()
+        node = self.mesh.node
+        if served is not None or claimed is None or node is None or \
+                not self._is_local(keep_id) or self._stopped_here(keep_id):
+            return
+        # A copy migration does not track (a replicated keep's replica) runs at its
+        # placement epoch, as `keeps` lists it: the same rule, stale or unproven.
+        here = self._epoch(node, keep_id)
+        if claimed < here:
+            raise _StaleHere(f"keep {keep_id}: epoch {claimed} is stale, it runs at {here}")
+        if claimed > here:
+            raise ProtocolError(f"keep {keep_id}: epoch {claimed} above the running copy's "
+                                f"{here} and no location record proves it")
 
     def _full_id(self, keep: str) -> str | None:
         try:
@@ -396,6 +414,10 @@ class PlacementService:
             if loc.owner and loc.owner != ctx.peer_key and not self._sees_all(ctx):
                 raise RpcNotFound(f"no keep {keep_id[:64]!r} on this agent")
             stale = self._stale_claim(loc.keep, claimed)
+            if stale is None and claimed is not None and claimed < loc.epoch and \
+                    self._signed(loc.keep) is None:
+                stale = StaleEpoch(f"keep {loc.keep}: epoch {claimed} is stale, it runs "
+                                   f"at {loc.epoch}")  # a replica's placement epoch
             if stale is not None:
                 raise stale
             fwd = dict(body, keep=loc.keep)
@@ -417,10 +439,11 @@ class PlacementService:
         if keep_id is not None:
             try:
                 self._admit(ctx, keep_id, body)
-            except StaleEpoch:
+            except StaleEpoch as err:
                 # One hop at most (the forwarder re-resolves); a client's own stale
                 # epoch is refused here, as its host would, never served elsewhere.
-                if ctx.role == "agent" or self._stale_claim(keep_id, req.epoch) is not None:
+                if ctx.role == "agent" or isinstance(err, _StaleHere) or \
+                        self._stale_claim(keep_id, req.epoch) is not None:
                     raise
                 return await self._forward_moving(ctx, keep_id, "keeps.call", body,
                                                   req.epoch)
@@ -442,7 +465,8 @@ class PlacementService:
         copies stopped (`stopped`, `copies`) and names those that could not be
         (`failed`); when none could, the first refusal is the answer. A copy here that
         had already ended (the keep moved away) is not counted, and alone is answered as
-        before. A forwarded stop (an agent caller) ends this host's copy only."""
+        before, as is one elsewhere (its host answers `stopped: 0`). A forwarded stop (an
+        agent caller) ends this host's copy only."""
         body = dict(body)
         on_behalf = body.pop("owner", None)
         req = KeepRequest.from_fields(body)
@@ -462,7 +486,8 @@ class PlacementService:
             self._node().command(Release(keep.keep_id), self.mesh.now())
             self.mesh.flush()
             if ctx.role == "agent":
-                return result
+                # tells the forwarder not to count a copy that had already ended
+                return result if ran else dict(result, stopped=0)
             keep_id, local = keep.keep_id, result
             if ran and node is not None:
                 copies.append({"host": node.address, "host_id": node.node_id.hex(),
@@ -473,6 +498,7 @@ class PlacementService:
         if local is None and not remotes:
             raise RpcNotFound(f"no keep {req.keep[:64]!r} on this agent")
         failed: list[tuple[Location, ProtocolError]] = []
+        ended: dict[str, Any] | None = None  # a remote copy that had already ended
         for loc in remotes:
             try:
                 out = await self._forward(loc, "keeps.stop",
@@ -481,13 +507,18 @@ class PlacementService:
                 failed.append((loc, err))
                 continue
             state = out.get("state")  # the host's answer: shown, so a bounded string
+            if out.get("stopped") == 0:
+                ended = ended or {"keep": loc.keep,
+                                  "state": state[:200] if isinstance(state, str) else None}
+                continue
             copies.append({"host": loc.host, "host_id": loc.host_id.hex(),
                            "state": state[:200] if isinstance(state, str) else None})
         if not copies:
             if failed:
                 raise failed[0][1]
-            assert local is not None
-            return local
+            answer = local or ended
+            assert answer is not None
+            return answer
         return {"keep": remotes[0].keep if remotes else keep_id,
                 "state": copies[0]["state"], "stopped": len(copies), "copies": copies,
                 "failed": [{"host": loc.host, "host_id": loc.host_id.hex(),

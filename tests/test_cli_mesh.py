@@ -194,7 +194,8 @@ def test_join_without_address_rejoins_through_the_configured_seeds(
 def test_join_without_address_and_nothing_to_join_through(
         tmp_path: Path, sim_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """No seeds and no discovery: one line, exit 1, and the typed `not_found` on the
-    RPC side; addresses that are given are still checked strictly. Once discovery has
+    RPC side; addresses that are given are still checked strictly, and an unknown field
+    (a misspelt `addresses` used to re-join through the seeds) is `invalid`. Once discovery has
     found an agent, that is where a re-join goes."""
     import trio
     from keepmesh.agent import discovery
@@ -221,7 +222,8 @@ def test_join_without_address_and_nothing_to_join_through(
             try:
                 for body in ({}, {"addresses": []}, {"addresses": None},
                              {"addresses": a.address}, {"addresses": ["nonsense"]},
-                             {"addresses": [a.address] * 17}, {"addresses": [7]}):
+                             {"addresses": [a.address] * 17}, {"addresses": [7]},
+                             {"address": [a.address]}, {"addresses": [a.address], "x": 1}):
                     try:
                         await call(client.session, "agent.join", body)
                         out.append("ok")
@@ -230,7 +232,7 @@ def test_join_without_address_and_nothing_to_join_through(
             finally:
                 await client.aclose()
             return out
-        assert trio.run(codes) == ["not_found", "not_found"] + ["invalid"] * 5
+        assert trio.run(codes) == ["not_found", "not_found"] + ["invalid"] * 7
         found = discovery.attach(b.agent)  # what --discover wires (its run is not started)
         found.found["nowhere"] = "00" * 16  # fails (a fast stand-in for a dead agent)
         found.found[a.address] = a.agent.identity.fingerprint

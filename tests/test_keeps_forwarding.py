@@ -78,6 +78,7 @@ class Agent:
         self.net, self.node = net, node
         self.members = _Members()
         self.sessions: dict[bytes, _Session] = {}
+        self.ended: set[str] = set()  # copies stopped here: still known, as a KeepManager's
         self.migration = MigrationMachine(self, node.engine)  # type: ignore[arg-type]
         self.node_id, self.address = node.id, node.engine.address
         mesh = SimpleNamespace(node=self, now=lambda: net.now, flush=net.pump,
@@ -100,18 +101,21 @@ class Agent:
 
         class Running(dict[str, Any]):
             def get(self, keep: str, default: Any = None) -> Any:
-                return SimpleNamespace(status="running") if keep in node.counters else default
+                if keep in node.counters:
+                    return SimpleNamespace(status="running")
+                return SimpleNamespace(status="stopped") if keep in ended else default
+        ended = self.ended
         return Running()
 
     def _get(self, keep: str) -> Any:
         """KeepManager.get: an id or a unique prefix of at least 8 characters."""
-        found = [k for k in self.node.counters if k == keep or (len(keep) >= 8
-                                                                and k.startswith(keep))]
+        found = {k for k in (*self.node.counters, *self.ended)
+                 if k == keep or (len(keep) >= 8 and k.startswith(keep))}
         if len(found) != 1:
             raise ProtocolError(f"no keep {keep!r} on this agent")
-        keep = found[0]
+        keep = found.pop()
         return SimpleNamespace(keep_id=keep, deployment=self.net.deployments[keep],
-                               status="running")
+                               status="running" if keep in self.node.counters else "stopped")
 
     async def _call(self, ctx: Any, body: dict[str, Any]) -> dict[str, Any]:
         keep = self._get(CallRequest.from_fields(body).keep).keep_id
@@ -125,7 +129,8 @@ class Agent:
         return {"keep": keep.keep_id, "state": await self._stop_keep(keep.keep_id)}
 
     async def _stop_keep(self, keep: str) -> str:
-        self.node.counters.pop(keep)
+        if self.node.counters.pop(keep, None) is not None:
+            self.ended.add(keep)
         return "stopped"
 
     def command(self, cmd: object, now: float) -> None:
@@ -342,3 +347,63 @@ async def test_stop_through_any_agent_stops_every_replica(
     with pytest.raises(CommandError) as err:
         stopped(args, out)  # type: ignore[arg-type]
     assert "3 of 4" in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+async def test_a_replicated_keeps_epoch_is_checked_like_a_tracked_keeps(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A replicated keep (placement only, migration does not track it) runs at epoch 1
+    on every copy, as `keeps` lists it; its copies used to serve any `epoch` a client
+    sent, a stale 0 or an unproven 7. Now: stale is `stale_epoch` (at once, through a
+    forwarder too: no re-resolving backoff), unproven newer is `invalid`, nothing served."""
+    net = Net(4, seed=11)
+    d = deployment("rep", placement={"replicas": 2, "labels": {}})
+    keep = deployment_id(d)
+    net.deployments[keep] = d
+    agents = _agents(net)
+    copies, forwarder = agents[:2], agents[3]
+    rows = [Location(keep=keep, host_id=a.node_id, host=a.address, epoch=1,
+                     state="running", owner=d.owner_key) for a in copies]
+    for a in agents:
+        a.service.machine = SimpleNamespace(known=lambda: rows)  # type: ignore[assignment]
+    for a in copies:
+        a.node.counters[keep] = 0
+    client = _client(net, keep)
+    body = {"keep": keep, "message": b"inc"}
+    for entry in (copies[0], forwarder):
+        await entry.service._rpc_call(client, dict(body, epoch=1))
+    assert sum(a.node.counters[keep] for a in copies) == 2
+    for entry in (copies[0], forwarder):
+        t0 = trio.current_time()
+        with pytest.raises(StaleEpoch) as err:
+            await entry.service._rpc_call(client, dict(body, epoch=0))
+        assert error_code(err.value) == "stale_epoch" and trio.current_time() - t0 < 0.1
+        with pytest.raises(ProtocolError) as err:
+            await entry.service._rpc_call(client, dict(body, epoch=7))
+        assert error_code(err.value) == "invalid"
+    assert sum(a.node.counters[keep] for a in copies) == 2
+
+
+async def test_a_second_stop_does_not_count_copies_that_had_already_ended(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Within the gossip window after a stop, placement still lists the copies as
+    running; a second stop through a forwarder used to count them again (`stopped: 2`,
+    `keep ID: stopped (2 copies)`). A copy that had already ended is not counted, here
+    or elsewhere: the answer is {keep, state}, as for a local copy that had ended."""
+    net = Net(4, seed=11)
+    d = deployment("rep", placement={"replicas": 2, "labels": {}})
+    keep = deployment_id(d)
+    net.deployments[keep] = d
+    agents = _agents(net)
+    copies, forwarder = agents[:2], agents[3]
+    rows = [Location(keep=keep, host_id=a.node_id, host=a.address, epoch=1,
+                     state="running", owner=d.owner_key) for a in copies]
+    for a in agents:
+        a.service.machine = SimpleNamespace(known=lambda: rows)  # type: ignore[assignment]
+    for a in copies:
+        a.node.counters[keep] = 0
+    client = _client(net, keep)
+    out = await forwarder.service._rpc_stop(client, {"keep": keep})
+    assert out["stopped"] == 2 and out["failed"] == []
+    for entry in (forwarder, copies[0]):
+        again = await entry.service._rpc_stop(client, {"keep": keep})
+        assert again == {"keep": keep, "state": "stopped"}
