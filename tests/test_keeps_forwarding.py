@@ -18,11 +18,11 @@ import pytest
 import trio
 import trio.testing
 from keepmesh.agent import placement_service
+from keepmesh.agent.cli import CommandError
+from keepmesh.agent.cli.keeps import stopped
 from keepmesh.agent.client import explain_rpc_error
 from keepmesh.agent.placement_service import FORWARD_TIMEOUT_S, PlacementService
 from keepmesh.agent.rpc import RpcError
-from keepmesh.agent.cli import CommandError
-from keepmesh.agent.cli.keeps import stopped
 from keepmesh.protocol.deployment import CallRequest, KeepRequest, deployment_id
 from keepmesh.protocol.effects import MemberDead
 from keepmesh.protocol.errors import ProtocolError
@@ -349,12 +349,9 @@ async def test_stop_through_any_agent_stops_every_replica(
     assert "3 of 4" in str(err.value) and len(str(err.value).splitlines()) == 1
 
 
-async def test_a_replicated_keeps_epoch_is_checked_like_a_tracked_keeps(
-        autojump_clock: trio.testing.MockClock) -> None:
-    """A replicated keep (placement only, migration does not track it) runs at epoch 1
-    on every copy, as `keeps` lists it; its copies used to serve any `epoch` a client
-    sent, a stale 0 or an unproven 7. Now: stale is `stale_epoch` (at once, through a
-    forwarder too: no re-resolving backoff), unproven newer is `invalid`, nothing served."""
+def _two_copies_and_a_forwarder() -> tuple[str, list[Any], Any, Any]:
+    """A keep placed with replicas = 2 (epoch 1 on both copies, as `keeps` lists it), on
+    agents 0 and 1 of four; agent 3 holds no copy and forwards."""
     net = Net(4, seed=11)
     d = deployment("rep", placement={"replicas": 2, "labels": {}})
     keep = deployment_id(d)
@@ -368,6 +365,16 @@ async def test_a_replicated_keeps_epoch_is_checked_like_a_tracked_keeps(
     for a in copies:
         a.node.counters[keep] = 0
     client = _client(net, keep)
+    return keep, copies, forwarder, client
+
+
+async def test_a_replicated_keeps_epoch_is_checked_like_a_tracked_keeps(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A replicated keep (placement only, migration does not track it) runs at epoch 1
+    on every copy, as `keeps` lists it; its copies used to serve any `epoch` a client
+    sent, a stale 0 or an unproven 7. Now: stale is `stale_epoch` (at once, through a
+    forwarder too: no re-resolving backoff), unproven newer is `invalid`, nothing served."""
+    keep, copies, forwarder, client = _two_copies_and_a_forwarder()
     body = {"keep": keep, "message": b"inc"}
     for entry in (copies[0], forwarder):
         await entry.service._rpc_call(client, dict(body, epoch=1))
@@ -389,19 +396,7 @@ async def test_a_second_stop_does_not_count_copies_that_had_already_ended(
     running; a second stop through a forwarder used to count them again (`stopped: 2`,
     `keep ID: stopped (2 copies)`). A copy that had already ended is not counted, here
     or elsewhere: the answer is {keep, state}, as for a local copy that had ended."""
-    net = Net(4, seed=11)
-    d = deployment("rep", placement={"replicas": 2, "labels": {}})
-    keep = deployment_id(d)
-    net.deployments[keep] = d
-    agents = _agents(net)
-    copies, forwarder = agents[:2], agents[3]
-    rows = [Location(keep=keep, host_id=a.node_id, host=a.address, epoch=1,
-                     state="running", owner=d.owner_key) for a in copies]
-    for a in agents:
-        a.service.machine = SimpleNamespace(known=lambda: rows)  # type: ignore[assignment]
-    for a in copies:
-        a.node.counters[keep] = 0
-    client = _client(net, keep)
+    keep, copies, forwarder, client = _two_copies_and_a_forwarder()
     out = await forwarder.service._rpc_stop(client, {"keep": keep})
     assert out["stopped"] == 2 and out["failed"] == []
     for entry in (forwarder, copies[0]):
