@@ -389,16 +389,18 @@ class PlacementService:
                if loc.keep == keep or (len(keep) >= 8 and loc.keep.startswith(keep))}
         return ids.pop() if len(ids) == 1 else None
 
-    def _stale_claim(self, keep_id: str, claimed: int | None) -> StaleEpoch | None:
+    def _stale_claim(self, keep_id: str, claimed: int | None,
+                     placed_epoch: int | None = None) -> StaleEpoch | None:
         """The refusal for a client's `claimed` epoch older than the newest signed record
-        this agent knows for the keep, else None. Why here: a forwarder that sent its own
-        epoch instead would have the host serve an epoch the client's view says is not
-        current, and a stale epoch must be refused the same way directly or forwarded."""
+        this agent knows for the keep (without one, `placed_epoch`: a replica's placement
+        epoch), else None. Why here: a forwarder that sent its own epoch instead would
+        have the host serve an epoch the client's view says is not current, and a stale
+        epoch must be refused the same way directly or forwarded."""
         signed = self._signed(keep_id)
-        if claimed is None or signed is None or claimed >= signed.epoch:
+        known = signed.epoch if signed is not None else placed_epoch
+        if claimed is None or known is None or claimed >= known:
             return None
-        return StaleEpoch(f"keep {keep_id}: epoch {claimed} is stale, it runs at "
-                          f"{signed.epoch}")
+        return StaleEpoch(f"keep {keep_id}: epoch {claimed} is stale, it runs at {known}")
 
     async def _forward_moving(self, ctx: RpcContext, keep_id: str, method: str,
                               body: dict[str, Any], claimed: int | None = None
@@ -413,11 +415,7 @@ class PlacementService:
                 raise StaleEpoch(f"keep {keep_id} is moving: no running copy known")
             if loc.owner and loc.owner != ctx.peer_key and not self._sees_all(ctx):
                 raise RpcNotFound(f"no keep {keep_id[:64]!r} on this agent")
-            stale = self._stale_claim(loc.keep, claimed)
-            if stale is None and claimed is not None and claimed < loc.epoch and \
-                    self._signed(loc.keep) is None:
-                stale = StaleEpoch(f"keep {loc.keep}: epoch {claimed} is stale, it runs "
-                                   f"at {loc.epoch}")  # a replica's placement epoch
+            stale = self._stale_claim(loc.keep, claimed, loc.epoch)
             if stale is not None:
                 raise stale
             fwd = dict(body, keep=loc.keep)
