@@ -38,6 +38,7 @@ from .secrets import (
     InputRef,
     SecretUpdate,
     check_refs,
+    relative_path,
 )
 from .wire import Message, Spec, b, f, flag, mapping, message, rec, s, seq, u
 
@@ -367,6 +368,10 @@ def parse_manifest_toml(text: str, source: str = "keepmesh.toml"
     name = want(doc["name"], str, "name")
     module = want(doc["module"], str, "module") if "module" in doc else None
     policy = want(doc["policy"], str, "policy") if "policy" in doc else None
+    if module is not None:
+        relative_path(module, f"{source}: field 'module'")
+    if policy is not None:
+        relative_path(policy, f"{source}: field 'policy'")
     args = want(doc.get("args", []), list, "args")
     for i_, a in enumerate(args):
         want(a, str, f"args[{i_}]")

@@ -435,7 +435,10 @@ _SECRET_KEYS = {"file", "env", "as_env"}
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 
 
-def _relative_path(value: str, where: str) -> str:
+def relative_path(value: str, where: str) -> str:
+    """A file named in keepmesh.toml: relative, no `..`, bounded. Why here: every file a
+    manifest names (module, policy, [secrets], [data]) follows this one rule; the reader
+    (agent/keeps/package.py) also refuses symbolic links that lead out."""
     parts = value.replace("\\", "/").split("/")
     if not value or value.startswith("/") or ".." in parts or (len(value) > 1 and value[1] == ":"):
         raise ProtocolError(f"{where}: must be a relative path inside the workload directory")
@@ -498,7 +501,7 @@ def parse_inputs_toml(text: str, source: str = "keepmesh.toml") -> InputSources:
         if not isinstance(as_env, bool):
             raise ProtocolError(f"{where}: field 'as_env': expected bool")
         if isinstance(file_, str):
-            _relative_path(file_, f"{where}: field 'file'")
+            relative_path(file_, f"{where}: field 'file'")
         secrets.append(SecretSource(name=name, file=file_ if has_file else None,
                                     env=env if has_env else None, as_env=as_env))
     data: list[tuple[str, str]] = []
@@ -515,7 +518,7 @@ def parse_inputs_toml(text: str, source: str = "keepmesh.toml") -> InputSources:
             spec = spec.get("file")
         if not isinstance(spec, str):
             raise ProtocolError(f"{where}: expected a file path or {{ file = \"...\" }}")
-        data.append((name, _relative_path(spec, f"{where}: file")))
+        data.append((name, relative_path(spec, f"{where}: file")))
     env_vars = doc.get("env", {})
     if isinstance(env_vars, dict):
         for s_ in secrets:

@@ -117,6 +117,38 @@ def test_bad_module_and_manifest_named(tmp_path: Path) -> None:
         load_workload(tmp_path)
 
 
+def test_files_the_manifest_names_stay_inside_the_workload_directory(tmp_path: Path) -> None:
+    """module and policy follow the [secrets]/[data] rule: relative, no `..`, no link out,
+    a regular file (a FIFO would block deploy). `policy = "../x"` used to read any file."""
+    import os
+    work = tmp_path / "w"
+    (work / "sub").mkdir(parents=True)
+    (work / "sub" / "m.wat").write_text("(module)")
+    (work / "p.toml").write_text('measurement = ["00"]\n')
+    (tmp_path / "outside.toml").write_text('measurement = ["11"]\n')
+    (tmp_path / "outside.wat").write_text("(module)")
+    manifest = work / "keepmesh.toml"
+    manifest.write_text('name = "x"\nmodule = "sub/m.wat"\npolicy = "p.toml"\n')
+    assert load_workload(work).policy_text == 'measurement = ["00"]\n'  # inside: passes
+    (work / "in-link.toml").symlink_to(work / "p.toml")  # a link within the directory
+    manifest.write_text('name = "x"\nmodule = "sub/m.wat"\npolicy = "in-link.toml"\n')
+    assert load_workload(work).policy_text == 'measurement = ["00"]\n'
+    (work / "out.toml").symlink_to(tmp_path / "outside.toml")
+    (work / "out.wat").symlink_to(tmp_path / "outside.wat")
+    os.mkfifo(work / "fifo.toml")
+    for line, why in [('policy = "../outside.toml"', "'policy': must be a relative path"),
+                      (f'policy = "{tmp_path / "outside.toml"}"', "must be a relative path"),
+                      ('policy = "out.toml"', "'policy': a symbolic link leads outside"),
+                      ('policy = "fifo.toml"', "'policy': not a regular file"),
+                      ('module = "out.wat"', "'module': a symbolic link leads outside")]:
+        body = line if line.startswith("module") else f'module = "sub/m.wat"\n{line}'
+        manifest.write_text(f'name = "x"\n{body}\n')
+        with pytest.raises(PackageError, match=why):
+            load_workload(work)
+    with pytest.raises(PackageError, match="not a regular file"):  # --policy FIFO too
+        load_workload(work / "sub" / "m.wat", work / "fifo.toml")
+
+
 # ------------------------------------------------------------------ runtime
 
 

@@ -102,17 +102,19 @@ def module_binary(data: bytes, source: str) -> bytes:
 
 
 def _read(path: Path, limit: int, what: str) -> bytes:
+    """A file the user named (a flag, the manifest itself): a regular file, bounded; a FIFO
+    or device would otherwise block the command or read without end."""
     try:
-        size = path.stat().st_size
-        if size > limit:
-            raise PackageError(f"{path}: {what} of {size} bytes exceeds {limit}")
-        return path.read_bytes()
-    except OSError as err:
-        raise PackageError(f"{path}: cannot read {what}: {err.strerror}") from None
+        return read_regular_file(path, limit)
+    except PackageError as err:
+        raise PackageError(f"{path}: {what}: {err.reason}") from None
 
 
 def read_policy_text(path: Path) -> str:
-    data = _read(path, MAX_POLICY_TEXT, "policy")
+    return _policy_text(_read(path, MAX_POLICY_TEXT, "policy"), path)
+
+
+def _policy_text(data: bytes, path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -159,20 +161,24 @@ def load_workload(path: Path, policy_path: Path | None = None, *,
                 raise PackageError(f"{manifest_path}: field 'module': missing, and the directory "
                                    f"has {len(candidates)} .wasm/.wat files")
             module_path = candidates[0]
-        else:
+            module = module_binary(_read(module_path, _MAX_WAT, "module"), str(module_path))
+        else:  # named in the manifest: relative (checked in parsing) and no link out
             module_path = path / module_name
-            if Path(module_name).is_absolute() or ".." in Path(module_name).parts:
-                raise PackageError(f"{manifest_path}: field 'module': must be a relative path "
-                                   "inside the workload directory")
+            module = module_binary(_read_input(path, module_name, _MAX_WAT,
+                                               f"{manifest_path}: field 'module'"),
+                                   str(module_path))
         if policy_path is None and policy_name is not None:
-            policy_path = path / policy_name
+            policy_text: str | None = _policy_text(
+                _read_input(path, policy_name, MAX_POLICY_TEXT,
+                            f"{manifest_path}: field 'policy'"), path / policy_name)
+        else:
+            policy_text = read_policy_text(policy_path) if policy_path is not None else None
     elif is_file:
-        module_path = path
         manifest = manifest_for(_default_name(path))
+        module = module_binary(_read(path, _MAX_WAT, "module"), str(path))
+        policy_text = read_policy_text(policy_path) if policy_path is not None else None
     else:
         raise PackageError(f"{path}: no such workload file or directory")
-    module = module_binary(_read(module_path, _MAX_WAT, "module"), str(module_path))
-    policy_text = read_policy_text(policy_path) if policy_path is not None else None
     workload = Workload(manifest=manifest, module=module, policy_text=policy_text, source=path)
     if is_dir:
         try:
