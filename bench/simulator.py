@@ -41,6 +41,11 @@ configured with PGO/LTO (a distribution may build them without saying so here).
 On a shared, unoptimised build the same sources take ~1.4x the CPU per event
 (one process) and ~1.2x the wall time of a split 10,000-agent run.
 
+`host_speed` (before the first child and after the last): a fixed pure-Python loop
+alone and two copies at once, and what the second vCPU is worth (2.0: a full core).
+The hosts behind this machine differ from day to day by more than any recent code
+change; compare runs of different days through it, not through wall time alone.
+
 `--compiled DIR` runs every child on the mypyc build in DIR (`make sim-compiled`,
 simulations/compiled.py: the same sources compiled) and adds `build_check`: the
 baseline size run again in pure Python, whose trace hash must be the compiled
@@ -87,6 +92,48 @@ def _interpreter() -> dict[str, Any]:
         "configured_with_optimizations": "--enable-optimizations" in config,  # PGO
         "configured_with_lto": "--with-lto" in config,
     }
+
+
+def _calibration_loop() -> float:
+    """A fixed pure-Python workload (calls, dict churn, small tuples: what an event is
+    made of); its CPU seconds."""
+    c0 = time.process_time()
+    table: dict[int, tuple[int, int]] = {}
+    for i in range(1_500_000):
+        table[i & 0x3FFF] = (i, i >> 3)
+        if table.get((i * 7) & 0x3FFF) is None:
+            table[i & 0xFF] = (0, 0)
+    return time.process_time() - c0
+
+
+def _calibration_child(conn: Any) -> None:
+    conn.send(_calibration_loop())
+    conn.close()
+
+
+def host_speed() -> dict[str, Any]:
+    """How fast this host is right now, and how much a second process slows the first.
+
+    Why it belongs in the figures: the vCPUs behind this machine differ from day to day.
+    The same code and interpreter ran 10,000 x 600 s in 668 s on one day and 380 s on
+    another (simulations/RESULTS.md), and on some hosts two busy vCPUs slow each other
+    by ~1.6x, which is what a two-worker run gets. `alone_s`: the loop once, nothing else
+    of ours running; `two_at_once_s`: the slower of two copies run at the same time;
+    `second_vcpu_worth`: 2 x alone / two_at_once (2.0: a full second core)."""
+    import multiprocessing
+
+    alone = min(_calibration_loop() for _ in range(2))
+    ctx = multiprocessing.get_context("fork")
+    pipes = [ctx.Pipe() for _ in range(2)]
+    procs = [ctx.Process(target=_calibration_child, args=(child,)) for _, child in pipes]
+    for p in procs:
+        p.start()
+    both = [parent.recv() for parent, _ in pipes]
+    for p in procs:
+        p.join()
+    slower = max(both)
+    return {"alone_s": round(alone, 3), "two_at_once_s": round(slower, 3),
+            "second_vcpu_worth": round(2.0 * alone / max(slower, 1e-9), 2)}
 
 
 def _topology_doc(agents: int, duration: float) -> dict[str, Any]:
@@ -305,6 +352,7 @@ def main() -> int:
     if args.big is not None and args.big < 2:
         ap.error("--big must be >= 2 agents")
     wall0 = time.perf_counter()
+    host_before = host_speed()
     try:
         c = args.compiled
         runs = [_child(n, args.duration, args.seed, "object", args.log, c) for n in sizes]
@@ -347,6 +395,7 @@ def main() -> int:
         "duration_s": args.duration, "seed": args.seed, "baseline_agents": base["agents"],
         "load_average_at_end": list(os.getloadavg()),
         "interpreter": _interpreter(),
+        "host_speed": {"before": host_before, "after": host_speed()},
         "bench_wall_s": round(time.perf_counter() - wall0, 1),
         "mode_check": {
             "agents": base["agents"],
