@@ -129,13 +129,25 @@ class Metrics:
         self.updates[subject] = UpdateTrack(subject, now, incarnation, sum(eligible),
                                             eligible=eligible, kind=kind)
 
-    def departed(self, idx: int) -> None:
-        """An agent crashed or left: it no longer counts towards updates it had not learned."""
+    def departed(self, idx: int, now: float, live: Any) -> None:
+        """An agent crashed, left or was cut off (its TEE failed): it no longer counts
+        towards updates it had not learned, nor among the agents a crash waits on to be
+        dead everywhere (which it may have been the last of)."""
         for track in self.updates.values():
             el = track.eligible
             if idx < len(el) and el[idx] and idx not in track.learned:
                 el[idx] = 0
                 track.lost += 1
+        for crash in self.crashes.values():
+            if crash.dead_everywhere is None and crash.observers:
+                self._check_dead_everywhere(crash, now, live)
+
+    @staticmethod
+    def _check_dead_everywhere(track: CrashTrack, now: float, live: Any) -> None:
+        """Dead everywhere: every agent expected to observe (up, trusted) has said `dead`."""
+        if len(track.observers) >= live.n_expected_observers() and all(
+                i in track.observers for i in live.expected_observers() if i != track.subject):
+            track.dead_everywhere = now
 
     def attested(self, observer: int, trusted: bool) -> None:
         """`observer` asked the simulated verifier about a member (`trusted`: its verdict)."""
@@ -148,8 +160,8 @@ class Metrics:
 
     def on_event(self, observer: int, subject: int, kind: str, incarnation: int, now: float,
                  live: Any) -> None:
-        """`live` answers world questions: up(i), excuse(obs, subj, now), n_up(),
-        up_indices()."""
+        """`live` answers world questions: up(i), excuse(obs, subj, now),
+        expected_observers(), n_expected_observers()."""
         self.event_counts[kind] = self.event_counts.get(kind, 0) + 1
         if subject < 0 or subject == observer:
             return
@@ -178,9 +190,8 @@ class Metrics:
                 if track.first_suspect is None:
                     track.first_suspect = now
                 track.observers.add(observer)
-                if track.dead_everywhere is None and len(track.observers) >= live.n_up():
-                    if all(i in track.observers for i in live.up_indices() if i != subject):
-                        track.dead_everywhere = now
+                if track.dead_everywhere is None:
+                    self._check_dead_everywhere(track, now, live)
         elif kind == "dead" and live.up(subject):
             excuse = live.excuse(observer, subject, now)
             if excuse == "partition":

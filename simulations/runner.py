@@ -297,6 +297,7 @@ class Simulation:
         self.restarted_at: list[float] = []
         self.incarnations: list[int] = []
         self.up_count = 0
+        self.up_untrusted = 0  # up agents whose TEE failed: every observer excludes them
         self.started = 0
         self._agent_s = 0.0
         self._agent_s_t = 0.0
@@ -331,6 +332,8 @@ class Simulation:
         rng = random.Random(self.node_rng_seeds.getrandbits(64) ^ node.idx)
         self._count_agents()
         self.up_count += 1
+        if self.tee_bad[node.idx]:
+            self.up_untrusted += 1
         self.started += 1
         if not node.local:
             self.engine.restart(node, None)  # another process runs it: world flags only
@@ -449,6 +452,15 @@ class Simulation:
     def up_indices(self) -> list[int]:
         return [n.idx for n in self.engine.nodes if n.up]
 
+    def expected_observers(self) -> list[int]:
+        """Agents a crash waits on to be dead everywhere: up, and not cut off by a TEE
+        fault (every observer excludes those on purpose, so they never hear of it)."""
+        bad = self.tee_bad
+        return [n.idx for n in self.engine.nodes if n.up and not bad[n.idx]]
+
+    def n_expected_observers(self) -> int:
+        return self.up_count - self.up_untrusted
+
     def crashed_indices(self, group: str | None) -> list[int]:
         gi = None if group is None else self.site_by_name[group]
         return [n.idx for n in self.engine.nodes
@@ -486,12 +498,14 @@ class Simulation:
             self.incarnations[idx] = self.adapter.incarnation(node.proto)
         self._count_agents()
         self.up_count -= 1
+        if self.tee_bad[idx]:
+            self.up_untrusted -= 1
         self.engine.crash(node)
         node.proto = None
         if self.migration is not None:
             self.migration.on_crash(idx, self.engine.now)
         self.metrics_input.crash(idx, self.engine.now)
-        self.metrics_input.departed(idx)
+        self.metrics_input.departed(idx, self.engine.now, self)
 
     def restart(self, idx: int) -> None:
         """Same identity and persisted incarnation + 1, rejoining through live seeds."""
@@ -517,11 +531,13 @@ class Simulation:
             return
         self._count_agents()
         self.up_count -= 1
+        if self.tee_bad[node.idx]:
+            self.up_untrusted -= 1
         self.engine.crash(node)
         node.left = True
         node.crashed_at = None
         node.proto = None
-        self.metrics_input.departed(node.idx)
+        self.metrics_input.departed(node.idx, self.engine.now, self)
 
     def join_new(self, group: str | None) -> None:
         if group is not None:
@@ -554,8 +570,11 @@ class Simulation:
 
     def tee_fault(self, idx: int, reason: str) -> None:
         """Every observer's re-attestation of `idx` fails, spread over one probe period."""
+        if not self.tee_bad[idx] and self.engine.nodes[idx].up:
+            self.up_untrusted += 1
         self.tee_bad[idx] = True
-        self.metrics_input.departed(idx)  # cut off from now on: it learns no pending update
+        # cut off from now on: it learns no pending update, nor that a crashed agent is dead
+        self.metrics_input.departed(idx, self.engine.now, self)
         subject = self.engine.nodes[idx].node_id
         spread = self.adapter.probe_interval
         for obs in self.up_indices():

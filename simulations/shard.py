@@ -104,8 +104,8 @@ class MetricsRecorder:
     def revived(self, subject: int) -> None:
         self._world_call(self.shard.index == 0, "revived", (subject,))
 
-    def departed(self, idx: int) -> None:
-        self._world_call(self.shard.index == 0, "departed", (idx,))
+    def departed(self, idx: int, now: float, live: Any) -> None:
+        self._world_call(self.shard.index == 0, "departed", (idx, now))
 
     def mark(self, now: float, label: str) -> None:
         self._world_call(self.shard.index == 0, "mark", (now, label))
@@ -131,6 +131,6 @@ def replay(metrics: Metrics, live: Any, batches: list[list[Call]]) -> None:
     calls = [c for batch in batches for c in batch]
     calls.sort(key=lambda c: c[0])
     for _stamp, name, args in calls:
-        if name == "on_event":
+        if name == "on_event" or name == "departed":  # they ask the world (who is up)
             args = (*args, live)
         getattr(metrics, name)(*args)

@@ -99,6 +99,53 @@ def test_untrusted_agents_are_not_expected_to_learn_later_updates():
             assert not any(track.eligible[i] for i, b in enumerate(sim.tee_bad) if b)
 
 
+def test_a_crash_is_dead_everywhere_among_the_agents_that_can_hear_of_it():
+    """An agent every observer cut off (its TEE failed) never hears that a crashed agent
+    is dead: waiting for it left dead_everywhere null (edge_cloud: 3 of 4 crashes).
+    Both ways: the agents that can hear must all still say `dead`, and the wait ends
+    when the last one missing is cut off or crashes."""
+    from keepmesh.simulations.metrics import CrashTrack, Metrics
+
+    class World:
+        def __init__(self) -> None:
+            self.up_ = {0, 1, 2, 3}
+            self.bad: set[int] = set()
+
+        def expected_observers(self) -> list[int]:
+            return sorted(self.up_ - self.bad)
+
+        def n_expected_observers(self) -> int:
+            return len(self.up_ - self.bad)
+
+        def up(self, i: int) -> bool:
+            return i in self.up_
+
+        def excuse(self, obs: int, subj: int, now: float) -> str:
+            return ""
+
+    for how in ("cut off", "crash"):
+        m, w = Metrics(5), World()
+        m.crash(4, 10.0)
+        m.on_event(0, 4, "dead", 1, 12.0, w)
+        m.on_event(1, 4, "dead", 1, 13.0, w)
+        track: CrashTrack = m.crashes[4]
+        assert track.dead_everywhere is None  # 2 and 3 have not said it
+        m.on_event(2, 4, "dead", 1, 14.0, w)
+        assert track.dead_everywhere is None  # 3 has not: still waits
+        if how == "cut off":
+            w.bad.add(3)
+        else:
+            w.up_.discard(3)
+        m.departed(3, 20.0, w)
+        assert track.dead_everywhere == 20.0, how
+    t = topo("[mesh]\nagents = 20\nduration_s = 45\n[network]\nlatency_ms = 2\n"
+             "[[event]]\nat_s = 5\ntee_expire = 1\n[[event]]\nat_s = 10\ncrash = 2\n")
+    rep, sim = simulate(t, 4)
+    assert sum(sim.tee_bad) == 1 and sim.up_untrusted == 1
+    dead_all = rep["metrics"]["dead_everywhere_s"]
+    assert dead_all["complete"] == 2 == dead_all["crashes"], dead_all
+
+
 def write(tmp_path, text: str) -> str:
     p = tmp_path / "topo.toml"
     p.write_text(text)
