@@ -262,7 +262,7 @@ def parse_memory(value: object, where: str) -> int:
 
 
 def parse_keeps(value: object, where: str) -> int:
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():  # not '²' or '٣'
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_KEEPS:
         raise ProtocolError(f"{where}: expected an integer in [0, {MAX_KEEPS}]")

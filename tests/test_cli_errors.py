@@ -25,7 +25,7 @@ from keepmesh.agent.cli import CommandError, build_parser, main
 VALUES = ["99999999999999999999999", "-99999999999999999999", "-1", "0", "1", "zz", "",
           "nope", "127.0.0.1:99999", "127.0.0.1:0", "[::1]:7400", ":", "x" * 300, "é",
           "\u202e", "inc", "--", "-", "1e9", "0x10", "nan", "/dev/null", "/nonexistent/x",
-          ".", "a=b", "microcode=999", "1.5"]
+          ".", "a=b", "microcode=999", "1.5", "²", "٣"]
 
 
 def _verbs() -> dict[tuple[str, ...], list[str]]:
@@ -125,6 +125,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     ["call", "--", "abc", "--"],  # argparse gave MSG == [] for the lone extra "--"
     ["logs", "abc", "--tail", "-1"],
     ["agent", "--listen", "nope"],
+    ["agent", "--max-keeps", "²"],  # str.isdigit() is true, int() refuses it (CLI sweep)
     ["agent", "--metrics", "127.0.0.1:99999"],
     ["simulate", "missing.toml", "--seed", "99999999999999999999999"],
     ["bogus"],
