@@ -185,3 +185,19 @@ def test_root_takes_several_pems_after_one_flag_without_eating_positionals(
     with pytest.raises(SystemExit) as exc:
         parse_command_line(["call", "ID", "--root", A])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["agent", "--advertise", "nope"],  # was advertised to peers; membership died on it
+    ["agent", "--advertise", "127.0.0.1:0"],  # peers cannot dial port 0
+    ["agent", "--listen", ""],  # was taken as "not given": the default 127.0.0.1:7400
+    ["agent", "--advertise", ""],
+    ["agent", "--metrics", ""],
+])
+def test_agent_addresses_are_checked_before_start(argv: list[str]) -> None:
+    """Found by the CLI contract sweep: `--advertise nope` started an agent that said
+    'listening on nope' while its membership task ended with an internal error."""
+    from keepmesh.agent.cli import parse_command_line
+    from keepmesh.agent.cli.agent import config_from_args
+    with pytest.raises(CommandError, match="address"):
+        config_from_args(parse_command_line(argv))
