@@ -201,3 +201,21 @@ def test_agent_addresses_are_checked_before_start(argv: list[str]) -> None:
     from keepmesh.agent.cli.agent import config_from_args
     with pytest.raises(CommandError, match="address"):
         config_from_args(parse_command_line(argv))
+
+
+@pytest.mark.parametrize(("argv", "code", "needle"), [
+    (["call", "\udcff", "inc"], 2, "argument ID: not valid UTF-8 text"),
+    (["logs", "\udcff"], 2, "argument ID: not valid UTF-8 text"),
+    (["stop", "\udcff"], 2, "argument ID: not valid UTF-8 text"),
+    (["join", "127.0.0.1:1\udcff"], 2, "argument HOST:PORT: not valid UTF-8 text"),
+    (["secrets", "set", "\udcff", "s", "--env", "HOME"], 2, "not valid UTF-8 text"),
+    (["call", "abc", "\udcffinc"], 1, "MSG is not valid text"),  # was "--hex: not hex"
+    (["secrets", "set", "abcdefgh", "s", "--env", "NO_SUCH_\udcff"], 1, "is not set"),
+])
+def test_arguments_that_are_not_utf8(workdir: Path, argv: list[str], code: int,
+                                     needle: str) -> None:
+    """A command-line argument that is not valid UTF-8 reaches Python with surrogate
+    escapes (as `\\udcff`): sending one to an agent was an internal UnicodeEncodeError
+    (found by the CLI contract sweep)."""
+    got, _, err = run(argv)
+    assert got == code and needle in err and len(err.strip().splitlines()) == 1, err
