@@ -193,6 +193,7 @@ def test_root_takes_several_pems_after_one_flag_without_eating_positionals(
     ["agent", "--listen", ""],  # was taken as "not given": the default 127.0.0.1:7400
     ["agent", "--advertise", ""],
     ["agent", "--metrics", ""],
+    ["agent", "--join", "127.0.0.1:0"],  # a seed is dialled: port 0 never answers
 ])
 def test_agent_addresses_are_checked_before_start(argv: list[str]) -> None:
     """Found by the CLI contract sweep: `--advertise nope` started an agent that said

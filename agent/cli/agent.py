@@ -90,8 +90,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         parse_address(cfg.listen)
         if cfg.advertise is not None:  # what peers dial: a port, never 0 (records refuse it)
             canonical_address(cfg.advertise)
-        for seed in cfg.join:
-            parse_address(seed)
+        for seed in cfg.join:  # dialled, so port 0 is refused as for --advertise
+            canonical_address(seed)
     except ProtocolError as err:
         raise CommandError(err.reason) from None
     return cfg
