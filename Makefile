@@ -47,8 +47,8 @@ bench: $(STAMP)
 # mypy must see the folders under their import names (keepmesh.protocol, ...) or every
 # cross-package import is Any; .lint/ is a tree of links that gives it that view.
 lint: $(STAMP)
-	$(BIN)/ruff check protocol agent simulations
-	rm -rf .lint && mkdir -p .lint/keepmesh && cp keepmesh/__init__.py .lint/keepmesh/
+	$(BIN)/ruff check keepmesh protocol agent simulations
+	rm -rf .lint && mkdir -p .lint/keepmesh && cp keepmesh/*.py .lint/keepmesh/
 	for d in protocol agent simulations; do ln -s ../../$$d .lint/keepmesh/$$d; done
 	cd .lint && ../$(BIN)/mypy --strict --config-file ../pyproject.toml -p keepmesh
 

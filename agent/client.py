@@ -26,7 +26,10 @@ from keepmesh.protocol.attestation.policy import Policy
 from keepmesh.protocol.channel import ChannelConfig, EvidenceCache
 from keepmesh.protocol.errors import ProtocolError
 
+from keepmesh.files import read_at_most
+
 CONNECT_TIMEOUT_S = 15.0
+MAX_ROOT_FILE = 512 * 1024  # a --root PEM/DER file (as `attest verify --root`)
 
 
 def operator_key_path() -> Path:
@@ -38,9 +41,11 @@ def load_roots(paths: Sequence[Path]) -> list[Any]:
     certs = []
     for path in paths:
         try:
-            data = Path(path).read_bytes()
+            data = read_at_most(path, MAX_ROOT_FILE)
         except OSError as err:
             raise CommandError(f"cannot read root {path}: {err.strerror}") from None
+        if len(data) > MAX_ROOT_FILE:
+            raise CommandError(f"root {path}: larger than {MAX_ROOT_FILE} bytes")
         try:
             found = load_certificates(data)
         except ProtocolError as err:

@@ -45,6 +45,8 @@ from typing import Any
 from keepmesh.agent.transport.limits import AdmissionLimits, LimitsError, TransportSettings
 from keepmesh.protocol.errors import ProtocolError
 
+from keepmesh.files import read_at_most
+
 TEE_CHOICES = ("auto", "snp", "tdx", "sgx", "sim")
 MAX_CONFIG = 1024 * 1024
 
@@ -155,7 +157,7 @@ KEY_DOCS: dict[str, tuple[str, str, str, str]] = {
 def load_config(path: Path) -> AgentConfig:
     """Parse a config file; any problem is a ProtocolError naming the file and key."""
     try:
-        raw = path.read_bytes()
+        raw = read_at_most(path, MAX_CONFIG)
     except OSError as err:
         raise ProtocolError(f"{path}: cannot read: {err.strerror}") from None
     if len(raw) > MAX_CONFIG:
@@ -260,7 +262,7 @@ def parse_memory(value: object, where: str) -> int:
 
 
 def parse_keeps(value: object, where: str) -> int:
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():  # not '²' or '٣'
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_KEEPS:
         raise ProtocolError(f"{where}: expected an integer in [0, {MAX_KEEPS}]")

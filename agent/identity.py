@@ -21,7 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 from keepmesh.protocol.errors import ProtocolError
 
+from keepmesh.files import read_at_most
+
 KEY_FILE = "identity.key"
+MAX_KEY_FILE = 16384
 
 
 def fingerprint(public_key: bytes) -> str:
@@ -95,10 +98,10 @@ def write_private_key(path: Path, key: ed25519.Ed25519PrivateKey) -> None:
 
 def read_private_key(path: Path) -> ed25519.Ed25519PrivateKey:
     try:
-        data = path.read_bytes()
+        data = read_at_most(path, MAX_KEY_FILE)
     except OSError as err:
         raise ProtocolError(f"cannot read key {path}: {err.strerror}") from None
-    if len(data) > 16384:
+    if len(data) > MAX_KEY_FILE:
         raise ProtocolError(f"key file {path} is too large")
     try:
         key = serialization.load_pem_private_key(data, password=None)

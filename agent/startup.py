@@ -28,6 +28,7 @@ from keepmesh.protocol.attestation.collateral import (
 )
 from keepmesh.protocol.attestation.evidence import VerifiedEvidence
 from keepmesh.protocol.attestation.policy import (
+    MAX_POLICY_FILE,
     MAX_VMPL,
     Policy,
     SgxPolicy,
@@ -36,6 +37,8 @@ from keepmesh.protocol.attestation.policy import (
     load_policy,
 )
 from keepmesh.protocol.errors import ProtocolError
+
+from keepmesh.files import read_at_most
 
 log = logging.getLogger("keepmesh.agent")
 
@@ -201,7 +204,10 @@ def _build(cfg: AgentConfig, data_dir: Path) -> Agent:
         raise StartupError(f"own evidence does not verify: {err.reason}") from None
     if cfg.policy is not None:
         try:
-            agent.policy = load_policy(cfg.policy.read_bytes(), str(cfg.policy))
+            text = read_at_most(cfg.policy, MAX_POLICY_FILE)
+            if len(text) > MAX_POLICY_FILE:
+                raise StartupError(f"policy {cfg.policy}: larger than {MAX_POLICY_FILE} bytes")
+            agent.policy = load_policy(text, str(cfg.policy))
         except OSError as err:
             raise StartupError(f"policy {cfg.policy}: {err.strerror}") from None
         except ProtocolError as err:

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from keepmesh.files import read_at_most
+
 from .metrics import percentile
 from .topology import MAX_AGENTS, TopologyError, parse_topology
 
@@ -84,8 +86,7 @@ class Sweep:
 def read_toml(path: str, err: type[Exception]) -> dict[str, Any]:
     """Read a small UTF-8 TOML file; any problem raises `err` with one line."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_FILE_BYTES + 1)
+        raw = read_at_most(path, MAX_FILE_BYTES)
     except OSError as e:
         raise err(f"{path}: cannot read: {e.strerror or e}") from None
     if len(raw) > MAX_FILE_BYTES:

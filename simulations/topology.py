@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keepmesh.files import read_at_most
+
 from .network import DISTRIBUTIONS, LinkSpec
 
 PROFILES = ("lan", "wan", "local")
@@ -191,8 +193,7 @@ def load_topology(path: str | Path) -> Topology:
     """Read and validate a topology file; raise TopologyError (one line) on any problem."""
     p = str(path)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(4 * 1024 * 1024 + 1)
+        raw = read_at_most(path, 4 * 1024 * 1024)
     except OSError as err:
         raise TopologyError(f"{p}: cannot read: {err.strerror or err}") from None
     if len(raw) > 4 * 1024 * 1024:

@@ -25,7 +25,7 @@ from keepmesh.agent.cli import CommandError, build_parser, main
 VALUES = ["99999999999999999999999", "-99999999999999999999", "-1", "0", "1", "zz", "",
           "nope", "127.0.0.1:99999", "127.0.0.1:0", "[::1]:7400", ":", "x" * 300, "é",
           "\u202e", "inc", "--", "-", "1e9", "0x10", "nan", "/dev/null", "/nonexistent/x",
-          ".", "a=b", "microcode=999", "1.5"]
+          ".", "a=b", "microcode=999", "1.5", "²", "٣"]
 
 
 def _verbs() -> dict[tuple[str, ...], list[str]]:
@@ -125,6 +125,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     ["call", "--", "abc", "--"],  # argparse gave MSG == [] for the lone extra "--"
     ["logs", "abc", "--tail", "-1"],
     ["agent", "--listen", "nope"],
+    ["agent", "--max-keeps", "²"],  # str.isdigit() is true, int() refuses it (CLI sweep)
     ["agent", "--metrics", "127.0.0.1:99999"],
     ["simulate", "missing.toml", "--seed", "99999999999999999999999"],
     ["bogus"],
@@ -184,3 +185,38 @@ def test_root_takes_several_pems_after_one_flag_without_eating_positionals(
     with pytest.raises(SystemExit) as exc:
         parse_command_line(["call", "ID", "--root", A])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["agent", "--advertise", "nope"],  # was advertised to peers; membership died on it
+    ["agent", "--advertise", "127.0.0.1:0"],  # peers cannot dial port 0
+    ["agent", "--listen", ""],  # was taken as "not given": the default 127.0.0.1:7400
+    ["agent", "--advertise", ""],
+    ["agent", "--metrics", ""],
+    ["agent", "--join", "127.0.0.1:0"],  # a seed is dialled: port 0 never answers
+])
+def test_agent_addresses_are_checked_before_start(argv: list[str]) -> None:
+    """Found by the CLI contract sweep: `--advertise nope` started an agent that said
+    'listening on nope' while its membership task ended with an internal error."""
+    from keepmesh.agent.cli import parse_command_line
+    from keepmesh.agent.cli.agent import config_from_args
+    with pytest.raises(CommandError, match="address"):
+        config_from_args(parse_command_line(argv))
+
+
+@pytest.mark.parametrize(("argv", "code", "needle"), [
+    (["call", "\udcff", "inc"], 2, "argument ID: not valid UTF-8 text"),
+    (["logs", "\udcff"], 2, "argument ID: not valid UTF-8 text"),
+    (["stop", "\udcff"], 2, "argument ID: not valid UTF-8 text"),
+    (["join", "127.0.0.1:1\udcff"], 2, "argument HOST:PORT: not valid UTF-8 text"),
+    (["secrets", "set", "\udcff", "s", "--env", "HOME"], 2, "not valid UTF-8 text"),
+    (["call", "abc", "\udcffinc"], 1, "MSG is not valid text"),  # was "--hex: not hex"
+    (["secrets", "set", "abcdefgh", "s", "--env", "NO_SUCH_\udcff"], 1, "is not set"),
+])
+def test_arguments_that_are_not_utf8(workdir: Path, argv: list[str], code: int,
+                                     needle: str) -> None:
+    """A command-line argument that is not valid UTF-8 reaches Python with surrogate
+    escapes (as `\\udcff`): sending one to an agent was an internal UnicodeEncodeError
+    (found by the CLI contract sweep)."""
+    got, _, err = run(argv)
+    assert got == code and needle in err and len(err.strip().splitlines()) == 1, err

@@ -13,7 +13,7 @@ from keepmesh.agent.cli import CommandError, add_root_flag
 from keepmesh.agent.cli._output import print_json
 
 __all__ = ["add_client_flags", "check_list", "client_options", "int_in", "print_json",
-           "run_call"]
+           "run_call", "text"]
 
 DEFAULT_AGENT = "127.0.0.1:7400"
 
@@ -89,6 +89,22 @@ def int_in(lo: int, hi: int) -> Callable[[str], int]:
 
     parse.__name__ = "integer"
     return parse
+
+
+def text(value: str) -> str:
+    """An argparse type for words sent to an agent (a keep ID, a seed address): text.
+
+    A command-line argument that is not valid UTF-8 arrives with surrogate escapes, which
+    no message can carry (encoding it was an internal UnicodeEncodeError); it is a usage
+    error naming the argument instead. File paths do not use this: any bytes name a file."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("not valid UTF-8 text") from None
+    return value
+
+
+text.__name__ = "text"
 
 
 def check_list(value: Any, what: str) -> list[dict[str, Any]]:

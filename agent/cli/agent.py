@@ -56,11 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     from keepmesh.agent.config import parse_public_key
     from keepmesh.agent.transport.quic import parse_address
+    from keepmesh.protocol.address import canonical_address
     try:
         cfg = load_config(args.config) if args.config else AgentConfig()
-        if args.listen:
+        # `is not None`: an empty --listen "" is an error, not the default (7400) in silence
+        if args.listen is not None:
             cfg.listen = args.listen
-        if args.advertise:
+        if args.advertise is not None:
             cfg.advertise = args.advertise
         if args.join:
             cfg.join = list(args.join)
@@ -74,7 +76,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             cfg.roots = list(cfg.roots) + list(args.root)
         if args.policy:
             cfg.policy = args.policy
-        if getattr(args, "metrics", None):
+        if getattr(args, "metrics", None) is not None:
             cfg.metrics = args.metrics
             parse_address(args.metrics)
         if getattr(args, "log_format", None):
@@ -86,8 +88,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         _limit_flags(cfg, args)
         from keepmesh.agent.transport.quic import parse_address
         parse_address(cfg.listen)
-        for seed in cfg.join:
-            parse_address(seed)
+        if cfg.advertise is not None:  # what peers dial: a port, never 0 (records refuse it)
+            canonical_address(cfg.advertise)
+        for seed in cfg.join:  # dialled, so port 0 is refused as for --advertise
+            canonical_address(seed)
     except ProtocolError as err:
         raise CommandError(err.reason) from None
     return cfg

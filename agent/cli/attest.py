@@ -20,6 +20,8 @@ from keepmesh.agent.cli import CommandError, add_root_flag
 from keepmesh.agent.cli._output import print_json
 from keepmesh.protocol.errors import ProtocolError
 
+from keepmesh.files import read_at_most
+
 MAX_EVIDENCE_FILE = 1024 * 1024
 MAX_DIR_FILES = 64
 MAX_AUX_FILE = 512 * 1024
@@ -49,8 +51,7 @@ def _read(path: str | Path, what: str, limit: int) -> bytes:
         size = p.stat().st_size
         if size > limit:
             raise CommandError(f"{what} {str(p)[:200]}: {size} bytes exceeds {limit}")
-        with p.open("rb") as f:
-            data = f.read(limit + 1)
+        data = read_at_most(p, limit)  # a FIFO nothing writes to is refused, not waited on
         if len(data) > limit:
             raise CommandError(f"{what} {str(p)[:200]}: more than {limit} bytes")
         return data

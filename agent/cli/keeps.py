@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from keepmesh.agent.cli import CommandError
-from keepmesh.agent.cli._client_args import add_client_flags, int_in, run_call
+from keepmesh.agent.cli._client_args import add_client_flags, int_in, run_call, text
 from keepmesh.agent.cli._output import fmt_time, print_json, print_table
 from keepmesh.protocol.errors import ProtocolError
 
@@ -207,11 +207,11 @@ def _print_log_lines(args: argparse.Namespace, lines: Any, last: int | None = No
 def cmd_call(args: argparse.Namespace) -> int:
     try:
         message = bytes.fromhex(args.message) if args.hex else args.message.encode()
+    except UnicodeEncodeError:  # a ValueError too: caught first, or it read as "not hex"
+        raise CommandError("MSG is not valid text; pass bytes with --hex") from None
     except ValueError:
         raise CommandError(f"--hex: {args.message[:40]!r} is not hex "
                            "(two hex digits per byte, e.g. 696e63)") from None
-    except UnicodeEncodeError:
-        raise CommandError("MSG is not valid text; pass bytes with --hex") from None
 
     async def go(client: Any) -> int:
         resp = await client.call("keeps.call", {"keep": args.id, "message": message})
@@ -274,7 +274,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=cmd_keeps)
 
     p = subparsers.add_parser("logs", help="show a keep's output and log lines")
-    p.add_argument("id", metavar="ID")
+    p.add_argument("id", metavar="ID", type=text)
     p.add_argument("--tail", type=int_in(0, MAX_TAIL), default=None,
                    help="only the last N lines")
     p.add_argument("-f", "--follow", action="store_true",
@@ -283,13 +283,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=cmd_logs)
 
     p = subparsers.add_parser("call", help="send a message to a service keep, print its reply")
-    p.add_argument("id", metavar="ID")
+    p.add_argument("id", metavar="ID", type=text)
     p.add_argument("message", metavar="MSG")
     p.add_argument("--hex", action="store_true", help="MSG is hex-encoded bytes")
     add_client_flags(p)
     p.set_defaults(func=cmd_call)
 
     p = subparsers.add_parser("stop", help="stop a keep")
-    p.add_argument("id", metavar="ID")
+    p.add_argument("id", metavar="ID", type=text)
     add_client_flags(p)
     p.set_defaults(func=cmd_stop)

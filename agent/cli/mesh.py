@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from keepmesh.agent.cli import CommandError
-from keepmesh.agent.cli._client_args import add_client_flags, check_list, run_call
+from keepmesh.agent.cli._client_args import add_client_flags, check_list, run_call, text
 from keepmesh.agent.cli._output import fmt_time, print_json, print_table
 
 
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                     "re-join through its own seeds and discovered agents)")
     # Optional, as the contract says (DESIGN.md): an agent that lost its mesh is told to
     # try its --join seeds again without the operator having to know them.
-    p.add_argument("seeds", nargs="*", metavar="HOST:PORT")
+    p.add_argument("seeds", nargs="*", metavar="HOST:PORT", type=text)
     add_client_flags(p)
     p.set_defaults(func=join)
     p = sub.add_parser("leave", help="make the agent leave the mesh gracefully, then stop")

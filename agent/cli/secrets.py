@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from keepmesh.agent.cli import CommandError
-from keepmesh.agent.cli._client_args import add_client_flags, run_call
+from keepmesh.agent.cli._client_args import add_client_flags, run_call, text
 from keepmesh.protocol.errors import ProtocolError
 
 
@@ -35,7 +35,7 @@ def _read_value(args: argparse.Namespace) -> bytes:
         except PackageError as err:
             raise CommandError(f"{args.file}: {err.reason}") from None
     else:
-        got = os.environb.get(str(args.env).encode())
+        got = os.environb.get(os.fsencode(args.env))  # any bytes, as the shell set them
         if got is None:
             raise CommandError(f"environment variable {args.env} is not set")
         value = got
@@ -239,8 +239,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub = p.add_subparsers(dest="secrets_command", required=True, metavar="ACTION")
     s = sub.add_parser("set", help="replace one secret of a keep (owner-signed, sealed "
                                    "under the deployment's key)")
-    s.add_argument("id", metavar="ID", help="keep id (or a unique prefix of ≥ 8 chars)")
-    s.add_argument("name", metavar="NAME", help="a secret the deployment declares")
+    s.add_argument("id", metavar="ID", type=text, help="keep id (or a unique prefix of ≥ 8 chars)")
+    s.add_argument("name", metavar="NAME", type=text, help="a secret the deployment declares")
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", metavar="F", help="read the new value from this file")
     src.add_argument("--env", metavar="VAR", help="read the new value from this variable")

@@ -247,6 +247,9 @@ def policy_from_dict(data: Mapping[str, Any], source: str = "policy") -> Policy:
     return Policy(**kwargs)
 
 
+MAX_POLICY_FILE = 256 * 1024  # characters of a policy file, and bytes read of one
+
+
 @fault_boundary("policy")
 def load_policy(text: str | bytes, source_name: str = "policy") -> Policy:
     """Parse a TOML policy file's text; errors name `source_name` and the key."""
@@ -255,7 +258,7 @@ def load_policy(text: str | bytes, source_name: str = "policy") -> Policy:
             text = bytes(text).decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError(f"{source_name}: policy is not UTF-8") from None
-    if len(text) > 256 * 1024:
+    if len(text) > MAX_POLICY_FILE:
         raise ProtocolError(f"{source_name}: policy file too large")
     try:
         data = tomllib.loads(text)
