@@ -21,17 +21,27 @@ class NoWriter(OSError):
     """The path is a FIFO that nothing had open for writing: reading it would wait forever."""
 
 
-def read_at_most(path: str | os.PathLike[str], limit: int) -> bytes:
+class NotRegular(OSError):
+    """A FIFO, socket or device where only a regular file is accepted."""
+
+
+def read_at_most(path: str | os.PathLike[str], limit: int, *,
+                 regular_only: bool = False) -> bytes:
     """Up to `limit + 1` bytes of the file at `path` (more than `limit` means too large).
 
     OSError (with strerror) when it cannot be read: missing, a directory, a FIFO with no
     writer (NoWriter), a socket. ValueError for a path with a NUL byte, as open() does.
+    `regular_only`: anything but a regular file is NotRegular (files a workload names:
+    they travel sealed, so a pipe there is a mistake, not a feature). The checks are on
+    the open descriptor, so a file swapped after them is still the one checked.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, "is a directory, not a file")
+        if regular_only and not stat.S_ISREG(mode):
+            raise NotRegular(errno.EINVAL, "not a regular file (a FIFO, socket or device)")
         first = b""
         if stat.S_ISFIFO(mode):
             try:  # non-blocking: b"" now means no writer (POSIX end of file)
@@ -54,4 +64,4 @@ def read_at_most(path: str | os.PathLike[str], limit: int) -> bytes:
         os.close(fd)
 
 
-__all__ = ["NoWriter", "read_at_most"]
+__all__ = ["NoWriter", "NotRegular", "read_at_most"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -37,6 +36,8 @@ from keepmesh.protocol.secrets import (
     make_bundle,
     parse_inputs_toml,
 )
+
+from keepmesh.files import read_at_most
 
 MANIFEST_NAME = "keepmesh.toml"
 _MAX_WAT = 4 * MAX_PACKAGE
@@ -102,12 +103,16 @@ def module_binary(data: bytes, source: str) -> bytes:
 
 
 def _read(path: Path, limit: int, what: str) -> bytes:
-    """A file the user named (a flag, the manifest itself): a regular file, bounded; a FIFO
-    or device would otherwise block the command or read without end."""
+    """A file the user named (`deploy FILE`, `--policy FILE`, the manifest itself): bounded,
+    and a FIFO nothing writes to is refused rather than waited on (keepmesh.files)."""
     try:
-        return read_regular_file(path, limit)
-    except PackageError as err:
-        raise PackageError(f"{path}: {what}: {err.reason}") from None
+        data = read_at_most(path, limit)
+    except (OSError, ValueError) as err:
+        raise PackageError(f"{path}: cannot read {what}: "
+                           f"{getattr(err, 'strerror', None) or err}") from None
+    if len(data) > limit:
+        raise PackageError(f"{path}: {what} is more than {limit} bytes")
+    return data
 
 
 def read_policy_text(path: Path) -> str:
@@ -234,40 +239,17 @@ def read_inputs(root: Path, sources: InputSources, source: str, rng: random.Rand
 
 def read_regular_file(path: Path, limit: int, too_big: str | None = None) -> bytes:
     """The bytes of a regular file of at most `limit` bytes, or PackageError with what is
-    wrong ("no such file", "not a regular file", the size, the OS reason), never content.
-
-    Opened once, non-blocking, and checked on the open descriptor, so a FIFO or device
-    is refused instead of blocking or reading without end, and a file swapped after a
-    check is still the one checked.
-    """
+    wrong ("no such file", "not a regular file", the size, the OS reason), never content
+    (keepmesh.files.read_at_most: a FIFO or device is refused, not waited on or read
+    without end)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = read_at_most(path, limit, regular_only=True)
     except FileNotFoundError:
         raise PackageError("no such file") from None
     except (OSError, ValueError) as err:  # ValueError: a NUL in the path
-        raise PackageError(f"cannot read: {getattr(err, 'strerror', None) or err}") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise PackageError("is a directory, not a file")
-        if not stat.S_ISREG(st.st_mode):
-            raise PackageError("not a regular file (a FIFO, socket or device)")
-        if st.st_size > limit:
-            raise PackageError(too_big or f"is {st.st_size} bytes, more than {limit}")
-        chunks, got = [], 0
-        while got <= limit:
-            chunk = os.read(fd, limit + 1 - got)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
-        data = b"".join(chunks)
-    except OSError as err:
-        raise PackageError(f"cannot read: {err.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(data) > limit:  # grew between fstat and read
-        raise PackageError("changed size while being read")
+        raise PackageError(f"{getattr(err, 'strerror', None) or err}") from None
+    if len(data) > limit:
+        raise PackageError(too_big or f"is more than {limit} bytes")
     return data
 
 
