@@ -280,3 +280,30 @@ def test_a_keep_whose_host_is_gone_is_listed_moving_or_orphaned_not_running() ->
     assert shown() == "orphaned"
     viewer.engine.member_state(host.id, True, net.now)  # the host is back: its record holds
     assert shown() == "running"
+
+
+def test_a_hand_over_deadline_is_a_time_at_which_tick_acts() -> None:
+    """next_deadline() said sent_at + RESEND_S (and started + 4 x the deadline), but tick()
+    tested `now - sent_at >= RESEND_S`, which rounds below it for some times (0.3 + 2.0),
+    and `now - started > 120` (strict): at that deadline nothing happened and the same past
+    deadline came back, so a virtual-time driver spun (the placement/migration sweep)."""
+    from keepmesh.protocol.migration.drain import Outgoing, Step
+    node, keep = b"\x01" * 32, "ab" * 16
+    og = Outgoing(keep, 1, "drain", 0.0)
+    og.advance([node], 0.0, 1)
+    og.checkpoint_taken(1)
+    [handover] = og.acked(node, 1, 0.30000000000000004)
+    assert og.step is Step.HANDOVER
+    t = og.next_deadline()
+    assert t is not None
+    assert og.tick(t) and og.next_deadline() > t  # type: ignore[operator]
+    og = Outgoing(keep, 1, "drain", 8.200000000000001)
+    og.advance([node], og.started, 1)
+    og.checkpoint_taken(1)
+    og.acked(node, 1, og.started)
+    for _ in range(100):  # resends until the final deadline, which ends it
+        t = og.next_deadline()
+        if t is None:
+            break
+        og.tick(t)
+    assert og.step is Step.FAILED and og.resume_epoch == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 
 import pytest
@@ -111,6 +112,21 @@ def test_silent_standby_is_dropped_after_timeout() -> None:
     assert rep.expire(16.0)
     assert rep.links[att.node].state is LinkState.FAILED
 
+
+
+@pytest.mark.parametrize("since", [0.0, 62.0, 0.1, 1e5 + 0.7])
+def test_a_link_deadline_is_a_time_at_which_expire_acts(since: float) -> None:
+    """deadline() said waiting_since + timeout, but expire() wanted strictly more than the
+    timeout (and `now - since` can round below it): a driver called handle_timer at the
+    deadline, nothing changed and the same past deadline came back, for ever in virtual
+    time (found by the placement/migration sweep, a link waiting since t = 62.0)."""
+    rep, others, view = _rep()
+    [att] = rep.reconcile(view, others, since, random.Random(1))
+    rep.next_checkpoint = math.inf  # the link's deadline is the only one
+    t = rep.deadline()
+    assert t == since + 15.0
+    assert rep.expire(t)
+    assert rep.links[att.node].state is LinkState.FAILED and rep.deadline() > t
 
 def _replicate(epoch: int = 1) -> Replicate:
     return Replicate(keep=KEEP, epoch=epoch, deployment=b"d", package_size=3,

@@ -132,14 +132,14 @@ class Outgoing:
         if self.finished():
             return []
         if self.step is Step.HANDOVER:
-            if now - self.started > HANDOVER_DEADLINE_S * 4:
+            if now >= self.started + HANDOVER_DEADLINE_S * 4:
                 # Unknown outcome for a very long time: fence whatever the successor
                 # may run and serve again here (the successor never answered).
                 self.step = Step.FAILED
                 self.reason = "successor never answered the hand-over"
                 self.resume_epoch = self.epoch + 2
                 return []
-            if now - self.sent_at >= RESEND_S:
+            if now >= self.sent_at + RESEND_S:
                 return [self._handover(now)]
             return []
         if now >= self.deadline:

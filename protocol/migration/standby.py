@@ -244,7 +244,7 @@ class Replication:
         changed = False
         for lk in self.links.values():
             if (lk.state is not LinkState.FAILED and lk.waiting_since is not None
-                    and now - lk.waiting_since > self.ack_timeout_s):
+                    and now >= lk.waiting_since + self.ack_timeout_s):
                 self._fail(lk, f"no answer for {self.ack_timeout_s:g} s")
                 changed = True
         return changed
