@@ -433,3 +433,41 @@ def test_a_label_name_with_a_trailing_newline_is_refused(where: str) -> None:
            else PlacementSpec(replicas=2, labels={}, spread="rack\n"))
     with pytest.raises(ProtocolError):
         bad.validate()
+
+
+def _answer_as_asked(mesh: Mesh, entry: str, request: int, make: object) -> None:
+    """Each member the entry waits on answers `make(req)` (on its own channel)."""
+    from keepmesh.protocol.wire import encode_payload
+    waiting = mesh.places[entry]._requests[request].waiting
+    for wire, host in list(waiting.items()):
+        src = next(a for a in mesh.addrs if mesh.nodes[a].node_id == host)
+        mesh.nodes[entry].receive(encode_payload(make(wire)), src, host,  # type: ignore[operator]
+                                  mesh.now)
+
+
+def test_a_reply_of_the_wrong_kind_from_the_asked_member_is_not_an_answer() -> None:
+    """Found by the placement/migration sweep. A bid answering a reservation consumed the
+    wait: the request was never answered and its past deadline came back for ever (a
+    spinning timer, one of MAX_REQUESTS slots gone). `reserved` answering a probe placed
+    replicas on hosts never asked to reserve (2 placements for replicas = 1)."""
+    from keepmesh.protocol.placement.messages import PlaceBid, PlaceReserved
+    mesh = Mesh([{"memory": 10}, {}, {}, {}], commit_by_entry=False)  # entry: no room
+    a = mesh.addrs[0]
+    place = mesh.places[a]
+    mesh.deploy(a, 1, req(memory=64))
+    mesh.heap.clear()
+    _answer_as_asked(mesh, a, 1, lambda w: PlaceReserved(req=w, lease=99, ttl_ms=1000))
+    assert place._requests[1].phase == "probe" and not place._requests[1].placed
+    _answer_as_asked(mesh, a, 1, lambda w: PlaceBid(req=w, free_mb=500, free_slots=3, ok=True))
+    request = place._requests[1]
+    assert request.phase == "reserve" and request.waiting  # the right answer is taken
+    _answer_as_asked(mesh, a, 1, lambda w: PlaceBid(req=w, free_mb=500, free_slots=3, ok=True))
+    assert request.waiting and place.stats["reply.unexpected"] >= 3
+    deadline = request.deadline
+    place.handle_timer(deadline)  # unanswered: a refusal, the next round
+    timer = place.get_timer()
+    assert timer is not None and timer > deadline
+    mesh.run_until(10.0)
+    done = mesh.result(a, 1)
+    assert isinstance(done, PlacementDone) and len(done.placements) == 1
+    assert all(p.lease != 99 for p in done.placements)

@@ -72,6 +72,14 @@ if TYPE_CHECKING:
 
 MAX_REQUESTS = 256        # concurrent deploys one entry negotiates
 MAX_LOCATIONS = 65536     # keeps one member tracks the location of
+# The reply each phase asks for (a host may refuse anything). A reply of another kind
+# carrying a waiting `req` is not an answer: a bid to a reservation used to consume the
+# wait and wedge the request, a "reserved" to a probe to place a replica never reserved.
+_ANSWERS: dict[str, tuple[type[Message], ...]] = {
+    "probe": (PlaceBid, PlaceRefused),
+    "reserve": (PlaceReserved, PlaceRefused),
+    "commit": (PlaceCommitted, PlaceRefused),
+}
 
 
 @dataclass(frozen=True)
@@ -559,6 +567,9 @@ class PlacementMachine:
                     self._send(None, view, PlaceRelease(lease=msg.lease, keep=keep), now)
             else:
                 self._count("reply.unexpected")
+            return
+        if not isinstance(msg, _ANSWERS[request.phase]):
+            self._count("reply.unexpected")  # the member asked, but not this question
             return
         if isinstance(msg, PlaceBid):
             self._on_bid(request, wire, msg, now)
