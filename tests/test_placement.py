@@ -471,3 +471,31 @@ def test_a_reply_of_the_wrong_kind_from_the_asked_member_is_not_an_answer() -> N
     done = mesh.result(a, 1)
     assert isinstance(done, PlacementDone) and len(done.placements) == 1
     assert all(p.lease != 99 for p in done.placements)
+
+
+@pytest.mark.parametrize("who", ["reserver", "other member", "reserver, agent host"])
+def test_only_the_member_that_reserved_a_lease_commits_or_releases_it(who: str) -> None:
+    """Lease ids are small counters. Any member could send place.commit for one: on an
+    agent host (where the owner commits, not the wire) that made a reservation a hold
+    that never expires, for a keep that never starts; place.release gave anyone's
+    reservation back. Found by the placement/migration sweep."""
+    from keepmesh.protocol.placement.messages import PlaceCommit, PlaceRelease, PlaceReserve
+    from keepmesh.protocol.wire import encode_payload
+    mesh = Mesh([{}, {}, {}], commit_by_entry=who != "reserver, agent host")
+    a, b, c = mesh.addrs
+    host, place = mesh.nodes[a], mesh.places[a]
+    sender = mesh.nodes[b if who != "other member" else c]
+
+    def send(msg: object, src: MeshNode) -> None:
+        host.receive(encode_payload(msg), src.address, src.node_id, mesh.now)  # type: ignore[arg-type]
+
+    for keep in ("k1", "k2"):
+        send(PlaceReserve(req=1, keep=keep, memory_mb=64, ttl_ms=5000), mesh.nodes[b])
+    l1, l2 = (place.leases.holds(k) for k in ("k1", "k2"))
+    assert l1 is not None and l2 is not None
+    send(PlaceCommit(req=2, lease=l1.lease_id, keep="k1", epoch=1), sender)
+    send(PlaceRelease(lease=l2.lease_id, keep=""), sender)
+    assert l1.committed is (who == "reserver")  # the wire commits in the simulator only
+    assert (place.leases.holds("k2") is None) is (who != "other member")
+    mesh.run_until(6.0)  # what was not committed expires: nothing stranded
+    assert list(place.leases.leases.values()) == ([l1] if who == "reserver" else [])

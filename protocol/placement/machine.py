@@ -527,7 +527,7 @@ class PlacementMachine:
         elif isinstance(msg, PlaceReserve):
             ttl = min(msg.ttl_ms / 1000.0, self.config.lease_ttl)
             try:
-                lease = self.leases.reserve(msg.keep, msg.memory_mb, now, ttl)
+                lease = self.leases.reserve(msg.keep, msg.memory_mb, now, ttl, holder=src_id)
             except Refused as err:
                 self._count("reserve.refused")
                 self._reply(src, src_id, PlaceRefused(req=msg.req, reason=err.reason[:200]), now)
@@ -537,14 +537,15 @@ class PlacementMachine:
                                                    ttl_ms=int(ttl * 1000)), now)
         elif isinstance(msg, PlaceCommit):
             try:
-                self._commit_local(msg.lease, msg.keep, msg.epoch, b"", now)
+                self._commit_by_wire(msg, src_id, now)
             except ProtocolError as err:
                 self._reply(src, src_id, PlaceRefused(req=msg.req, reason=err.reason[:200]), now)
                 return
             self._reply(src, src_id, PlaceCommitted(req=msg.req, lease=msg.lease), now)
         elif isinstance(msg, PlaceRelease):
             held = self.leases.leases.get(msg.lease)
-            if held is not None and msg.keep in (held.keep_id, "") and not held.committed:
+            if held is not None and msg.keep in (held.keep_id, "") and not held.committed \
+                    and held.holder == src_id:  # lease ids are small counters: guessable
                 self.leases.release(msg.lease)
                 self._count("lease.released")
         elif isinstance(msg, PlaceWhere):
@@ -579,6 +580,18 @@ class PlacementMachine:
             self._refused(request, wire, msg.reason, now)
         elif isinstance(msg, PlaceCommitted):
             self._on_committed(request, wire, now)
+
+    def _commit_by_wire(self, msg: PlaceCommit, src_id: bytes, now: float) -> None:
+        """`place.commit` is the simulator's (commit_by_entry): in the agent the owner
+        commits (keeps.deploy), and a commit over the wire from any member would turn a
+        reservation into a hold that never expires, for a keep that never starts. Only
+        the member that reserved the lease may commit it (lease ids are guessable)."""
+        if not self.config.commit_by_entry:
+            raise Refused("this host is committed to by the owner, not over place.commit")
+        held = self.leases.leases.get(msg.lease)
+        if held is not None and held.holder != src_id:
+            raise Refused(f"lease {msg.lease} was not reserved by this member")
+        self._commit_local(msg.lease, msg.keep, msg.epoch, b"", now)
 
     def _commit_local(self, lease_id: int, keep_id: str, epoch: int, owner: bytes,
                       now: float) -> None:
