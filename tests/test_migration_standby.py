@@ -128,6 +128,7 @@ def test_a_link_deadline_is_a_time_at_which_expire_acts(since: float) -> None:
     assert rep.expire(t)
     assert rep.links[att.node].state is LinkState.FAILED and rep.deadline() > t
 
+
 def _replicate(epoch: int = 1) -> Replicate:
     return Replicate(keep=KEEP, epoch=epoch, deployment=b"d", package_size=3,
                      package_digest=hashlib.sha256(b"pkg").digest())
@@ -224,3 +225,31 @@ def test_a_standby_cannot_push_the_numbering_off_the_wire(claimed: int) -> None:
     _to_ready(rep, others, view, replicate_seq=claimed)
     expected = claimed + 1 if claimed <= 1 << 53 else 1
     assert rep.request_seq() == expected
+
+
+def test_a_newer_epoch_replaces_a_replica_only_with_its_hosts_record() -> None:
+    """Found by the placement/migration sweep: a replicate at an epoch above the best
+    record, from a member no record names, replaced the replica held for the keep's real
+    host (its transfers then refused as older, a crash of the host finding no replica).
+    A newer epoch is proven by its host's signed record, sent ahead of the replicate."""
+    from keepmesh.protocol.membership.signing import Ed25519Signer
+    me = _ids(1)[0]
+    host, other = Ed25519Signer(b"\x05" * 32), Ed25519Signer(b"\x06" * 32)
+
+    def record(s: Ed25519Signer, epoch: int) -> None:
+        table.learn(sign_location(s, LocationStatement(
+            keep=KEEP, owner=bytes(32), host=s.node_id, address="x:1", epoch=epoch,
+            version=0, standbys=(me,), checkpoint_seq=0, checkpoint_at=0.0,
+            state="running")))
+
+    h, table = Holdings(me), LocationTable()
+    record(host, 1)
+    assert h.on_replicate(host.node_id, _replicate(1), table)[-1].message.ok  # type: ignore[union-attr]
+    [refused] = h.on_replicate(other.node_id, _replicate(2), table)
+    assert not refused.message.ok and "no record of epoch 2" in refused.message.reason  # type: ignore[union-attr]
+    assert (h.held[KEEP].host, h.held[KEEP].epoch) == (host.node_id, 1)
+    [pkg] = split(KEEP, 1, "package", 0, 0.0, b"pkg")
+    assert isinstance(h.on_transfer(host.node_id, pkg, table)[0], fx.StoreStandby)
+    record(other, 2)  # the keep moved: its new host's record proves epoch 2
+    assert h.on_replicate(other.node_id, _replicate(2), table)[-1].message.ok  # type: ignore[union-attr]
+    assert (h.held[KEEP].host, h.held[KEEP].epoch) == (other.node_id, 2)

@@ -299,6 +299,11 @@ class Holdings:
         if best is not None and (epoch < best.epoch or
                                  (epoch == best.epoch and sender != best.host)):
             return f"stale: keep runs at epoch {best.epoch}"
+        if best is not None and epoch > best.epoch:
+            # A newer epoch is proven by its host's signed record, which a host sends
+            # ahead of its replicate on the same lane; an unproven number would let any
+            # member replace the replica of the keep's real host (a crash then finds none).
+            return f"no record of epoch {epoch}: keep runs at epoch {best.epoch}"
         h = self.held.get(keep)
         if h is not None and epoch < h.epoch:
             return f"stale: holding epoch {h.epoch}"
