@@ -401,15 +401,17 @@ class Migration:
         return self.placement.hold(keep, d, now)
 
     def _renew_holds(self, now: float) -> None:
-        """Standby holds live as long as the keep's host still counts on us; a hold whose
-        keep moved on without us (or that placement refuses to renew) is given back."""
+        """Standby holds live as long as the keep's host still counts on us: while its
+        record names that host at that epoch. A hold whose keep moved on without us, that
+        no record names (nobody claims to run it), or that placement refuses to renew is
+        given back."""
         if self.placement is None:
             return
         for keep, (host, epoch) in list(self._holds.items()):
             best = self.locations.get(keep)
             h = self.holdings.held.get(keep)
-            gone = h is None or (h.host, h.epoch) != (host, epoch) or (
-                best is not None and best.host != self.own_id
+            gone = h is None or (h.host, h.epoch) != (host, epoch) or best is None or (
+                best.host != self.own_id
                 and (best.epoch > epoch or best.host != host or best.state == "stopped"))
             if gone or self._hold(keep, now) is not None:
                 del self._holds[keep]
