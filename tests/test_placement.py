@@ -499,3 +499,31 @@ def test_only_the_member_that_reserved_a_lease_commits_or_releases_it(who: str) 
     assert (place.leases.holds("k2") is None) is (who != "other member")
     mesh.run_until(6.0)  # what was not committed expires: nothing stranded
     assert list(place.leases.leases.values()) == ([l1] if who == "reserver" else [])
+
+
+@pytest.mark.parametrize("twice", ["place.reserved", "place.commit"])
+def test_a_duplicated_message_neither_undoes_a_placement_nor_starts_a_keep_twice(
+        twice: str) -> None:
+    """Found by the placement/migration sweep (replayed traffic). A second `reserved`
+    from the host, while the entry still waited on another replica, was taken for a late
+    reservation and released: PlacementDone named a lease its host no longer held. A
+    second `place.commit` committed again and emitted a second StartKeep."""
+    mesh = Mesh([{"memory": 10}, {}, {}, {}], commit_by_entry=twice == "place.commit")
+    for addr, node in mesh.nodes.items():
+        deliver = node.receive
+
+        def dup(data: bytes, src: str, src_id: bytes | None, now: float,
+                decoded: object = None, deliver: object = deliver) -> None:
+            for _ in range(2 if data[3:3 + len(twice)] == twice.encode() else 1):
+                deliver(data, src, src_id, now)  # type: ignore[operator]
+        node.receive = dup  # type: ignore[method-assign]
+    a = mesh.addrs[0]
+    mesh.deploy(a, 1, req(memory=64, replicas=2))
+    mesh.run_until(3.0)
+    done = mesh.result(a, 1)
+    assert isinstance(done, PlacementDone) and len(done.placements) == 2
+    for p in done.placements:
+        assert p.lease in mesh.places[p.host].leases.leases
+    started = [k for keeps in mesh.running().values() for k in keeps]
+    assert started == (["keep1", "keep1"] if twice == "place.commit" else [])
+    assert len({h for h, keeps in mesh.running().items() if keeps}) == len(started)

@@ -560,7 +560,10 @@ class PlacementMachine:
         rid = self._by_wire.get(wire)
         request = self._requests.get(rid) if rid is not None else None
         if request is None or request.waiting.get(wire) != src_id:
-            if rid is not None and isinstance(msg, PlaceReserved):
+            if request is not None and isinstance(msg, PlaceReserved) and any(
+                    p.host_id == src_id and p.lease == msg.lease for p in request.placed):
+                self._count("reply.duplicate")  # the one this request holds: keep it
+            elif rid is not None and isinstance(msg, PlaceReserved):
                 # too late (we moved on): give the lease back rather than strand it
                 view = self.node.member(src_id)
                 keep = request.cmd.keep_id if request is not None else ""
@@ -591,6 +594,11 @@ class PlacementMachine:
         held = self.leases.leases.get(msg.lease)
         if held is not None and held.holder != src_id:
             raise Refused(f"lease {msg.lease} was not reserved by this member")
+        if held is not None and held.committed:
+            if (held.keep_id, held.epoch) != (msg.keep, msg.epoch):
+                raise Refused(f"lease {msg.lease} is already committed")
+            self._count("commit.duplicate")  # answered again, the keep not started twice
+            return
         self._commit_local(msg.lease, msg.keep, msg.epoch, b"", now)
 
     def _commit_local(self, lease_id: int, keep_id: str, epoch: int, owner: bytes,
