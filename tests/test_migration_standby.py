@@ -253,3 +253,41 @@ def test_a_newer_epoch_replaces_a_replica_only_with_its_hosts_record() -> None:
     record(other, 2)  # the keep moved: its new host's record proves epoch 2
     assert h.on_replicate(other.node_id, _replicate(2), table)[-1].message.ok  # type: ignore[union-attr]
     assert (h.held[KEEP].host, h.held[KEEP].epoch) == (other.node_id, 2)
+
+
+def test_a_re_replicate_at_the_same_epoch_keeps_the_held_checkpoint_on_disk(
+        tmp_path: object) -> None:
+    """A host that restarted re-replicates at the same epoch; its standby keeps checkpoint
+    n and says so (ack seq = n), and the host numbers on above it (§4). But the agent
+    dropped checkpoint.bin on every StoreStandby("deployment"): a crash of the host
+    before its next checkpoint then failed the restore of n (no file), an orphaned keep.
+    Found reading the replicate path while sweeping replayed replicates. StoreStandby
+    now carries the kept seq; the agent drops the checkpoint only when it is 0."""
+    from pathlib import Path
+    from keepmesh.agent.migration_service import MigrationService
+    me, host, other = _ids(3)
+    h, table = Holdings(me), LocationTable()
+    h.on_replicate(host, _replicate(), table)
+    h.on_transfer(host, split(KEEP, 1, "package", 0, 0.0, b"pkg")[0], table)
+    stored = h.on_transfer(host, split(KEEP, 1, "checkpoint", 4, 9.0, b"c4")[0], table)
+    svc = MigrationService.__new__(MigrationService)
+    svc.root = Path(str(tmp_path))
+    first = Holdings(me).on_replicate(host, _replicate(), LocationTable())[0]
+    assert isinstance(first, fx.StoreStandby) and first.seq == 0
+    svc._store_standby(first)
+    for out in stored:
+        if isinstance(out, fx.StoreStandby):
+            svc._store_standby(out)
+    d = svc.root / "standby" / KEEP
+    assert (d / "checkpoint.bin").read_bytes() == b"c4"
+    # the same host at the same epoch again (it restarted): n = 4 is kept, file and all
+    again = h.on_replicate(host, _replicate(), table)
+    assert isinstance(again[0], fx.StoreStandby) and again[0].seq == 4
+    assert again[1].message.seq == 4  # type: ignore[union-attr]
+    svc._store_standby(again[0])
+    assert (d / "checkpoint.bin").read_bytes() == b"c4" and not (d / "package.bin").exists()
+    # another host (or epoch): nothing of the old replica is kept
+    fresh = Holdings(me).on_replicate(other, _replicate(), LocationTable())[0]
+    assert isinstance(fresh, fx.StoreStandby) and fresh.seq == 0
+    svc._store_standby(fresh)
+    assert not (d / "checkpoint.bin").exists()

@@ -328,7 +328,11 @@ class Holdings:
         # The seq of the checkpoint still held from this host at this epoch: a host that
         # restarted numbers from 1 again, and would see every checkpoint refused as not
         # newer than this one; told it, it numbers on above it.
-        return [StoreStandby(msg.keep, msg.epoch, "deployment", 0, 0.0, msg.deployment),
+        # StoreStandby("deployment").seq: the checkpoint kept with it (0: none, the driver
+        # drops what it stored for this keep before; else it keeps that checkpoint).
+        held = self.held[msg.keep]
+        return [StoreStandby(msg.keep, msg.epoch, "deployment", held_seq, held.taken_at,
+                             msg.deployment),
                 Send(sender, Ack(keep=msg.keep, epoch=msg.epoch, kind="replicate",
                                  seq=held_seq, ok=True, reason=""))]
 
