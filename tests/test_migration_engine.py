@@ -307,3 +307,31 @@ def test_a_hand_over_deadline_is_a_time_at_which_tick_acts() -> None:
             break
         og.tick(t)
     assert og.step is Step.FAILED and og.resume_epoch == 3
+
+
+def test_a_standby_forgets_what_no_record_can_use_and_keeps_the_rest() -> None:
+    """Found checking the sweep's bounds (holdings only ever grew): nothing but a
+    take-over here removed a holding, so every keep a standby ever served stayed held,
+    deployment bytes and all, until MAX_HELD (10,000), and then every new replicate was
+    refused ("standby full"). A holding is dropped once the keep's record is stopped or
+    names another host or epoch; one its record still names is kept."""
+    net = Net(3)
+    host = net.nodes[0]
+    stopped, running = net.deploy(host, "stops"), net.deploy(host, "runs")
+    net.run(1.0)
+    standby = {k: net.by_id(host.engine.running[k].replication.ready()[0])
+               for k in (stopped, running)}
+    assert all(k in standby[k].engine.holdings.held for k in (stopped, running))
+    host.engine.keep_gone(stopped, net.now)
+    host.counters.pop(stopped)
+    net.pump()
+    net.run(12.0)  # one refresh period
+    assert stopped not in standby[stopped].engine.holdings.held
+    assert running in standby[running].engine.holdings.held  # still its host's standby
+    # the keep moves on (its host crashes): what another member held for the old epoch goes
+    net.crash(host)
+    [new] = net.running(running)
+    net.run(12.0)
+    for n in net.nodes[1:]:
+        h = n.engine.holdings.held.get(running)
+        assert h is None or (h.host, h.epoch) == (new.id, 2)

@@ -418,6 +418,23 @@ class Migration:
                 if keep not in self.running and keep not in self.starting:
                     self.placement.release(keep, now)
 
+    def _forget_stale_holdings(self) -> None:
+        """Drop what this member holds for keeps that can no longer use it: the keep's
+        best record is stopped by its owner, or names another host or epoch (it moved on;
+        a take-over needs a holding from the record's own host and epoch, and a new host
+        that wants us replicates afresh). Why: nothing else ever removed a holding but a
+        take-over here, so every keep a standby ever served stayed held (with its
+        deployment bytes) until MAX_HELD, and then every new replicate was refused."""
+        for keep, h in list(self.holdings.held.items()):
+            best = self.locations.get(keep)
+            if best is None or keep in self.starting:
+                continue
+            if best.state == "stopped" or (best.host, best.epoch) != (h.host, h.epoch):
+                self.holdings.drop(keep)
+                self._trust_since.pop(keep, None)
+                if keep not in self.running:
+                    self._policies.pop(keep, None)
+
     def check_epoch(self, keep: str, epoch: int) -> Fenced | None:
         """For any message addressed to `keep` at `epoch`: None to serve it, or the
         `migrate.fenced` reply naming the current location when `epoch` is stale."""
@@ -847,6 +864,7 @@ class Migration:
         if now >= self._next_refresh:
             self._next_refresh = now + REFRESH_S
             self._push_own(now)
+            self._forget_stale_holdings()
             self._renew_holds(now)
         if now >= self._next_eval:
             self._next_eval = now + EVAL_S
