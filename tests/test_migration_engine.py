@@ -335,3 +335,46 @@ def test_a_standby_forgets_what_no_record_can_use_and_keeps_the_rest() -> None:
     for n in net.nodes[1:]:
         h = n.engine.holdings.held.get(running)
         assert h is None or (h.host, h.epoch) == (new.id, 2)
+
+
+def test_a_restarted_host_signs_above_the_records_of_its_earlier_run() -> None:
+    """Found reviewing record order for replayed records during the sweep: a
+    host that restarts runs its keeps at the same epoch with a fresh engine, its record
+    versions from 0. The mesh's record from its earlier run (higher version, or equal
+    and different) superseded every new one: members kept that run's standbys (here a
+    crashed one) while the live standby went unlisted, so a crash would orphan the keep.
+    Told its old record (the rejoin push), the host now signs above it."""
+    import random
+
+    from keepmesh.protocol.attestation.policy import load_policy
+    from keepmesh.protocol.membership.signing import Ed25519Verifier
+    from keepmesh.protocol.migration.engine import Migration
+    from keepmesh.protocol.migration.triggers import Attested
+    from migration_net import evidence
+    net = Net(4)
+    host = net.nodes[0]
+    keep = net.deploy(host, "restarts")
+    for _ in range(30):  # standbys and checkpoints: the record's version climbs
+        net.call(keep)
+        net.run(1.0)
+    old = host.engine
+    [first_standby] = old.running[keep].replication.ready()
+    host.engine = Migration(host.signer, Ed25519Verifier(), old.address, random.Random(5),
+                            net.now, default_policy=load_policy(BASE_POLICY))
+    for n in net.nodes:
+        host.engine.member_state(n.id, True, net.now)
+        host.engine.member_evidence(n.id, Attested(evidence(n.id), 0.0), net.now)
+    for n in net.nodes[1:]:
+        n.engine.member_state(host.id, True, net.now, rejoined=True)
+    host.engine.keep_running(net.deployments[keep], 1, net.now)  # from disk, same epoch
+    net.pump()
+    net.crash(net.by_id(first_standby))
+    for _ in range(40):
+        net.call(keep)
+        net.run(1.0)
+    ready = host.engine.running[keep].replication.ready()
+    assert ready and first_standby not in ready
+    for n in net.nodes[1:]:
+        if n.up:
+            loc = n.engine.locations.get(keep)
+            assert loc is not None and loc.host == host.id and loc.standbys == ready

@@ -117,6 +117,7 @@ class Running:
     version: int = 0
     outgoing: Outgoing | None = None
     deployment: Deployment | None = None
+    record: Location | None = None  # the newest record this host signed for it
 
 
 @dataclass
@@ -450,6 +451,15 @@ class Migration:
         """A location record (gossip, fenced reply); applies the fencing rule."""
         verify_location(self.verifier, loc)
         learned = self.locations.learn(loc)
+        mine = self.running.get(loc.keep)
+        if mine is not None and loc.host == self.own_id and loc.epoch == mine.epoch \
+                and loc.version >= mine.version and loc != mine.record:
+            # Our own record from an earlier run of this host (it restarted the keep at
+            # the same epoch, its versions from 0): ours would never supersede it, and
+            # the mesh would keep that run's standbys and checkpoint. Sign above it.
+            mine.version = loc.version + 1
+            self._announce(mine, now)
+            learned = Learned(self.locations.get(loc.keep) or loc, learned.previous, False)
         if not learned.changed:
             best = learned.location
             if src is not None and best != loc and best.epoch >= loc.epoch:
@@ -490,12 +500,13 @@ class Migration:
         """Sign and spread this host's record. `material=False` (only the checkpoint
         moved): to the standbys alone; the periodic re-push carries it further."""
         seq, at = r.replication.last_checkpoint()
-        self._announce_raw(r.keep, r.owner, r.epoch, r.version, r.replication.ready(), seq,
-                           at, state, now, material=material)
+        r.record = self._announce_raw(r.keep, r.owner, r.epoch, r.version,
+                                      r.replication.ready(), seq, at, state, now,
+                                      material=material)
 
     def _announce_raw(self, keep: str, owner: bytes, epoch: int, version: int,
                       standbys: tuple[bytes, ...], seq: int, at: float, state: str,
-                      now: float, *, material: bool = True) -> None:
+                      now: float, *, material: bool = True) -> Location:
         st = LocationStatement(keep=keep, owner=owner, host=self.own_id, address=self.address,
                                epoch=epoch,
                                version=version, standbys=standbys,
@@ -507,6 +518,7 @@ class Migration:
             self._out.append(Send(n, loc))
         if material:
             self._forward(loc, exclude=None, skip=standbys)
+        return loc
 
     def _forward(self, loc: Location, exclude: NodeId | None,
                  skip: tuple[NodeId, ...] = ()) -> None:
