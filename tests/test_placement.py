@@ -527,3 +527,27 @@ def test_a_duplicated_message_neither_undoes_a_placement_nor_starts_a_keep_twice
     started = [k for keeps in mesh.running().values() for k in keeps]
     assert started == (["keep1", "keep1"] if twice == "place.commit" else [])
     assert len({h for h, keeps in mesh.running().items() if keeps}) == len(started)
+
+
+def test_a_full_location_table_gives_up_its_oldest_stopped_entry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found checking the sweep's bounds: nothing ever left the location table, so once
+    MAX_LOCATIONS (65,536) keeps had run anywhere over the mesh's life, stopped ones
+    included, no member accepted a new location (routing of new keeps broke mesh-wide).
+    A full table now drops its oldest stopped entry; with only running ones it refuses."""
+    import keepmesh.protocol.placement.machine as machine
+    monkeypatch.setattr(machine, "MAX_LOCATIONS", 3)
+    mesh = Mesh([{}, {}])
+    a = mesh.addrs[0]
+    place, host = mesh.places[a], mesh.nodes[a]
+    for i in range(3):
+        host.command(Commit(0, f"k{i}", 1, b"o" * 32, 1), mesh.now)
+    host.command(Release("k1"), mesh.now)   # stopped: k1
+    host.command(Release("k0"), mesh.now)   # stopped: k0 (newer)
+    host.command(Commit(0, "k3", 1, b"o" * 32, 1), mesh.now)
+    keeps = sorted(k for k, _ in place.locations)
+    assert keeps == ["k0", "k2", "k3"] and place.stats["locations.evicted"] == 1
+    host.command(Commit(0, "k4", 1, b"o" * 32, 1), mesh.now)  # evicts k0
+    host.command(Commit(0, "k5", 1, b"o" * 32, 1), mesh.now)  # all running: refused
+    assert sorted(k for k, _ in place.locations) == ["k2", "k3", "k4"]
+    assert place.stats["locations.full"] == 1

@@ -141,6 +141,9 @@ class PlacementMachine:
         self.leases = LeaseTable(memory_mb, max_keeps)
         # (keep, host id) -> where a replica runs or ran (hosts' statements, gossiped)
         self.locations: dict[tuple[str, bytes], Location] = {}
+        # keys of `locations` whose state is "stopped", oldest first: what a full table
+        # gives up for a new entry (else the keeps ever stopped fill it for good)
+        self._stopped: dict[tuple[str, bytes], None] = {}
         # what this entry placed recently, until the host's own statement arrives
         self.placed: dict[tuple[str, bytes], Location] = {}
         self.refusal_rate = 0.0
@@ -644,9 +647,18 @@ class PlacementMachine:
             return
         key = (loc.keep, loc.host_id)
         if key not in self.locations and len(self.locations) >= MAX_LOCATIONS:
-            self._count("locations.full")
-            return
+            if not self._stopped:
+                self._count("locations.full")
+                return
+            oldest = next(iter(self._stopped))
+            del self._stopped[oldest], self.locations[oldest]
+            self._count("locations.evicted")
         self.locations[key] = loc
+        if loc.state == "stopped":
+            self._stopped.pop(key, None)
+            self._stopped[key] = None
+        else:
+            self._stopped.pop(key, None)
         self._out.append(KeepLocated(loc.keep, loc.host_id, loc.host, loc.epoch, loc.state, now))
         if self.located_elsewhere is not None and self.located_elsewhere(loc.keep):
             return  # one location system: the signed record carries it
