@@ -291,3 +291,21 @@ def test_a_re_replicate_at_the_same_epoch_keeps_the_held_checkpoint_on_disk(
     assert isinstance(fresh, fx.StoreStandby) and fresh.seq == 0
     svc._store_standby(fresh)
     assert not (d / "checkpoint.bin").exists()
+
+
+def test_a_refused_chunk_gives_its_objects_budget_back() -> None:
+    """A keep that moves mid-transfer: its next chunk is refused (stale epoch), and the
+    partial object is dropped with it instead of holding the in-flight budget."""
+    from keepmesh.protocol.membership.signing import Ed25519Signer
+    me, host = _ids(2)
+    h, table = Holdings(me), LocationTable()
+    h.on_replicate(host, _replicate(), table)
+    chunks = split(KEEP, 1, "package", 0, 0.0, b"pkg", chunk_size=1)
+    h.on_transfer(host, chunks[0], table)
+    assert h.reassembler.held == 3
+    s = Ed25519Signer(b"\x05" * 32)
+    table.learn(sign_location(s, LocationStatement(
+        keep=KEEP, owner=bytes(32), host=s.node_id, address="x:1", epoch=2, version=0,
+        standbys=(), checkpoint_seq=0, checkpoint_at=0.0, state="running")))
+    assert h.on_transfer(host, chunks[1], table) == []  # refused once, at the start
+    assert h.reassembler.held == 0

@@ -877,6 +877,7 @@ class Migration:
             self._next_refresh = now + REFRESH_S
             self._push_own(now)
             self._forget_stale_holdings()
+            self.holdings.reassembler.expire_stalled()  # 20-30 s without a chunk
             self._renew_holds(now)
         if now >= self._next_eval:
             self._next_eval = now + EVAL_S

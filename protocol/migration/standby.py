@@ -348,6 +348,7 @@ class Holdings:
                 (t.total != h.package_size or t.digest != h.package_digest):
             why = "package does not match the replicate"
         if why is not None:
+            self.reassembler.forget(sender, t.keep, t.kind)  # nothing of it is stored
             if t.offset != 0:
                 return []  # refuse once per object, at its first chunk
             return [Send(sender, Ack(keep=t.keep, epoch=t.epoch, kind=t.kind, seq=t.seq,
