@@ -378,3 +378,43 @@ def test_a_restarted_host_signs_above_the_records_of_its_earlier_run() -> None:
         if n.up:
             loc = n.engine.locations.get(keep)
             assert loc is not None and loc.host == host.id and loc.standbys == ready
+
+
+def test_a_successor_that_starts_before_the_hand_over_fences_the_old_copy() -> None:
+    """Found reviewing odd orders during the sweep (a record at epoch + 1 before the
+    hand-over): a host handing a keep over for trust loss whose final checkpoint did
+    not reach the successor; after its 10 s grace the successor took over on its own,
+    from its older checkpoint. The old host took that record for its hand-over and
+    stopped "moved": the writes since that checkpoint were gone with no KeepFenced and
+    no fenced state. Only a record after the hand-over was sent is one."""
+    from keepmesh.protocol.migration.drain import Step
+    from keepmesh.protocol.migration.messages import Transfer
+    strict = BASE_POLICY + "[snp]\nmin_tcb = { microcode = 210 }\n"
+    net = Net(3)
+    host = net.nodes[0]
+    keep = net.deploy(host, "ship", policy=strict)
+    for _ in range(8):
+        net.call(keep)
+        net.run(1.0)
+    succ = net.by_id(host.engine.running[keep].replication.ready()[0])
+    send = net._send
+
+    def lossy(src: object, dst_id: bytes, msg: object) -> None:
+        if src is host and dst_id == succ.id and isinstance(msg, Transfer) \
+                and msg.kind == "checkpoint":
+            return  # the final checkpoint never reaches the successor
+        send(src, dst_id, msg)  # type: ignore[arg-type]
+    net._send = lossy  # type: ignore[method-assign]
+    for _ in range(3):
+        net.call(keep)  # writes after the standby's last checkpoint
+    written = host.counters[keep]
+    net.set_tcb(host, 200)  # the host fails this keep's policy: it hands over
+    net.run(0.5)
+    og = host.engine.running[keep].outgoing
+    assert og is not None and og.step is Step.SHIP and og.successor == succ.id
+    net.run(15.0)
+    assert succ.counters[keep] < written  # it restored its older checkpoint
+    assert [s.reason for s in host.stopped] == ["fenced"]
+    assert host.fenced_state[keep] == written
+    [fenced] = [e for e in host.events if isinstance(e, fx.KeepFenced)]
+    assert fenced.winner == succ.id and fenced.winner_epoch == 2
