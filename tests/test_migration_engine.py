@@ -6,6 +6,7 @@ is explicit and randomness seeded, so each scenario is exact.
 
 from __future__ import annotations
 
+import pytest
 from keepmesh.protocol.migration import effects as fx
 from keepmesh.protocol.migration.engine import TRUST_GRACE_S
 from migration_net import BASE_POLICY, Net
@@ -418,3 +419,32 @@ def test_a_successor_that_starts_before_the_hand_over_fences_the_old_copy() -> N
     assert host.fenced_state[keep] == written
     [fenced] = [e for e in host.events if isinstance(e, fx.KeepFenced)]
     assert fenced.winner == succ.id and fenced.winner_epoch == 2
+
+
+@pytest.mark.parametrize("lost", [False, True])
+def test_a_drain_finishes_when_a_keep_stops_here_during_it(lost: bool) -> None:
+    """Found reviewing odd orders during the sweep (KeepEnded during a drain): a
+    keep stopped by its owner, or lost, while a drain waited on it stayed in the drain's
+    set for good, so DrainFinished never came (`agent.drain` timed out). Stopped, it no
+    longer needs moving; lost, it is a failure; the drain finishes either way."""
+    from keepmesh.protocol.migration.messages import Transfer
+    net = Net(3)
+    host = net.nodes[0]
+    moves, stops = net.deploy(host, "moves"), net.deploy(host, "stops")
+    net.run(6.0)
+    send, blocked = net._send, [True]
+
+    def held_back(src: object, dst_id: bytes, msg: object) -> None:
+        if not (blocked[0] and src is host and isinstance(msg, Transfer)):
+            send(src, dst_id, msg)  # type: ignore[arg-type]
+    net._send = held_back  # type: ignore[method-assign]
+    host.engine.drain(net.now)
+    net.pump()
+    host.engine.keep_gone(stops, net.now, lost=lost)
+    host.counters.pop(stops)
+    net.pump()
+    blocked[0] = False
+    net.run(60.0)
+    [done] = [e for e in host.events if isinstance(e, fx.DrainFinished)]
+    assert [m.keep for m in done.moved] == [moves]
+    assert [k for k, _ in done.failed] == ([stops] if lost else [])

@@ -281,6 +281,13 @@ class Migration:
             return
         r.version += 1
         self._announce(r, now, state="lost" if lost else "stopped")
+        # A drain waiting on it would never finish: stopped by its owner it no longer
+        # needs a new host (neither moved nor failed); lost here, it did not move.
+        if lost:
+            self._drain_note(keep, None, "the keep stopped here before it moved")
+        elif keep in self._drain_keeps:
+            self._drain_keeps.discard(keep)
+            self._check_drain()
 
     # ============================================================ commands
 
