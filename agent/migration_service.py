@@ -317,8 +317,13 @@ class MigrationService:
     def _store_standby(self, out: fx.StoreStandby) -> None:
         d = self._standby_dir(out.keep)
         if out.kind == "deployment":
-            for stale in ("package.bin", "checkpoint.bin", "checkpoint.json"):
-                (d / stale).unlink(missing_ok=True)
+            # out.seq: the checkpoint the protocol keeps from the same host and epoch (a
+            # host that restarted and re-replicates); 0, or a mismatch: drop it too
+            stale = ["package.bin"]
+            if out.seq == 0 or self._held_checkpoint_seq(d) != out.seq:
+                stale += ["checkpoint.bin", "checkpoint.json"]
+            for name in stale:
+                (d / name).unlink(missing_ok=True)
             atomic_write(d / "deployment.bin", out.data)
         elif out.kind == "package":
             atomic_write(d / "package.bin", out.data)
@@ -326,6 +331,14 @@ class MigrationService:
             atomic_write(d / "checkpoint.bin", out.data)
             atomic_write(d / "checkpoint.json", json.dumps(
                 {"seq": out.seq, "epoch": out.epoch, "taken_at": out.taken_at}).encode())
+
+    @staticmethod
+    def _held_checkpoint_seq(d: Path) -> int:
+        try:
+            seq = json.loads((d / "checkpoint.json").read_text()).get("seq")
+        except (OSError, ValueError, AttributeError):
+            return 0
+        return seq if isinstance(seq, int) and (d / "checkpoint.bin").is_file() else 0
 
     async def _start_from_checkpoint(self, out: fx.StartFromCheckpoint) -> None:
         deployment: Deployment | None = None

@@ -6,6 +6,7 @@ is explicit and randomness seeded, so each scenario is exact.
 
 from __future__ import annotations
 
+import pytest
 from keepmesh.protocol.migration import effects as fx
 from keepmesh.protocol.migration.engine import TRUST_GRACE_S
 from migration_net import BASE_POLICY, Net
@@ -280,3 +281,170 @@ def test_a_keep_whose_host_is_gone_is_listed_moving_or_orphaned_not_running() ->
     assert shown() == "orphaned"
     viewer.engine.member_state(host.id, True, net.now)  # the host is back: its record holds
     assert shown() == "running"
+
+
+def test_a_hand_over_deadline_is_a_time_at_which_tick_acts() -> None:
+    """next_deadline() said sent_at + RESEND_S (and started + 4 x the deadline), but tick()
+    tested `now - sent_at >= RESEND_S`, which rounds below it for some times (0.3 + 2.0),
+    and `now - started > 120` (strict): at that deadline nothing happened and the same past
+    deadline came back, so a virtual-time driver spun (the placement/migration sweep)."""
+    from keepmesh.protocol.migration.drain import Outgoing, Step
+    node, keep = b"\x01" * 32, "ab" * 16
+    og = Outgoing(keep, 1, "drain", 0.0)
+    og.advance([node], 0.0, 1)
+    og.checkpoint_taken(1)
+    [handover] = og.acked(node, 1, 0.30000000000000004)
+    assert og.step is Step.HANDOVER
+    t = og.next_deadline()
+    assert t is not None
+    assert og.tick(t) and og.next_deadline() > t  # type: ignore[operator]
+    og = Outgoing(keep, 1, "drain", 8.200000000000001)
+    og.advance([node], og.started, 1)
+    og.checkpoint_taken(1)
+    og.acked(node, 1, og.started)
+    for _ in range(100):  # resends until the final deadline, which ends it
+        t = og.next_deadline()
+        if t is None:
+            break
+        og.tick(t)
+    assert og.step is Step.FAILED and og.resume_epoch == 3
+
+
+def test_a_standby_forgets_what_no_record_can_use_and_keeps_the_rest() -> None:
+    """Found checking the sweep's bounds (holdings only ever grew): nothing but a
+    take-over here removed a holding, so every keep a standby ever served stayed held,
+    deployment bytes and all, until MAX_HELD (10,000), and then every new replicate was
+    refused ("standby full"). A holding is dropped once the keep's record is stopped or
+    names another host or epoch; one its record still names is kept."""
+    net = Net(3)
+    host = net.nodes[0]
+    stopped, running = net.deploy(host, "stops"), net.deploy(host, "runs")
+    net.run(1.0)
+    standby = {k: net.by_id(host.engine.running[k].replication.ready()[0])
+               for k in (stopped, running)}
+    assert all(k in standby[k].engine.holdings.held for k in (stopped, running))
+    host.engine.keep_gone(stopped, net.now)
+    host.counters.pop(stopped)
+    net.pump()
+    net.run(12.0)  # one refresh period
+    assert stopped not in standby[stopped].engine.holdings.held
+    assert running in standby[running].engine.holdings.held  # still its host's standby
+    # the keep moves on (its host crashes): what another member held for the old epoch goes
+    net.crash(host)
+    [new] = net.running(running)
+    net.run(12.0)
+    for n in net.nodes[1:]:
+        h = n.engine.holdings.held.get(running)
+        assert h is None or (h.host, h.epoch) == (new.id, 2)
+
+
+def test_a_restarted_host_signs_above_the_records_of_its_earlier_run() -> None:
+    """Found reviewing record order for replayed records during the sweep: a
+    host that restarts runs its keeps at the same epoch with a fresh engine, its record
+    versions from 0. The mesh's record from its earlier run (higher version, or equal
+    and different) superseded every new one: members kept that run's standbys (here a
+    crashed one) while the live standby went unlisted, so a crash would orphan the keep.
+    Told its old record (the rejoin push), the host now signs above it."""
+    import random
+
+    from keepmesh.protocol.attestation.policy import load_policy
+    from keepmesh.protocol.membership.signing import Ed25519Verifier
+    from keepmesh.protocol.migration.engine import Migration
+    from keepmesh.protocol.migration.triggers import Attested
+    from migration_net import evidence
+    net = Net(4)
+    host = net.nodes[0]
+    keep = net.deploy(host, "restarts")
+    for _ in range(30):  # standbys and checkpoints: the record's version climbs
+        net.call(keep)
+        net.run(1.0)
+    old = host.engine
+    [first_standby] = old.running[keep].replication.ready()
+    host.engine = Migration(host.signer, Ed25519Verifier(), old.address, random.Random(5),
+                            net.now, default_policy=load_policy(BASE_POLICY))
+    for n in net.nodes:
+        host.engine.member_state(n.id, True, net.now)
+        host.engine.member_evidence(n.id, Attested(evidence(n.id), 0.0), net.now)
+    for n in net.nodes[1:]:
+        n.engine.member_state(host.id, True, net.now, rejoined=True)
+    host.engine.keep_running(net.deployments[keep], 1, net.now)  # from disk, same epoch
+    net.pump()
+    net.crash(net.by_id(first_standby))
+    for _ in range(40):
+        net.call(keep)
+        net.run(1.0)
+    ready = host.engine.running[keep].replication.ready()
+    assert ready and first_standby not in ready
+    for n in net.nodes[1:]:
+        if n.up:
+            loc = n.engine.locations.get(keep)
+            assert loc is not None and loc.host == host.id and loc.standbys == ready
+
+
+def test_a_successor_that_starts_before_the_hand_over_fences_the_old_copy() -> None:
+    """Found reviewing odd orders during the sweep (a record at epoch + 1 before the
+    hand-over): a host handing a keep over for trust loss whose final checkpoint did
+    not reach the successor; after its 10 s grace the successor took over on its own,
+    from its older checkpoint. The old host took that record for its hand-over and
+    stopped "moved": the writes since that checkpoint were gone with no KeepFenced and
+    no fenced state. Only a record after the hand-over was sent is one."""
+    from keepmesh.protocol.migration.drain import Step
+    from keepmesh.protocol.migration.messages import Transfer
+    strict = BASE_POLICY + "[snp]\nmin_tcb = { microcode = 210 }\n"
+    net = Net(3)
+    host = net.nodes[0]
+    keep = net.deploy(host, "ship", policy=strict)
+    for _ in range(8):
+        net.call(keep)
+        net.run(1.0)
+    succ = net.by_id(host.engine.running[keep].replication.ready()[0])
+    send = net._send
+
+    def lossy(src: object, dst_id: bytes, msg: object) -> None:
+        if src is host and dst_id == succ.id and isinstance(msg, Transfer) \
+                and msg.kind == "checkpoint":
+            return  # the final checkpoint never reaches the successor
+        send(src, dst_id, msg)  # type: ignore[arg-type]
+    net._send = lossy  # type: ignore[method-assign]
+    for _ in range(3):
+        net.call(keep)  # writes after the standby's last checkpoint
+    written = host.counters[keep]
+    net.set_tcb(host, 200)  # the host fails this keep's policy: it hands over
+    net.run(0.5)
+    og = host.engine.running[keep].outgoing
+    assert og is not None and og.step is Step.SHIP and og.successor == succ.id
+    net.run(15.0)
+    assert succ.counters[keep] < written  # it restored its older checkpoint
+    assert [s.reason for s in host.stopped] == ["fenced"]
+    assert host.fenced_state[keep] == written
+    [fenced] = [e for e in host.events if isinstance(e, fx.KeepFenced)]
+    assert fenced.winner == succ.id and fenced.winner_epoch == 2
+
+
+@pytest.mark.parametrize("lost", [False, True])
+def test_a_drain_finishes_when_a_keep_stops_here_during_it(lost: bool) -> None:
+    """Found reviewing odd orders during the sweep (KeepEnded during a drain): a
+    keep stopped by its owner, or lost, while a drain waited on it stayed in the drain's
+    set for good, so DrainFinished never came (`agent.drain` timed out). Stopped, it no
+    longer needs moving; lost, it is a failure; the drain finishes either way."""
+    from keepmesh.protocol.migration.messages import Transfer
+    net = Net(3)
+    host = net.nodes[0]
+    moves, stops = net.deploy(host, "moves"), net.deploy(host, "stops")
+    net.run(6.0)
+    send, blocked = net._send, [True]
+
+    def held_back(src: object, dst_id: bytes, msg: object) -> None:
+        if not (blocked[0] and src is host and isinstance(msg, Transfer)):
+            send(src, dst_id, msg)  # type: ignore[arg-type]
+    net._send = held_back  # type: ignore[method-assign]
+    host.engine.drain(net.now)
+    net.pump()
+    host.engine.keep_gone(stops, net.now, lost=lost)
+    host.counters.pop(stops)
+    net.pump()
+    blocked[0] = False
+    net.run(60.0)
+    [done] = [e for e in host.events if isinstance(e, fx.DrainFinished)]
+    assert [m.keep for m in done.moved] == [moves]
+    assert [k for k, _ in done.failed] == ([stops] if lost else [])

@@ -108,3 +108,27 @@ def test_standby_hold_is_released_when_the_keep_stops_needing_it() -> None:
     sim.after(addrs[0])
     sim.run_until(60.0)
     assert _leases(sim.hosts[standby]).leases.holds(keep) is None
+
+
+def test_a_standby_hold_no_record_names_is_not_renewed() -> None:
+    """The hold is renewed "while the keep's record still names its host at that epoch"
+    (specs/migration.md §4); with no record at all it was renewed for ever, so a member
+    replicating keeps nobody runs (its own self-signed deployments) held a standby's
+    capacity for good. Found by the placement/migration sweep. A real host's record
+    reaches the standby ahead of its replicate (the renewal case: the first test)."""
+    from keepmesh.protocol.migration.messages import Replicate
+    from keepmesh.protocol.wire import encode_payload
+    sim = MeshSim(3, seed=11, placement=True)
+    sim.run_until(15.0)
+    addrs = list(sim.hosts)
+    sender, standby = sim.hosts[addrs[1]], sim.hosts[addrs[2]]
+    d = deployment("nobody-runs-it")
+    keep = deployment_id(d)
+    standby.node.receive(encode_payload(Replicate(
+        keep=keep, epoch=1, deployment=encode_payload(d), package_size=3,
+        package_digest=bytes(32))), addrs[1], sender.node.node_id, sim.now)
+    sim.after(addrs[2])
+    assert _leases(standby).leases.holds(keep) is not None  # taken: no record yet
+    sim.run_until(60.0)
+    assert standby.machine.engine.locations.get(keep) is None
+    assert _leases(standby).leases.holds(keep) is None

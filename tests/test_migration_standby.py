@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 
 import pytest
@@ -112,6 +113,22 @@ def test_silent_standby_is_dropped_after_timeout() -> None:
     assert rep.links[att.node].state is LinkState.FAILED
 
 
+
+@pytest.mark.parametrize("since", [0.0, 62.0, 0.1, 1e5 + 0.7])
+def test_a_link_deadline_is_a_time_at_which_expire_acts(since: float) -> None:
+    """deadline() said waiting_since + timeout, but expire() wanted strictly more than the
+    timeout (and `now - since` can round below it): a driver called handle_timer at the
+    deadline, nothing changed and the same past deadline came back, for ever in virtual
+    time (found by the placement/migration sweep, a link waiting since t = 62.0)."""
+    rep, others, view = _rep()
+    [att] = rep.reconcile(view, others, since, random.Random(1))
+    rep.next_checkpoint = math.inf  # the link's deadline is the only one
+    t = rep.deadline()
+    assert t == since + 15.0
+    assert rep.expire(t)
+    assert rep.links[att.node].state is LinkState.FAILED and rep.deadline() > t
+
+
 def _replicate(epoch: int = 1) -> Replicate:
     return Replicate(keep=KEEP, epoch=epoch, deployment=b"d", package_size=3,
                      package_digest=hashlib.sha256(b"pkg").digest())
@@ -208,3 +225,87 @@ def test_a_standby_cannot_push_the_numbering_off_the_wire(claimed: int) -> None:
     _to_ready(rep, others, view, replicate_seq=claimed)
     expected = claimed + 1 if claimed <= 1 << 53 else 1
     assert rep.request_seq() == expected
+
+
+def test_a_newer_epoch_replaces_a_replica_only_with_its_hosts_record() -> None:
+    """Found by the placement/migration sweep: a replicate at an epoch above the best
+    record, from a member no record names, replaced the replica held for the keep's real
+    host (its transfers then refused as older, a crash of the host finding no replica).
+    A newer epoch is proven by its host's signed record, sent ahead of the replicate."""
+    from keepmesh.protocol.membership.signing import Ed25519Signer
+    me = _ids(1)[0]
+    host, other = Ed25519Signer(b"\x05" * 32), Ed25519Signer(b"\x06" * 32)
+
+    def record(s: Ed25519Signer, epoch: int) -> None:
+        table.learn(sign_location(s, LocationStatement(
+            keep=KEEP, owner=bytes(32), host=s.node_id, address="x:1", epoch=epoch,
+            version=0, standbys=(me,), checkpoint_seq=0, checkpoint_at=0.0,
+            state="running")))
+
+    h, table = Holdings(me), LocationTable()
+    record(host, 1)
+    assert h.on_replicate(host.node_id, _replicate(1), table)[-1].message.ok  # type: ignore[union-attr]
+    [refused] = h.on_replicate(other.node_id, _replicate(2), table)
+    assert not refused.message.ok and "no record of epoch 2" in refused.message.reason  # type: ignore[union-attr]
+    assert (h.held[KEEP].host, h.held[KEEP].epoch) == (host.node_id, 1)
+    [pkg] = split(KEEP, 1, "package", 0, 0.0, b"pkg")
+    assert isinstance(h.on_transfer(host.node_id, pkg, table)[0], fx.StoreStandby)
+    record(other, 2)  # the keep moved: its new host's record proves epoch 2
+    assert h.on_replicate(other.node_id, _replicate(2), table)[-1].message.ok  # type: ignore[union-attr]
+    assert (h.held[KEEP].host, h.held[KEEP].epoch) == (other.node_id, 2)
+
+
+def test_a_re_replicate_at_the_same_epoch_keeps_the_held_checkpoint_on_disk(
+        tmp_path: object) -> None:
+    """A host that restarted re-replicates at the same epoch; its standby keeps checkpoint
+    n and says so (ack seq = n), and the host numbers on above it (§4). But the agent
+    dropped checkpoint.bin on every StoreStandby("deployment"): a crash of the host
+    before its next checkpoint then failed the restore of n (no file), an orphaned keep.
+    Found reading the replicate path while sweeping replayed replicates. StoreStandby
+    now carries the kept seq; the agent drops the checkpoint only when it is 0."""
+    from pathlib import Path
+    from keepmesh.agent.migration_service import MigrationService
+    me, host, other = _ids(3)
+    h, table = Holdings(me), LocationTable()
+    h.on_replicate(host, _replicate(), table)
+    h.on_transfer(host, split(KEEP, 1, "package", 0, 0.0, b"pkg")[0], table)
+    stored = h.on_transfer(host, split(KEEP, 1, "checkpoint", 4, 9.0, b"c4")[0], table)
+    svc = MigrationService.__new__(MigrationService)
+    svc.root = Path(str(tmp_path))
+    first = Holdings(me).on_replicate(host, _replicate(), LocationTable())[0]
+    assert isinstance(first, fx.StoreStandby) and first.seq == 0
+    svc._store_standby(first)
+    for out in stored:
+        if isinstance(out, fx.StoreStandby):
+            svc._store_standby(out)
+    d = svc.root / "standby" / KEEP
+    assert (d / "checkpoint.bin").read_bytes() == b"c4"
+    # the same host at the same epoch again (it restarted): n = 4 is kept, file and all
+    again = h.on_replicate(host, _replicate(), table)
+    assert isinstance(again[0], fx.StoreStandby) and again[0].seq == 4
+    assert again[1].message.seq == 4  # type: ignore[union-attr]
+    svc._store_standby(again[0])
+    assert (d / "checkpoint.bin").read_bytes() == b"c4" and not (d / "package.bin").exists()
+    # another host (or epoch): nothing of the old replica is kept
+    fresh = Holdings(me).on_replicate(other, _replicate(), LocationTable())[0]
+    assert isinstance(fresh, fx.StoreStandby) and fresh.seq == 0
+    svc._store_standby(fresh)
+    assert not (d / "checkpoint.bin").exists()
+
+
+def test_a_refused_chunk_gives_its_objects_budget_back() -> None:
+    """A keep that moves mid-transfer: its next chunk is refused (stale epoch), and the
+    partial object is dropped with it instead of holding the in-flight budget."""
+    from keepmesh.protocol.membership.signing import Ed25519Signer
+    me, host = _ids(2)
+    h, table = Holdings(me), LocationTable()
+    h.on_replicate(host, _replicate(), table)
+    chunks = split(KEEP, 1, "package", 0, 0.0, b"pkg", chunk_size=1)
+    h.on_transfer(host, chunks[0], table)
+    assert h.reassembler.held == 3
+    s = Ed25519Signer(b"\x05" * 32)
+    table.learn(sign_location(s, LocationStatement(
+        keep=KEEP, owner=bytes(32), host=s.node_id, address="x:1", epoch=2, version=0,
+        standbys=(), checkpoint_seq=0, checkpoint_at=0.0, state="running")))
+    assert h.on_transfer(host, chunks[1], table) == []  # refused once, at the start
+    assert h.reassembler.held == 0

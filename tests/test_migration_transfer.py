@@ -77,3 +77,26 @@ def test_chunk_past_the_declared_total_is_refused() -> None:
     assert r.feed(b"s", first) is None  # the object can start over
     done = r.feed(b"s", second)
     assert done is not None and done.data == data and r.held == 0
+
+
+def test_objects_whose_sender_stopped_give_their_budget_back() -> None:
+    """Found checking the sweep's bounds: a partial object whose sender stopped sending
+    (the keep moved or stopped, the standby was replaced) kept its declared total in the
+    256 MiB in-flight budget for as long as the sender lived; four abandoned 64 MiB
+    checkpoints and every later transfer was refused. Stalled ones now expire; one still
+    receiving chunks does not."""
+    r = Reassembler(max_inflight=100)
+    stuck = split(KEEP, 1, "checkpoint", 1, 0.0, b"a" * 60, chunk_size=10)
+    moving = split(KEEP, 1, "package", 0, 0.0, b"b" * 30, chunk_size=10)
+    r.feed(b"s1", stuck[0])
+    r.feed(b"s2", moving[0])
+    with pytest.raises(ProtocolError, match="in flight"):
+        r.feed(b"s3", split(KEEP, 1, "checkpoint", 1, 0.0, b"c" * 20)[0])
+    assert r.expire_stalled() == 0  # first look: both new
+    r.feed(b"s2", moving[1])
+    assert r.expire_stalled() == 0  # s1 idle once; s2 moved on
+    assert r.expire_stalled() == 1  # s1 idle twice: dropped; s2 idle once
+    assert r.held == 30
+    assert r.feed(b"s2", moving[2]) is not None  # the live one completes
+    assert r.feed(b"s3", split(KEEP, 1, "checkpoint", 1, 0.0, b"c" * 20)[0]) is not None
+    assert r.held == 0

@@ -433,3 +433,121 @@ def test_a_label_name_with_a_trailing_newline_is_refused(where: str) -> None:
            else PlacementSpec(replicas=2, labels={}, spread="rack\n"))
     with pytest.raises(ProtocolError):
         bad.validate()
+
+
+def _answer_as_asked(mesh: Mesh, entry: str, request: int, make: object) -> None:
+    """Each member the entry waits on answers `make(req)` (on its own channel)."""
+    from keepmesh.protocol.wire import encode_payload
+    waiting = mesh.places[entry]._requests[request].waiting
+    for wire, host in list(waiting.items()):
+        src = next(a for a in mesh.addrs if mesh.nodes[a].node_id == host)
+        mesh.nodes[entry].receive(encode_payload(make(wire)), src, host,  # type: ignore[operator]
+                                  mesh.now)
+
+
+def test_a_reply_of_the_wrong_kind_from_the_asked_member_is_not_an_answer() -> None:
+    """Found by the placement/migration sweep. A bid answering a reservation consumed the
+    wait: the request was never answered and its past deadline came back for ever (a
+    spinning timer, one of MAX_REQUESTS slots gone). `reserved` answering a probe placed
+    replicas on hosts never asked to reserve (2 placements for replicas = 1)."""
+    from keepmesh.protocol.placement.messages import PlaceBid, PlaceReserved
+    mesh = Mesh([{"memory": 10}, {}, {}, {}], commit_by_entry=False)  # entry: no room
+    a = mesh.addrs[0]
+    place = mesh.places[a]
+    mesh.deploy(a, 1, req(memory=64))
+    mesh.heap.clear()
+    _answer_as_asked(mesh, a, 1, lambda w: PlaceReserved(req=w, lease=99, ttl_ms=1000))
+    assert place._requests[1].phase == "probe" and not place._requests[1].placed
+    _answer_as_asked(mesh, a, 1, lambda w: PlaceBid(req=w, free_mb=500, free_slots=3, ok=True))
+    request = place._requests[1]
+    assert request.phase == "reserve" and request.waiting  # the right answer is taken
+    _answer_as_asked(mesh, a, 1, lambda w: PlaceBid(req=w, free_mb=500, free_slots=3, ok=True))
+    assert request.waiting and place.stats["reply.unexpected"] >= 3
+    deadline = request.deadline
+    place.handle_timer(deadline)  # unanswered: a refusal, the next round
+    timer = place.get_timer()
+    assert timer is not None and timer > deadline
+    mesh.run_until(10.0)
+    done = mesh.result(a, 1)
+    assert isinstance(done, PlacementDone) and len(done.placements) == 1
+    assert all(p.lease != 99 for p in done.placements)
+
+
+@pytest.mark.parametrize("who", ["reserver", "other member", "reserver, agent host"])
+def test_only_the_member_that_reserved_a_lease_commits_or_releases_it(who: str) -> None:
+    """Lease ids are small counters. Any member could send place.commit for one: on an
+    agent host (where the owner commits, not the wire) that made a reservation a hold
+    that never expires, for a keep that never starts; place.release gave anyone's
+    reservation back. Found by the placement/migration sweep."""
+    from keepmesh.protocol.placement.messages import PlaceCommit, PlaceRelease, PlaceReserve
+    from keepmesh.protocol.wire import encode_payload
+    mesh = Mesh([{}, {}, {}], commit_by_entry=who != "reserver, agent host")
+    a, b, c = mesh.addrs
+    host, place = mesh.nodes[a], mesh.places[a]
+    sender = mesh.nodes[b if who != "other member" else c]
+
+    def send(msg: object, src: MeshNode) -> None:
+        host.receive(encode_payload(msg), src.address, src.node_id, mesh.now)  # type: ignore[arg-type]
+
+    for keep in ("k1", "k2"):
+        send(PlaceReserve(req=1, keep=keep, memory_mb=64, ttl_ms=5000), mesh.nodes[b])
+    l1, l2 = (place.leases.holds(k) for k in ("k1", "k2"))
+    assert l1 is not None and l2 is not None
+    send(PlaceCommit(req=2, lease=l1.lease_id, keep="k1", epoch=1), sender)
+    send(PlaceRelease(lease=l2.lease_id, keep=""), sender)
+    assert l1.committed is (who == "reserver")  # the wire commits in the simulator only
+    assert (place.leases.holds("k2") is None) is (who != "other member")
+    mesh.run_until(6.0)  # what was not committed expires: nothing stranded
+    assert list(place.leases.leases.values()) == ([l1] if who == "reserver" else [])
+
+
+@pytest.mark.parametrize("twice", ["place.reserved", "place.commit"])
+def test_a_duplicated_message_neither_undoes_a_placement_nor_starts_a_keep_twice(
+        twice: str) -> None:
+    """Found by the placement/migration sweep (replayed traffic). A second `reserved`
+    from the host, while the entry still waited on another replica, was taken for a late
+    reservation and released: PlacementDone named a lease its host no longer held. A
+    second `place.commit` committed again and emitted a second StartKeep."""
+    mesh = Mesh([{"memory": 10}, {}, {}, {}], commit_by_entry=twice == "place.commit")
+    for addr, node in mesh.nodes.items():
+        deliver = node.receive
+
+        def dup(data: bytes, src: str, src_id: bytes | None, now: float,
+                decoded: object = None, deliver: object = deliver) -> None:
+            for _ in range(2 if data[3:3 + len(twice)] == twice.encode() else 1):
+                deliver(data, src, src_id, now)  # type: ignore[operator]
+        node.receive = dup  # type: ignore[method-assign]
+    a = mesh.addrs[0]
+    mesh.deploy(a, 1, req(memory=64, replicas=2))
+    mesh.run_until(3.0)
+    done = mesh.result(a, 1)
+    assert isinstance(done, PlacementDone) and len(done.placements) == 2
+    for p in done.placements:
+        assert p.lease in mesh.places[p.host].leases.leases
+    started = [k for keeps in mesh.running().values() for k in keeps]
+    assert started == (["keep1", "keep1"] if twice == "place.commit" else [])
+    assert len({h for h, keeps in mesh.running().items() if keeps}) == len(started)
+
+
+def test_a_full_location_table_gives_up_its_oldest_stopped_entry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found checking the sweep's bounds: nothing ever left the location table, so once
+    MAX_LOCATIONS (65,536) keeps had run anywhere over the mesh's life, stopped ones
+    included, no member accepted a new location (routing of new keeps broke mesh-wide).
+    A full table now drops its oldest stopped entry; with only running ones it refuses."""
+    import keepmesh.protocol.placement.machine as machine
+    monkeypatch.setattr(machine, "MAX_LOCATIONS", 3)
+    mesh = Mesh([{}, {}])
+    a = mesh.addrs[0]
+    place, host = mesh.places[a], mesh.nodes[a]
+    for i in range(3):
+        host.command(Commit(0, f"k{i}", 1, b"o" * 32, 1), mesh.now)
+    host.command(Release("k1"), mesh.now)   # stopped: k1
+    host.command(Release("k0"), mesh.now)   # stopped: k0 (newer)
+    host.command(Commit(0, "k3", 1, b"o" * 32, 1), mesh.now)
+    keeps = sorted(k for k, _ in place.locations)
+    assert keeps == ["k0", "k2", "k3"] and place.stats["locations.evicted"] == 1
+    host.command(Commit(0, "k4", 1, b"o" * 32, 1), mesh.now)  # evicts k0
+    host.command(Commit(0, "k5", 1, b"o" * 32, 1), mesh.now)  # all running: refused
+    assert sorted(k for k, _ in place.locations) == ["k2", "k3", "k4"]
+    assert place.stats["locations.full"] == 1

@@ -112,10 +112,14 @@ class Outgoing:
         return self.advance(ready, now)
 
     def located(self, host: NodeId, epoch: int) -> bool:
-        """A location at a higher epoch means someone took over; True when that ends us."""
+        """A location at a higher epoch means someone took over; True when that ends us.
+        It is our hand-over (DONE) only once the hand-over was sent: before, even the
+        chosen successor started on its own, from a checkpoint older than our final
+        one, and this copy's later writes are fenced aside, not silently dropped."""
         if self.finished() or epoch <= self.epoch:
             return False
-        self.step = Step.DONE if host == self.successor else Step.FAILED
+        ours = host == self.successor and self.step is Step.HANDOVER
+        self.step = Step.DONE if ours else Step.FAILED
         if self.step is Step.FAILED:
             self.reason = "superseded by another host"
         return True
@@ -132,14 +136,14 @@ class Outgoing:
         if self.finished():
             return []
         if self.step is Step.HANDOVER:
-            if now - self.started > HANDOVER_DEADLINE_S * 4:
+            if now >= self.started + HANDOVER_DEADLINE_S * 4:
                 # Unknown outcome for a very long time: fence whatever the successor
                 # may run and serve again here (the successor never answered).
                 self.step = Step.FAILED
                 self.reason = "successor never answered the hand-over"
                 self.resume_epoch = self.epoch + 2
                 return []
-            if now - self.sent_at >= RESEND_S:
+            if now >= self.sent_at + RESEND_S:
                 return [self._handover(now)]
             return []
         if now >= self.deadline:

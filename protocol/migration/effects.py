@@ -76,7 +76,12 @@ class SendCheckpoint:
 
 @dataclass(frozen=True)
 class StoreStandby:
-    """Persist what a standby received (deployment/key, package or checkpoint)."""
+    """Persist what a standby received (deployment/key, package or checkpoint).
+
+    For `kind == "deployment"` (a replicate) `seq` is the checkpoint the standby keeps
+    from before: a host that restarted re-replicates at the same epoch and numbers on
+    above it (specs/migration.md §4), so the driver keeps that checkpoint; 0: drop
+    every package and checkpoint held for the keep."""
 
     keep: str
     epoch: int

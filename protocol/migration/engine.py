@@ -117,6 +117,7 @@ class Running:
     version: int = 0
     outgoing: Outgoing | None = None
     deployment: Deployment | None = None
+    record: Location | None = None  # the newest record this host signed for it
 
 
 @dataclass
@@ -280,6 +281,13 @@ class Migration:
             return
         r.version += 1
         self._announce(r, now, state="lost" if lost else "stopped")
+        # A drain waiting on it would never finish: stopped by its owner it no longer
+        # needs a new host (neither moved nor failed); lost here, it did not move.
+        if lost:
+            self._drain_note(keep, None, "the keep stopped here before it moved")
+        elif keep in self._drain_keeps:
+            self._drain_keeps.discard(keep)
+            self._check_drain()
 
     # ============================================================ commands
 
@@ -401,20 +409,39 @@ class Migration:
         return self.placement.hold(keep, d, now)
 
     def _renew_holds(self, now: float) -> None:
-        """Standby holds live as long as the keep's host still counts on us; a hold whose
-        keep moved on without us (or that placement refuses to renew) is given back."""
+        """Standby holds live as long as the keep's host still counts on us: while its
+        record names that host at that epoch. A hold whose keep moved on without us, that
+        no record names (nobody claims to run it), or that placement refuses to renew is
+        given back."""
         if self.placement is None:
             return
         for keep, (host, epoch) in list(self._holds.items()):
             best = self.locations.get(keep)
             h = self.holdings.held.get(keep)
-            gone = h is None or (h.host, h.epoch) != (host, epoch) or (
-                best is not None and best.host != self.own_id
+            gone = h is None or (h.host, h.epoch) != (host, epoch) or best is None or (
+                best.host != self.own_id
                 and (best.epoch > epoch or best.host != host or best.state == "stopped"))
             if gone or self._hold(keep, now) is not None:
                 del self._holds[keep]
                 if keep not in self.running and keep not in self.starting:
                     self.placement.release(keep, now)
+
+    def _forget_stale_holdings(self) -> None:
+        """Drop what this member holds for keeps that can no longer use it: the keep's
+        best record is stopped by its owner, or names another host or epoch (it moved on;
+        a take-over needs a holding from the record's own host and epoch, and a new host
+        that wants us replicates afresh). Why: nothing else ever removed a holding but a
+        take-over here, so every keep a standby ever served stayed held (with its
+        deployment bytes) until MAX_HELD, and then every new replicate was refused."""
+        for keep, h in list(self.holdings.held.items()):
+            best = self.locations.get(keep)
+            if best is None or keep in self.starting:
+                continue
+            if best.state == "stopped" or (best.host, best.epoch) != (h.host, h.epoch):
+                self.holdings.drop(keep)
+                self._trust_since.pop(keep, None)
+                if keep not in self.running:
+                    self._policies.pop(keep, None)
 
     def check_epoch(self, keep: str, epoch: int) -> Fenced | None:
         """For any message addressed to `keep` at `epoch`: None to serve it, or the
@@ -431,6 +458,15 @@ class Migration:
         """A location record (gossip, fenced reply); applies the fencing rule."""
         verify_location(self.verifier, loc)
         learned = self.locations.learn(loc)
+        mine = self.running.get(loc.keep)
+        if mine is not None and loc.host == self.own_id and loc.epoch == mine.epoch \
+                and loc.version >= mine.version and loc != mine.record:
+            # Our own record from an earlier run of this host (it restarted the keep at
+            # the same epoch, its versions from 0): ours would never supersede it, and
+            # the mesh would keep that run's standbys and checkpoint. Sign above it.
+            mine.version = loc.version + 1
+            self._announce(mine, now)
+            learned = Learned(self.locations.get(loc.keep) or loc, learned.previous, False)
         if not learned.changed:
             best = learned.location
             if src is not None and best != loc and best.epoch >= loc.epoch:
@@ -471,12 +507,13 @@ class Migration:
         """Sign and spread this host's record. `material=False` (only the checkpoint
         moved): to the standbys alone; the periodic re-push carries it further."""
         seq, at = r.replication.last_checkpoint()
-        self._announce_raw(r.keep, r.owner, r.epoch, r.version, r.replication.ready(), seq,
-                           at, state, now, material=material)
+        r.record = self._announce_raw(r.keep, r.owner, r.epoch, r.version,
+                                      r.replication.ready(), seq, at, state, now,
+                                      material=material)
 
     def _announce_raw(self, keep: str, owner: bytes, epoch: int, version: int,
                       standbys: tuple[bytes, ...], seq: int, at: float, state: str,
-                      now: float, *, material: bool = True) -> None:
+                      now: float, *, material: bool = True) -> Location:
         st = LocationStatement(keep=keep, owner=owner, host=self.own_id, address=self.address,
                                epoch=epoch,
                                version=version, standbys=standbys,
@@ -488,6 +525,7 @@ class Migration:
             self._out.append(Send(n, loc))
         if material:
             self._forward(loc, exclude=None, skip=standbys)
+        return loc
 
     def _forward(self, loc: Location, exclude: NodeId | None,
                  skip: tuple[NodeId, ...] = ()) -> None:
@@ -845,6 +883,8 @@ class Migration:
         if now >= self._next_refresh:
             self._next_refresh = now + REFRESH_S
             self._push_own(now)
+            self._forget_stale_holdings()
+            self.holdings.reassembler.expire_stalled()  # 20-30 s without a chunk
             self._renew_holds(now)
         if now >= self._next_eval:
             self._next_eval = now + EVAL_S

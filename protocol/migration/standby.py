@@ -244,7 +244,7 @@ class Replication:
         changed = False
         for lk in self.links.values():
             if (lk.state is not LinkState.FAILED and lk.waiting_since is not None
-                    and now - lk.waiting_since > self.ack_timeout_s):
+                    and now >= lk.waiting_since + self.ack_timeout_s):
                 self._fail(lk, f"no answer for {self.ack_timeout_s:g} s")
                 changed = True
         return changed
@@ -299,6 +299,11 @@ class Holdings:
         if best is not None and (epoch < best.epoch or
                                  (epoch == best.epoch and sender != best.host)):
             return f"stale: keep runs at epoch {best.epoch}"
+        if best is not None and epoch > best.epoch:
+            # A newer epoch is proven by its host's signed record, which a host sends
+            # ahead of its replicate on the same lane; an unproven number would let any
+            # member replace the replica of the keep's real host (a crash then finds none).
+            return f"no record of epoch {epoch}: keep runs at epoch {best.epoch}"
         h = self.held.get(keep)
         if h is not None and epoch < h.epoch:
             return f"stale: holding epoch {h.epoch}"
@@ -323,7 +328,11 @@ class Holdings:
         # The seq of the checkpoint still held from this host at this epoch: a host that
         # restarted numbers from 1 again, and would see every checkpoint refused as not
         # newer than this one; told it, it numbers on above it.
-        return [StoreStandby(msg.keep, msg.epoch, "deployment", 0, 0.0, msg.deployment),
+        # StoreStandby("deployment").seq: the checkpoint kept with it (0: none, the driver
+        # drops what it stored for this keep before; else it keeps that checkpoint).
+        held = self.held[msg.keep]
+        return [StoreStandby(msg.keep, msg.epoch, "deployment", held_seq, held.taken_at,
+                             msg.deployment),
                 Send(sender, Ack(keep=msg.keep, epoch=msg.epoch, kind="replicate",
                                  seq=held_seq, ok=True, reason=""))]
 
@@ -339,6 +348,7 @@ class Holdings:
                 (t.total != h.package_size or t.digest != h.package_digest):
             why = "package does not match the replicate"
         if why is not None:
+            self.reassembler.forget(sender, t.keep, t.kind)  # nothing of it is stored
             if t.offset != 0:
                 return []  # refuse once per object, at its first chunk
             return [Send(sender, Ack(keep=t.keep, epoch=t.epoch, kind=t.kind, seq=t.seq,

@@ -54,6 +54,8 @@ class _Partial:
     chunks: list[bytes]
     digest: hashlib._Hash
     received: int = 0
+    checked: int = -1  # `received` at the last `expire_stalled` (-1: not seen by one yet)
+    idle: int = 0      # consecutive `expire_stalled` calls that found no new chunk
 
 
 class Reassembler:
@@ -104,6 +106,24 @@ class Reassembler:
         p = self._partial.pop(key, None)
         if p is not None:
             self._held -= p.head.total
+
+    def expire_stalled(self) -> int:
+        """Drop every object that received nothing during the last two calls (called
+        every 10 s: 20-30 s without a chunk, past the host's 15 s ack timeout, after
+        which it has given the transfer up anyway). Why: an object whose sender stopped
+        (the keep moved or stopped, this standby was replaced) kept its declared total in
+        the in-flight budget while the sender lived; a few of them and every new
+        transfer was refused. Returns how many were dropped."""
+        for p in self._partial.values():
+            p.idle = p.idle + 1 if p.received == p.checked else 0
+            p.checked = p.received
+        stalled = [k for k, p in self._partial.items() if p.idle >= 2]
+        for key in stalled:
+            self._drop(key)
+        return len(stalled)
+
+    def forget(self, sender: bytes, keep: str, kind: str) -> None:
+        self._drop((sender, keep, kind))
 
     def forget_sender(self, sender: bytes) -> None:
         for key in [k for k in self._partial if k[0] == sender]:

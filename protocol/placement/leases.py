@@ -27,6 +27,7 @@ class Lease:
     memory_mb: int
     expires_at: float | None  # None once committed (a running keep holds it until stopped)
     epoch: int = 0
+    holder: bytes = b""  # the member that reserved it over the wire (b"": this agent)
 
     @property
     def committed(self) -> bool:
@@ -71,8 +72,10 @@ class LeaseTable:
             f"{len(self.leases)}/{self.max_keeps} keeps"
 
     # ------------------------------------------------------------ changes
-    def reserve(self, keep_id: str, memory_mb: int, now: float, ttl: float) -> Lease:
-        """Promise `memory_mb` for `keep_id` until now + ttl, or raise Refused."""
+    def reserve(self, keep_id: str, memory_mb: int, now: float, ttl: float, *,
+                holder: bytes = b"") -> Lease:
+        """Promise `memory_mb` for `keep_id` until now + ttl, or raise Refused. `holder`:
+        the member that asked (only it may commit or release the lease over the wire)."""
         self.expire(now)
         if self.draining:
             raise Refused("draining")
@@ -82,7 +85,7 @@ class LeaseTable:
             raise Refused(f"no keep slot free ({self.max_keeps} in use)")
         if memory_mb > self.free_mb():
             raise Refused(f"{memory_mb} MiB asked, {self.free_mb()} MiB free")
-        lease = Lease(self._next, keep_id, memory_mb, now + ttl)
+        lease = Lease(self._next, keep_id, memory_mb, now + ttl, holder=holder)
         self._next += 1
         self.leases[lease.lease_id] = lease
         return lease

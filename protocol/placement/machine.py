@@ -72,6 +72,14 @@ if TYPE_CHECKING:
 
 MAX_REQUESTS = 256        # concurrent deploys one entry negotiates
 MAX_LOCATIONS = 65536     # keeps one member tracks the location of
+# The reply each phase asks for (a host may refuse anything). A reply of another kind
+# carrying a waiting `req` is not an answer: a bid to a reservation used to consume the
+# wait and wedge the request, a "reserved" to a probe to place a replica never reserved.
+_ANSWERS: dict[str, tuple[type[Message], ...]] = {
+    "probe": (PlaceBid, PlaceRefused),
+    "reserve": (PlaceReserved, PlaceRefused),
+    "commit": (PlaceCommitted, PlaceRefused),
+}
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,9 @@ class PlacementMachine:
         self.leases = LeaseTable(memory_mb, max_keeps)
         # (keep, host id) -> where a replica runs or ran (hosts' statements, gossiped)
         self.locations: dict[tuple[str, bytes], Location] = {}
+        # keys of `locations` whose state is "stopped", oldest first: what a full table
+        # gives up for a new entry (else the keeps ever stopped fill it for good)
+        self._stopped: dict[tuple[str, bytes], None] = {}
         # what this entry placed recently, until the host's own statement arrives
         self.placed: dict[tuple[str, bytes], Location] = {}
         self.refusal_rate = 0.0
@@ -519,7 +530,7 @@ class PlacementMachine:
         elif isinstance(msg, PlaceReserve):
             ttl = min(msg.ttl_ms / 1000.0, self.config.lease_ttl)
             try:
-                lease = self.leases.reserve(msg.keep, msg.memory_mb, now, ttl)
+                lease = self.leases.reserve(msg.keep, msg.memory_mb, now, ttl, holder=src_id)
             except Refused as err:
                 self._count("reserve.refused")
                 self._reply(src, src_id, PlaceRefused(req=msg.req, reason=err.reason[:200]), now)
@@ -529,14 +540,15 @@ class PlacementMachine:
                                                    ttl_ms=int(ttl * 1000)), now)
         elif isinstance(msg, PlaceCommit):
             try:
-                self._commit_local(msg.lease, msg.keep, msg.epoch, b"", now)
+                self._commit_by_wire(msg, src_id, now)
             except ProtocolError as err:
                 self._reply(src, src_id, PlaceRefused(req=msg.req, reason=err.reason[:200]), now)
                 return
             self._reply(src, src_id, PlaceCommitted(req=msg.req, lease=msg.lease), now)
         elif isinstance(msg, PlaceRelease):
             held = self.leases.leases.get(msg.lease)
-            if held is not None and msg.keep in (held.keep_id, "") and not held.committed:
+            if held is not None and msg.keep in (held.keep_id, "") and not held.committed \
+                    and held.holder == src_id:  # lease ids are small counters: guessable
                 self.leases.release(msg.lease)
                 self._count("lease.released")
         elif isinstance(msg, PlaceWhere):
@@ -551,7 +563,10 @@ class PlacementMachine:
         rid = self._by_wire.get(wire)
         request = self._requests.get(rid) if rid is not None else None
         if request is None or request.waiting.get(wire) != src_id:
-            if rid is not None and isinstance(msg, PlaceReserved):
+            if request is not None and isinstance(msg, PlaceReserved) and any(
+                    p.host_id == src_id and p.lease == msg.lease for p in request.placed):
+                self._count("reply.duplicate")  # the one this request holds: keep it
+            elif rid is not None and isinstance(msg, PlaceReserved):
                 # too late (we moved on): give the lease back rather than strand it
                 view = self.node.member(src_id)
                 keep = request.cmd.keep_id if request is not None else ""
@@ -559,6 +574,9 @@ class PlacementMachine:
                     self._send(None, view, PlaceRelease(lease=msg.lease, keep=keep), now)
             else:
                 self._count("reply.unexpected")
+            return
+        if not isinstance(msg, _ANSWERS[request.phase]):
+            self._count("reply.unexpected")  # the member asked, but not this question
             return
         if isinstance(msg, PlaceBid):
             self._on_bid(request, wire, msg, now)
@@ -568,6 +586,23 @@ class PlacementMachine:
             self._refused(request, wire, msg.reason, now)
         elif isinstance(msg, PlaceCommitted):
             self._on_committed(request, wire, now)
+
+    def _commit_by_wire(self, msg: PlaceCommit, src_id: bytes, now: float) -> None:
+        """`place.commit` is the simulator's (commit_by_entry): in the agent the owner
+        commits (keeps.deploy), and a commit over the wire from any member would turn a
+        reservation into a hold that never expires, for a keep that never starts. Only
+        the member that reserved the lease may commit it (lease ids are guessable)."""
+        if not self.config.commit_by_entry:
+            raise Refused("this host is committed to by the owner, not over place.commit")
+        held = self.leases.leases.get(msg.lease)
+        if held is not None and held.holder != src_id:
+            raise Refused(f"lease {msg.lease} was not reserved by this member")
+        if held is not None and held.committed:
+            if (held.keep_id, held.epoch) != (msg.keep, msg.epoch):
+                raise Refused(f"lease {msg.lease} is already committed")
+            self._count("commit.duplicate")  # answered again, the keep not started twice
+            return
+        self._commit_local(msg.lease, msg.keep, msg.epoch, b"", now)
 
     def _commit_local(self, lease_id: int, keep_id: str, epoch: int, owner: bytes,
                       now: float) -> None:
@@ -612,9 +647,18 @@ class PlacementMachine:
             return
         key = (loc.keep, loc.host_id)
         if key not in self.locations and len(self.locations) >= MAX_LOCATIONS:
-            self._count("locations.full")
-            return
+            if not self._stopped:
+                self._count("locations.full")
+                return
+            oldest = next(iter(self._stopped))
+            del self._stopped[oldest], self.locations[oldest]
+            self._count("locations.evicted")
         self.locations[key] = loc
+        if loc.state == "stopped":
+            self._stopped.pop(key, None)
+            self._stopped[key] = None
+        else:
+            self._stopped.pop(key, None)
         self._out.append(KeepLocated(loc.keep, loc.host_id, loc.host, loc.epoch, loc.state, now))
         if self.located_elsewhere is not None and self.located_elsewhere(loc.keep):
             return  # one location system: the signed record carries it
