@@ -16,9 +16,12 @@ from keepmesh.protocol.migration.settings import MigrationSettings, parse_migrat
 from keepmesh.protocol.migration.standby import Holdings, LinkState, Replication
 from keepmesh.protocol.migration.transfer import split
 from keepmesh.protocol.migration.triggers import Attested
-from migration_net import BASE_POLICY, evidence
+from keepmesh.protocol.deployment import deployment_id
+from keepmesh.protocol.wire import encode_payload
+from migration_net import BASE_POLICY, deployment, evidence
 
-KEEP = "34" * 16
+DEPLOYMENT = deployment("standby-test")
+KEEP = deployment_id(DEPLOYMENT)
 STRICT = load_policy(BASE_POLICY + "[snp]\nmin_tcb = { microcode = 210 }\n")
 
 
@@ -130,7 +133,7 @@ def test_a_link_deadline_is_a_time_at_which_expire_acts(since: float) -> None:
 
 
 def _replicate(epoch: int = 1) -> Replicate:
-    return Replicate(keep=KEEP, epoch=epoch, deployment=b"d", package_size=3,
+    return Replicate(keep=KEEP, epoch=epoch, deployment=encode_payload(DEPLOYMENT), package_size=3,
                      package_digest=hashlib.sha256(b"pkg").digest())
 
 
@@ -309,3 +312,23 @@ def test_a_refused_chunk_gives_its_objects_budget_back() -> None:
         standbys=(), checkpoint_seq=0, checkpoint_at=0.0, state="running")))
     assert h.on_transfer(host, chunks[1], table) == []  # refused once, at the start
     assert h.reassembler.held == 0
+
+
+def test_a_replicate_whose_deployment_is_another_keeps_is_refused() -> None:
+    """The held deployment is what the standby reserves and appraises for the keep until
+    a takeover: a replicate pairing one keep's id with another deployment (or with bytes
+    that are no deployment) is refused at once, not first at restore. Both ways."""
+    me, host = _ids(2)
+    other = deployment("another-keep")
+    for body, why in [(encode_payload(other), "deployment is not this keep's"),
+                      (b"\x93garbage", "deployment undecodable")]:
+        h = Holdings(me)
+        bad = Replicate(keep=KEEP, epoch=1, deployment=body, package_size=3,
+                        package_digest=hashlib.sha256(b"pkg").digest())
+        [refusal] = h.on_replicate(host, bad, LocationTable())
+        assert isinstance(refusal, fx.Send) and isinstance(refusal.message, Ack)
+        assert not refusal.message.ok and refusal.message.reason == why
+        assert KEEP not in h.held
+    h = Holdings(me)
+    out = h.on_replicate(host, _replicate(), LocationTable())  # its own deployment: taken
+    assert out[-1].message.ok and KEEP in h.held  # type: ignore[union-attr]

@@ -316,6 +316,8 @@ class Holdings:
         why = self._refusal(sender, msg.keep, msg.epoch, locations)
         if why is None and msg.keep not in self.held and len(self.held) >= self.max_held:
             why = "standby full"
+        if why is None:
+            why = _not_this_keeps(msg)
         if why is not None:
             return [Send(sender, Ack(keep=msg.keep, epoch=msg.epoch, kind="replicate", seq=0,
                                      ok=False, reason=why))]
@@ -378,3 +380,21 @@ class Holdings:
 
     def drop(self, keep: str) -> None:
         self.held.pop(keep, None)
+
+
+def _not_this_keeps(msg: Replicate) -> str | None:
+    """Why `msg.deployment` cannot be the deployment of `msg.keep` (None: it is). Why here
+    and not only at restore: until a takeover, the held deployment's policy and memory
+    are what this standby reserves and appraises for the keep; a replicate pairing one
+    keep's name with another's deployment must not sit in its place."""
+    from ..deployment import Deployment, deployment_id
+    from ..errors import ProtocolError
+    from ..wire import decode_payload
+
+    try:
+        dep = decode_payload(msg.deployment, len(msg.deployment), (Deployment,))
+    except ProtocolError:
+        return "deployment undecodable"
+    if not isinstance(dep, Deployment) or deployment_id(dep) != msg.keep:
+        return "deployment is not this keep's"
+    return None
