@@ -71,7 +71,7 @@ from keepmesh.protocol.membership import (
 )
 from keepmesh.protocol.migration.messages import MAX_CHUNK
 from keepmesh.protocol.node import PERSIST_INCARNATION, MeshNode, SubMachine
-from keepmesh.protocol.rpc import RpcNotFound
+from keepmesh.protocol.rpc import RpcNotFound, refuse_fields
 
 log = logging.getLogger("keepmesh.membership")
 
@@ -569,6 +569,7 @@ class MeshService:
         return {}
 
     async def _rpc_members(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        refuse_fields("members.list", body)
         node = self.node
         if node is None:
             return {"members": []}
@@ -647,6 +648,7 @@ class MeshService:
             self.flush()
 
     async def _rpc_leave(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        refuse_fields("agent.leave", body)  # a misspelt option must not stop the agent
         node = self.node
         if node is None:
             raise ProtocolError("membership not started")

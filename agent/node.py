@@ -35,7 +35,7 @@ from keepmesh.protocol.attestation.evidence import VerifiedEvidence, verify_evid
 from keepmesh.protocol.attestation.policy import Policy, appraise
 from keepmesh.protocol.channel import ChannelConfig, EvidenceCache
 from keepmesh.protocol.errors import ProtocolError
-from keepmesh.protocol.rpc import RpcDenied
+from keepmesh.protocol.rpc import RpcDenied, refuse_fields
 
 from keepmesh import __version__
 
@@ -356,6 +356,7 @@ class Agent:
 
     # ------------------------------------------------------------- RPC
     async def _rpc_status(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        refuse_fields("agent.status", body)
         ev = self.own_evidence
         return {
             "identity": self.identity.public_bytes.hex(),
@@ -371,5 +372,6 @@ class Agent:
         } | {name: source(ctx) for name, source in self.status_sources.items()}
 
     async def _rpc_peers(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        refuse_fields("agent.peers", body)
         return {"peers": [p.to_json() for p in self.peers.values()
                           if p.session and not p.session.closed.is_set()]}

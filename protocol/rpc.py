@@ -137,6 +137,13 @@ def request_method_hint(head: bytes) -> str | None:
     return None
 
 
+def refuse_fields(method: str, body: dict[str, Any]) -> None:
+    """For a method whose body is `{}`: any field is `invalid`, as every method refuses
+    fields it does not know (a misspelt option must not be silently ignored)."""
+    if body:
+        raise ProtocolError(f"{method}: unknown field {sorted(map(str, body))[0][:64]!r}")
+
+
 def pack_body(body: dict[str, Any]) -> bytes:
     out: bytes = msgpack.packb(body, use_bin_type=True)
     return out

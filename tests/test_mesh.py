@@ -12,8 +12,9 @@ import trio
 from keepmesh.agent.cli import CommandError
 from keepmesh.agent.client import open_client
 from keepmesh.agent.config import AgentConfig
-from keepmesh.agent.identity import Identity
+from keepmesh.agent.identity import Identity, load_or_create
 from keepmesh.agent.node import Agent
+from keepmesh.agent.rpc import RpcError, call
 from keepmesh.agent.startup import StartupError, build_agent
 from keepmesh.agent.transport.quic import ConnectionClosed, QuicEndpoint
 
@@ -51,7 +52,9 @@ async def test_two_and_three_agents_attest_each_other(nursery: trio.Nursery, tmp
     entry = c.peers[b.identity.public_bytes]
     assert entry.evidence is not None and entry.evidence.tee == "sim"
     assert entry.evidence.measurement == c.own_evidence.measurement  # type: ignore[union-attr]
-    # The CLI's view of the same thing.
+    # The CLI's view of the same thing, from an admitted owner (so agent.leave and
+    # agent.drain are reached, not refused as `forbidden`).
+    a.admin_keys.add(load_or_create(tmp_path / "op.key").public_bytes)
     client = await open_client(addr_a, roots=[sim_root / "ark.pem"], key_path=tmp_path / "op.key")
     try:
         peers = (await client.call("agent.peers", {}))["peers"]
@@ -62,6 +65,16 @@ async def test_two_and_three_agents_attest_each_other(nursery: trio.Nursery, tmp
         assert status["identity"] == a.identity.public_bytes.hex()
         with pytest.raises(CommandError, match="unknown method"):
             await client.call("swim.stream", {"data": b"x"})  # agents only
+        # Methods whose body is {} refuse an unknown field like every other method
+        # (keeps.list, agent.join): a misspelt option is `invalid`, never ignored, and
+        # for agent.leave never stops the agent.
+        assert client.session is not None
+        for method in ("agent.status", "agent.peers", "members.list", "migrate.where",
+                       "agent.drain", "agent.leave"):
+            with pytest.raises(RpcError) as refused:
+                await call(client.session, method, {"bogus": 1}, timeout=5)
+            assert refused.value.code == "invalid", (method, refused.value)
+        assert (await client.call("agent.status", {}))["identity"] == status["identity"]
     finally:
         await client.aclose()
 
