@@ -150,6 +150,10 @@ class Agent:
         self._nursery: trio.Nursery | None = None
         self._dialing: set[str] = set()
         self.on_peer: list[Callable[[PeerEntry], None]] = []
+        # Where an agent says it listens (membership: the address in its own signed
+        # record), asked when it connects to us: its connection's source may be another
+        # address (--advertise), and our entry from its previous life may be stale.
+        self.listen_address_of: Callable[[bytes], str | None] | None = None
         self.on_leave: list[Callable[[], Awaitable[None]]] = []
         # Releases the data dir lock (startup.DataDirLock) when the agent stops.
         self.data_dir_lock: Callable[[], None] | None = None
@@ -302,7 +306,8 @@ class Agent:
     def _adopt(self, session: Session, address: str | None) -> None:
         ident = session.peer.identity
         entry = self.peers.get(ident)
-        addr = address or (entry.address if entry else session.address)
+        listed = self.listen_address_of(ident) if self.listen_address_of else None
+        addr = address or listed or (entry.address if entry else session.address)
         # Both sides may dial at once, and a peer re-attests on reconnect: say so once
         # per newly connected peer (info), the rest at debug.
         was_connected = entry is not None and entry.session is not None \

@@ -167,6 +167,24 @@ async def test_different_sim_roots_trust_each_other_when_told(nursery: trio.Nurs
     await wait_peers(a, 1)
     await wait_peers(b, 1)
     assert a.peers[b.identity.public_bytes].evidence.tee == "sim"  # type: ignore[union-attr]
+    # b restarts (same identity) at another address and connects to a itself: a's entry
+    # (agent.peers, and where a would dial it) follows it there, not its previous life.
+    b.shutdown()
+    with trio.fail_after(10):
+        while b.data_dir_lock is not None:
+            await trio.sleep(0.02)
+    b2 = make(tmp_path, other_sim_root, "b", join=[addr_a], roots=[sim_root / "ark.pem"])
+    addr_b2 = await start(nursery, b2)
+    assert addr_b2 != b.address
+    with trio.move_on_after(10):
+        while True:
+            entry = a.peers[b2.identity.public_bytes]
+            if entry.session is not None and not entry.session.closed.is_set() and \
+                    entry.verified_at > b.started_at and entry.address == addr_b2:
+                break
+            await trio.sleep(0.05)
+    assert a.peers[b2.identity.public_bytes].address == addr_b2
+    assert a.session_to_address(addr_b2) is not None
 
 
 async def test_finished_rpc_streams_are_released(nursery: trio.Nursery, tmp_path: Path,
