@@ -93,6 +93,7 @@ METHOD_BODY_LIMITS: dict[str, int] = {
     "agent.status": SMALL_BODY, "agent.peers": SMALL_BODY, "members.list": SMALL_BODY,
     "agent.join": SMALL_BODY, "agent.leave": SMALL_BODY, "keeps.list": SMALL_BODY,
     "keeps.logs": SMALL_BODY, "keeps.stop": SMALL_BODY,
+    "migrate.where": SMALL_BODY, "agent.drain": SMALL_BODY,  # bodies `{}`, like agent.status
     "keeps.call": MESSAGE_BODY, "keeps.deliver": MESSAGE_BODY,
     "swim.stream": 4 * 1024 * 1024 + 64 * 1024,
     # agents' ordered lane (specs/migration.md §10): one record, or a batch of <= 8 MiB
