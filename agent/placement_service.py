@@ -77,6 +77,11 @@ from keepmesh.protocol.placement.messages import Location
 from keepmesh.protocol.rpc import RpcDenied, RpcNotFound, RpcUnavailable
 from keepmesh.protocol.wire import encode_payload
 
+# Summary fields that belong to the deployment, not to one copy (invocations, state_keys
+# and secrets_serial are each copy's own, known only to its host).
+DEPLOYMENT_FIELDS = ("deployment", "name", "kind", "package_digest", "stateful", "created_at",
+                     "secrets", "data")
+
 log = logging.getLogger("keepmesh.placement")
 
 PLACE_TIMEOUT_S = 30.0
@@ -537,13 +542,18 @@ class PlacementService:
             seen.add((row.get("keep", ""), row.get("host_id", "")))
         machine = self.machine
         everything = self._sees_all(ctx) or ctx.role == "agent"
+        # A copy held here (a replicated keep's) tells what every copy of the keep is: same
+        # id, same signed deployment, so remote rows show its name and kind like local ones.
+        held = {str(row.get("keep")): row for row in rows}
         if machine is not None:
             for loc in self.known():
                 if loc.state != "running" or (loc.keep, loc.host_id.hex()) in seen:
                     continue
                 if not everything and loc.owner != ctx.peer_key:
                     continue
-                rows.append({"keep": loc.keep, "state": "running", "host": loc.host,
-                             "host_id": loc.host_id.hex(), "epoch": loc.epoch,
-                             "owner": loc.owner.hex(), "remote": True})
+                same = held.get(loc.keep, {})
+                rows.append({f: same[f] for f in DEPLOYMENT_FIELDS if f in same}
+                            | {"keep": loc.keep, "state": "running", "host": loc.host,
+                               "host_id": loc.host_id.hex(), "epoch": loc.epoch,
+                               "owner": loc.owner.hex(), "remote": True})
         return {"keeps": rows}

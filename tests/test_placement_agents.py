@@ -136,8 +136,20 @@ def test_replicas_land_on_distinct_hosts(mesh: list[AgentThread], owner: tuple[P
     code, out, err = _run(capsys, ["deploy", str(w), "--agent", a.address, "--replicas", "3",
                                    "--json", *flags])
     assert code == 0, err
-    hosts = [p["host"] for p in json.loads(out)["placements"]]
+    doc = json.loads(out)
+    hosts = [p["host"] for p in doc["placements"]]
     assert sorted(hosts) == sorted(t.address for t in mesh)
+    # `keeps` lists every copy, and each row names the workload as the local copy's does
+    deadline = time.monotonic() + 30
+    while True:
+        code, out, err = _run(capsys, ["keeps", "--agent", a.address, "--json", *flags])
+        assert code == 0, err
+        rows = [r for r in json.loads(out)["keeps"] if r["keep"] == doc["keep"]]
+        if len(rows) == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert sorted(r["host"] for r in rows) == sorted(hosts)
+    assert {(r.get("name"), r.get("kind")) for r in rows} == {("counter", "service")}, rows
     # a fourth replica has no distinct host left
     w2 = _workload(tmp_path, "\n# again\n")
     code, out, err = _run(capsys, ["deploy", str(w2), "--agent", a.address, "--replicas", "4",
