@@ -69,6 +69,7 @@ from keepmesh.protocol.membership import (
     Ed25519Verifier,
     Membership,
     MembershipConfig,
+    MemberState,
     MemberView,
     make_record,
 )
@@ -180,6 +181,7 @@ class MeshService:
                         "agent.join": self._rpc_join, "agent.leave": self._rpc_leave})
         agent.on_peer.append(self._on_peer)
         agent.listen_address_of = self._listed_address
+        agent.member_gone = self._member_gone
         agent.services.append(self.run)
         agent.on_leave.append(self.leave)  # SIGINT/SIGTERM and agent.leave (Agent.leave)
 
@@ -490,6 +492,10 @@ class MeshService:
     def _listed_address(self, node_id: bytes) -> str | None:
         view = self.node.member(node_id) if self.node is not None else None
         return view.address if view is not None and view.address else None
+
+    def _member_gone(self, node_id: bytes) -> bool:
+        view = self.node.member(node_id) if self.node is not None else None
+        return view is not None and view.liveness in (MemberState.DEAD, MemberState.LEFT)
 
     def _track_address(self, node_id: bytes) -> None:
         """A member (re)joined or came back with a new record: its peer entry takes the

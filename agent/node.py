@@ -154,6 +154,9 @@ class Agent:
         # record), asked when it connects to us: its connection's source may be another
         # address (--advertise), and our entry from its previous life may be stale.
         self.listen_address_of: Callable[[bytes], str | None] | None = None
+        # Whether membership holds an agent dead or left: a crashed peer's session stays
+        # open until QUIC's idle timeout (60 s), but it is no longer a connected peer.
+        self.member_gone: Callable[[bytes], bool] | None = None
         self.on_leave: list[Callable[[], Awaitable[None]]] = []
         # Releases the data dir lock (startup.DataDirLock) when the agent stops.
         self.data_dir_lock: Callable[[], None] | None = None
@@ -371,12 +374,17 @@ class Agent:
             "tee": self.backend.kind,
             "tee_interface": self.backend.name,
             "measurement": ev.measurement.hex() if ev else None,
-            "peers": sum(1 for p in self.peers.values()
-                         if p.session and not p.session.closed.is_set()),
+            "peers": sum(1 for p in self.peers.values() if self.is_connected(p)),
             "uptime_s": round(time.time() - self.started_at, 3),
         } | {name: source(ctx) for name, source in self.status_sources.items()}
 
     async def _rpc_peers(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         refuse_fields("agent.peers", body)
-        return {"peers": [p.to_json() for p in self.peers.values()
-                          if p.session and not p.session.closed.is_set()]}
+        return {"peers": [p.to_json() for p in self.peers.values() if self.is_connected(p)]}
+
+    def is_connected(self, peer: PeerEntry) -> bool:
+        """A peer with an open session that membership does not hold dead or left (what
+        agent.peers lists and agent.status counts, so they agree with members.list)."""
+        if peer.session is None or peer.session.closed.is_set():
+            return False
+        return not (self.member_gone is not None and self.member_gone(peer.identity))

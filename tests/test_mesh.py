@@ -17,6 +17,7 @@ from keepmesh.agent.node import Agent
 from keepmesh.agent.rpc import RpcError, call
 from keepmesh.agent.startup import StartupError, build_agent
 from keepmesh.agent.transport.quic import ConnectionClosed, QuicEndpoint
+from keepmesh.protocol.effects import Leave
 
 
 def make(tmp: Path, root: Path, name: str, join: list[str] | None = None,
@@ -75,6 +76,20 @@ async def test_two_and_three_agents_attest_each_other(nursery: trio.Nursery, tmp
                 await call(client.session, method, {"bogus": 1}, timeout=5)
             assert refused.value.code == "invalid", (method, refused.value)
         assert (await client.call("agent.status", {}))["identity"] == status["identity"]
+        # c gossips a leave but its sessions stay open (as a crashed peer's do until QUIC's
+        # idle timeout): a's agent.peers and agent.status agree with members.list at once.
+        mesh_c = c.on_leave[0].__self__  # type: ignore[attr-defined]
+        mesh_c.node.command(Leave(), mesh_c.now())
+        mesh_c.flush()
+        c_id = c.identity.public_bytes.hex()
+        with trio.move_on_after(5):
+            while any(m["node_id"] == c_id and m["state"] == "alive"
+                      for m in (await client.call("members.list", {}))["members"]):
+                await trio.sleep(0.05)
+        assert not a.peers[c.identity.public_bytes].session.closed.is_set()  # type: ignore[union-attr]
+        peers = (await client.call("agent.peers", {}))["peers"]
+        assert [p["identity"] for p in peers] == [b.identity.public_bytes.hex()]
+        assert (await client.call("agent.status", {}))["peers"] == 1
     finally:
         await client.aclose()
 
