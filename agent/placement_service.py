@@ -29,6 +29,7 @@ after re-resolving (then the client does).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import random
@@ -258,7 +259,18 @@ class PlacementService:
                          owner=s.owner) for s in signed.values()]
         if machine is not None:
             rows.extend(loc for loc in machine.known() if loc.keep not in signed)
-        return rows
+        return [self._where_host_is(loc) for loc in rows]
+
+    def _where_host_is(self, loc: Location) -> Location:
+        """`loc` at the address its host's signed membership record names now. A location
+        carries the address its host had when it said so, and a host restarted elsewhere
+        keeps its copies at the same epoch (so its new statement is not "newer"): without
+        this, listing would show, and forwarding dial, its previous life's address."""
+        node = self.mesh.node
+        view = node.member(loc.host_id) if node is not None else None
+        if view is None or not view.address or view.address == loc.host:
+            return loc
+        return dataclasses.replace(loc, host=view.address)
 
     def _signed(self, keep: str) -> SignedLocation | None:
         eng = self._migration()

@@ -5,6 +5,7 @@ call and stop work from an agent that does not host the keep."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -150,6 +151,18 @@ def test_replicas_land_on_distinct_hosts(mesh: list[AgentThread], owner: tuple[P
         time.sleep(0.2)
     assert sorted(r["host"] for r in rows) == sorted(hosts)
     assert {(r.get("name"), r.get("kind")) for r in rows} == {("counter", "service")}, rows
+    # a location names its host's address when it was made; a host that restarted
+    # elsewhere (same copy, same epoch) is listed where its membership record says it is
+    b = mesh[1]
+    placement = a.agent.methods["keeps.list"].__self__  # type: ignore[attr-defined]
+    key = (doc["keep"], b.agent.identity.public_bytes)
+    table = next(t for t in (placement.machine.locations, placement.machine.placed)
+                 if key in t)  # gossiped, or what a placed as the entry
+    table[key] = dataclasses.replace(table[key], host="127.0.0.1:9")  # its previous life's
+    code, out, err = _run(capsys, ["keeps", "--agent", a.address, "--json", *flags])
+    assert code == 0, err
+    assert sorted(r["host"] for r in json.loads(out)["keeps"]
+                  if r["keep"] == doc["keep"]) == sorted(hosts)
     # a fourth replica has no distinct host left
     w2 = _workload(tmp_path, "\n# again\n")
     code, out, err = _run(capsys, ["deploy", str(w2), "--agent", a.address, "--replicas", "4",
