@@ -217,7 +217,10 @@ class PlacementMachine:
         return isinstance(result, KeepStarted)
 
     def on_member_event(self, event: MemberEvent, now: float) -> None:
-        """A host that died or lost trust no longer counts for pending requests."""
+        """A host that died or lost trust no longer counts for pending requests; a member
+        that joined (or came back) is told what runs here."""
+        if event.kind in ("join", "alive"):
+            self._announce_to(event.node_id)
         if event.kind in ("dead", "left", "untrusted"):
             for request in list(self._requests.values()):
                 if event.node_id in request.waiting.values():
@@ -638,6 +641,25 @@ class PlacementMachine:
             elif src_id != self.node.node_id:
                 continue  # nobody tells us what runs here
             self._accept(loc, now)
+
+    def _announce_to(self, node_id: bytes) -> None:
+        """Send a member that joined, or came back (restarted, refuted), this host's own
+        running copies. Gossip repeats each location a bounded number of times, so a
+        member arriving later would otherwise never learn of copies placed before it
+        (`keeps.list` and `keeps.call` from it would not find them). Only our own
+        entries, which the receiver takes from us as their host; keeps migration tracks
+        travel in its signed records instead."""
+        view = self.node.member(node_id)
+        if view is None or node_id == self.node.node_id:
+            return
+        me = self.node.node_id
+        own = [loc for (keep, host), loc in self.locations.items()
+               if host == me and loc.state == "running"
+               and not (self.located_elsewhere is not None and self.located_elsewhere(keep))]
+        for i in range(0, len(own), MAX_WHERE_ENTRIES):
+            data = encode_payload(PlaceWhere(entries=tuple(own[i:i + MAX_WHERE_ENTRIES])))
+            self._out.append(Send(view.address, data, True, node_id))
+            self._count("sent.place.where")
 
     def _gossip_round(self, now: float) -> None:
         self._gossip = [g for g in self._gossip if g.left > 0]
