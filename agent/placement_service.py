@@ -296,6 +296,17 @@ class PlacementService:
         found = self._remotes(keep)
         return found[0] if found else None
 
+    def _copy_state(self, loc: Location) -> str:
+        """What a running location shows: `running`, unless membership holds its host
+        dead or left (specs/migration.md §10: it must not read `running` there). Then
+        migration's view for a keep it tracks (`moving` while a standby is live), else
+        `orphaned`: nobody takes that copy over (a replicated keep's other copies run on)."""
+        if self._gone(loc.host_id) is None:
+            return "running"
+        eng = self._migration()
+        shown = None if eng is None else (eng.summary(loc.keep) or {}).get("state")
+        return shown if shown in ("moving", "orphaned") else "orphaned"
+
     def _gone(self, host_id: bytes) -> str | None:
         """"dead" or "left" when membership holds `host_id` so, else None: a request
         forwarded there would wait FORWARD_TIMEOUT_S for an answer that cannot come."""
@@ -565,7 +576,8 @@ class PlacementService:
                     continue
                 same = held.get(loc.keep, {})
                 rows.append({f: same[f] for f in DEPLOYMENT_FIELDS if f in same}
-                            | {"keep": loc.keep, "state": "running", "host": loc.host,
+                            | {"keep": loc.keep, "state": self._copy_state(loc),
+                               "host": loc.host,
                                "host_id": loc.host_id.hex(), "epoch": loc.epoch,
                                "owner": loc.owner.hex(), "remote": True})
         return {"keeps": rows}

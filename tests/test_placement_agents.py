@@ -13,12 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 from agent_thread import AgentThread
 from cryptography.hazmat.primitives import serialization
 from keepmesh.agent.cli import main
 from keepmesh.agent.config import AgentConfig, HostCapacity
 from keepmesh.agent.identity import read_private_key
 from keepmesh.agent.startup import build_agent
+from keepmesh.protocol.effects import Leave
 
 pytestmark = pytest.mark.slow
 
@@ -163,6 +165,25 @@ def test_replicas_land_on_distinct_hosts(mesh: list[AgentThread], owner: tuple[P
     assert code == 0, err
     assert sorted(r["host"] for r in json.loads(out)["keeps"]
                   if r["keep"] == doc["keep"]) == sorted(hosts)
+    # c leaves the mesh (its copy is not stopped): a's listing must not say that copy
+    # runs at a host membership holds gone (keeps.list: `orphaned`, nobody takes it
+    # over; `keepmesh keeps` lists running copies only)
+    c = mesh[2]
+    mesh_c = c.agent.on_leave[0].__self__  # type: ignore[attr-defined]
+
+    def leave() -> None:
+        mesh_c.node.command(Leave(), mesh_c.now())
+        mesh_c.flush()
+    trio.from_thread.run_sync(leave, trio_token=c._token)
+    deadline = time.monotonic() + 10
+    while True:
+        code, out, err = _run(capsys, ["keeps", "--agent", a.address, "--json", *flags])
+        states = {r["host"]: r["state"] for r in json.loads(out)["keeps"]
+                  if r["keep"] == doc["keep"]}
+        if states.get(c.address) != "running" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert states == {a.address: "running", mesh[1].address: "running"}, states
     # a fourth replica has no distinct host left
     w2 = _workload(tmp_path, "\n# again\n")
     code, out, err = _run(capsys, ["deploy", str(w2), "--agent", a.address, "--replicas", "4",
