@@ -143,6 +143,9 @@ class PlacementMachine:
         self._out: deque[Output] = deque()
         self._gossip: list[_Rumour] = []
         self._next_gossip: float | None = None
+        # Members told what runs here again at the next gossip round (_announce_to):
+        # one that just joined may not trust us yet when the first telling arrives.
+        self._greet: set[bytes] = set()
         # keep id -> True when another machine (migration) spreads that keep's location
         # in its own signed records: placement keeps its statement local, not gossiped
         self.located_elsewhere: Callable[[str], bool] | None = None
@@ -221,6 +224,9 @@ class PlacementMachine:
         that joined (or came back) is told what runs here."""
         if event.kind in ("join", "alive"):
             self._announce_to(event.node_id)
+            self._greet.add(event.node_id)
+            if self._next_gossip is None:
+                self._next_gossip = now + self.config.gossip_interval
         if event.kind in ("dead", "left", "untrusted"):
             for request in list(self._requests.values()):
                 if event.node_id in request.waiting.values():
@@ -644,7 +650,9 @@ class PlacementMachine:
 
     def _announce_to(self, node_id: bytes) -> None:
         """Send a member that joined, or came back (restarted, refuted), this host's own
-        running copies. Gossip repeats each location a bounded number of times, so a
+        running copies: at once, and again at the next gossip round (it drops entries
+        from a host it does not trust yet, and its verdict on us may come later than
+        ours on it). Gossip repeats each location a bounded number of times, so a
         member arriving later would otherwise never learn of copies placed before it
         (`keeps.list` and `keeps.call` from it would not find them). Only our own
         entries, which the receiver takes from us as their host; keeps migration tracks
@@ -662,6 +670,9 @@ class PlacementMachine:
             self._count("sent.place.where")
 
     def _gossip_round(self, now: float) -> None:
+        greet, self._greet = self._greet, set()
+        for node_id in greet:  # once more, now that it has had time to attest us
+            self._announce_to(node_id)
         self._gossip = [g for g in self._gossip if g.left > 0]
         if not self._gossip:
             self._next_gossip = None
