@@ -266,8 +266,8 @@ class PlacementService:
         carries the address its host had when it said so, and a host restarted elsewhere
         keeps its copies at the same epoch (so its new statement is not "newer"): without
         this, listing would show, and forwarding dial, its previous life's address."""
-        node = self.mesh.node
-        view = node.member(loc.host_id) if node is not None else None
+        members = self.mesh.membership
+        view = None if members is None else members.member(loc.host_id)
         if view is None or not view.address or view.address == loc.host:
             return loc
         return dataclasses.replace(loc, host=view.address)
