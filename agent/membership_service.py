@@ -47,9 +47,12 @@ from keepmesh.protocol.effects import (
     Join,
     KeepFailed,
     Leave,
+    MemberAlive,
     MemberDead,
     MemberEvent,
+    MemberJoined,
     MemberLeft,
+    MemberUpdated,
     Output,
     Persist,
     RequestAttestation,
@@ -66,12 +69,13 @@ from keepmesh.protocol.membership import (
     Ed25519Verifier,
     Membership,
     MembershipConfig,
+    MemberState,
     MemberView,
     make_record,
 )
 from keepmesh.protocol.migration.messages import MAX_CHUNK
 from keepmesh.protocol.node import PERSIST_INCARNATION, MeshNode, SubMachine
-from keepmesh.protocol.rpc import RpcNotFound
+from keepmesh.protocol.rpc import RpcNotFound, refuse_fields
 
 log = logging.getLogger("keepmesh.membership")
 
@@ -176,6 +180,8 @@ class MeshService:
                         ORDERED_METHOD: self._rpc_ordered, BATCH_METHOD: self._rpc_batch,
                         "agent.join": self._rpc_join, "agent.leave": self._rpc_leave})
         agent.on_peer.append(self._on_peer)
+        agent.listen_address_of = self._listed_address
+        agent.member_gone = self._member_gone
         agent.services.append(self.run)
         agent.on_leave.append(self.leave)  # SIGINT/SIGTERM and agent.leave (Agent.leave)
 
@@ -272,6 +278,8 @@ class MeshService:
                 self._keep(item)
             elif isinstance(item, MemberEvent):
                 self._log_event(item)
+                if isinstance(item, MemberJoined | MemberAlive | MemberUpdated):
+                    self._track_address(item.node_id)
                 if isinstance(item, MemberDead | MemberLeft):
                     self._end_lane(item.node_id)
             for cb in self.on_output:
@@ -481,6 +489,24 @@ class MeshService:
             if entry is not None and entry.session is not None:
                 entry.session.conn.close(ERR_PROTOCOL, "banned by membership")
 
+    def _listed_address(self, node_id: bytes) -> str | None:
+        view = self.node.member(node_id) if self.node is not None else None
+        return view.address if view is not None and view.address else None
+
+    def _member_gone(self, node_id: bytes) -> bool:
+        view = self.node.member(node_id) if self.node is not None else None
+        return view is not None and view.liveness in (MemberState.DEAD, MemberState.LEFT)
+
+    def _track_address(self, node_id: bytes) -> None:
+        """A member (re)joined or came back with a new record: its peer entry takes the
+        address the record names. An agent restarted at another address connects to us
+        itself, often before its new record reaches us, so its entry would otherwise keep
+        its previous life's address (agent.peers, session_to_address) while connected."""
+        entry = self.agent.peers.get(node_id)
+        listed = self._listed_address(node_id)
+        if entry is not None and listed is not None and entry.address != listed:
+            entry.address = listed
+
     # ------------------------------------------------------------ inputs
     def _on_peer(self, entry: PeerEntry) -> None:
         """A newly attested agent session: its datagrams feed the node, its evidence vouches."""
@@ -569,6 +595,7 @@ class MeshService:
         return {}
 
     async def _rpc_members(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        refuse_fields("members.list", body)
         node = self.node
         if node is None:
             return {"members": []}
@@ -647,6 +674,7 @@ class MeshService:
             self.flush()
 
     async def _rpc_leave(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        refuse_fields("agent.leave", body)  # a misspelt option must not stop the agent
         node = self.node
         if node is None:
             raise ProtocolError("membership not started")

@@ -53,6 +53,7 @@ from keepmesh.protocol.migration.messages import KEEP_ID_LEN, Replicate
 from keepmesh.protocol.migration.transfer import split
 from keepmesh.protocol.migration.triggers import Attested
 from keepmesh.protocol.node import MeshNode
+from keepmesh.protocol.rpc import refuse_fields
 from keepmesh.protocol.wire import decode_payload, encode_payload
 
 log = logging.getLogger("keepmesh.migration")
@@ -476,6 +477,7 @@ class MigrationService:
 
     async def _rpc_drain(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         """Hand every keep over; answer when done: moved [{keep, from, to, epoch}]."""
+        refuse_fields("agent.drain", body)
         node = self.mesh.node
         if self.engine is None or node is None:
             raise ProtocolError("agent.drain: migration not running yet")
@@ -502,6 +504,7 @@ class MigrationService:
         """Where the caller's keeps run as this agent sees it (host, epoch, standbys,
         last_checkpoint) and migration events about them. Owners see their own keeps,
         operators and peer agents all (as `keeps.list`), so nobody probes others'."""
+        refuse_fields("migrate.where", body)
         eng = self.engine
         if eng is None:
             return {"keeps": [], "events": []}

@@ -35,7 +35,7 @@ from keepmesh.protocol.attestation.evidence import VerifiedEvidence, verify_evid
 from keepmesh.protocol.attestation.policy import Policy, appraise
 from keepmesh.protocol.channel import ChannelConfig, EvidenceCache
 from keepmesh.protocol.errors import ProtocolError
-from keepmesh.protocol.rpc import RpcDenied
+from keepmesh.protocol.rpc import RpcDenied, refuse_fields
 
 from keepmesh import __version__
 
@@ -150,6 +150,13 @@ class Agent:
         self._nursery: trio.Nursery | None = None
         self._dialing: set[str] = set()
         self.on_peer: list[Callable[[PeerEntry], None]] = []
+        # Where an agent says it listens (membership: the address in its own signed
+        # record), asked when it connects to us: its connection's source may be another
+        # address (--advertise), and our entry from its previous life may be stale.
+        self.listen_address_of: Callable[[bytes], str | None] | None = None
+        # Whether membership holds an agent dead or left: a crashed peer's session stays
+        # open until QUIC's idle timeout (60 s), but it is no longer a connected peer.
+        self.member_gone: Callable[[bytes], bool] | None = None
         self.on_leave: list[Callable[[], Awaitable[None]]] = []
         # Releases the data dir lock (startup.DataDirLock) when the agent stops.
         self.data_dir_lock: Callable[[], None] | None = None
@@ -302,7 +309,8 @@ class Agent:
     def _adopt(self, session: Session, address: str | None) -> None:
         ident = session.peer.identity
         entry = self.peers.get(ident)
-        addr = address or (entry.address if entry else session.address)
+        listed = self.listen_address_of(ident) if self.listen_address_of else None
+        addr = address or listed or (entry.address if entry else session.address)
         # Both sides may dial at once, and a peer re-attests on reconnect: say so once
         # per newly connected peer (info), the rest at debug.
         was_connected = entry is not None and entry.session is not None \
@@ -356,6 +364,7 @@ class Agent:
 
     # ------------------------------------------------------------- RPC
     async def _rpc_status(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        refuse_fields("agent.status", body)
         ev = self.own_evidence
         return {
             "identity": self.identity.public_bytes.hex(),
@@ -365,11 +374,17 @@ class Agent:
             "tee": self.backend.kind,
             "tee_interface": self.backend.name,
             "measurement": ev.measurement.hex() if ev else None,
-            "peers": sum(1 for p in self.peers.values()
-                         if p.session and not p.session.closed.is_set()),
+            "peers": sum(1 for p in self.peers.values() if self.is_connected(p)),
             "uptime_s": round(time.time() - self.started_at, 3),
         } | {name: source(ctx) for name, source in self.status_sources.items()}
 
     async def _rpc_peers(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
-        return {"peers": [p.to_json() for p in self.peers.values()
-                          if p.session and not p.session.closed.is_set()]}
+        refuse_fields("agent.peers", body)
+        return {"peers": [p.to_json() for p in self.peers.values() if self.is_connected(p)]}
+
+    def is_connected(self, peer: PeerEntry) -> bool:
+        """A peer with an open session that membership does not hold dead or left (what
+        agent.peers lists and agent.status counts, so they agree with members.list)."""
+        if peer.session is None or peer.session.closed.is_set():
+            return False
+        return not (self.member_gone is not None and self.member_gone(peer.identity))

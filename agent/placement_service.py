@@ -29,6 +29,7 @@ after re-resolving (then the client does).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import random
@@ -76,6 +77,11 @@ from keepmesh.protocol.placement import (
 from keepmesh.protocol.placement.messages import Location
 from keepmesh.protocol.rpc import RpcDenied, RpcNotFound, RpcUnavailable
 from keepmesh.protocol.wire import encode_payload
+
+# Summary fields that belong to the deployment, not to one copy (invocations, state_keys
+# and secrets_serial are each copy's own, known only to its host).
+DEPLOYMENT_FIELDS = ("deployment", "name", "kind", "package_digest", "stateful", "created_at",
+                     "secrets", "data")
 
 log = logging.getLogger("keepmesh.placement")
 
@@ -253,7 +259,18 @@ class PlacementService:
                          owner=s.owner) for s in signed.values()]
         if machine is not None:
             rows.extend(loc for loc in machine.known() if loc.keep not in signed)
-        return rows
+        return [self._where_host_is(loc) for loc in rows]
+
+    def _where_host_is(self, loc: Location) -> Location:
+        """`loc` at the address its host's signed membership record names now. A location
+        carries the address its host had when it said so, and a host restarted elsewhere
+        keeps its copies at the same epoch (so its new statement is not "newer"): without
+        this, listing would show, and forwarding dial, its previous life's address."""
+        members = self.mesh.membership
+        view = None if members is None else members.member(loc.host_id)
+        if view is None or not view.address or view.address == loc.host:
+            return loc
+        return dataclasses.replace(loc, host=view.address)
 
     def _signed(self, keep: str) -> SignedLocation | None:
         eng = self._migration()
@@ -278,6 +295,17 @@ class PlacementService:
         """The copy of `keep` on another host a call is forwarded to, if known."""
         found = self._remotes(keep)
         return found[0] if found else None
+
+    def _copy_state(self, loc: Location) -> str:
+        """What a running location shows: `running`, unless membership holds its host
+        dead or left (specs/migration.md §10: it must not read `running` there). Then
+        migration's view for a keep it tracks (`moving` while a standby is live), else
+        `orphaned`: nobody takes that copy over (a replicated keep's other copies run on)."""
+        if self._gone(loc.host_id) is None:
+            return "running"
+        eng = self._migration()
+        shown = None if eng is None else (eng.summary(loc.keep) or {}).get("state")
+        return shown if shown in ("moving", "orphaned") else "orphaned"
 
     def _gone(self, host_id: bytes) -> str | None:
         """"dead" or "left" when membership holds `host_id` so, else None: a request
@@ -537,13 +565,19 @@ class PlacementService:
             seen.add((row.get("keep", ""), row.get("host_id", "")))
         machine = self.machine
         everything = self._sees_all(ctx) or ctx.role == "agent"
+        # A copy held here (a replicated keep's) tells what every copy of the keep is: same
+        # id, same signed deployment, so remote rows show its name and kind like local ones.
+        held = {str(row.get("keep")): row for row in rows}
         if machine is not None:
             for loc in self.known():
                 if loc.state != "running" or (loc.keep, loc.host_id.hex()) in seen:
                     continue
                 if not everything and loc.owner != ctx.peer_key:
                     continue
-                rows.append({"keep": loc.keep, "state": "running", "host": loc.host,
-                             "host_id": loc.host_id.hex(), "epoch": loc.epoch,
-                             "owner": loc.owner.hex(), "remote": True})
+                same = held.get(loc.keep, {})
+                rows.append({f: same[f] for f in DEPLOYMENT_FIELDS if f in same}
+                            | {"keep": loc.keep, "state": self._copy_state(loc),
+                               "host": loc.host,
+                               "host_id": loc.host_id.hex(), "epoch": loc.epoch,
+                               "owner": loc.owner.hex(), "remote": True})
         return {"keeps": rows}

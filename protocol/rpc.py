@@ -93,6 +93,7 @@ METHOD_BODY_LIMITS: dict[str, int] = {
     "agent.status": SMALL_BODY, "agent.peers": SMALL_BODY, "members.list": SMALL_BODY,
     "agent.join": SMALL_BODY, "agent.leave": SMALL_BODY, "keeps.list": SMALL_BODY,
     "keeps.logs": SMALL_BODY, "keeps.stop": SMALL_BODY,
+    "migrate.where": SMALL_BODY, "agent.drain": SMALL_BODY,  # bodies `{}`, like agent.status
     "keeps.call": MESSAGE_BODY, "keeps.deliver": MESSAGE_BODY,
     "swim.stream": 4 * 1024 * 1024 + 64 * 1024,
     # agents' ordered lane (specs/migration.md §10): one record, or a batch of <= 8 MiB
@@ -135,6 +136,13 @@ def request_method_hint(head: bytes) -> str | None:
     except Exception:  # msgpack raises many types on partial or hostile input
         return None
     return None
+
+
+def refuse_fields(method: str, body: dict[str, Any]) -> None:
+    """For a method whose body is `{}`: any field is `invalid`, as every method refuses
+    fields it does not know (a misspelt option must not be silently ignored)."""
+    if body:
+        raise ProtocolError(f"{method}: unknown field {sorted(map(str, body))[0][:64]!r}")
 
 
 def pack_body(body: dict[str, Any]) -> bytes:

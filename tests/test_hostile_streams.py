@@ -212,6 +212,8 @@ async def test_large_frame_refused_before_buffering(nursery: trio.Nursery, tmp_p
     session = await attacker_session(ep, addr, sim_root)
     for method, expect in (("swim.stream", b"unknown method"),  # agents only
                            ("agent.status", b"exceeds its limit"),  # small-body method
+                           ("migrate.where", b"exceeds its limit"),  # {} bodies, as status
+                           ("agent.drain", b"exceeds its limit"),
                            ("no.such", b"unknown method")):
         frame = request_frame(method, {"data": b"\0" * (20 << 20)})
         stream = session.conn.open_stream()

@@ -68,7 +68,8 @@ class _Members:
         self.state: dict[bytes, MemberState] = {}
 
     def member(self, node_id: bytes) -> Any:
-        return SimpleNamespace(liveness=self.state.get(node_id, MemberState.ALIVE))
+        return SimpleNamespace(liveness=self.state.get(node_id, MemberState.ALIVE),
+                               address="")  # unknown: locations keep their own
 
 
 class Agent:

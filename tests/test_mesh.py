@@ -12,10 +12,12 @@ import trio
 from keepmesh.agent.cli import CommandError
 from keepmesh.agent.client import open_client
 from keepmesh.agent.config import AgentConfig
-from keepmesh.agent.identity import Identity
+from keepmesh.agent.identity import Identity, load_or_create
 from keepmesh.agent.node import Agent
+from keepmesh.agent.rpc import RpcError, call
 from keepmesh.agent.startup import StartupError, build_agent
 from keepmesh.agent.transport.quic import ConnectionClosed, QuicEndpoint
+from keepmesh.protocol.effects import Leave
 
 
 def make(tmp: Path, root: Path, name: str, join: list[str] | None = None,
@@ -51,7 +53,9 @@ async def test_two_and_three_agents_attest_each_other(nursery: trio.Nursery, tmp
     entry = c.peers[b.identity.public_bytes]
     assert entry.evidence is not None and entry.evidence.tee == "sim"
     assert entry.evidence.measurement == c.own_evidence.measurement  # type: ignore[union-attr]
-    # The CLI's view of the same thing.
+    # The CLI's view of the same thing, from an admitted owner (so agent.leave and
+    # agent.drain are reached, not refused as `forbidden`).
+    a.admin_keys.add(load_or_create(tmp_path / "op.key").public_bytes)
     client = await open_client(addr_a, roots=[sim_root / "ark.pem"], key_path=tmp_path / "op.key")
     try:
         peers = (await client.call("agent.peers", {}))["peers"]
@@ -62,6 +66,30 @@ async def test_two_and_three_agents_attest_each_other(nursery: trio.Nursery, tmp
         assert status["identity"] == a.identity.public_bytes.hex()
         with pytest.raises(CommandError, match="unknown method"):
             await client.call("swim.stream", {"data": b"x"})  # agents only
+        # Methods whose body is {} refuse an unknown field like every other method
+        # (keeps.list, agent.join): a misspelt option is `invalid`, never ignored, and
+        # for agent.leave never stops the agent.
+        assert client.session is not None
+        for method in ("agent.status", "agent.peers", "members.list", "migrate.where",
+                       "agent.drain", "agent.leave"):
+            with pytest.raises(RpcError) as refused:
+                await call(client.session, method, {"bogus": 1}, timeout=5)
+            assert refused.value.code == "invalid", (method, refused.value)
+        assert (await client.call("agent.status", {}))["identity"] == status["identity"]
+        # c gossips a leave but its sessions stay open (as a crashed peer's do until QUIC's
+        # idle timeout): a's agent.peers and agent.status agree with members.list at once.
+        mesh_c = c.on_leave[0].__self__  # type: ignore[attr-defined]
+        mesh_c.node.command(Leave(), mesh_c.now())
+        mesh_c.flush()
+        c_id = c.identity.public_bytes.hex()
+        with trio.move_on_after(5):
+            while any(m["node_id"] == c_id and m["state"] == "alive"
+                      for m in (await client.call("members.list", {}))["members"]):
+                await trio.sleep(0.05)
+        assert not a.peers[c.identity.public_bytes].session.closed.is_set()  # type: ignore[union-attr]
+        peers = (await client.call("agent.peers", {}))["peers"]
+        assert [p["identity"] for p in peers] == [b.identity.public_bytes.hex()]
+        assert (await client.call("agent.status", {}))["peers"] == 1
     finally:
         await client.aclose()
 
@@ -154,6 +182,24 @@ async def test_different_sim_roots_trust_each_other_when_told(nursery: trio.Nurs
     await wait_peers(a, 1)
     await wait_peers(b, 1)
     assert a.peers[b.identity.public_bytes].evidence.tee == "sim"  # type: ignore[union-attr]
+    # b restarts (same identity) at another address and connects to a itself: a's entry
+    # (agent.peers, and where a would dial it) follows it there, not its previous life.
+    b.shutdown()
+    with trio.fail_after(10):
+        while b.data_dir_lock is not None:
+            await trio.sleep(0.02)
+    b2 = make(tmp_path, other_sim_root, "b", join=[addr_a], roots=[sim_root / "ark.pem"])
+    addr_b2 = await start(nursery, b2)
+    assert addr_b2 != b.address
+    with trio.move_on_after(10):
+        while True:
+            entry = a.peers[b2.identity.public_bytes]
+            if entry.session is not None and not entry.session.closed.is_set() and \
+                    entry.verified_at > b.started_at and entry.address == addr_b2:
+                break
+            await trio.sleep(0.05)
+    assert a.peers[b2.identity.public_bytes].address == addr_b2
+    assert a.session_to_address(addr_b2) is not None
 
 
 async def test_finished_rpc_streams_are_released(nursery: trio.Nursery, tmp_path: Path,

@@ -84,6 +84,12 @@ def test_drain_moves_every_keep_with_no_loss() -> None:
         assert copy is not host and copy.counters[k] == values[k]  # nothing lost
         assert _location(net, k, 4) == (copy.id, 2)
     assert all(s.reason == "moved" for s in host.stopped)
+    # a new record naming the hand-over checkpoint gives the time it was taken, not 0
+    net.run(1.0)
+    locs = [net.nodes[4].engine.locations.get(k) for k in keeps]
+    named = [loc for loc in locs if loc is not None and loc.checkpoint_seq >= 1]
+    assert named
+    assert all(0 < loc.checkpoint_at <= net.now for loc in named), named
 
 
 def test_calls_during_a_drain_are_never_served_by_two_copies() -> None:

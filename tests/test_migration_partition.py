@@ -164,7 +164,9 @@ def test_partition_then_heal_leaves_exactly_one_copy(netns: Netns, tmp_path: Pat
                 if rc != 0:
                     continue
                 for k in json.loads(got.out)["keeps"]:
-                    if k["keep"] == keep and k.get("kind") == "service" and \
+                    # a copy running on `a` (keeps.list also lists the keep where it
+                    # runs elsewhere, with its name and kind when `a` has a copy)
+                    if k["keep"] == keep and k.get("host") == a.address and \
                             k["state"] == "running":
                         out.append(a.address)
             return out

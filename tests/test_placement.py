@@ -9,6 +9,7 @@ import random
 
 import pytest
 from keepmesh.protocol.effects import (
+    AttestationVerdict,
     Commit,
     Deploy,
     KeepLocated,
@@ -72,6 +73,34 @@ class Mesh:
         records = [n.record for n in self.nodes.values()]
         for node in self.nodes.values():
             node.learn(records, 0.0, trusted=True)
+        self.pump()
+
+    def join_late(self) -> str:
+        """One more node, attested by every member now (as a join would); it knows them
+        but attests them only when `trust_members(addr)` is called."""
+        i = len(self.nodes)
+        addr = f"10.0.0.{i + 1}:7946"
+        signer = KEYRING.signer(sim_node_id(i + 1))
+        record = make_record(signer, addr, 1, Claims("sim", "ab", "1"),
+                             Capacity(1024, 1000, 1024, 1000), {})
+        node = MeshNode(LAN, record, signer, VERIFIER, random.Random(100 + i), self.now)
+        self.places[addr] = node.add(PlacementMachine(  # type: ignore[assignment]
+            node, random.Random(1000 + i), memory_mb=1024, max_keeps=8,
+            config=PlacementConfig(lease_ttl=5.0)))
+        node.learn([n.record for n in self.nodes.values()], self.now)  # attested below
+        for other in self.nodes.values():  # heard of, then attested: a `join` event
+            other.learn([record], self.now)
+            other.complete(AttestationVerdict(record.node_id, True, 30.0, ""), self.now)
+        self.nodes[addr] = node
+        self.outputs[addr] = []
+        self.pump()
+        return addr
+
+    def trust_members(self, addr: str) -> None:
+        node = self.nodes[addr]
+        for other in self.nodes.values():
+            if other is not node:
+                node.complete(AttestationVerdict(other.node_id, True, 30.0, ""), self.now)
         self.pump()
 
     @property
@@ -280,6 +309,17 @@ def test_locations_spread_to_every_member() -> None:
         locs = p.where("seen")
         assert len(locs) == 1 and locs[0].host_id == host and locs[0].state == "running"
     assert any(isinstance(o, KeepLocated) for o in mesh.outputs[mesh.addrs[5]])
+    # A member joining after the gossip died down still learns it: the host tells it,
+    # and again a gossip round later, as the newcomer drops what it hears from a host
+    # before it has attested it (here: after the host's first telling arrived).
+    late = mesh.join_late()
+    mesh.run_until(10.1)
+    assert not mesh.places[late].where("seen")
+    assert mesh.places[late].stats.get("where.unknown_host", 0) >= 1
+    mesh.trust_members(late)
+    mesh.run_until(11.0)
+    locs = mesh.places[late].where("seen")
+    assert len(locs) == 1 and locs[0].host_id == host and locs[0].state == "running"
 
 
 def test_where_from_a_stranger_about_our_keeps_is_ignored() -> None:

@@ -5,6 +5,7 @@ call and stop work from an agent that does not host the keep."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -12,12 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 from agent_thread import AgentThread
 from cryptography.hazmat.primitives import serialization
 from keepmesh.agent.cli import main
 from keepmesh.agent.config import AgentConfig, HostCapacity
 from keepmesh.agent.identity import read_private_key
 from keepmesh.agent.startup import build_agent
+from keepmesh.protocol.effects import Leave
 
 pytestmark = pytest.mark.slow
 
@@ -136,8 +139,51 @@ def test_replicas_land_on_distinct_hosts(mesh: list[AgentThread], owner: tuple[P
     code, out, err = _run(capsys, ["deploy", str(w), "--agent", a.address, "--replicas", "3",
                                    "--json", *flags])
     assert code == 0, err
-    hosts = [p["host"] for p in json.loads(out)["placements"]]
+    doc = json.loads(out)
+    hosts = [p["host"] for p in doc["placements"]]
     assert sorted(hosts) == sorted(t.address for t in mesh)
+    # `keeps` lists every copy, and each row names the workload as the local copy's does
+    deadline = time.monotonic() + 30
+    while True:
+        code, out, err = _run(capsys, ["keeps", "--agent", a.address, "--json", *flags])
+        assert code == 0, err
+        rows = [r for r in json.loads(out)["keeps"] if r["keep"] == doc["keep"]]
+        if len(rows) == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert sorted(r["host"] for r in rows) == sorted(hosts)
+    assert {(r.get("name"), r.get("kind")) for r in rows} == {("counter", "service")}, rows
+    # a location names its host's address when it was made; a host that restarted
+    # elsewhere (same copy, same epoch) is listed where its membership record says it is
+    b = mesh[1]
+    placement = a.agent.methods["keeps.list"].__self__  # type: ignore[attr-defined]
+    key = (doc["keep"], b.agent.identity.public_bytes)
+    table = next(t for t in (placement.machine.locations, placement.machine.placed)
+                 if key in t)  # gossiped, or what a placed as the entry
+    table[key] = dataclasses.replace(table[key], host="127.0.0.1:9")  # its previous life's
+    code, out, err = _run(capsys, ["keeps", "--agent", a.address, "--json", *flags])
+    assert code == 0, err
+    assert sorted(r["host"] for r in json.loads(out)["keeps"]
+                  if r["keep"] == doc["keep"]) == sorted(hosts)
+    # c leaves the mesh (its copy is not stopped): a's listing must not say that copy
+    # runs at a host membership holds gone (keeps.list: `orphaned`, nobody takes it
+    # over; `keepmesh keeps` lists running copies only)
+    c = mesh[2]
+    mesh_c = c.agent.on_leave[0].__self__  # type: ignore[attr-defined]
+
+    def leave() -> None:
+        mesh_c.node.command(Leave(), mesh_c.now())
+        mesh_c.flush()
+    trio.from_thread.run_sync(leave, trio_token=c._token)
+    deadline = time.monotonic() + 10
+    while True:
+        code, out, err = _run(capsys, ["keeps", "--agent", a.address, "--json", *flags])
+        states = {r["host"]: r["state"] for r in json.loads(out)["keeps"]
+                  if r["keep"] == doc["keep"]}
+        if states.get(c.address) != "running" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert states == {a.address: "running", mesh[1].address: "running"}, states
     # a fourth replica has no distinct host left
     w2 = _workload(tmp_path, "\n# again\n")
     code, out, err = _run(capsys, ["deploy", str(w2), "--agent", a.address, "--replicas", "4",

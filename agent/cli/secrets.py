@@ -64,7 +64,7 @@ def _find_keep(keeps: Any, wanted: str) -> dict[str, Any]:
 
 def _summary(keeps: Any, keep_id: str) -> dict[str, Any]:
     """This agent's own summary of its copy (the row with the deployment digest and
-    serial; rows for copies elsewhere carry neither)."""
+    serial; rows for copies elsewhere are `remote` and carry no serial)."""
     rows = keeps if isinstance(keeps, list) else []
     for row in rows:
         if isinstance(row, dict) and row.get("keep") == keep_id and "deployment" in row \

@@ -131,6 +131,7 @@ class Starting:
     reply_to: NodeId | None
     seq: int
     since: float
+    taken_at: float = 0.0  # when checkpoint `seq` was taken (its old host's clock)
 
 
 @dataclass
@@ -246,8 +247,9 @@ class Migration:
     # ============================================================ keeps here
 
     def keep_running(self, deployment: Deployment, epoch: int, now: float, *,
-                     seq: int = 0) -> str:
-        """A keep now runs here (placed here, or restored by `keep_started`)."""
+                     seq: int = 0, taken_at: float = 0.0) -> str:
+        """A keep now runs here (placed here, or restored by `keep_started` from checkpoint
+        `seq`, taken at `taken_at`: the record's last_checkpoint names both)."""
         from ..deployment import deployment_id
         keep = deployment_id(deployment)
         spec = deployment.manifest.placement
@@ -261,6 +263,8 @@ class Migration:
         policy = policy_of(deployment, self.default_policy)
         settings = settings_of(deployment)
         rep = Replication(keep, epoch, self.own_id, policy, settings, now, seq=seq)
+        if seq:
+            rep.taken_at[seq] = taken_at
         self.running[keep] = Running(keep, epoch, policy, settings, rep, deployment.owner_key,
                                      deployment=deployment)
         self._policies[keep] = policy
@@ -667,7 +671,7 @@ class Migration:
             refuse("draining")
             return
         self.starting[msg.keep] = Starting(msg.keep, msg.epoch, msg.trigger, src, src,
-                                           msg.seq, now)
+                                           msg.seq, now, h.taken_at)
         self._out.append(StartFromCheckpoint(msg.keep, msg.epoch, msg.seq))
 
     def _on_handover_done(self, src: NodeId, msg: HandoverDone, now: float) -> None:
@@ -735,7 +739,7 @@ class Migration:
             self._out.append(KeepOrphaned(keep, st.from_host or self.own_id,
                                           f"restore failed here: {reason[:200]}"))
             return
-        self.keep_running(deployment, epoch, now, seq=st.seq)
+        self.keep_running(deployment, epoch, now, seq=st.seq, taken_at=st.taken_at)
         self.holdings.drop(keep)
         self._holds.pop(keep, None)
         if self.placement is not None:
@@ -798,7 +802,7 @@ class Migration:
             return
         epoch = loc.epoch + 1
         self.starting[loc.keep] = Starting(loc.keep, epoch, verdict.trigger, loc.host, None,
-                                           h.seq, now)
+                                           h.seq, now, h.taken_at)
         self._out.append(StartFromCheckpoint(loc.keep, epoch, h.seq))
 
     # ============================================================ typed inputs

@@ -154,6 +154,9 @@ class PlacementMachine:
         self._out: deque[Output] = deque()
         self._gossip: list[_Rumour] = []
         self._next_gossip: float | None = None
+        # Members told what runs here again at the next gossip round (_announce_to):
+        # one that just joined may not trust us yet when the first telling arrives.
+        self._greet: set[bytes] = set()
         # keep id -> True when another machine (migration) spreads that keep's location
         # in its own signed records: placement keeps its statement local, not gossiped
         self.located_elsewhere: Callable[[str], bool] | None = None
@@ -228,7 +231,13 @@ class PlacementMachine:
         return isinstance(result, KeepStarted)
 
     def on_member_event(self, event: MemberEvent, now: float) -> None:
-        """A host that died or lost trust no longer counts for pending requests."""
+        """A host that died or lost trust no longer counts for pending requests; a member
+        that joined (or came back) is told what runs here."""
+        if event.kind in ("join", "alive"):
+            self._announce_to(event.node_id)
+            self._greet.add(event.node_id)
+            if self._next_gossip is None:
+                self._next_gossip = now + self.config.gossip_interval
         if event.kind in ("dead", "left", "untrusted"):
             for request in list(self._requests.values()):
                 if event.node_id in request.waiting.values():
@@ -683,7 +692,31 @@ class PlacementMachine:
                 continue  # nobody tells us what runs here
             self._accept(loc, now)
 
+    def _announce_to(self, node_id: bytes) -> None:
+        """Send a member that joined, or came back (restarted, refuted), this host's own
+        running copies: at once, and again at the next gossip round (it drops entries
+        from a host it does not trust yet, and its verdict on us may come later than
+        ours on it). Gossip repeats each location a bounded number of times, so a
+        member arriving later would otherwise never learn of copies placed before it
+        (`keeps.list` and `keeps.call` from it would not find them). Only our own
+        entries, which the receiver takes from us as their host; keeps migration tracks
+        travel in its signed records instead."""
+        view = self.node.member(node_id)
+        if view is None or node_id == self.node.node_id:
+            return
+        me = self.node.node_id
+        own = [loc for (keep, host), loc in self.locations.items()
+               if host == me and loc.state == "running"
+               and not (self.located_elsewhere is not None and self.located_elsewhere(keep))]
+        for i in range(0, len(own), MAX_WHERE_ENTRIES):
+            data = encode_payload(PlaceWhere(entries=tuple(own[i:i + MAX_WHERE_ENTRIES])))
+            self._out.append(Send(view.address, data, True, node_id))
+            self._count("sent.place.where")
+
     def _gossip_round(self, now: float) -> None:
+        greet, self._greet = self._greet, set()
+        for node_id in greet:  # once more, now that it has had time to attest us
+            self._announce_to(node_id)
         self._gossip = [g for g in self._gossip if g.left > 0]
         if not self._gossip:
             self._next_gossip = None
