@@ -89,11 +89,20 @@ LARGE_FRAME = 64 * 1024
 # Body limits for methods known to take small bodies; others may use MAX_BODY.
 SMALL_BODY = 64 * 1024
 MESSAGE_BODY = 1024 * 1024 + 64 * 1024  # a 1 MiB keep message plus its fields
+# Methods whose one record is bounded by its schema well below MAX_BODY: the limit is
+# the largest body that schema allows (wire.max_fields_size, checked in
+# tests/test_wire.py), rounded up. keeps.place {deployment}: a signed Deployment without
+# its package, at most 1,663,056 bytes (env and args of 4-byte UTF-8 characters);
+# keeps.secret_set {update}: one SecretUpdate, a 64 KiB secret sealed, 66,436 bytes.
+PLACE_BODY = 1024 * 1024 + 640 * 1024
+SECRET_SET_BODY = 68 * 1024
 METHOD_BODY_LIMITS: dict[str, int] = {
     "agent.status": SMALL_BODY, "agent.peers": SMALL_BODY, "members.list": SMALL_BODY,
     "agent.join": SMALL_BODY, "agent.leave": SMALL_BODY, "keeps.list": SMALL_BODY,
     "keeps.logs": SMALL_BODY, "keeps.stop": SMALL_BODY,
     "migrate.where": SMALL_BODY, "agent.drain": SMALL_BODY,  # bodies `{}`, like agent.status
+    "migrate.attest": SMALL_BODY,  # {nonce: 32 B}, at most 52 bytes
+    "keeps.place": PLACE_BODY, "keeps.secret_set": SECRET_SET_BODY,
     "keeps.call": MESSAGE_BODY, "keeps.deliver": MESSAGE_BODY,
     "swim.stream": 4 * 1024 * 1024 + 64 * 1024,
     # agents' ordered lane (specs/migration.md §10): one record, or a batch of <= 8 MiB

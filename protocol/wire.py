@@ -211,6 +211,50 @@ def rec(message: type[Message], optional: bool = False) -> Spec:
     return Spec("message", message=message, optional=optional)
 
 
+_MAX_HEADER = 5  # str32/bin32/array32/map32 header; an encoder need not pick the shortest
+
+
+def max_encoded_size(spec: Spec) -> int:
+    """The most msgpack bytes a value `spec` accepts can take, whatever the encoder.
+
+    Why: an RPC method's body limit (protocol/rpc.py) must admit every body its schema
+    allows and little more. Every header is counted at its longest form, every int and
+    float at 9 bytes, and a str of n characters at 4n bytes (the schema counts code
+    points, UTF-8 takes up to 4 bytes each); a present optional field counts in full.
+    """
+    k = spec.kind
+    if k in ("int", "float"):
+        return 9
+    if k == "bool":
+        return 1
+    if k == "str":
+        if spec.choices is not None:
+            return _MAX_HEADER + max(len(c.encode()) for c in spec.choices)
+        n = spec.exact_len if spec.exact_len is not None else spec.max_len
+        assert n is not None, "unbounded str field"
+        return _MAX_HEADER + 4 * n
+    if k == "bytes":
+        n = spec.exact_len if spec.exact_len is not None else spec.max_len
+        assert n is not None, "unbounded bytes field"
+        return _MAX_HEADER + n
+    assert spec.max_len is not None or k == "message", f"unbounded {k} field"
+    if k == "list":
+        assert spec.item is not None and spec.max_len is not None
+        return _MAX_HEADER + spec.max_len * max_encoded_size(spec.item)
+    if k == "map":
+        assert spec.key is not None and spec.item is not None and spec.max_len is not None
+        return _MAX_HEADER + spec.max_len * (max_encoded_size(spec.key)
+                                             + max_encoded_size(spec.item))
+    assert k == "message" and spec.message is not None
+    return max_fields_size(spec.message.SCHEMA)
+
+
+def max_fields_size(schema: dict[str, Spec]) -> int:
+    """max_encoded_size of a field map (a record's, or an RPC body's) with every field."""
+    return _MAX_HEADER + sum(_MAX_HEADER + len(name.encode()) + max_encoded_size(spec)
+                             for name, spec in schema.items())
+
+
 # -------------------------------------------------------------------- records
 
 M = TypeVar("M", bound="Message")

@@ -225,6 +225,45 @@ async def test_large_frame_refused_before_buffering(nursery: trio.Nursery, tmp_p
     await good_client_served(addr, sim_root, tmp_path / "good.key")
 
 
+async def test_bounded_methods_take_a_body_at_their_limit_and_refuse_one_above(
+        nursery: trio.Nursery, tmp_path: Path, sim_root: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """keeps.place, keeps.secret_set and migrate.attest carry one schema-bounded record
+    (specs/wire.md "Large RPC frames"): a body of exactly the method's limit reaches the
+    handler, one byte more is refused, and a head declaring more than limit + envelope
+    is answered from its first bytes, before the rest is sent. They used to admit 24 MiB."""
+    from keepmesh.protocol.rpc import ENVELOPE, RpcRequest, body_limit
+    agent = make_agent(tmp_path, sim_root, "a")
+    methods_for = agent._methods_for
+    # migrate.attest is offered to agents only: give this client session the agent's
+    # handler (which then answers "agents only" once the body was admitted)
+    monkeypatch.setattr(agent, "_methods_for", lambda session: {
+        **methods_for(session), "migrate.attest": agent.methods["migrate.attest"]})
+    addr = await nursery.start(agent.run)
+    ep = await attacker_endpoint(nursery)
+    session = await attacker_session(ep, addr, sim_root)
+
+    async def ask(frame: bytes, send: int | None = None) -> bytes:
+        stream = session.conn.open_stream()
+        stream.send(frame[:send], end=send is None)
+        with trio.fail_after(10):
+            return bytes(await stream.receive_some())
+
+    for method in ("keeps.place", "keeps.secret_set", "migrate.attest"):
+        limit = body_limit(method)
+        assert limit <= 2 << 20, (method, limit)
+        at = await ask(encode_frame(RpcRequest(method=method, body=b"\0" * limit), 32 << 20))
+        assert b"not msgpack" in at, (method, at[:200])  # admitted, reached the handler
+        above = await ask(encode_frame(RpcRequest(method=method, body=b"\0" * (limit + 1)),
+                                       32 << 20))
+        assert b"body exceeds its limit" in above, (method, above[:200])
+        head = struct.pack(">I", limit + ENVELOPE + 1) + \
+            encode_frame(RpcRequest(method=method, body=b"\0" * (limit + 1)), 32 << 20)[4:]
+        early = await ask(head, send=64 * 1024)  # only the head: the rest is never sent
+        assert b"exceeds its limit" in early and b"invalid" in early, (method, early[:200])
+    assert agent.endpoint.budget.used < 4 << 20
+
+
 async def test_repeated_violations_ban_the_source_for_a_while(
         nursery: trio.Nursery, tmp_path: Path, sim_root: Path) -> None:
     from keepmesh.agent.transport.limits import BanList

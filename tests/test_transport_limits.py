@@ -74,3 +74,52 @@ def test_method_hint_reads_only_method_first_heads() -> None:
                  msgpack.packb([2, "rpc.request", {"method": "x"}]),
                  msgpack.packb([1, "rpc.request", {"method": 5}])):
         assert request_method_hint(junk) is None
+
+
+def _largest_place_body() -> dict[str, object]:
+    """keeps.place's largest valid body: every field of the deployment at its maximum,
+    free text in 4-byte UTF-8 characters (names are ASCII by their patterns)."""
+    from keepmesh.protocol.deployment import MAX_POLICY_TEXT, Deployment
+    wide = "\U0001F512"
+    refs = [{"name": f"S{i:02d}" + "x" * 61, "digest": b"d" * 32, "as_env": True}
+            for i in range(64)]
+    data = [{"name": f"D{i:02d}" + "x" * 61, "digest": b"d" * 32} for i in range(64)]
+    manifest = {
+        "name": "k" * 64, "args": [wide * 1024] * 64,
+        "env": {f"E{i:02d}" + "x" * 125: wide * 4096 for i in range(64)},
+        "memory_limit": 4 << 30, "fuel": (1 << 63) - 1, "timeout_ms": 3_600_000,
+        "stateful": True,
+        "placement": {"replicas": 16, "labels": {f"l{i:02d}" + "x" * 61: wide * 128
+                                                 for i in range(16)}, "spread": "s" * 64},
+        "migration": {"standbys": 8, "checkpoint_s": 1e-3 + 1.5}}
+    fields = {"package_digest": b"p" * 32, "package_size": 16 << 20, "manifest": manifest,
+              "policy": wide * MAX_POLICY_TEXT, "owner_key": b"o" * 32,
+              "created_at": 1.5e9 + 0.25, "nonce": b"n" * 16, "signature": b"s" * 64,
+              "secrets": refs, "data": data}
+    Deployment.from_fields(fields)  # valid (but for its signature)
+    return {"deployment": fields}
+
+
+def test_bounded_methods_limits_fit_their_schema() -> None:
+    """keeps.place, keeps.secret_set and migrate.attest each carry one record bounded by
+    its schema: their body limit admits the largest body the schema allows, and not
+    much more (they used to fall under MAX_BODY, 24 MiB). specs/wire.md lists them."""
+    from keepmesh.protocol.deployment import Deployment
+    from keepmesh.protocol.rpc import MAX_BODY, SMALL_BODY, body_limit, pack_body
+    from keepmesh.protocol.secrets import MAX_UPDATE_CIPHERTEXT, SecretUpdate
+    from keepmesh.protocol.wire import b, max_fields_size, rec
+    place = max_fields_size({"deployment": rec(Deployment)})
+    largest = len(pack_body(_largest_place_body()))
+    # the bound is real, and nearly reached (it counts ASCII-only names at 4 bytes a char)
+    assert place - 64 * 1024 <= largest <= place
+    assert place <= body_limit("keeps.place") <= place + 64 * 1024 < MAX_BODY // 8
+    update = {"keep": "a" * 32, "name": "N" * 64, "serial": (1 << 63) - 1,
+              "digest": b"d" * 32, "ciphertext": b"c" * MAX_UPDATE_CIPHERTEXT,
+              "signature": b"s" * 64}
+    SecretUpdate.from_fields(update)
+    secret_set = max_fields_size({"update": rec(SecretUpdate)})
+    assert len(pack_body({"update": update})) <= secret_set
+    assert secret_set <= body_limit("keeps.secret_set") <= secret_set + 4096
+    attest = max_fields_size({"nonce": b(exact=32)})
+    assert len(pack_body({"nonce": b"n" * 32})) <= attest <= body_limit("migrate.attest")
+    assert body_limit("migrate.attest") == SMALL_BODY  # as agent.status and its siblings
