@@ -11,8 +11,8 @@ and route keep commands to wherever a keep runs. Decides nothing itself.
   deploy straight to this agent, reserves and commits at once) *before* the
   keep starts, so this agent's lease table is the only authority on its
   capacity; a keep that fails to start gives its lease back.
-- `keeps.list`, `keeps.call`, `keeps.stop`: local keeps as before; keeps
-  elsewhere are found in the node's location view and the command is
+- `keeps.list`, `keeps.call`, `keeps.logs`, `keeps.stop`: local keeps as before;
+  keeps elsewhere are found in the node's location view and the command is
   forwarded to their host over the attested agent session (the host checks
   the owner named by the forwarding agent: attested agents run the measured
   image and vouch for the client they authenticated).
@@ -114,7 +114,7 @@ class PlacementService:
         self._local = keeps.methods()
         agent.register({"keeps.place": self._rpc_place, "keeps.deploy": self._rpc_deploy,
                         "keeps.list": self._rpc_list, "keeps.call": self._rpc_call,
-                        "keeps.stop": self._rpc_stop})
+                        "keeps.logs": self._rpc_logs, "keeps.stop": self._rpc_stop})
         agent.services.append(self._reconcile)
 
     async def _reconcile(self, nursery: trio.Nursery) -> None:
@@ -431,11 +431,13 @@ class PlacementService:
         return StaleEpoch(f"keep {keep_id}: epoch {claimed} is stale, it runs at {known}")
 
     async def _forward_moving(self, ctx: RpcContext, keep_id: str, method: str,
-                              body: dict[str, Any], claimed: int | None = None
-                              ) -> dict[str, Any]:
+                              body: dict[str, Any], claimed: int | None = None, *,
+                              on_behalf: bool = False) -> dict[str, Any]:
         """Forward to wherever the keep runs now, with the newest signed record known
         here and the client's `claimed` epoch unchanged (ours when it gave none); a
-        `stale_epoch` answer (it moved again meanwhile) is retried after re-resolving."""
+        `stale_epoch` answer (it moved again meanwhile) is retried after re-resolving.
+        `on_behalf`: the request names the owner this agent authenticated (`owner`),
+        which the host checks (keeps.logs)."""
         for backoff in (*STALE_RETRY_S, None):
             loc = self._remote(keep_id)
             node = self.mesh.node
@@ -447,6 +449,8 @@ class PlacementService:
             if stale is not None:
                 raise stale
             fwd = dict(body, keep=loc.keep)
+            if on_behalf:
+                fwd["owner"] = loc.owner or ctx.peer_key
             signed = self._signed(loc.keep)
             if signed is not None and signed.host == loc.host_id:
                 fwd.update(epoch=signed.epoch if claimed is None else claimed,
@@ -479,6 +483,49 @@ class PlacementService:
                                                       req.epoch)
         out: dict[str, Any] = await self._local["keeps.call"](ctx, body)
         return out
+
+    async def _rpc_logs(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        """A keep's logs from any agent, routed as keeps.call is: this agent's copy when
+        it runs the keep's current epoch here, else forwarded one hop to the copy call
+        would reach (a replicated keep's: one on a live host), with the same answers for
+        a host that is gone (`unavailable` at once, `stale_epoch` while it moves). The
+        answer names the copy that answered (`host`, `host_id`): each copy has its own
+        log. A forwarded request (an agent caller) names the owner the forwarder
+        authenticated; the host checks it and answers from its own copy only."""
+        if ctx.role == "agent":
+            return self._logs_for_forwarder(ctx, body)
+        req = KeepRequest.from_fields(body)  # typed and bounded before it is forwarded
+        keep_id = self._full_id(req.keep)
+        if keep_id is not None:
+            try:
+                self._admit(ctx, keep_id, {})
+            except StaleEpoch:  # the keep runs, or is about to, at another host
+                return await self._forward_moving(ctx, keep_id, "keeps.logs", body,
+                                                  on_behalf=True)
+            if (not self._is_local(keep_id) or self._stopped_here(keep_id)) and \
+                    self._remote(keep_id) is not None:
+                return await self._forward_moving(ctx, keep_id, "keeps.logs", body,
+                                                  on_behalf=True)
+        return self._answered_here(await self._local["keeps.logs"](ctx, body))
+
+    def _logs_for_forwarder(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        body = dict(body)
+        on_behalf = body.pop("owner", None)
+        fence = {"epoch": body.pop("epoch", None), "location": body.pop("location", None)}
+        req = KeepRequest.from_fields(body)
+        if not self._is_local(req.keep):
+            raise RpcNotFound(f"no keep {req.keep[:64]!r} on this agent")
+        keep = self.keeps.manager.get(req.keep)
+        if not isinstance(on_behalf, bytes) or keep.deployment.owner_key != on_behalf:
+            raise RpcNotFound(f"no keep {req.keep[:64]!r} on this agent")
+        self._admit(ctx, keep.keep_id, fence)  # moved on: stale_epoch, the forwarder re-resolves
+        return self._answered_here(self.keeps.log_reply(keep, req))
+
+    def _answered_here(self, out: dict[str, Any]) -> dict[str, Any]:
+        node = self.mesh.node
+        if node is None:
+            return out
+        return dict(out, host=node.address, host_id=node.node_id.hex())
 
     def _stopped_here(self, keep_id: str) -> bool:
         keep = self.keeps.manager.keeps.get(keep_id)

@@ -1,4 +1,4 @@
-"""keeps.call/keeps.stop forwarded by an agent that does not host the keep
+"""keeps.call/keeps.logs/keeps.stop forwarded by an agent that does not host the keep
 (agent/placement_service.py), over real migration engines (tests/migration_net.py):
 the client's epoch is fenced the same way directly and through a forwarder
 (specs/migration.md §3), and a host that membership holds dead or left is not waited
@@ -53,7 +53,7 @@ async def _rpc(session: _Session, method: str, body: dict[str, Any],
         await trio.sleep(timeout)
         raise RpcError(f"{method}: no answer within {timeout:g}s", "busy", method)
     ctx = SimpleNamespace(role="agent", peer_key=session.src)
-    handler = {"keeps.call": session.to._rpc_call, "keeps.stop": session.to._rpc_stop}[method]
+    handler = session.to.agent.methods[method]  # what the host registered
     try:
         out = await handler(ctx, unpack_body(pack_body(body)))  # type: ignore[arg-type]
     except ProtocolError as err:
@@ -86,10 +86,13 @@ class Agent:
                                machine_factories=[], on_output=[], membership=self.members)
         manager = SimpleNamespace(get=self._get, keeps=self._keeps(), stop=self._stop_keep)
         keeps = SimpleNamespace(manager=manager, operator_keys=set(),
+                                log_reply=self._log_reply,
                                 methods=lambda: {"keeps.call": self._call,
+                                                 "keeps.logs": self._logs,
                                                  "keeps.stop": self._stop})
-        agent = SimpleNamespace(register=lambda methods: None, services=[],
-                                peers={}, connect=self._connect)
+        self.methods = dict(keeps.methods())  # the agent's table: KeepService's, then
+        agent = SimpleNamespace(register=self.methods.update, services=[],  # placement's
+                                peers={}, connect=self._connect, methods=self.methods)
         self.service = PlacementService(agent, mesh, keeps,  # type: ignore[arg-type]
                                         SimpleNamespace(keeps=4), 1 << 30)  # type: ignore[arg-type]
         self.agent = agent
@@ -122,6 +125,18 @@ class Agent:
         keep = self._get(CallRequest.from_fields(body).keep).keep_id
         self.node.counters[keep] += 1
         return {"keep": keep, "reply": b"%d" % self.node.counters[keep], "state": "running"}
+
+    async def _logs(self, ctx: Any, body: dict[str, Any]) -> dict[str, Any]:
+        req = KeepRequest.from_fields(body)
+        keep = self._get(req.keep)
+        if keep.deployment.owner_key != ctx.peer_key:
+            raise RpcNotFound("no keep")
+        return self._log_reply(keep, req)
+
+    def _log_reply(self, keep: Any, req: KeepRequest) -> dict[str, Any]:
+        """KeepService.log_reply: this copy's own log (one line naming the copy)."""
+        return {"keep": keep.keep_id, "state": keep.status, "seq": 1,
+                "lines": [{"stream": "stdout", "line": f"on {self.node.name}", "seq": 1}]}
 
     async def _stop(self, ctx: Any, body: dict[str, Any]) -> dict[str, Any]:
         keep = self._get(KeepRequest.from_fields(body).keep)
@@ -285,9 +300,11 @@ async def test_a_call_for_a_keep_whose_host_is_dead_goes_to_its_successor(
                                                                      "message": b"inc"})
     assert out["keep"] == keep and standby.node.counters[keep] == 1
     assert dead.calls == 0 and trio.current_time() - start < 3.0
+    logs = await forwarder.methods["keeps.logs"](_client(net, keep), {"keep": keep})
+    assert logs["host_id"] == standby.node_id.hex() and dead.calls == 0
 
 
-async def test_an_orphaned_keep_fails_at_once_for_call_and_stop(
+async def test_an_orphaned_keep_fails_at_once_for_call_logs_and_stop(
         autojump_clock: trio.testing.MockClock) -> None:
     """No standby: nobody will run it again; the forwarder says so in one typed line."""
     net, keep, host, _, forwarder = _hosted(standbys=0)
@@ -296,6 +313,7 @@ async def test_an_orphaned_keep_fails_at_once_for_call_and_stop(
     client = _client(net, keep)
     start = trio.current_time()
     for method, body in ((forwarder.service._rpc_call, {"keep": keep, "message": b"inc"}),
+                         (forwarder.methods["keeps.logs"], {"keep": keep}),
                          (forwarder.service._rpc_stop, {"keep": keep})):
         with pytest.raises(ProtocolError) as err:
             await method(client, body)
@@ -403,3 +421,68 @@ async def test_a_second_stop_does_not_count_copies_that_had_already_ended(
     for entry in (forwarder, copies[0]):
         again = await entry.service._rpc_stop(client, {"keep": keep})
         assert again == {"keep": keep, "state": "stopped"}
+
+
+async def test_logs_through_any_agent_come_from_the_copy_a_call_reaches(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """`keepmesh logs ID --agent ANY`: keeps.logs used to answer `not_found` at every
+    agent but the keep's host, though call and stop were forwarded. It is forwarded like
+    call (to the current epoch's host, naming the owner the forwarder authenticated) and
+    the answer says which copy answered; a stranger still learns nothing."""
+    net, keep, agents, old, new = _moved()
+    forwarder = next(a for a in agents if a is not old and a is not new)
+    client = _client(net, keep)
+    for entry in (new, forwarder, old):  # old ran it at epoch 1, its copy ended there
+        out = await entry.methods["keeps.logs"](client, {"keep": keep[:12], "tail": 5})
+        assert out["keep"] == keep and out["host_id"] == new.node_id.hex(), entry.node.name
+        assert out["host"] == new.address and out["lines"][0]["line"] == f"on {new.node.name}"
+    stranger = SimpleNamespace(role="client", peer_key=b"\x07" * 32)
+    for entry in (new, forwarder):
+        with pytest.raises(ProtocolError) as err:
+            await entry.methods["keeps.logs"](stranger, {"keep": keep})
+        assert error_code(err.value) == "not_found"
+    # a request from an agent must name the keep's owner (a forwarder vouches for it)
+    peer = SimpleNamespace(role="agent", peer_key=forwarder.node_id)
+    for body in ({"keep": keep}, {"keep": keep, "owner": b"\x07" * 32}):
+        with pytest.raises(ProtocolError) as err:
+            await new.methods["keeps.logs"](peer, body)
+        assert error_code(err.value) == "not_found"
+    # a client names no owner, epoch or location: unknown fields, as for any method
+    with pytest.raises(ProtocolError) as err:
+        await forwarder.methods["keeps.logs"](client, {"keep": keep, "owner": b"x"})
+    assert error_code(err.value) == "invalid"
+
+
+async def test_logs_of_a_moving_keep_are_stale_epoch_not_a_wait(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The host is dead in the forwarder's view and a standby is taking over: nothing is
+    sent to the dead host, the forwarder re-resolves (0.3, 0.6, 1.2 s), then answers
+    `stale_epoch` (the CLI retries), as keeps.call does."""
+    net, keep, host, _, forwarder = _hosted()
+    dead = forwarder.link(host, dead=True)
+    _dies(net, host, forwarder)
+    start = trio.current_time()
+    with pytest.raises(StaleEpoch) as err:
+        await forwarder.methods["keeps.logs"](_client(net, keep), {"keep": keep})
+    assert error_code(err.value) == "stale_epoch"
+    assert dead.calls == 0 and trio.current_time() - start < 3.0 < FORWARD_TIMEOUT_S
+
+
+async def test_logs_of_a_replicated_keep_come_from_the_copy_a_call_reaches(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Each copy has its own log: through a forwarder the copy a call reaches answers
+    (one on a live host), and says so; through a copy, that copy answers."""
+    keep, copies, forwarder, client = _two_copies_and_a_forwarder()
+    await forwarder.service._rpc_call(client, {"keep": keep, "message": b"inc"})
+    called = next(a for a in copies if a.node.counters[keep] == 1)
+    out = await forwarder.methods["keeps.logs"](client, {"keep": keep})
+    assert out["host_id"] == called.node_id.hex()
+    other = next(a for a in copies if a is not called)
+    assert (await other.methods["keeps.logs"](client, {"keep": keep}))["host_id"] == \
+        other.node_id.hex()
+    for a in (forwarder, other):  # the copy's host dies: the live one answers at once
+        a.members.state[called.node_id] = MemberState.DEAD
+    forwarder.link(called, dead=True)
+    out = await forwarder.methods["keeps.logs"](client, {"keep": keep})
+    assert out["host_id"] == other.node_id.hex()
+    assert forwarder.sessions[called.node_id].calls == 0

@@ -118,6 +118,12 @@ def test_deploy_lands_on_the_labelled_agent_and_is_reachable_from_anywhere(
     assert row is not None, "location never reached agent c"
     assert row["host"] == b.address and row["host_id"] == b.agent.identity.public_bytes.hex()
     assert row["epoch"] == 1 and row["state"] == "running"
+    # logs from c (not the host): forwarded to b, which says it answered
+    code, out, err = _run(capsys, ["logs", keep, "--agent", c.address, "--json", *flags])
+    assert code == 0, err
+    logs = json.loads(out)
+    assert logs["keep"] == keep and logs["host_id"] == b.agent.identity.public_bytes.hex()
+    assert logs["host"] == b.address and isinstance(logs["lines"], list)
     # stop from c
     code, out, err = _run(capsys, ["stop", keep, "--agent", c.address, *flags])
     assert code == 0, err

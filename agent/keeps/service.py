@@ -101,7 +101,11 @@ class KeepService:
 
     async def logs(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         req = KeepRequest.from_fields(body)
-        keep = self._keep_for(ctx, req.keep)
+        return self.log_reply(self._keep_for(ctx, req.keep), req)
+
+    def log_reply(self, keep: Keep, req: KeepRequest) -> dict[str, Any]:
+        """keeps.logs' answer for `keep`, whose caller was already checked (here, or by
+        the agent that forwarded the request on its owner's behalf)."""
         entries = keep.ctx.logs.entries(req.tail, req.after)
         lines: list[dict[str, Any]] = []
         for seq, at, stream, line in entries:
