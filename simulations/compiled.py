@@ -82,8 +82,14 @@ def _c_compiler() -> str | None:
     return shutil.which(cc.split()[0])
 
 
-def build(out: Path) -> Path:
-    """Copy the package to `out`/keepmesh and compile MODULES there; returns `out`."""
+def build(out: Path, opt_level: str = "3") -> Path:
+    """Copy the package to `out`/keepmesh and compile MODULES there; returns `out`.
+
+    `opt_level`: the C compiler's (mypyc's MYPYC_OPT_LEVEL). "3" for runs; the test that
+    the build gives the pure-Python trace uses "0", which compiles in half the time and
+    runs the same C (the hash does not depend on how it was optimised)."""
+    if opt_level not in ("0", "1", "2", "3"):
+        raise ValueError(f"opt_level {opt_level!r}: one of 0, 1, 2, 3")
     if importlib.util.find_spec("mypyc") is None:
         raise CompiledBuildUnavailable("mypyc is not installed (pip install mypy)")
     if _c_compiler() is None:
@@ -102,7 +108,7 @@ def build(out: Path) -> Path:
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(_subpackage_dir(name), target, ignore=ignore)
-    env = dict(os.environ, PYTHONPATH=str(out))
+    env = dict(os.environ, PYTHONPATH=str(out), MYPYC_OPT_LEVEL=opt_level)
     cmd = [sys.executable, "-m", "mypyc", *(f"keepmesh/{m}" for m in MODULES)]
     try:
         done = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True,

@@ -38,7 +38,7 @@ def _simulate(pythonpath: str | None, cwd: Path) -> dict:  # type: ignore[type-a
 @pytest.mark.slow
 def test_compiled_build_gives_the_pure_python_trace(tmp_path: Path) -> None:
     try:
-        out = build(tmp_path / "compiled")
+        out = build(tmp_path / "compiled", opt_level="0")  # same C, compiled in half the time
     except CompiledBuildUnavailable as err:
         pytest.skip(f"compiled simulator unavailable here: {err.reason}")
     # Not from the repository root: `python -m`/`-c` put the working directory first on
