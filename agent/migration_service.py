@@ -232,8 +232,7 @@ class MigrationService:
         if view is not None:
             return view.address
         if self.engine is not None:
-            for loc in self.engine.locations.hosted_by(node):
-                return loc.address
+            return self.engine.locations.address_of(node) or ""
         return ""
 
     def _send(self, node: bytes, data: bytes) -> None:

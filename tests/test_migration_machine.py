@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from keepmesh.protocol.attestation.policy import load_policy
@@ -27,8 +27,9 @@ from keepmesh.protocol.membership import Capacity, Claims, MembershipConfig, mak
 from keepmesh.protocol.membership.signing import Ed25519Signer, Ed25519Verifier
 from keepmesh.protocol.migration import effects as fx
 from keepmesh.protocol.migration.engine import Migration
+from keepmesh.protocol.migration.location import sign_location
 from keepmesh.protocol.migration.machine import MigrationMachine
-from keepmesh.protocol.migration.messages import Replicate
+from keepmesh.protocol.migration.messages import LocationStatement, Replicate
 from keepmesh.protocol.migration.transfer import split
 from keepmesh.protocol.migration.triggers import Attested
 from keepmesh.protocol.node import MeshNode
@@ -224,3 +225,32 @@ def test_drain_command_through_meshnode_hands_every_keep_over() -> None:
     for i, k in enumerate(keeps):
         [h] = [h for h in sim.hosts.values() if k in h.counters]
         assert h.counters[k] == 10 + i
+
+
+class _CountingId(bytes):
+    """A node id that counts comparisons with it (`loc.host == node` calls this first)."""
+
+    compared = 0
+
+    def __eq__(self, other: object) -> bool:
+        type(self).compared += 1
+        return bytes.__eq__(self, other)  # type: ignore[arg-type]
+
+    __hash__ = bytes.__hash__
+
+
+def test_send_to_a_non_member_is_addressed_without_scanning_the_location_table() -> None:
+    sim = MeshSim(1)
+    m = next(iter(sim.hosts.values())).machine
+    host = Ed25519Signer(hashlib.sha256(b"far host").digest())
+    st = LocationStatement(keep="00" * 16, owner=bytes(32), host=host.node_id,
+                           address="10.9.9.9:7946", epoch=1, version=0, standbys=(),
+                           checkpoint_seq=0, checkpoint_at=0.0, state="running")
+    signed = sign_location(host, st)
+    for i in range(2000):  # the table takes records its caller verified: copies suffice
+        m.engine.locations.learn(replace(signed, keep=f"{i:032x}"))
+    assert m._address(host.node_id) == "10.9.9.9:7946"  # a non-member with records
+    stranger = _CountingId(hashlib.sha256(b"stranger").digest())
+    _CountingId.compared = 0
+    assert m._address(stranger) is None
+    assert _CountingId.compared <= 1  # was one comparison per record in the table

@@ -176,6 +176,4 @@ class MigrationMachine:
         view = self.node.member(node)
         if view is not None:
             return view.address
-        for loc in self.engine.locations.hosted_by(node):
-            return loc.address
-        return None
+        return self.engine.locations.address_of(node)
