@@ -49,7 +49,7 @@ from keepmesh.protocol.membership import Ed25519Signer, Ed25519Verifier
 from keepmesh.protocol.migration import effects as fx
 from keepmesh.protocol.migration.engine import Migration
 from keepmesh.protocol.migration.machine import MigrationMachine
-from keepmesh.protocol.migration.messages import KEEP_ID_LEN, Replicate
+from keepmesh.protocol.migration.messages import KEEP_ID_LEN, MAX_EPOCH, Replicate
 from keepmesh.protocol.migration.transfer import split
 from keepmesh.protocol.migration.triggers import Attested
 from keepmesh.protocol.node import MeshNode
@@ -465,7 +465,8 @@ class MigrationService:
         if not isinstance(raw, dict):
             return {}
         return {k: v for k, v in raw.items()
-                if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)}
+                if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                and 1 <= v <= MAX_EPOCH}  # an epoch the wire cannot carry is not used
 
     def _set_epoch(self, keep: str, epoch: int) -> None:
         self._epochs[keep] = epoch

@@ -51,6 +51,7 @@ from .location import (
     verify_location,
 )
 from .messages import (
+    MAX_EPOCH,
     MIGRATE_MESSAGES,
     Ack,
     Fenced,
@@ -300,13 +301,22 @@ class Migration:
         self.draining = True
         self._drain_keeps = set(self.running)
         self.drain_moved, self.drain_failed = [], []
+        nothing = not self._drain_keeps
         for keep in list(self.running):
-            self.move(keep, "drain", now)
-        self._check_drain()
+            self.move(keep, "drain", now)  # may finish the drain (a keep that cannot move)
+        if nothing:
+            self._check_drain()
 
     def move(self, keep: str, trigger: str, now: float) -> None:
         r = self.running.get(keep)
         if r is None or r.outgoing is not None:
+            return
+        if r.epoch > MAX_EPOCH - 2:
+            # The successor would run at epoch + 1, and a failed hand-over resumes here at
+            # epoch + 2: an epoch the wire cannot carry makes every later message about
+            # the keep undecodable. The keep stays here, serving.
+            self._drain_note(keep, None, f"epoch {r.epoch} at the wire's ceiling: "
+                                         "the keep cannot move")
             return
         r.outgoing = Outgoing(keep, r.epoch, trigger, now)
         self._advance(r, now)
@@ -790,10 +800,15 @@ class Migration:
 
     def _take_over(self, loc: Location, verdict: Verdict, policy: Policy, now: float) -> None:
         nxt = successor(loc, policy, self.view, now)
-        if nxt is None:
+        why = "no eligible standby" if nxt is None else None
+        if loc.epoch >= MAX_EPOCH:
+            # epoch + 1 cannot be encoded (a host signed its record at the ceiling): no
+            # standby takes over, else every later message about the keep is undecodable
+            why = f"epoch {loc.epoch} at the wire's ceiling: no standby can take over"
+        if why is not None:
             if (loc.keep, loc.epoch) not in self._orphaned:  # say it once per epoch
                 self._orphaned.add((loc.keep, loc.epoch))
-                self._out.append(KeepOrphaned(loc.keep, loc.host, "no eligible standby"))
+                self._out.append(KeepOrphaned(loc.keep, loc.host, why))
             return
         if nxt != self.own_id:
             return
