@@ -402,8 +402,8 @@ class Migration:
         if accepted and self.placement is not None:
             why = self._hold(msg.keep, now)
             if why is not None:
-                self.holdings.drop(msg.keep)
-                out = [Send(src, Ack(keep=msg.keep, epoch=msg.epoch, kind="replicate", seq=0,
+                out = self._drop_holding(msg.keep)
+                out += [Send(src, Ack(keep=msg.keep, epoch=msg.epoch, kind="replicate", seq=0,
                                      ok=False, reason=f"no room for a standby: {why}"[:200]))]
             else:
                 self._holds[msg.keep] = (src, msg.epoch)
@@ -452,10 +452,19 @@ class Migration:
             if best is None or keep in self.starting:
                 continue
             if best.state == "stopped" or (best.host, best.epoch) != (h.host, h.epoch):
-                self.holdings.drop(keep)
+                self._emit(self._drop_holding(keep))
                 self._trust_since.pop(keep, None)
                 if keep not in self.running:
                     self._policies.pop(keep, None)
+
+    def _drop_holding(self, keep: str) -> list[Effect]:
+        """Forget what this member holds for `keep` as a standby, and have the driver
+        delete what it stored (none while a start from it is in flight here)."""
+        held = keep in self.holdings.held
+        self.holdings.drop(keep)
+        if not held or keep in self.starting:
+            return []
+        return [fx.DropStandby(keep)]
 
     def check_epoch(self, keep: str, epoch: int) -> Fenced | None:
         """For any message addressed to `keep` at `epoch`: None to serve it, or the
@@ -750,7 +759,7 @@ class Migration:
                                           f"restore failed here: {reason[:200]}"))
             return
         self.keep_running(deployment, epoch, now, seq=st.seq, taken_at=st.taken_at)
-        self.holdings.drop(keep)
+        self._emit(self._drop_holding(keep))  # restored: the standby copy has served
         self._holds.pop(keep, None)
         if self.placement is not None:
             self.placement.promote(keep, epoch, deployment, now)
