@@ -233,6 +233,15 @@ class Migration:
             self.view.evidence[node] = att
         self._evaluate(now)
 
+    def forget_member(self, node: NodeId) -> None:
+        """Membership forgot `node` (reaped long after it was declared dead or left):
+        drop its liveness and evidence, which would otherwise grow with every member
+        identity ever seen. It counts as not live, as it did while dead."""
+        if node == self.own_id:
+            return
+        self.view.live.pop(node, None)
+        self.view.evidence.pop(node, None)
+
     def own_evidence(self, att: Attested | None, now: float) -> None:
         """This agent's own evidence, re-verified (a TCB rollback shows up here).
 
