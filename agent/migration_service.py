@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import random
+import shutil
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,12 @@ from keepmesh.protocol.membership import Ed25519Signer, Ed25519Verifier
 from keepmesh.protocol.migration import effects as fx
 from keepmesh.protocol.migration.engine import Migration
 from keepmesh.protocol.migration.machine import MigrationMachine
-from keepmesh.protocol.migration.messages import KEEP_ID_LEN, Replicate
+from keepmesh.protocol.migration.messages import (
+    KEEP_ID_LEN,
+    MAX_EPOCH,
+    Replicate,
+    check_keep_id,
+)
 from keepmesh.protocol.migration.transfer import split
 from keepmesh.protocol.migration.triggers import Attested
 from keepmesh.protocol.node import MeshNode
@@ -210,6 +216,8 @@ class MigrationService:
                     self._send(out.node, encode_payload(t))
         elif isinstance(out, fx.StoreStandby):
             self._store_standby(out)
+        elif isinstance(out, fx.DropStandby):
+            self._drop_standby(out.keep)
         elif isinstance(out, fx.StartFromCheckpoint):
             n.start_soon(self._start_from_checkpoint, out)
         elif isinstance(out, fx.PauseKeep):
@@ -232,8 +240,7 @@ class MigrationService:
         if view is not None:
             return view.address
         if self.engine is not None:
-            for loc in self.engine.locations.hosted_by(node):
-                return loc.address
+            return self.engine.locations.address_of(node) or ""
         return ""
 
     def _send(self, node: bytes, data: bytes) -> None:
@@ -332,6 +339,23 @@ class MigrationService:
             atomic_write(d / "checkpoint.bin", out.data)
             atomic_write(d / "checkpoint.json", json.dumps(
                 {"seq": out.seq, "epoch": out.epoch, "taken_at": out.taken_at}).encode())
+
+    def _drop_standby(self, keep: str) -> None:
+        """Delete `<data_dir>/migration/standby/<keep>/` (the engine no longer holds the
+        keep). Only that folder: the id is a keep id (32 lowercase hex, no separator or
+        dot), the folder must sit directly in the standby dir, and a symlink in its
+        place is removed itself, never followed."""
+        check_keep_id(keep)
+        base = self.root / "standby"
+        d = base / keep
+        if d.is_symlink():
+            d.unlink()
+            return
+        if not d.is_dir():
+            return
+        if d.resolve().parent != base.resolve():
+            raise ProtocolError(f"standby folder of {keep} is outside {base}")
+        shutil.rmtree(d)
 
     @staticmethod
     def _held_checkpoint_seq(d: Path) -> int:
@@ -466,7 +490,8 @@ class MigrationService:
         if not isinstance(raw, dict):
             return {}
         return {k: v for k, v in raw.items()
-                if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)}
+                if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                and 1 <= v <= MAX_EPOCH}  # an epoch the wire cannot carry is not used
 
     def _set_epoch(self, keep: str, epoch: int) -> None:
         self._epochs[keep] = epoch

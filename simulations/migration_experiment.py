@@ -334,6 +334,8 @@ class MigrationExperiment:
             if item.kind == "checkpoint":
                 self.held.setdefault(idx, {})[item.keep] = (
                     item.seq, item.taken_at, _F64.unpack(item.data)[0])
+        elif isinstance(item, fx.DropStandby):
+            self.held.get(idx, {}).pop(item.keep, None)
         elif isinstance(item, fx.StartFromCheckpoint):
             self._restore(idx, node, item, now)
         elif isinstance(item, fx.StopKeep):

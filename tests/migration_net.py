@@ -217,6 +217,8 @@ class Net:
                 self._send(n, out.node, t)
         elif isinstance(out, fx.StoreStandby):
             n.held.setdefault(out.keep, {})[out.kind] = (out.seq, out.data)
+        elif isinstance(out, fx.DropStandby):
+            n.held.pop(out.keep, None)  # as the agent deletes its standby folder
         elif isinstance(out, fx.StartFromCheckpoint):
             held = n.held.get(out.keep, {})
             value = 0

@@ -335,13 +335,17 @@ def test_a_standby_forgets_what_no_record_can_use_and_keeps_the_rest() -> None:
     net.run(12.0)  # one refresh period
     assert stopped not in standby[stopped].engine.holdings.held
     assert running in standby[running].engine.holdings.held  # still its host's standby
+    # and the driver is told to delete what it stored (DropStandby), only for that keep
+    assert stopped not in standby[stopped].held and running in standby[running].held
     # the keep moves on (its host crashes): what another member held for the old epoch goes
     net.crash(host)
     [new] = net.running(running)
+    assert running not in new.held  # taken over: its standby copy has served
     net.run(12.0)
     for n in net.nodes[1:]:
         h = n.engine.holdings.held.get(running)
         assert h is None or (h.host, h.epoch) == (new.id, 2)
+        assert (running in n.held) == (h is not None)  # the driver's store follows
 
 
 def test_a_restarted_host_signs_above_the_records_of_its_earlier_run() -> None:

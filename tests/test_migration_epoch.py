@@ -6,13 +6,15 @@ unproven or forged claim fences nothing."""
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 from keepmesh.protocol.deployment import CallRequest
 from keepmesh.protocol.errors import ProtocolError
 from keepmesh.protocol.migration import effects as fx
 from keepmesh.protocol.migration.location import StaleEpoch
-from keepmesh.protocol.migration.messages import Location
+from keepmesh.protocol.migration.messages import MAX_EPOCH, Location
 from keepmesh.protocol.rpc import error_code
 from keepmesh.protocol.wire import decode_payload, encode_payload
 from migration_net import Net, Node
@@ -223,3 +225,56 @@ def test_replicating_to_a_member_still_running_an_older_copy_fences_it_first() -
     assert keep not in host.engine.running           # fenced before it became a standby
     assert any(s.reason == "fenced" and s.epoch == 1 for s in host.stopped)
     assert [n.name for n in net.running(keep)] == [standby.name]
+
+
+@pytest.mark.parametrize("epoch", [MAX_EPOCH - 1, MAX_EPOCH])
+def test_no_standby_takes_over_at_an_epoch_the_wire_cannot_carry(epoch: int) -> None:
+    net = Net(3, seed=2)
+    host = net.nodes[0]
+    keep = net.deploy(host, "ceiling", epoch=epoch)  # the host signs its own record there
+    net.run(1.0)
+    [standby] = host.engine.running[keep].replication.ready()
+    net.crash(host)
+    [copy] = net.running(keep) or [None]
+    sb = net.by_id(standby)
+    if epoch < MAX_EPOCH:  # within the ceiling: taken over at the last epoch there is
+        assert copy is sb
+        loc = sb.engine.locations.get(keep)
+        assert loc is not None and loc.epoch == MAX_EPOCH
+        assert decode_payload(encode_payload(loc)) == loc
+    else:  # beyond: nobody runs it at 2^63, the keep is reported orphaned, once
+        assert copy is None
+        orphaned = [e for e in sb.events if isinstance(e, fx.KeepOrphaned)]
+        assert len(orphaned) == 1 and "ceiling" in orphaned[0].reason
+        net.run(2.0)
+        assert net.running(keep) == []
+        assert len([e for e in sb.events if isinstance(e, fx.KeepOrphaned)]) == 1
+
+
+@pytest.mark.parametrize("epoch", [MAX_EPOCH - 2, MAX_EPOCH - 1])
+def test_a_hand_over_never_produces_an_epoch_the_wire_cannot_carry(epoch: int) -> None:
+    net = Net(3, seed=4)
+    host = net.nodes[0]
+    keep = net.deploy(host, "ceiling", epoch=epoch)
+    net.run(1.0)
+    host.engine.drain(net.now)
+    net.pump()
+    net.run(1.0)
+    [done] = [e for e in host.events if isinstance(e, fx.DrainFinished)]
+    [copy] = net.running(keep)
+    if epoch == MAX_EPOCH - 2:  # epoch + 1, and epoch + 2 should it resume, both fit
+        assert copy is not host and [m.epoch for m in done.moved] == [MAX_EPOCH - 1]
+    else:  # a failed hand-over would resume at 2^63: refused, the keep stays and serves
+        assert copy is host and keep not in host.paused and not done.moved
+        assert [k for k, _ in done.failed] == [keep] and "ceiling" in done.failed[0][1]
+
+
+def test_the_agent_does_not_restart_a_keep_at_an_epoch_the_wire_cannot_carry(
+        tmp_path: Path) -> None:
+    from keepmesh.agent.migration_service import MigrationService
+    svc = MigrationService.__new__(MigrationService)
+    svc.root = tmp_path
+    ok, top, over = "aa" * 16, "bb" * 16, "cc" * 16
+    (tmp_path / "epochs.json").write_text(json.dumps({ok: 3, top: MAX_EPOCH, over: MAX_EPOCH + 1,
+                                                      "z": 0}))
+    assert svc._load_epochs() == {ok: 3, top: MAX_EPOCH}  # beyond: the keep starts at 1

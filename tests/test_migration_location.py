@@ -85,3 +85,29 @@ def test_table_keeps_best_and_reports_moves() -> None:
     t.learn(_loc(a, 1, keep="cd" * 16))
     with pytest.raises(ProtocolError):
         t.learn(_loc(a, 1, keep="ef" * 16))                   # bounded table
+
+
+def test_host_index_stays_in_step_with_the_table() -> None:
+    a, b, c = _signer(1), _signer(2), _signer(3)
+    t = LocationTable()
+    keeps = [f"{i:02x}" * 16 for i in range(4)]
+    for k in keeps:
+        t.learn(_loc(a, 1, keep=k))
+
+    def scan(host: bytes) -> list[str]:  # what the index replaces: a scan of the table
+        return [loc.keep for loc in t if loc.host == host]
+
+    t.learn(_loc(b, 2, keep=keeps[1]))          # moved a -> b
+    t.learn(_loc(a, 1, version=1, keep=keeps[0]))  # a refresh stays a's
+    t.forget(keeps[2])
+    t.learn(_loc(a, 1, keep=keeps[2]))          # back, at the end of the table's order
+    for host in (a.node_id, b.node_id, c.node_id):
+        assert [loc.keep for loc in t.hosted_by(host)] == scan(host)
+    assert [loc.keep for loc in t.hosted_by(a.node_id)] == [keeps[0], keeps[3], keeps[2]]
+    assert t.address_of(b.node_id) == "h:1" and t.address_of(c.node_id) is None
+    t.learn(_loc(c, 3, keep=keeps[1]))          # b's only record moves on: b is gone
+    assert t.address_of(b.node_id) is None and list(t.hosted_by(b.node_id)) == []
+    for k in keeps:
+        t.forget(k)
+    assert all(list(t.hosted_by(h.node_id)) == [] for h in (a, b, c))
+    assert t._by_host == {} and t._order == {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from keepmesh.protocol.attestation.policy import load_policy
@@ -19,6 +19,9 @@ from keepmesh.protocol.deployment import deployment_id
 from keepmesh.protocol.effects import (
     AttestationVerdict,
     Drain,
+    MemberDead,
+    MemberJoined,
+    MemberLeft,
     Persist,
     RequestAttestation,
     Send,
@@ -27,8 +30,9 @@ from keepmesh.protocol.membership import Capacity, Claims, MembershipConfig, mak
 from keepmesh.protocol.membership.signing import Ed25519Signer, Ed25519Verifier
 from keepmesh.protocol.migration import effects as fx
 from keepmesh.protocol.migration.engine import Migration
-from keepmesh.protocol.migration.machine import MigrationMachine
-from keepmesh.protocol.migration.messages import Replicate
+from keepmesh.protocol.migration.location import sign_location
+from keepmesh.protocol.migration.machine import PRUNE_S, MigrationMachine
+from keepmesh.protocol.migration.messages import Location, LocationStatement, Replicate
 from keepmesh.protocol.migration.transfer import split
 from keepmesh.protocol.migration.triggers import Attested
 from keepmesh.protocol.node import MeshNode
@@ -224,3 +228,80 @@ def test_drain_command_through_meshnode_hands_every_keep_over() -> None:
     for i, k in enumerate(keeps):
         [h] = [h for h in sim.hosts.values() if k in h.counters]
         assert h.counters[k] == 10 + i
+
+
+class _CountingId(bytes):
+    """A node id that counts comparisons with it (`loc.host == node` calls this first)."""
+
+    compared = 0
+
+    def __eq__(self, other: object) -> bool:
+        type(self).compared += 1
+        return bytes.__eq__(self, other)  # type: ignore[arg-type]
+
+    __hash__ = bytes.__hash__
+
+
+def test_send_to_a_non_member_is_addressed_without_scanning_the_location_table() -> None:
+    sim = MeshSim(1)
+    m = next(iter(sim.hosts.values())).machine
+    host = Ed25519Signer(hashlib.sha256(b"far host").digest())
+    st = LocationStatement(keep="00" * 16, owner=bytes(32), host=host.node_id,
+                           address="10.9.9.9:7946", epoch=1, version=0, standbys=(),
+                           checkpoint_seq=0, checkpoint_at=0.0, state="running")
+    signed = sign_location(host, st)
+    for i in range(2000):  # the table takes records its caller verified: copies suffice
+        m.engine.locations.learn(replace(signed, keep=f"{i:032x}"))
+    assert m._address(host.node_id) == "10.9.9.9:7946"  # a non-member with records
+    stranger = _CountingId(hashlib.sha256(b"stranger").digest())
+    _CountingId.compared = 0
+    assert m._address(stranger) is None
+    assert _CountingId.compared <= 1  # was one comparison per record in the table
+
+
+def test_members_membership_reaped_are_forgotten_and_only_they() -> None:
+    """Found sweeping per-identity state: the engine's liveness and evidence (and the
+    machine's set of members seen) grew with every member identity ever seen, since
+    membership sends no event when it reaps a member. They now last as long as
+    membership's own entry: a member declared dead or left is forgotten once reaped."""
+    sim = MeshSim(2)
+    h0, h1 = sim.hosts.values()
+    m, eng = h0.machine, h0.machine.engine
+    sim.run_until(5.0)
+    assert h0.node.member(h1.node.node_id) is not None  # a member membership still holds
+    strangers = [hashlib.sha256(b"gone%d" % i).digest() for i in range(3)]
+    live = hashlib.sha256(b"live").digest()
+    now = sim.now
+    for n in [*strangers, live, h1.node.node_id]:
+        m.on_member_event(MemberJoined(n, 1, now), now)
+        eng.member_evidence(n, Attested(evidence(n), now), now)
+    for n in [*strangers, h1.node.node_id]:
+        m.on_member_event(MemberDead(n, 1, now) if n != strangers[0] else
+                          MemberLeft(n, 1, now), now)
+    m.handle_timer(now + PRUNE_S)
+    for n in strangers:  # dead or left, and not in membership's table (reaped): forgotten
+        assert n not in eng.view.live and n not in eng.view.evidence
+    assert live in eng.view.live and live in eng.view.evidence          # live: kept
+    n1 = h1.node.node_id  # dead but not reaped yet: kept (and counted not live)
+    assert eng.view.live[n1] is False and n1 in eng.view.evidence
+    assert m._gone == {n1}
+
+
+def test_a_join_of_a_member_some_record_names_is_a_rejoin() -> None:
+    sim = MeshSim(1)
+    m = next(iter(sim.hosts.values())).machine
+    host = Ed25519Signer(hashlib.sha256(b"restarted host").digest())
+    st = LocationStatement(keep="00" * 16, owner=bytes(32), host=host.node_id,
+                           address="10.9.9.9:7946", epoch=1, version=0, standbys=(),
+                           checkpoint_seq=0, checkpoint_at=0.0, state="running")
+    m.engine.locations.learn(sign_location(host, st))
+    while m.engine.next_output() is not None:
+        pass
+    fresh = hashlib.sha256(b"fresh").digest()
+    for n in (fresh, host.node_id):
+        m.on_member_event(MemberJoined(n, 1, 1.0), 1.0)
+    sent = []
+    while (out := m.engine.next_output()) is not None:
+        if isinstance(out, fx.Send) and isinstance(out.message, Location):
+            sent.append((out.to, out.message.keep))
+    assert sent == [(host.node_id, "00" * 16)]  # the records naming it, to it only

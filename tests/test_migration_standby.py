@@ -332,3 +332,33 @@ def test_a_replicate_whose_deployment_is_another_keeps_is_refused() -> None:
     h = Holdings(me)
     out = h.on_replicate(host, _replicate(), LocationTable())  # its own deployment: taken
     assert out[-1].message.ok and KEEP in h.held  # type: ignore[union-attr]
+
+
+def test_the_agent_deletes_a_dropped_standby_folder_and_nothing_else(tmp_path: object) -> None:
+    """Found sweeping what a standby keeps: Holdings forgot a holding (keep stopped,
+    moved on, taken over here) but `<data_dir>/migration/standby/<keep>/` stayed on disk
+    for good. DropStandby deletes that folder, and only inside the standby dir."""
+    from pathlib import Path
+    from keepmesh.agent.migration_service import MigrationService
+    svc = MigrationService.__new__(MigrationService)
+    svc.root = Path(str(tmp_path))
+    other = "0f" * 16
+    for keep in (KEEP, other):
+        svc._store_standby(fx.StoreStandby(keep, 1, "deployment", 0, 0.0, b"dep"))
+        svc._store_standby(fx.StoreStandby(keep, 1, "checkpoint", 2, 1.0, b"ck"))
+    base = svc.root / "standby"
+    svc._drop_standby(KEEP)
+    assert not (base / KEEP).exists()
+    assert (base / other / "checkpoint.bin").read_bytes() == b"ck"  # within: kept
+    svc._drop_standby(KEEP)  # already gone: nothing to do
+    outside = svc.root / "outside"
+    outside.mkdir()
+    (outside / "precious").write_bytes(b"x")
+    for bad in ("..", "../outside", other.upper(), other + "/", "0f" * 15):
+        with pytest.raises(ProtocolError):
+            svc._drop_standby(bad)
+    assert (base / other).is_dir() and (outside / "precious").exists()
+    link = base / ("1e" * 16)
+    link.symlink_to(outside, target_is_directory=True)
+    svc._drop_standby("1e" * 16)  # the link goes, never what it points at
+    assert not link.exists() and not link.is_symlink() and (outside / "precious").exists()

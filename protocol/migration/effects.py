@@ -92,6 +92,16 @@ class StoreStandby:
 
 
 @dataclass(frozen=True)
+class DropStandby:
+    """This member no longer holds anything for `keep` as a standby (the keep moved on,
+    stopped, took over here, or the hold was refused): delete what StoreStandby stored
+    for it. Why: the engine forgot the holding, but its deployment, sealed package and
+    checkpoint stayed on disk for every keep this member ever stood by for."""
+
+    keep: str
+
+
+@dataclass(frozen=True)
 class StartFromCheckpoint:
     """Restore the latest held checkpoint (`seq`; 0: none, start empty) of `keep` and run
     it at `epoch`; answer with `keep_started`. The driver keeps those bytes as the
@@ -129,7 +139,8 @@ class StopKeep:
 
 
 Effect = (Send | Gossip | AttestStandby | SendReplicate | TakeCheckpoint | SendCheckpoint
-          | StoreStandby | StartFromCheckpoint | PauseKeep | ResumeKeep | StopKeep)
+          | StoreStandby | DropStandby | StartFromCheckpoint | PauseKeep | ResumeKeep
+          | StopKeep)
 
 
 # ------------------------------------------------------------------ events

@@ -51,6 +51,7 @@ from .location import (
     verify_location,
 )
 from .messages import (
+    MAX_EPOCH,
     MIGRATE_MESSAGES,
     Ack,
     Fenced,
@@ -232,6 +233,15 @@ class Migration:
             self.view.evidence[node] = att
         self._evaluate(now)
 
+    def forget_member(self, node: NodeId) -> None:
+        """Membership forgot `node` (reaped long after it was declared dead or left):
+        drop its liveness and evidence, which would otherwise grow with every member
+        identity ever seen. It counts as not live, as it did while dead."""
+        if node == self.own_id:
+            return
+        self.view.live.pop(node, None)
+        self.view.evidence.pop(node, None)
+
     def own_evidence(self, att: Attested | None, now: float) -> None:
         """This agent's own evidence, re-verified (a TCB rollback shows up here).
 
@@ -300,13 +310,22 @@ class Migration:
         self.draining = True
         self._drain_keeps = set(self.running)
         self.drain_moved, self.drain_failed = [], []
+        nothing = not self._drain_keeps
         for keep in list(self.running):
-            self.move(keep, "drain", now)
-        self._check_drain()
+            self.move(keep, "drain", now)  # may finish the drain (a keep that cannot move)
+        if nothing:
+            self._check_drain()
 
     def move(self, keep: str, trigger: str, now: float) -> None:
         r = self.running.get(keep)
         if r is None or r.outgoing is not None:
+            return
+        if r.epoch > MAX_EPOCH - 2:
+            # The successor would run at epoch + 1, and a failed hand-over resumes here at
+            # epoch + 2: an epoch the wire cannot carry makes every later message about
+            # the keep undecodable. The keep stays here, serving.
+            self._drain_note(keep, None, f"epoch {r.epoch} at the wire's ceiling: "
+                                         "the keep cannot move")
             return
         r.outgoing = Outgoing(keep, r.epoch, trigger, now)
         self._advance(r, now)
@@ -392,8 +411,8 @@ class Migration:
         if accepted and self.placement is not None:
             why = self._hold(msg.keep, now)
             if why is not None:
-                self.holdings.drop(msg.keep)
-                out = [Send(src, Ack(keep=msg.keep, epoch=msg.epoch, kind="replicate", seq=0,
+                out = self._drop_holding(msg.keep)
+                out += [Send(src, Ack(keep=msg.keep, epoch=msg.epoch, kind="replicate", seq=0,
                                      ok=False, reason=f"no room for a standby: {why}"[:200]))]
             else:
                 self._holds[msg.keep] = (src, msg.epoch)
@@ -442,10 +461,19 @@ class Migration:
             if best is None or keep in self.starting:
                 continue
             if best.state == "stopped" or (best.host, best.epoch) != (h.host, h.epoch):
-                self.holdings.drop(keep)
+                self._emit(self._drop_holding(keep))
                 self._trust_since.pop(keep, None)
                 if keep not in self.running:
                     self._policies.pop(keep, None)
+
+    def _drop_holding(self, keep: str) -> list[Effect]:
+        """Forget what this member holds for `keep` as a standby, and have the driver
+        delete what it stored (none while a start from it is in flight here)."""
+        held = keep in self.holdings.held
+        self.holdings.drop(keep)
+        if not held or keep in self.starting:
+            return []
+        return [fx.DropStandby(keep)]
 
     def check_epoch(self, keep: str, epoch: int) -> Fenced | None:
         """For any message addressed to `keep` at `epoch`: None to serve it, or the
@@ -740,7 +768,7 @@ class Migration:
                                           f"restore failed here: {reason[:200]}"))
             return
         self.keep_running(deployment, epoch, now, seq=st.seq, taken_at=st.taken_at)
-        self.holdings.drop(keep)
+        self._emit(self._drop_holding(keep))  # restored: the standby copy has served
         self._holds.pop(keep, None)
         if self.placement is not None:
             self.placement.promote(keep, epoch, deployment, now)
@@ -790,10 +818,15 @@ class Migration:
 
     def _take_over(self, loc: Location, verdict: Verdict, policy: Policy, now: float) -> None:
         nxt = successor(loc, policy, self.view, now)
-        if nxt is None:
+        why = "no eligible standby" if nxt is None else None
+        if loc.epoch >= MAX_EPOCH:
+            # epoch + 1 cannot be encoded (a host signed its record at the ceiling): no
+            # standby takes over, else every later message about the keep is undecodable
+            why = f"epoch {loc.epoch} at the wire's ceiling: no standby can take over"
+        if why is not None:
             if (loc.keep, loc.epoch) not in self._orphaned:  # say it once per epoch
                 self._orphaned.add((loc.keep, loc.epoch))
-                self._out.append(KeepOrphaned(loc.keep, loc.host, "no eligible standby"))
+                self._out.append(KeepOrphaned(loc.keep, loc.host, why))
             return
         if nxt != self.own_id:
             return

@@ -102,10 +102,22 @@ class Learned:
 
 
 class LocationTable:
-    """This member's view of where every keep runs (best record per keep)."""
+    """This member's view of where every keep runs (best record per keep).
+
+    Indexed by host as well (`_by_host`, kept in step with `_best` by `learn` and
+    `forget`): why: a send to a member membership does not know is addressed from a
+    record it signed, and that lookup ran on every such send; scanning the whole table
+    (up to MAX_KEEPS_TRACKED records) let an attested non-member make each send to it
+    cost O(table). `address_of` is O(1); `hosted_by` costs the host's own records.
+    """
 
     def __init__(self, max_keeps: int = MAX_KEEPS_TRACKED) -> None:
         self._best: dict[str, Location] = {}
+        # host -> {keep: order of first insertion into _best}; hosted_by lists a host's
+        # records in table order (as the scan it replaces did), so outputs stay the same
+        self._by_host: dict[bytes, dict[str, int]] = {}
+        self._order: dict[str, int] = {}
+        self._next = 0
         self.max_keeps = max_keeps
 
     def learn(self, loc: Location) -> Learned:
@@ -116,16 +128,43 @@ class LocationTable:
         if prev is None and len(self._best) >= self.max_keeps:
             raise ProtocolError(f"migrate: location table full ({self.max_keeps} keeps)")
         self._best[loc.keep] = loc
+        if prev is None:
+            self._order[loc.keep] = self._next
+            self._next += 1
+        elif prev.host != loc.host:
+            self._unindex(prev)
+        self._by_host.setdefault(loc.host, {})[loc.keep] = self._order[loc.keep]
         return Learned(loc, prev, True)
+
+    def _unindex(self, loc: Location) -> None:
+        mine = self._by_host.get(loc.host)
+        if mine is not None:
+            mine.pop(loc.keep, None)
+            if not mine:
+                del self._by_host[loc.host]
 
     def get(self, keep: str) -> Location | None:
         return self._best.get(keep)
 
     def forget(self, keep: str) -> None:
-        self._best.pop(keep, None)
+        loc = self._best.pop(keep, None)
+        if loc is not None:
+            self._unindex(loc)
+            del self._order[keep]
 
     def hosted_by(self, host: bytes) -> Iterator[Location]:
-        return (loc for loc in self._best.values() if loc.host == host)
+        """The records naming `host`, in table order (O(its records), not O(table))."""
+        mine = self._by_host.get(host)
+        if not mine:
+            return iter(())
+        return iter([self._best[k] for k in sorted(mine, key=mine.__getitem__)])
+
+    def address_of(self, host: bytes) -> str | None:
+        """The address one of `host`'s own records gives (None: it signed none), O(1)."""
+        mine = self._by_host.get(host)
+        if not mine:
+            return None
+        return self._best[next(iter(mine))].address
 
     def __iter__(self) -> Iterator[Location]:
         return iter(list(self._best.values()))

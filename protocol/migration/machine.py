@@ -43,6 +43,8 @@ _LIVE = (MemberJoined, MemberAlive, MemberUpdated, MemberSuspected)
 _GONE = (MemberDead, MemberLeft)
 STANDBY_HOLD_S = 3 * REFRESH_S
 """A standby's capacity hold outlives two missed renewals (renewed every REFRESH_S)."""
+PRUNE_S = REFRESH_S
+"""How often members declared dead or left are checked for having been reaped."""
 
 
 class PlacementLink:
@@ -113,7 +115,10 @@ class MigrationMachine:
         if isinstance(placement, PlacementMachine) and engine.placement is None:
             engine.placement = PlacementLink(node, placement)
             placement.located_elsewhere = self._tracked
-        self._seen: set[bytes] = set()
+        # members declared dead or left: forgotten by the engine once membership reaped them
+        # (it sends no event then), so per-member state lasts as long as membership's own
+        self._gone: set[bytes] = set()
+        self._next_prune = 0.0
         self.unaddressed = 0  # sends to a member whose address nobody knows (dropped)
 
     def _tracked(self, keep: str) -> bool:
@@ -126,6 +131,16 @@ class MigrationMachine:
 
     def handle_timer(self, now: float) -> None:
         self.engine.handle_timer(now)
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_S
+            self.prune(now)
+
+    def prune(self, now: float) -> None:
+        """Forget members membership reaped (dead or left past its dead_reclaim_s): their
+        liveness and evidence in the engine's view. Costs the members gone, not all."""
+        for node in [n for n in self._gone if self.node.member(n) is None]:
+            self._gone.discard(node)
+            self.engine.forget_member(node)
 
     def get_timer(self) -> float | None:
         return self.engine.get_timer()
@@ -144,10 +159,14 @@ class MigrationMachine:
         if node == self.engine.own_id:
             return
         if isinstance(event, _LIVE):
-            rejoined = isinstance(event, MemberJoined) and node in self._seen
-            self._seen.add(node)
+            # a join of a member some record names as host is a rejoin (it ran keeps here
+            # before: it is sent those records); O(1), and nothing kept per member seen
+            rejoined = isinstance(event, MemberJoined) and \
+                self.engine.locations.address_of(node) is not None
+            self._gone.discard(node)
             self.engine.member_state(node, True, now, rejoined=rejoined)
         elif isinstance(event, _GONE):
+            self._gone.add(node)
             self.engine.member_state(node, False, now)
         elif isinstance(event, MemberUntrusted):
             self.engine.member_evidence(node, None, now)
@@ -157,9 +176,12 @@ class MigrationMachine:
         that primed the member table without events)."""
         for m in self.node.members():
             if m.node_id != self.engine.own_id:
-                self._seen.add(m.node_id)
-                self.engine.member_state(m.node_id, m.liveness.value in ("alive", "suspect"),
-                                         now)
+                live = m.liveness.value in ("alive", "suspect")
+                if live:
+                    self._gone.discard(m.node_id)
+                else:
+                    self._gone.add(m.node_id)
+                self.engine.member_state(m.node_id, live, now)
 
     def next_output(self) -> Output | None:
         while True:
@@ -176,6 +198,4 @@ class MigrationMachine:
         view = self.node.member(node)
         if view is not None:
             return view.address
-        for loc in self.engine.locations.hosted_by(node):
-            return loc.address
-        return None
+        return self.engine.locations.address_of(node)

@@ -32,6 +32,11 @@ LOCATION_STATES = ("running", "stopped", "lost")
 lost: its host no longer runs it involuntarily (restart, failed start): standbys take over."""
 HANDOVER_TRIGGERS = ("drain", "trust")
 
+MAX_EPOCH = (1 << 63) - 1
+"""The highest epoch the wire carries (u63). No move produces one above it: a take-over
+needs `epoch + 1`, a hand-over `epoch + 2` (it may resume there), within MAX_EPOCH
+(specs/migration.md §3)."""
+
 _id = b(exact=NODE_ID_LEN)
 _keep = s(KEEP_ID_LEN)
 _epoch = u(63)
