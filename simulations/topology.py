@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keepmesh.protocol.membership.records import MAX_LABELS
+
 from keepmesh.files import read_at_most
 
 from .network import DISTRIBUTIONS, LinkSpec
@@ -249,10 +251,16 @@ def parse_topology(doc: dict[str, Any], p: str = "<topology>") -> Topology:
         labels = g.get("labels", {})
         if not isinstance(labels, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 128
-                for k, v in labels.items()) or len(labels) > 16:
-            raise c.fail(f"{where}.labels", "expected a table of at most 16 short strings")
+                for k, v in labels.items()) or len(labels) > MAX_LABELS:
+            raise c.fail(f"{where}.labels",
+                         f"expected a table of at most {MAX_LABELS} short strings")
         labels = dict(labels)
         labels.setdefault("zone", name)
+        # a record carries at most MAX_LABELS labels, and every update adds `rev`
+        if len(labels.keys() | {"rev"}) > MAX_LABELS:
+            raise c.fail(f"{where}.labels",
+                         f"{len(labels.keys() | {'rev'})} labels with zone and rev (set by "
+                         f"updates); a record carries at most {MAX_LABELS}")
         groups.append(GroupSpec(name, n, labels, c.link(g, where, default)))
 
     graph: dict[str, Any] | None = None

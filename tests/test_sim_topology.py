@@ -144,3 +144,37 @@ def test_mutated_files_never_crash_the_loader(tmp_path):
             load_topology(path)
         except TopologyError as err:
             assert "\n" not in str(err) and str(err).startswith(path)
+
+
+def _labels_topology(labels: str) -> str:
+    return f"""
+[mesh]
+duration_s = 3
+bootstrap = "warm"
+update_at_s = 1
+[[group]]
+name = "a"
+agents = 6
+labels = {{ {labels} }}
+"""
+
+
+@pytest.mark.parametrize("labels", [
+    ", ".join(f'k{i} = "v"' for i in range(16)),                    # + zone = 17
+    ", ".join(f'k{i} = "v"' for i in range(15)),                    # + zone + rev = 17
+    'zone = "z", ' + ", ".join(f'k{i} = "v"' for i in range(15)),   # + rev = 17
+])
+def test_labels_leave_room_for_zone_and_rev(tmp_path, labels):
+    """Found by a topology generator: 16 labels passed validation, then the zone the
+    simulator adds (or the `rev` every update adds) made the record carry 17 and the run
+    died in the middle with ProtocolError."""
+    with pytest.raises(TopologyError, match=r"group\[0\]\.labels: 1[78] labels with zone and rev"):
+        load_topology(write(tmp_path, _labels_topology(labels)))
+
+
+def test_most_labels_a_record_carries_run(tmp_path):
+    from keepmesh.simulations.runner import simulate
+
+    labels = ", ".join(f'k{i} = "v"' for i in range(14))  # + zone + rev = 16
+    report, _ = simulate(load_topology(write(tmp_path, _labels_topology(labels))), 1)
+    assert report["protocol_errors"] == 0 and report["metrics"]["updates_tracked"] == 1
