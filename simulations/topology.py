@@ -126,7 +126,7 @@ class _Checker:
         if isinstance(v, bool) or not isinstance(v, int):
             raise self.fail(f"{where}.{key}", f"expected integer, got {_tname(v)}")
         if not lo <= v <= hi:
-            raise self.fail(f"{where}.{key}", f"{v} out of range [{lo}, {hi}]")
+            raise self.fail(f"{where}.{key}", f"{_short(v)} out of range [{lo}, {hi}]")
         return v
 
     def num(self, tbl: dict[str, Any], where: str, key: str, lo: float, hi: float,
@@ -138,9 +138,13 @@ class _Checker:
         v = tbl[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise self.fail(f"{where}.{key}", f"expected number, got {_tname(v)}")
-        v = float(v)
+        bracket = "(" if lo_open else "["
+        try:
+            v = float(v)
+        except OverflowError:  # an integer beyond any float (TOML allows 4,300 digits)
+            raise self.fail(f"{where}.{key}",
+                            f"{_short(v)} out of range {bracket}{lo:g}, {hi:g}]") from None
         if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo):
-            bracket = "(" if lo_open else "["
             raise self.fail(f"{where}.{key}", f"{v:g} out of range {bracket}{lo:g}, {hi:g}]")
         return v
 
@@ -183,6 +187,12 @@ class _Checker:
                         bandwidth_bps=bw, distribution=dist)
 
 
+def _short(v: int) -> str:
+    """An integer for a one-line message: a huge one as its first digits and length."""
+    text = str(v)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text.lstrip('-'))} digits)"
+
+
 def _tname(v: Any) -> str:
     return {bool: "boolean", int: "integer", float: "number", str: "string",
             list: "array", dict: "table"}.get(type(v), type(v).__name__)
@@ -208,6 +218,8 @@ def load_topology(path: str | Path) -> Topology:
         raise TopologyError(f"{p}: TOML syntax: {str(err).splitlines()[0]}") from None
     except RecursionError:  # tomllib recurses on nested arrays/tables
         raise TopologyError(f"{p}: TOML syntax: nested too deeply") from None
+    except ValueError as err:  # int() of a literal over sys.get_int_max_str_digits()
+        raise TopologyError(f"{p}: TOML syntax: {str(err).split(':')[0]}") from None
     return parse_topology(doc, p)
 
 

@@ -178,3 +178,21 @@ def test_most_labels_a_record_carries_run(tmp_path):
     labels = ", ".join(f'k{i} = "v"' for i in range(14))  # + zone + rev = 16
     report, _ = simulate(load_topology(write(tmp_path, _labels_topology(labels))), 1)
     assert report["protocol_errors"] == 0 and report["metrics"]["updates_tracked"] == 1
+
+
+@pytest.mark.parametrize("text,key", [
+    # a float key given an integer beyond any float: float() raised OverflowError
+    (BASE.replace("latency_ms = 5", "latency_ms = 1" + "0" * 400), "network.latency_ms"),
+    (BASE.replace("duration_s = 120", "duration_s = 1" + "0" * 400), "mesh.duration_s"),
+    (BASE + "[[event]]\nat_s = 1" + "0" * 400 + "\ncrash = 1\n", "event[0].at_s"),
+    (BASE.replace("agents = 200", "agents = 1" + "0" * 400), "mesh.agents"),
+    # an integer literal over Python's 4,300-digit limit: tomllib raised ValueError
+    (BASE.replace("agents = 200", "agents = " + "9" * 5000), "TOML syntax"),
+])
+def test_huge_integers_are_one_line_topology_errors(tmp_path, text, key):
+    """Found by invalid-topology runs: these were "internal error OverflowError/ValueError"."""
+    path = write(tmp_path, text)
+    with pytest.raises(TopologyError) as ei:
+        load_topology(path)
+    msg = str(ei.value)
+    assert key in msg and "\n" not in msg and len(msg) < len(path) + 120, msg
