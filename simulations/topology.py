@@ -25,6 +25,8 @@ GRAPH_KINDS = ("full", "star", "scale_free", "grid", "random_geometric", "tree")
 MAX_AGENTS = 1_000_000
 MAX_DURATION_S = 86_400.0 * 7
 MAX_SITES = 2_000
+# 1 bit/s: far below it a message's serialization time overflows the clock to inf
+MIN_MBPS = 1e-6
 MAX_SAMPLES = 100_000  # membership-view samples per run (sample_interval_s >= duration / this)
 
 # Event action keys and the extra keys each one allows.
@@ -179,7 +181,7 @@ class _Checker:
             raise self.fail(f"{where}.loss", "1 would drop everything; use a partition")
         bw_default = None if base.bandwidth_bps is None else base.bandwidth_bps / 1e6
         if "bandwidth_mbps" in tbl:
-            bw: float | None = self.num(tbl, where, "bandwidth_mbps", 0.0, 1e6, lo_open=True) * 1e6
+            bw: float | None = self.num(tbl, where, "bandwidth_mbps", MIN_MBPS, 1e6) * 1e6
         else:
             bw = None if bw_default is None else bw_default * 1e6
         dist = self.str_(tbl, where, "distribution", DISTRIBUTIONS, base.distribution)
@@ -293,7 +295,7 @@ def parse_topology(doc: dict[str, Any], p: str = "<topology>") -> Topology:
                 latency_s=c.num(gt, "graph", "hop_latency_ms", 0.0, 60_000.0, 2.0) / 1000.0,
                 jitter_s=c.num(gt, "graph", "hop_jitter_ms", 0.0, 60_000.0, 0.0) / 1000.0,
                 loss=c.num(gt, "graph", "hop_loss", 0.0, 0.5, 0.0),
-                bandwidth_bps=(c.num(gt, "graph", "hop_bandwidth_mbps", 0.0, 1e6, lo_open=True)
+                bandwidth_bps=(c.num(gt, "graph", "hop_bandwidth_mbps", MIN_MBPS, 1e6)
                                * 1e6 if "hop_bandwidth_mbps" in gt else None),
                 distribution=default.distribution),
         }

@@ -196,3 +196,25 @@ def test_huge_integers_are_one_line_topology_errors(tmp_path, text, key):
         load_topology(path)
     msg = str(ei.value)
     assert key in msg and "\n" not in msg and len(msg) < len(path) + 120, msg
+
+
+@pytest.mark.parametrize("text,key", [
+    (BASE.replace("loss = 0.01", "bandwidth_mbps = 5e-324"), "network.bandwidth_mbps"),
+    (BASE + "[graph]\nkind = \"star\"\nsites = 3\nhop_bandwidth_mbps = 1e-300\n",
+     "graph.hop_bandwidth_mbps"),
+])
+def test_bandwidth_below_one_bit_per_second_is_refused(tmp_path, text, key):
+    """Found by the topology generator: bandwidth_mbps = 5e-324 was valid ((0, 1e6]) and the
+    run died with OverflowError (an infinite delivery time in the event queue)."""
+    with pytest.raises(TopologyError, match=r"bandwidth_mbps: .* out of range \[1e-06"):
+        load_topology(write(tmp_path, text))
+
+
+def test_one_bit_per_second_runs(tmp_path):
+    from keepmesh.simulations.runner import simulate
+
+    text = BASE.replace("agents = 200", "agents = 6").replace("duration_s = 120",
+                                                             "duration_s = 3")
+    report, _ = simulate(load_topology(write(tmp_path, text.replace(
+        "loss = 0.01", "bandwidth_mbps = 1e-6"))), 1)
+    assert report["messages"]["balanced"] and report["messages"]["in_flight"] > 0
