@@ -195,6 +195,23 @@ def _short(v: int) -> str:
     return text if len(text) <= 24 else f"{text[:12]}... ({len(text.lstrip('-'))} digits)"
 
 
+def _check_record_fits(c: _Checker, where: str, labels: dict[str, str]) -> None:
+    """A group's labels must fit in a signed record (MAX_RECORD_BYTES) at its largest:
+    last address, highest incarnation, a long `rev`. Labels far below it are not built."""
+    if sum(len(k.encode()) + len(v.encode()) + 6 for k, v in labels.items()) <= 512:
+        return  # the rest of a record is under 400 bytes
+    from keepmesh.protocol.errors import ProtocolError
+
+    from .keyring import SimulationKeyring
+    from .runner import sim_record
+    worst = {**labels, "rev": "9" * 12}
+    try:
+        sim_record(SimulationKeyring(bytes(32)), bytes(32), "10.255.255.255:7946", worst,
+                   2**63 - 1)
+    except ProtocolError as err:
+        raise c.fail(f"{where}.labels", f"too long for a member record: {err}") from None
+
+
 def _tname(v: Any) -> str:
     return {bool: "boolean", int: "integer", float: "number", str: "string",
             list: "array", dict: "table"}.get(type(v), type(v).__name__)
@@ -275,6 +292,7 @@ def parse_topology(doc: dict[str, Any], p: str = "<topology>") -> Topology:
             raise c.fail(f"{where}.labels",
                          f"{len(labels.keys() | {'rev'})} labels with zone and rev (set by "
                          f"updates); a record carries at most {MAX_LABELS}")
+        _check_record_fits(c, where, labels)
         groups.append(GroupSpec(name, n, labels, c.link(g, where, default)))
 
     graph: dict[str, Any] | None = None

@@ -218,3 +218,20 @@ def test_one_bit_per_second_runs(tmp_path):
     report, _ = simulate(load_topology(write(tmp_path, text.replace(
         "loss = 0.01", "bandwidth_mbps = 1e-6"))), 1)
     assert report["messages"]["balanced"] and report["messages"]["in_flight"] > 0
+
+
+def test_labels_too_long_for_a_record_are_refused(tmp_path):
+    """Found by the topology generator: 15 labels of 64/128 characters were valid, and
+    the run died building the first record (ProtocolError: node record of 3107 bytes
+    exceeds 1024)."""
+    from keepmesh.simulations.runner import simulate
+
+    def labels(n: int) -> str:
+        return ", ".join(f'k{i} = "{"v" * 128}"' for i in range(n))
+
+    with pytest.raises(TopologyError, match=r"group\[0\]\.labels: too long for a member "
+                                            r"record: node record of \d+ bytes exceeds 1024"):
+        load_topology(write(tmp_path, _labels_topology(labels(6))))
+    # five such labels still fit (1,023 bytes with the largest address, incarnation, rev)
+    report, _ = simulate(load_topology(write(tmp_path, _labels_topology(labels(5)))), 1)
+    assert report["protocol_errors"] == 0 and report["metrics"]["updates_tracked"] == 1
