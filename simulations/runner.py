@@ -34,6 +34,19 @@ MODES = ("object", "bytes")
 SIM_TCB = "sim-1"
 
 
+def sim_record(keyring: Any, node_id: bytes, address: str, labels: dict[str, str],
+               incarnation: int) -> Any:
+    """A simulated agent's signed record (ProtocolError if it could not travel: topology.py
+    asks this of each group's labels before anything runs)."""
+    from keepmesh.protocol.membership.records import Capacity, Claims, make_record
+    return make_record(
+        keyring.signer(node_id), address, incarnation,
+        claims=Claims(tee="sim", measurement=SIM_MEASUREMENT, tcb=SIM_TCB),
+        capacity=Capacity(memory_mb=4096, cpu_milli=4000, free_memory_mb=4096,
+                          free_cpu_milli=4000),
+        labels=labels)
+
+
 class ProtocolAdapter(Protocol):
     """How the simulator creates and pokes one protocol instance."""
 
@@ -117,13 +130,7 @@ class MeshAdapter:
                incarnation: int) -> Any:
         """The signed record a simulated agent starts with (also what another process
         needs of the agents it does not run)."""
-        from keepmesh.protocol.membership.records import Capacity, Claims, make_record
-        return make_record(
-            self.keyring.signer(node_id), address, incarnation,
-            claims=Claims(tee="sim", measurement=SIM_MEASUREMENT, tcb=SIM_TCB),
-            capacity=Capacity(memory_mb=4096, cpu_milli=4000, free_memory_mb=4096,
-                              free_cpu_milli=4000),
-            labels=labels)
+        return sim_record(self.keyring, node_id, address, labels, incarnation)
 
     def incarnation(self, proto: Any) -> int:
         """The incarnation the agent persisted (what a restart reads back)."""

@@ -99,6 +99,8 @@ def read_toml(path: str, err: type[Exception]) -> dict[str, Any]:
         raise err(f"{path}: TOML syntax: {str(e).splitlines()[0]}") from None
     except RecursionError:
         raise err(f"{path}: TOML syntax: nested too deeply") from None
+    except ValueError as e:  # int() of a literal over sys.get_int_max_str_digits()
+        raise err(f"{path}: TOML syntax: {str(e).split(':')[0]}") from None
 
 
 def check_param(key: str, value: Any, where: str = "") -> int | float:

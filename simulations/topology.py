@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keepmesh.protocol.membership.records import MAX_LABELS
+
 from keepmesh.files import read_at_most
 
 from .network import DISTRIBUTIONS, LinkSpec
@@ -23,6 +25,8 @@ GRAPH_KINDS = ("full", "star", "scale_free", "grid", "random_geometric", "tree")
 MAX_AGENTS = 1_000_000
 MAX_DURATION_S = 86_400.0 * 7
 MAX_SITES = 2_000
+# 1 bit/s: far below it a message's serialization time overflows the clock to inf
+MIN_MBPS = 1e-6
 MAX_SAMPLES = 100_000  # membership-view samples per run (sample_interval_s >= duration / this)
 
 # Event action keys and the extra keys each one allows.
@@ -124,7 +128,7 @@ class _Checker:
         if isinstance(v, bool) or not isinstance(v, int):
             raise self.fail(f"{where}.{key}", f"expected integer, got {_tname(v)}")
         if not lo <= v <= hi:
-            raise self.fail(f"{where}.{key}", f"{v} out of range [{lo}, {hi}]")
+            raise self.fail(f"{where}.{key}", f"{_short(v)} out of range [{lo}, {hi}]")
         return v
 
     def num(self, tbl: dict[str, Any], where: str, key: str, lo: float, hi: float,
@@ -136,9 +140,13 @@ class _Checker:
         v = tbl[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise self.fail(f"{where}.{key}", f"expected number, got {_tname(v)}")
-        v = float(v)
+        bracket = "(" if lo_open else "["
+        try:
+            v = float(v)
+        except OverflowError:  # an integer beyond any float (TOML allows 4,300 digits)
+            raise self.fail(f"{where}.{key}",
+                            f"{_short(v)} out of range {bracket}{lo:g}, {hi:g}]") from None
         if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo):
-            bracket = "(" if lo_open else "["
             raise self.fail(f"{where}.{key}", f"{v:g} out of range {bracket}{lo:g}, {hi:g}]")
         return v
 
@@ -173,12 +181,35 @@ class _Checker:
             raise self.fail(f"{where}.loss", "1 would drop everything; use a partition")
         bw_default = None if base.bandwidth_bps is None else base.bandwidth_bps / 1e6
         if "bandwidth_mbps" in tbl:
-            bw: float | None = self.num(tbl, where, "bandwidth_mbps", 0.0, 1e6, lo_open=True) * 1e6
+            bw: float | None = self.num(tbl, where, "bandwidth_mbps", MIN_MBPS, 1e6) * 1e6
         else:
             bw = None if bw_default is None else bw_default * 1e6
         dist = self.str_(tbl, where, "distribution", DISTRIBUTIONS, base.distribution)
         return LinkSpec(latency_s=lat / 1000.0, jitter_s=jit / 1000.0, loss=loss,
                         bandwidth_bps=bw, distribution=dist)
+
+
+def _short(v: int) -> str:
+    """An integer for a one-line message: a huge one as its first digits and length."""
+    text = str(v)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text.lstrip('-'))} digits)"
+
+
+def _check_record_fits(c: _Checker, where: str, labels: dict[str, str]) -> None:
+    """A group's labels must fit in a signed record (MAX_RECORD_BYTES) at its largest:
+    last address, highest incarnation, a long `rev`. Labels far below it are not built."""
+    if sum(len(k.encode()) + len(v.encode()) + 6 for k, v in labels.items()) <= 512:
+        return  # the rest of a record is under 400 bytes
+    from keepmesh.protocol.errors import ProtocolError
+
+    from .keyring import SimulationKeyring
+    from .runner import sim_record
+    worst = {**labels, "rev": "9" * 12}
+    try:
+        sim_record(SimulationKeyring(bytes(32)), bytes(32), "10.255.255.255:7946", worst,
+                   2**63 - 1)
+    except ProtocolError as err:
+        raise c.fail(f"{where}.labels", f"too long for a member record: {err}") from None
 
 
 def _tname(v: Any) -> str:
@@ -206,6 +237,8 @@ def load_topology(path: str | Path) -> Topology:
         raise TopologyError(f"{p}: TOML syntax: {str(err).splitlines()[0]}") from None
     except RecursionError:  # tomllib recurses on nested arrays/tables
         raise TopologyError(f"{p}: TOML syntax: nested too deeply") from None
+    except ValueError as err:  # int() of a literal over sys.get_int_max_str_digits()
+        raise TopologyError(f"{p}: TOML syntax: {str(err).split(':')[0]}") from None
     return parse_topology(doc, p)
 
 
@@ -249,10 +282,17 @@ def parse_topology(doc: dict[str, Any], p: str = "<topology>") -> Topology:
         labels = g.get("labels", {})
         if not isinstance(labels, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 128
-                for k, v in labels.items()) or len(labels) > 16:
-            raise c.fail(f"{where}.labels", "expected a table of at most 16 short strings")
+                for k, v in labels.items()) or len(labels) > MAX_LABELS:
+            raise c.fail(f"{where}.labels",
+                         f"expected a table of at most {MAX_LABELS} short strings")
         labels = dict(labels)
         labels.setdefault("zone", name)
+        # a record carries at most MAX_LABELS labels, and every update adds `rev`
+        if len(labels.keys() | {"rev"}) > MAX_LABELS:
+            raise c.fail(f"{where}.labels",
+                         f"{len(labels.keys() | {'rev'})} labels with zone and rev (set by "
+                         f"updates); a record carries at most {MAX_LABELS}")
+        _check_record_fits(c, where, labels)
         groups.append(GroupSpec(name, n, labels, c.link(g, where, default)))
 
     graph: dict[str, Any] | None = None
@@ -273,7 +313,7 @@ def parse_topology(doc: dict[str, Any], p: str = "<topology>") -> Topology:
                 latency_s=c.num(gt, "graph", "hop_latency_ms", 0.0, 60_000.0, 2.0) / 1000.0,
                 jitter_s=c.num(gt, "graph", "hop_jitter_ms", 0.0, 60_000.0, 0.0) / 1000.0,
                 loss=c.num(gt, "graph", "hop_loss", 0.0, 0.5, 0.0),
-                bandwidth_bps=(c.num(gt, "graph", "hop_bandwidth_mbps", 0.0, 1e6, lo_open=True)
+                bandwidth_bps=(c.num(gt, "graph", "hop_bandwidth_mbps", MIN_MBPS, 1e6)
                                * 1e6 if "hop_bandwidth_mbps" in gt else None),
                 distribution=default.distribution),
         }

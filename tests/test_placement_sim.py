@@ -112,3 +112,24 @@ def test_bench_sizes_share_the_per_host_conditions_and_plots(tmp_path: Any) -> N
     files = write_placement_plots(doc, str(tmp_path))
     assert files == ["placement_acceptance.png", "placement_msgs_vs_n.png"]
     assert all((tmp_path / f).stat().st_size > 0 for f in files)
+
+
+def test_placement_hash_does_not_depend_on_python_hash_seed(tmp_path: Any) -> None:
+    """Found by a topology generator comparing `keepmesh simulate` with an in-process run:
+    with jitter, a placement run's trace hash changed with PYTHONHASHSEED (the machine
+    re-announced to a set of member ids, in hash order, and each send draws its jitter
+    from the sender's RNG). Same topology + seed must give the same hash in any process."""
+    import json
+    import subprocess
+    import sys
+    path = tmp_path / "t.toml"
+    path.write_text("[mesh]\nagents = 14\nduration_s = 5\n[network]\nlatency_ms = 1\n"
+                    "jitter_ms = 5\n[placement]\nload = 0.5\nstart_s = 0\n")
+    code = ("import sys; from keepmesh.simulations.runner import simulate; "
+            "from keepmesh.simulations.topology import load_topology; "
+            "print(simulate(load_topology(sys.argv[1]), 249)[0]['trace_hash'])")
+    hashes = {subprocess.run([sys.executable, "-c", code, str(path)], check=True,
+                             capture_output=True, text=True,
+                             env={"PYTHONHASHSEED": str(h), "PATH": ""}).stdout.strip()
+              for h in (1, 2, 3)}
+    assert len(hashes) == 1, hashes

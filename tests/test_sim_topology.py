@@ -144,3 +144,94 @@ def test_mutated_files_never_crash_the_loader(tmp_path):
             load_topology(path)
         except TopologyError as err:
             assert "\n" not in str(err) and str(err).startswith(path)
+
+
+def _labels_topology(labels: str) -> str:
+    return f"""
+[mesh]
+duration_s = 3
+bootstrap = "warm"
+update_at_s = 1
+[[group]]
+name = "a"
+agents = 6
+labels = {{ {labels} }}
+"""
+
+
+@pytest.mark.parametrize("labels", [
+    ", ".join(f'k{i} = "v"' for i in range(16)),                    # + zone = 17
+    ", ".join(f'k{i} = "v"' for i in range(15)),                    # + zone + rev = 17
+    'zone = "z", ' + ", ".join(f'k{i} = "v"' for i in range(15)),   # + rev = 17
+])
+def test_labels_leave_room_for_zone_and_rev(tmp_path, labels):
+    """Found by a topology generator: 16 labels passed validation, then the zone the
+    simulator adds (or the `rev` every update adds) made the record carry 17 and the run
+    died in the middle with ProtocolError."""
+    with pytest.raises(TopologyError, match=r"group\[0\]\.labels: 1[78] labels with zone and rev"):
+        load_topology(write(tmp_path, _labels_topology(labels)))
+
+
+def test_most_labels_a_record_carries_run(tmp_path):
+    from keepmesh.simulations.runner import simulate
+
+    labels = ", ".join(f'k{i} = "v"' for i in range(14))  # + zone + rev = 16
+    report, _ = simulate(load_topology(write(tmp_path, _labels_topology(labels))), 1)
+    assert report["protocol_errors"] == 0 and report["metrics"]["updates_tracked"] == 1
+
+
+@pytest.mark.parametrize("text,key", [
+    # a float key given an integer beyond any float: float() raised OverflowError
+    (BASE.replace("latency_ms = 5", "latency_ms = 1" + "0" * 400), "network.latency_ms"),
+    (BASE.replace("duration_s = 120", "duration_s = 1" + "0" * 400), "mesh.duration_s"),
+    (BASE + "[[event]]\nat_s = 1" + "0" * 400 + "\ncrash = 1\n", "event[0].at_s"),
+    (BASE.replace("agents = 200", "agents = 1" + "0" * 400), "mesh.agents"),
+    # an integer literal over Python's 4,300-digit limit: tomllib raised ValueError
+    (BASE.replace("agents = 200", "agents = " + "9" * 5000), "TOML syntax"),
+])
+def test_huge_integers_are_one_line_topology_errors(tmp_path, text, key):
+    """Found by invalid-topology runs: these were "internal error OverflowError/ValueError"."""
+    path = write(tmp_path, text)
+    with pytest.raises(TopologyError) as ei:
+        load_topology(path)
+    msg = str(ei.value)
+    assert key in msg and "\n" not in msg and len(msg) < len(path) + 120, msg
+
+
+@pytest.mark.parametrize("text,key", [
+    (BASE.replace("loss = 0.01", "bandwidth_mbps = 5e-324"), "network.bandwidth_mbps"),
+    (BASE + "[graph]\nkind = \"star\"\nsites = 3\nhop_bandwidth_mbps = 1e-300\n",
+     "graph.hop_bandwidth_mbps"),
+])
+def test_bandwidth_below_one_bit_per_second_is_refused(tmp_path, text, key):
+    """Found by the topology generator: bandwidth_mbps = 5e-324 was valid ((0, 1e6]) and the
+    run died with OverflowError (an infinite delivery time in the event queue)."""
+    with pytest.raises(TopologyError, match=r"bandwidth_mbps: .* out of range \[1e-06"):
+        load_topology(write(tmp_path, text))
+
+
+def test_one_bit_per_second_runs(tmp_path):
+    from keepmesh.simulations.runner import simulate
+
+    text = BASE.replace("agents = 200", "agents = 6").replace("duration_s = 120",
+                                                             "duration_s = 3")
+    report, _ = simulate(load_topology(write(tmp_path, text.replace(
+        "loss = 0.01", "bandwidth_mbps = 1e-6"))), 1)
+    assert report["messages"]["balanced"] and report["messages"]["in_flight"] > 0
+
+
+def test_labels_too_long_for_a_record_are_refused(tmp_path):
+    """Found by the topology generator: 15 labels of 64/128 characters were valid, and
+    the run died building the first record (ProtocolError: node record of 3107 bytes
+    exceeds 1024)."""
+    from keepmesh.simulations.runner import simulate
+
+    def labels(n: int) -> str:
+        return ", ".join(f'k{i} = "{"v" * 128}"' for i in range(n))
+
+    with pytest.raises(TopologyError, match=r"group\[0\]\.labels: too long for a member "
+                                            r"record: node record of \d+ bytes exceeds 1024"):
+        load_topology(write(tmp_path, _labels_topology(labels(6))))
+    # five such labels still fit (1,023 bytes with the largest address, incarnation, rev)
+    report, _ = simulate(load_topology(write(tmp_path, _labels_topology(labels(5)))), 1)
+    assert report["protocol_errors"] == 0 and report["metrics"]["updates_tracked"] == 1

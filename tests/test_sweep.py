@@ -69,6 +69,8 @@ agents = [10, 14]
     ("[sweep]\ntopology='topo.toml'\nseeds=100\n[grid]\nloss=[0.0,0.1,0.2,0.3,0.4,0.5,0.6,"
      "0.7,0.8,0.9]\nagents=[10,11,12,13,14,15,16,17,18,19,20]\n", f"above {MAX_RUNS}"),
     ("[sweep\n", "TOML syntax"),
+    # tomllib raises ValueError (not TOMLDecodeError) for an integer over 4,300 digits
+    ("[sweep]\ntopology='topo.toml'\nseeds=" + "9" * 5000 + "\n", "TOML syntax: Exceeds"),
 ])
 def test_hostile_sweep_files_fail_with_one_line(tmp_path, capsys, body, needle):
     path = write(tmp_path, body)

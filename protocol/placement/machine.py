@@ -156,7 +156,10 @@ class PlacementMachine:
         self._next_gossip: float | None = None
         # Members told what runs here again at the next gossip round (_announce_to):
         # one that just joined may not trust us yet when the first telling arrives.
-        self._greet: set[bytes] = set()
+        # members to announce our keeps to again, in the order they joined: a set would
+        # send in hash order (PYTHONHASHSEED), and with jitter each send's draw from the
+        # sender's RNG would then differ between processes (a simulation's hash with it)
+        self._greet: dict[bytes, None] = {}
         # keep id -> True when another machine (migration) spreads that keep's location
         # in its own signed records: placement keeps its statement local, not gossiped
         self.located_elsewhere: Callable[[str], bool] | None = None
@@ -235,7 +238,7 @@ class PlacementMachine:
         that joined (or came back) is told what runs here."""
         if event.kind in ("join", "alive"):
             self._announce_to(event.node_id)
-            self._greet.add(event.node_id)
+            self._greet[event.node_id] = None
             if self._next_gossip is None:
                 self._next_gossip = now + self.config.gossip_interval
         if event.kind in ("dead", "left", "untrusted"):
@@ -714,7 +717,7 @@ class PlacementMachine:
             self._count("sent.place.where")
 
     def _gossip_round(self, now: float) -> None:
-        greet, self._greet = self._greet, set()
+        greet, self._greet = self._greet, {}
         for node_id in greet:  # once more, now that it has had time to attest us
             self._announce_to(node_id)
         self._gossip = [g for g in self._gossip if g.left > 0]
