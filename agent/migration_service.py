@@ -253,6 +253,7 @@ class MigrationService:
         """Fresh evidence bound to the asker's nonce (standby selection)."""
         if ctx.role != "agent":
             raise ProtocolError("migrate.attest: agents only")
+        refuse_fields("migrate.attest", body, ("nonce",))
         nonce = body.get("nonce")
         if not isinstance(nonce, bytes) or len(nonce) != 32:
             raise ProtocolError("migrate.attest: nonce must be 32 bytes")

@@ -75,7 +75,7 @@ from keepmesh.protocol.placement import (
     requirements_for,
 )
 from keepmesh.protocol.placement.messages import Location
-from keepmesh.protocol.rpc import RpcDenied, RpcNotFound, RpcUnavailable
+from keepmesh.protocol.rpc import RpcDenied, RpcNotFound, RpcUnavailable, refuse_fields
 from keepmesh.protocol.wire import encode_payload
 
 # Summary fields that belong to the deployment, not to one copy (invocations, state_keys
@@ -190,6 +190,7 @@ class PlacementService:
 
     # ------------------------------------------------------------ entry
     async def _rpc_place(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
+        refuse_fields("keeps.place", body, ("deployment",))
         fields = body.get("deployment")
         d = Deployment.from_fields(fields if isinstance(fields, dict) else {}, "deployment")
         if ctx.peer_key != d.owner_key and not self._sees_all(ctx):

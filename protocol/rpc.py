@@ -8,6 +8,7 @@ at most one bounded frame per stream.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, ClassVar
 
 import msgpack
@@ -147,11 +148,13 @@ def request_method_hint(head: bytes) -> str | None:
     return None
 
 
-def refuse_fields(method: str, body: dict[str, Any]) -> None:
-    """For a method whose body is `{}`: any field is `invalid`, as every method refuses
-    fields it does not know (a misspelt option must not be silently ignored)."""
-    if body:
-        raise ProtocolError(f"{method}: unknown field {sorted(map(str, body))[0][:64]!r}")
+def refuse_fields(method: str, body: dict[str, Any], known: Collection[str] = ()) -> None:
+    """Any field outside `known` (for a method whose body is `{}`: any field) is
+    `invalid`, as every method refuses fields it does not know (a misspelt option must
+    not be silently ignored)."""
+    unknown = sorted(str(k) for k in body if k not in known)
+    if unknown:
+        raise ProtocolError(f"{method}: unknown field {unknown[0][:64]!r}")
 
 
 def pack_body(body: dict[str, Any]) -> bytes:

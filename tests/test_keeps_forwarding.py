@@ -486,3 +486,15 @@ async def test_logs_of_a_replicated_keep_come_from_the_copy_a_call_reaches(
     out = await forwarder.methods["keeps.logs"](client, {"keep": keep})
     assert out["host_id"] == other.node_id.hex()
     assert forwarder.sessions[called.node_id].calls == 0
+
+
+async def test_place_refuses_an_unknown_field() -> None:
+    """keeps.place names a field it does not know `invalid`, as every method does
+    (specs/wire.md): a misspelt option used to be ignored and the keep placed anyway."""
+    net = Net(2)
+    entry = Agent(net, net.nodes[0])
+    d = deployment("placed")
+    owner = SimpleNamespace(role="client", peer_key=d.owner_key)
+    with pytest.raises(ProtocolError, match="keeps.place: unknown field 'replica'") as err:
+        await entry.methods["keeps.place"](owner, {"deployment": d.to_fields(), "replica": 2})
+    assert error_code(err.value) == "invalid"

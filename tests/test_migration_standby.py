@@ -362,3 +362,23 @@ def test_the_agent_deletes_a_dropped_standby_folder_and_nothing_else(tmp_path: o
     link.symlink_to(outside, target_is_directory=True)
     svc._drop_standby("1e" * 16)  # the link goes, never what it points at
     assert not link.exists() and not link.is_symlink() and (outside / "precious").exists()
+
+
+async def test_migrate_attest_refuses_an_unknown_field() -> None:
+    """migrate.attest named a field it did not know `invalid`, as every method does
+    (specs/wire.md): it used to ignore it and answer with fresh evidence."""
+    from types import SimpleNamespace
+    from keepmesh.agent.migration_service import MigrationService
+    from keepmesh.protocol.rpc import error_code
+
+    async def fresh(nonce: bytes) -> tuple[object, int]:
+        return SimpleNamespace(to_fields=dict), 1
+
+    svc = MigrationService.__new__(MigrationService)
+    svc.agent = SimpleNamespace(attester=SimpleNamespace(evidence=fresh))  # type: ignore[assignment]
+    peer = SimpleNamespace(role="agent", peer_key=b"\x01" * 32)
+    assert await svc._rpc_attest(peer, {"nonce": b"\0" * 32}) == {  # type: ignore[arg-type]
+        "evidence": {}, "issued_at": 1}
+    with pytest.raises(ProtocolError, match="migrate.attest: unknown field 'nonse'") as err:
+        await svc._rpc_attest(peer, {"nonce": b"\0" * 32, "nonse": 1})  # type: ignore[arg-type]
+    assert error_code(err.value) == "invalid"
