@@ -166,12 +166,25 @@ def cmd_logs(args: argparse.Namespace) -> int:
             print_json(resp)
             return 0
         last = _print_log_lines(args, resp.get("lines"))
-        while args.follow:
+        host = _answered_by(resp)
+        while args.follow:  # client.call retries `stale_epoch` (a moving keep), as for call
             await trio.sleep(FOLLOW_POLL_S)
             body = {"keep": args.id}
             if last is not None:
                 body["after"] = last
             resp = await client.call("keeps.logs", body)
+            now = _answered_by(resp)
+            if host is not None and now is not None and now != host:
+                # Another copy answered (the keep moved): its log and `seq` are its own, so
+                # the old copy's `after` would skip or repeat lines. Start from its beginning.
+                print(f"keep {args.id}: now following its copy on "
+                      f"{str(resp.get('host') or now)[:80]} from the start of that copy's log",
+                      file=sys.stderr)
+                last = None
+                if "after" in body:
+                    resp = await client.call("keeps.logs", {"keep": args.id})
+                    now = _answered_by(resp)
+            host = now if now is not None else host
             last = _print_log_lines(args, resp.get("lines"), last)
         return 0
 
@@ -179,6 +192,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
         return int(run_call(args, go))
     except KeyboardInterrupt:
         return 0 if args.follow else 130
+
+
+def _answered_by(resp: dict[str, Any]) -> str | None:
+    """The `host_id` of the copy that answered a keeps.logs (None from an older agent)."""
+    host = resp.get("host_id")
+    return host if isinstance(host, str) else None
 
 
 def _print_log_lines(args: argparse.Namespace, lines: Any, last: int | None = None) -> int | None:
