@@ -105,7 +105,34 @@ class MigrationService:
                            self.agent.address, random.SystemRandom(), self.mesh.now(),
                            default_policy=self.agent.policy)
         self.machine = MigrationMachine(node, engine)
+        self._sweep_standbys(set(engine.holdings.held) | set(engine.starting))
         return self.machine
+
+    def _sweep_standbys(self, held: set[str]) -> None:
+        """At start: standby folders left from an earlier run are never read again (the
+        engine's holdings start empty; a host re-replicates afresh), so each one the
+        engine does not hold is deleted by `_drop_standby`. Only entries directly in
+        the standby dir named as a keep id (32 lowercase hex) are considered; anything
+        else there, and a standby dir that is itself a symlink, is left alone."""
+        base = self.root / "standby"
+        if base.is_symlink() or not base.is_dir():
+            return
+        try:
+            names = sorted(p.name for p in base.iterdir())
+        except OSError as err:
+            log.warning("standby folders not swept: %s", err)
+            return
+        for name in names:
+            if name in held:
+                continue
+            try:
+                check_keep_id(name)
+            except ProtocolError:
+                continue
+            try:
+                self._drop_standby(name)
+            except (OSError, ProtocolError) as err:
+                log.warning("standby folder %s not removed: %s", name, err)
 
     # ================================================================ epochs
 

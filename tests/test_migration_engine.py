@@ -458,3 +458,55 @@ def test_a_drain_finishes_when_a_keep_stops_here_during_it(lost: bool) -> None:
     [done] = [e for e in host.events if isinstance(e, fx.DrainFinished)]
     assert [m.keep for m in done.moved] == [moves]
     assert [k for k, _ in done.failed] == ([stops] if lost else [])
+
+
+
+def _orphan_keeps(cap: int | None = None) -> tuple[Net, list[str]]:
+    """Three keeps whose host crashed and whose two standbys are both ineligible: the
+    standby `nodes[1]` reports them orphaned."""
+    net = Net(3)
+    host, sb, other = net.nodes
+    if cap is not None:
+        sb.engine.max_orphaned = cap
+    keeps = [net.deploy(host, f"orphan{i}", migration={"standbys": 2, "checkpoint_s": 5.0})
+             for i in range(3)]
+    net.run(1.0)
+    assert all(sb.id in host.engine.running[k].replication.ready() for k in keeps)
+    for n in (sb, other):  # neither standby is eligible any more: nobody can take over
+        for m in (sb, other):
+            n.engine.member_evidence(m.id, None, net.now)
+    net.crash(host)
+    net.run(2.0)
+    return net, keeps
+
+
+def test_keeps_reported_orphaned_are_forgotten_once_their_record_moves_on() -> None:
+    """A standby remembers which keeps it reported orphaned so it says so once per epoch;
+    that memory kept every (keep, epoch) ever reported, for good. An entry now leaves
+    when the keep's record moves past that epoch, or is forgotten."""
+    from keepmesh.protocol.migration.location import sign_location
+    from keepmesh.protocol.migration.messages import LocationStatement
+    net, keeps = _orphan_keeps()
+    sb, other = net.nodes[1], net.nodes[2]
+    net.run(2.0)
+    reported = [e.keep for e in sb.events if isinstance(e, fx.KeepOrphaned)]
+    assert sorted(reported) == sorted(keeps)  # once per keep and epoch, still
+    assert len(sb.engine._orphaned) == 3
+    for keep in keeps[:2]:  # the keep runs again at epoch 2: its entry goes
+        old = sb.engine.locations.get(keep)
+        assert old is not None
+        sb.engine.learn(sign_location(other.signer, LocationStatement(
+            keep=keep, owner=old.owner, host=other.id, address="10.0.0.2:7000", epoch=2,
+            version=0, standbys=(), checkpoint_seq=0, checkpoint_at=0.0,
+            state="running")), net.now)
+    assert list(sb.engine._orphaned) == keeps[2:]
+    sb.engine.locations.forget(keeps[2])  # a record the table forgot: gone at the sweep
+    sb.engine.handle_timer(net.now + 10.0)
+    assert not sb.engine._orphaned
+
+
+def test_keeps_reported_orphaned_are_capped() -> None:
+    net, keeps = _orphan_keeps(cap=2)
+    sb = net.nodes[1]
+    assert len(sb.engine._orphaned) == 2
+    assert {e.keep for e in sb.events if isinstance(e, fx.KeepOrphaned)} == set(keeps)

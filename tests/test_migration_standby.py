@@ -382,3 +382,36 @@ async def test_migrate_attest_refuses_an_unknown_field() -> None:
     with pytest.raises(ProtocolError, match="migrate.attest: unknown field 'nonse'") as err:
         await svc._rpc_attest(peer, {"nonce": b"\0" * 32, "nonse": 1})  # type: ignore[arg-type]
     assert error_code(err.value) == "invalid"
+
+
+def test_the_agent_sweeps_standby_folders_left_from_before_it_started(
+        tmp_path: object) -> None:
+    """Standby folders on disk when the agent starts were never removed: nothing reads
+    them after a restart (holdings start empty), so they stayed for good. Building the
+    engine now deletes those it does not hold, through `_drop_standby`: keep-id folders
+    and symlinks (unlinked, never followed) directly in standby/, nothing else."""
+    from pathlib import Path
+    from types import SimpleNamespace
+    from keepmesh.agent.migration_service import MigrationService
+    svc = MigrationService.__new__(MigrationService)
+    svc.root = Path(str(tmp_path)) / "migration"
+    svc.agent = SimpleNamespace(identity=SimpleNamespace(seed=b"\x03" * 32),  # type: ignore[assignment]
+                                address="10.0.0.9:7000", policy=STRICT)
+    svc.mesh = SimpleNamespace(now=lambda: 0.0)  # type: ignore[assignment]
+    old = "0f" * 16
+    svc._store_standby(fx.StoreStandby(old, 1, "checkpoint", 2, 1.0, b"ck"))
+    base = svc.root / "standby"
+    outside = Path(str(tmp_path)) / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (outside / "keep" / "precious").write_bytes(b"x")
+    link = base / ("1e" * 16)
+    link.symlink_to(outside / "keep", target_is_directory=True)
+    for other in ("notakeep", "0F" * 16, "2d" * 15):  # not keep ids: left alone
+        (base / other).mkdir()
+    (base / ("3c" * 16)).write_bytes(b"a file, not a folder")
+    svc._build(SimpleNamespace(machine=lambda cls: None))  # type: ignore[arg-type]
+    assert svc.machine is not None
+    assert not (base / old).exists()
+    assert not link.is_symlink() and (outside / "keep" / "precious").exists()
+    assert sorted(p.name for p in base.iterdir()) == sorted(
+        ["notakeep", "0F" * 16, "2d" * 15, "3c" * 16])

@@ -43,6 +43,7 @@ from .effects import (
     StopKeep,
 )
 from .location import (
+    MAX_KEEPS_TRACKED,
     Learned,
     LocationTable,
     StaleEpoch,
@@ -78,6 +79,11 @@ TRUST_GRACE_S = 10.0
 """A live host that lost trust gets this long to hand its keeps over itself before
 its standbys take over from their last checkpoint."""
 START_TIMEOUT_S = 30.0
+MAX_ORPHANED = MAX_KEEPS_TRACKED
+"""Bound on the keeps remembered as reported orphaned (one entry per keep, at the epoch
+it was reported): entries leave when the keep's best record moves past that epoch, is
+stopped or is forgotten, so they stay within the location table's bound; at the cap the
+oldest entry goes (its keep may be reported once more)."""
 Output = Effect | Event
 
 
@@ -191,7 +197,8 @@ class Migration:
         self._drain_keeps: set[str] = set()
         self._trust_since: dict[str, float] = {}
         self._policies: dict[str, Policy] = {}
-        self._orphaned: set[tuple[str, int]] = set()
+        self._orphaned: dict[str, int] = {}  # keep -> epoch it was reported orphaned at
+        self.max_orphaned = MAX_ORPHANED
         self._out: deque[Output] = deque()
         self._next_refresh = now + REFRESH_S
         self._next_eval = now + EVAL_S
@@ -509,6 +516,7 @@ class Migration:
         if _material(learned):
             self._forward(loc, exclude=src)  # checkpoint-only refreshes are not forwarded
         keep = loc.keep
+        self._orphan_settled(keep)
         r = self.running.get(keep)
         if r is not None and loc.host != self.own_id:
             og = r.outgoing
@@ -553,6 +561,7 @@ class Migration:
                                checkpoint_at=at, state=state)
         loc = sign_location(self.signer, st)
         self.locations.learn(loc)
+        self._orphan_settled(keep)
         for n in standbys:  # the standbys must know, whatever the random fanout picks
             self._out.append(Send(n, loc))
         if material:
@@ -824,8 +833,8 @@ class Migration:
             # standby takes over, else every later message about the keep is undecodable
             why = f"epoch {loc.epoch} at the wire's ceiling: no standby can take over"
         if why is not None:
-            if (loc.keep, loc.epoch) not in self._orphaned:  # say it once per epoch
-                self._orphaned.add((loc.keep, loc.epoch))
+            if self._orphaned.get(loc.keep) != loc.epoch:  # say it once per epoch
+                self._note_orphaned(loc.keep, loc.epoch)
                 self._out.append(KeepOrphaned(loc.keep, loc.host, why))
             return
         if nxt != self.own_id:
@@ -837,6 +846,29 @@ class Migration:
         self.starting[loc.keep] = Starting(loc.keep, epoch, verdict.trigger, loc.host, None,
                                            h.seq, now, h.taken_at)
         self._out.append(StartFromCheckpoint(loc.keep, epoch, h.seq))
+
+    def _note_orphaned(self, keep: str, epoch: int) -> None:
+        self._orphaned.pop(keep, None)
+        if len(self._orphaned) >= self.max_orphaned:
+            self._prune_orphaned()
+            while self._orphaned and len(self._orphaned) >= self.max_orphaned:
+                del self._orphaned[next(iter(self._orphaned))]  # the oldest report
+        self._orphaned[keep] = epoch
+
+    def _orphan_settled(self, keep: str) -> None:
+        """Forget that `keep` was reported orphaned once its best record no longer
+        names that epoch as running or lost: it moved past it, was stopped, or is
+        forgotten. Why: the set kept every (keep, epoch) ever reported, for good."""
+        epoch = self._orphaned.get(keep)
+        if epoch is None:
+            return
+        best = self.locations.get(keep)
+        if best is None or best.epoch != epoch or best.state == "stopped":
+            del self._orphaned[keep]
+
+    def _prune_orphaned(self) -> None:
+        for keep in list(self._orphaned):
+            self._orphan_settled(keep)
 
     # ============================================================ typed inputs
 
@@ -921,6 +953,7 @@ class Migration:
             self._next_refresh = now + REFRESH_S
             self._push_own(now)
             self._forget_stale_holdings()
+            self._prune_orphaned()  # also catches records the table forgot
             self.holdings.reassembler.expire_stalled()  # 20-30 s without a chunk
             self._renew_holds(now)
         if now >= self._next_eval:
