@@ -608,9 +608,8 @@ class MeshService:
 
     async def _rpc_join(self, ctx: RpcContext, body: dict[str, Any]) -> dict[str, Any]:
         from keepmesh.agent.transport.quic import parse_address
-        unknown = sorted(set(body) - {"addresses"})
-        if unknown:  # a misspelt `addresses` must not silently re-join through the seeds
-            raise ProtocolError(f"agent.join: unknown field {unknown[0][:64]!r}")
+        # a misspelt `addresses` must not silently re-join through the seeds
+        refuse_fields("agent.join", body, ("addresses",))
         addresses = body.get("addresses", [])
         if isinstance(addresses, list) and not addresses:
             return await self._rejoin()

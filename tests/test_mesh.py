@@ -75,6 +75,12 @@ async def test_two_and_three_agents_attest_each_other(nursery: trio.Nursery, tmp
             with pytest.raises(RpcError) as refused:
                 await call(client.session, method, {"bogus": 1}, timeout=5)
             assert refused.value.code == "invalid", (method, refused.value)
+        # a body whose keys mix text and bytes (msgpack allows both) is invalid too; agent.join
+        # used to sort them together and answer an internal error
+        for method in ("agent.join", "agent.status"):
+            with pytest.raises(RpcError) as refused:
+                await call(client.session, method, {b"addresses": [], "x": 1}, timeout=5)
+            assert refused.value.code == "invalid", (method, refused.value)
         assert (await client.call("agent.status", {}))["identity"] == status["identity"]
         # c gossips a leave but its sessions stay open (as a crashed peer's do until QUIC's
         # idle timeout): a's agent.peers and agent.status agree with members.list at once.
