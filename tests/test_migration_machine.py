@@ -242,14 +242,19 @@ class _CountingId(bytes):
     __hash__ = bytes.__hash__
 
 
-def test_send_to_a_non_member_is_addressed_without_scanning_the_location_table() -> None:
-    sim = MeshSim(1)
-    m = next(iter(sim.hosts.values())).machine
-    host = Ed25519Signer(hashlib.sha256(b"far host").digest())
+def _running_at_another_host(name: bytes) -> tuple[Ed25519Signer, Location]:
+    """A keep's signed record saying it runs at a host (`name` seeds its key) at 10.9.9.9."""
+    host = Ed25519Signer(hashlib.sha256(name).digest())
     st = LocationStatement(keep="00" * 16, owner=bytes(32), host=host.node_id,
                            address="10.9.9.9:7946", epoch=1, version=0, standbys=(),
                            checkpoint_seq=0, checkpoint_at=0.0, state="running")
-    signed = sign_location(host, st)
+    return host, sign_location(host, st)
+
+
+def test_send_to_a_non_member_is_addressed_without_scanning_the_location_table() -> None:
+    sim = MeshSim(1)
+    m = next(iter(sim.hosts.values())).machine
+    host, signed = _running_at_another_host(b"far host")
     for i in range(2000):  # the table takes records its caller verified: copies suffice
         m.engine.locations.learn(replace(signed, keep=f"{i:032x}"))
     assert m._address(host.node_id) == "10.9.9.9:7946"  # a non-member with records
@@ -290,11 +295,8 @@ def test_members_membership_reaped_are_forgotten_and_only_they() -> None:
 def test_a_join_of_a_member_some_record_names_is_a_rejoin() -> None:
     sim = MeshSim(1)
     m = next(iter(sim.hosts.values())).machine
-    host = Ed25519Signer(hashlib.sha256(b"restarted host").digest())
-    st = LocationStatement(keep="00" * 16, owner=bytes(32), host=host.node_id,
-                           address="10.9.9.9:7946", epoch=1, version=0, standbys=(),
-                           checkpoint_seq=0, checkpoint_at=0.0, state="running")
-    m.engine.locations.learn(sign_location(host, st))
+    host, signed = _running_at_another_host(b"restarted host")
+    m.engine.locations.learn(signed)
     while m.engine.next_output() is not None:
         pass
     fresh = hashlib.sha256(b"fresh").digest()
